@@ -1,0 +1,4 @@
+// Instantiates the sparse kernels for float (one file per dtype keeps nvcc runs parallel).
+#include "sparse.h"
+#include "sparse_kernel.cuh"
+SCANGRAPH_INSTANTIATE_SPARSE(float, fp32)

@@ -1,0 +1,147 @@
+// CUDA kernels of the sparse message-passing family, torch-free (raw pointers + strides).
+//
+// One warp owns one destination row (spmm) or one row's edges (sddmm): the warp reads 32 edge
+// indices with one coalesced load and broadcasts them with shuffles, and each lane owns
+// features lane, lane + 32, ... so the gathers of x rows are coalesced. Every output element is
+// written by exactly one lane: no atomics, deterministic. Reductions across lanes use a fixed
+// butterfly order.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "scangraph/sparse_params.h"
+
+namespace scangraph {
+namespace cuda {
+
+constexpr int kWarp = 32;
+// 8 warps per block: enough resident warps to hide gather latency, small enough that a block's
+// rows finish at similar times.
+constexpr int kWarpsPerBlock = 8;
+// Features per lane held in registers at once; F is walked in tiles of kWarp * kFeaturesPerLane.
+constexpr int kFeaturesPerLane = 4;
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
+  return static_cast<typename Acc<T>::type>(v);
+}
+template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void spmm_kernel(SpmmParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= p.num_rows) return;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
+  const acc_t scale = (p.mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
+  const int64_t F = p.num_features;
+  for (int64_t h = 0; h < p.num_heads; ++h) {
+    for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t acc[kFeaturesPerLane];
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
+      for (int64_t e0 = begin; e0 < end; e0 += kWarp) {
+        // Each lane loads one edge of this batch of 32; shuffles hand them to every lane.
+        const int64_t my_edge = e0 + lane;
+        int64_t my_src = 0;
+        acc_t my_w = acc_t(1);
+        if (my_edge < end) {
+          my_src = int64_t(col[my_edge]);
+          if (w) my_w = to_acc(w[my_edge * p.weight_edge_stride + h * p.weight_head_stride]);
+        }
+        const int batch = int(end - e0 < kWarp ? end - e0 : kWarp);
+        for (int j = 0; j < batch; ++j) {
+          const int64_t src = __shfl_sync(0xffffffffu, my_src, j);
+          const acc_t we = __shfl_sync(0xffffffffu, my_w, j);
+          const scalar_t* xr = x + src * p.x_row_stride + h * p.x_head_stride;
+#pragma unroll
+          for (int k = 0; k < kFeaturesPerLane; ++k) {
+            const int64_t f = f0 + k * kWarp + lane;
+            if (f < F) acc[k] += we * to_acc(xr[f]);
+          }
+        }
+      }
+      scalar_t* o = out + (row * p.num_heads + h) * F;
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) {
+        const int64_t f = f0 + k * kWarp + lane;
+        if (f < F) o[f] = from_acc<scalar_t>(acc[k] * scale);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void sddmm_kernel(SddmmParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= p.num_rows) return;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* a = static_cast<const scalar_t*>(p.a);
+  const scalar_t* b = static_cast<const scalar_t*>(p.b);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  const int64_t F = p.num_features;
+  for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
+    const int64_t src = int64_t(col[e]);
+    for (int64_t h = 0; h < p.num_heads; ++h) {
+      const scalar_t* ar = a + row * p.a_row_stride + h * p.a_head_stride;
+      const scalar_t* br = b + src * p.b_row_stride + h * p.b_head_stride;
+      acc_t dot = acc_t(0);
+      for (int64_t f = lane; f < F; f += kWarp) dot += to_acc(ar[f]) * to_acc(br[f]);
+#pragma unroll
+      for (int offset = kWarp / 2; offset > 0; offset /= 2)
+        dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      if (lane == 0) out[e * p.num_heads + h] = from_acc<scalar_t>(dot);
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
+  const int64_t blocks = (p.num_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  if (blocks == 0) return;
+  spmm_kernel<scalar_t, index_t><<<unsigned(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+}
+
+template <typename scalar_t, typename index_t>
+void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
+  const int64_t blocks = (p.num_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  if (blocks == 0) return;
+  sddmm_kernel<scalar_t, index_t><<<unsigned(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+}
+
+}  // namespace cuda
+}  // namespace scangraph
+
+// One instantiation file per dtype (sparse_<dtype>.cu) defines the entry points declared in
+// sparse.h for its element type, so the dtypes compile in parallel.
+#define SCANGRAPH_INSTANTIATE_SPARSE(SCALAR, NAME)                                            \
+  namespace scangraph {                                                                       \
+  void spmm_cuda_##NAME(const SpmmParams& p, cudaStream_t stream) {                           \
+    if (p.col_is_int32) cuda::launch_spmm<SCALAR, int32_t>(p, stream);                        \
+    else cuda::launch_spmm<SCALAR, int64_t>(p, stream);                                       \
+  }                                                                                           \
+  void sddmm_cuda_##NAME(const SddmmParams& p, cudaStream_t stream) {                         \
+    if (p.col_is_int32) cuda::launch_sddmm<SCALAR, int32_t>(p, stream);                       \
+    else cuda::launch_sddmm<SCALAR, int64_t>(p, stream);                                      \
+  }                                                                                           \
+  }

@@ -1,0 +1,64 @@
+// Torch glue of the sparse CUDA kernels: argument checks, device guard, current stream,
+// dtype dispatch, launch check. Index values are validated by CSRGraph on construction (a
+// check here would synchronise the device on every call).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "glue/sparse_args.h"
+#include "sparse.h"
+
+namespace scangraph {
+namespace {
+
+template <typename Params>
+void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op,
+                    void (*fp64)(const Params&, cudaStream_t), void (*fp32)(const Params&, cudaStream_t),
+                    void (*fp16)(const Params&, cudaStream_t), void (*bf16)(const Params&, cudaStream_t)) {
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  switch (dtype) {
+    case at::kDouble: fp64(p, stream); break;
+    case at::kFloat: fp32(p, stream); break;
+    case at::kHalf: fp16(p, stream); break;
+    case at::kBFloat16: bf16(p, stream); break;
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col,
+                     const std::optional<at::Tensor>& weight, const at::Tensor& x,
+                     c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
+                     const std::optional<at::Tensor>& /*col_t*/,
+                     const std::optional<at::Tensor>& /*perm_t*/) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out, weight_contig;
+  const SpmmParams p = make_spmm_params(rowptr, col, weight, x, reduce, out, weight_contig);
+  dispatch_dtype(x.scalar_type(), p, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
+                 spmm_cuda_fp16, spmm_cuda_bf16);
+  return out;
+}
+
+at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
+                      const at::Tensor& b,
+                     const std::optional<at::Tensor>& /*rowptr_t*/,
+                     const std::optional<at::Tensor>& /*col_t*/,
+                     const std::optional<at::Tensor>& /*perm_t*/) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor out;
+  const SddmmParams p = make_sddmm_params(rowptr, col, a, b, out);
+  dispatch_dtype(a.scalar_type(), p, "scangraph::sddmm", sddmm_cuda_fp64, sddmm_cuda_fp32,
+                 sddmm_cuda_fp16, sddmm_cuda_bf16);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
+  m.impl("spmm", &spmm_cuda);
+  m.impl("sddmm", &sddmm_cuda);
+}
+
+}  // namespace scangraph

@@ -1,0 +1,119 @@
+// Torch-side argument checks and parameter packing shared by the CPU and CUDA glue of the
+// sparse ops. Kernels never see a Tensor: they get the torch-free structs of sparse_params.h.
+#pragma once
+#include <ATen/ATen.h>
+#include <optional>
+
+#include "scangraph/sparse_params.h"
+
+namespace scangraph {
+
+// Checks what does not depend on values (ranks, dtypes, devices, sizes) and returns the
+// number of edges. Index values are checked by validate_csr (CPU) or by CSRGraph (any device).
+inline int64_t check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& like,
+                         const char* op) {
+  TORCH_CHECK(rowptr.dim() == 1 && rowptr.scalar_type() == at::kLong,
+              op, ": rowptr must be a 1-D int64 tensor, got ", rowptr.dim(), "-D ",
+              rowptr.scalar_type());
+  TORCH_CHECK(rowptr.numel() >= 1, op, ": rowptr must hold num_rows + 1 >= 1 offsets, got 0");
+  TORCH_CHECK(col.dim() == 1 && (col.scalar_type() == at::kLong || col.scalar_type() == at::kInt),
+              op, ": col must be a 1-D int32 or int64 tensor, got ", col.dim(), "-D ",
+              col.scalar_type());
+  TORCH_CHECK(rowptr.is_contiguous() && col.is_contiguous(), op,
+              ": rowptr and col must be contiguous (CSRGraph makes them so)");
+  TORCH_CHECK(rowptr.device() == like.device() && col.device() == like.device(), op,
+              ": rowptr, col and the features must be on one device, got rowptr on ",
+              rowptr.device(), ", col on ", col.device(), ", features on ", like.device());
+  return col.numel();
+}
+
+// Features are (nodes, features) or (nodes, heads, features); returns a view with unit
+// feature stride (copied once only when the last dimension is strided).
+inline at::Tensor as_node_head_feature(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name,
+              " must be (nodes, features) or (nodes, heads, features), got shape ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+              " must be float64, float32, float16 or bfloat16, got ", t.scalar_type());
+  at::Tensor v = t.dim() == 2 ? t.unsqueeze(1) : t;
+  if (v.size(2) > 1 && v.stride(2) != 1) v = v.contiguous();
+  return v;
+}
+
+inline SpmmParams make_spmm_params(const at::Tensor& rowptr, const at::Tensor& col,
+                                   const std::optional<at::Tensor>& weight, const at::Tensor& x,
+                                   c10::string_view reduce, at::Tensor& out,
+                                   at::Tensor& weight_contig) {
+  const char* op = "scangraph::spmm";
+  const int64_t num_edges = check_csr(rowptr, col, x, op);
+  TORCH_CHECK(reduce == "sum" || reduce == "mean", op, ": reduce must be 'sum' or 'mean', got '",
+              std::string(reduce), "'");
+  at::Tensor xv = as_node_head_feature(x, op, "x");
+  const int64_t num_rows = rowptr.numel() - 1, heads = xv.size(1), features = xv.size(2);
+  SpmmParams p{};
+  if (weight.has_value()) {
+    const at::Tensor& w = *weight;
+    TORCH_CHECK(w.scalar_type() == x.scalar_type(), op, ": edge_weight must have the dtype of x (",
+                x.scalar_type(), "), got ", w.scalar_type());
+    TORCH_CHECK(w.device() == x.device(), op, ": edge_weight must be on ", x.device(), ", got ",
+                w.device());
+    TORCH_CHECK((w.dim() == 1 && w.size(0) == num_edges) ||
+                    (w.dim() == 2 && w.size(0) == num_edges && w.size(1) == heads),
+                op, ": edge_weight must be (num_edges,) = (", num_edges, ",) or (num_edges, heads) = (",
+                num_edges, ", ", heads, "), got ", w.sizes());
+    weight_contig = w.contiguous();
+    p.weight = weight_contig.data_ptr();
+    p.weight_edge_stride = weight_contig.dim() == 1 ? 1 : heads;
+    p.weight_head_stride = weight_contig.dim() == 1 ? 0 : 1;
+  }
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape[0] = num_rows;
+  out = at::empty(out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  p.rowptr = rowptr.data_ptr<int64_t>();
+  p.col = col.data_ptr();
+  p.x = xv.data_ptr();
+  p.out = out.data_ptr();
+  p.num_rows = num_rows;
+  p.num_heads = heads;
+  p.num_features = features;
+  p.x_row_stride = xv.stride(0);
+  p.x_head_stride = xv.stride(1);
+  p.col_is_int32 = col.scalar_type() == at::kInt;
+  p.mean = reduce == "mean";
+  return p;
+}
+
+inline SddmmParams make_sddmm_params(const at::Tensor& rowptr, const at::Tensor& col,
+                                     const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
+  const char* op = "scangraph::sddmm";
+  const int64_t num_edges = check_csr(rowptr, col, a, op);
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": a and b must share a dtype, got ",
+              a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK(b.device() == a.device(), op, ": a and b must be on one device, got ", a.device(),
+              " and ", b.device());
+  TORCH_CHECK(a.dim() == b.dim() && a.sizes().slice(1) == b.sizes().slice(1), op,
+              ": a and b must agree in every dimension but the first, got ", a.sizes(), " and ",
+              b.sizes());
+  const int64_t num_rows = rowptr.numel() - 1;
+  TORCH_CHECK(a.size(0) == num_rows, op, ": a must have one row per graph row (", num_rows,
+              "), got ", a.size(0));
+  at::Tensor av = as_node_head_feature(a, op, "a"), bv = as_node_head_feature(b, op, "b");
+  out = a.dim() == 2 ? at::empty({num_edges}, a.options())
+                     : at::empty({num_edges, a.size(1)}, a.options());
+  SddmmParams p{};
+  p.rowptr = rowptr.data_ptr<int64_t>();
+  p.col = col.data_ptr();
+  p.a = av.data_ptr();
+  p.b = bv.data_ptr();
+  p.out = out.data_ptr();
+  p.num_rows = num_rows;
+  p.num_heads = av.size(1);
+  p.num_features = av.size(2);
+  p.a_row_stride = av.stride(0);
+  p.a_head_stride = av.stride(1);
+  p.b_row_stride = bv.stride(0);
+  p.b_head_stride = bv.stride(1);
+  p.col_is_int32 = col.scalar_type() == at::kInt;
+  return p;
+}
+
+}  // namespace scangraph

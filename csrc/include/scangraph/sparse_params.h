@@ -1,0 +1,46 @@
+// Torch-free parameter structs of the sparse message-passing kernels.
+//
+// A graph is CSR: row i is a destination, rowptr[i]..rowptr[i+1] are its edges, col[e] the
+// source of edge e. Features are (nodes, heads, features) with unit feature stride; a plain
+// (nodes, features) tensor is one head. Every offset is 64-bit so graphs past 2^31 edges and
+// feature tensors past 2^31 elements index correctly.
+#pragma once
+#include <cstdint>
+
+namespace scangraph {
+
+// out[i, h, :] = scale_i * sum_{e in row i} w[e, h] * x[col[e], h, :]
+// scale_i = 1 (sum) or 1 / deg(i) (mean); empty rows give 0.
+struct SpmmParams {
+  const int64_t* rowptr;
+  const void* col;           // int32 or int64, chosen by col_is_int32
+  const void* weight;        // nullptr: every edge weighs 1
+  const void* x;
+  void* out;                 // contiguous (num_rows, num_heads, num_features)
+  int64_t num_rows;
+  int64_t num_heads;
+  int64_t num_features;
+  int64_t x_row_stride;      // elements between consecutive source nodes
+  int64_t x_head_stride;     // elements between consecutive heads
+  int64_t weight_edge_stride;
+  int64_t weight_head_stride;  // 0 when one weight per edge serves every head
+  bool col_is_int32;
+  bool mean;
+};
+
+// out[e, h] = sum_f a[row(e), h, f] * b[col[e], h, f]
+struct SddmmParams {
+  const int64_t* rowptr;
+  const void* col;
+  const void* a;             // destination side, indexed by row
+  const void* b;             // source side, indexed by col
+  void* out;                 // contiguous (num_edges, num_heads)
+  int64_t num_rows;
+  int64_t num_heads;
+  int64_t num_features;
+  int64_t a_row_stride, a_head_stride;
+  int64_t b_row_stride, b_head_stride;
+  bool col_is_int32;
+};
+
+}  // namespace scangraph

@@ -1,0 +1,24 @@
+// The one schema list of the scangraph op library. CPU kernels register in csrc/cpu, CUDA
+// kernels in csrc/cuda/*_launch.cpp, Triton kernels as `<op>_triton` from Python; fake kernels
+// and autograd are registered in python/scangraph/ops.
+#include <torch/library.h>
+
+TORCH_LIBRARY(scangraph, m) {
+  // Sparse message passing over a CSR graph (rows are destinations, col holds sources).
+  // rowptr_t / col_t / perm_t: the cached transpose (perm_t maps its edges to edge ids of the
+  // original), used only by the backward; kernels ignore them.
+  m.def("spmm(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, str reduce=\"sum\", "
+        "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> Tensor");
+  m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b, "
+        "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> Tensor");
+}
+
+#ifndef SCANGRAPH_NO_PYTHON_MODULE
+// `import scangraph._C` loads this library (and runs the registrations above); the module
+// itself is empty, so the library needs no pybind11 and works with any Python ABI.
+#include <Python.h>
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+#endif

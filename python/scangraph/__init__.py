@@ -1,0 +1,18 @@
+"""scangraph: fused selective-scan, prefix-attention, sparse and low-precision kernels as torch ops.
+
+    import scangraph
+    g = scangraph.CSRGraph.from_edge_index(edge_index, num_nodes=n)
+    out = scangraph.spmm(g, x, reduce="mean")          # C++ on CPU, CUDA on GPU
+    out = scangraph.spmm(g, x, backend="triton")       # or choose a backend
+"""
+from scangraph._extension import cpp_built, cuda_built
+from scangraph.backend import BACKENDS, BackendUnavailable, use_backend
+from scangraph.graph import CSRGraph
+from scangraph.ops.sparse import sddmm, spmm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "BackendUnavailable", "CSRGraph", "cpp_built", "cuda_built", "sddmm", "spmm",
+    "use_backend",
+]

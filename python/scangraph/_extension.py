@@ -1,0 +1,27 @@
+"""Loads the compiled op library scangraph._C and reports what it was built with."""
+import torch
+
+try:
+    from scangraph import _C  # noqa: F401  (loading it registers the C++ and CUDA kernels)
+
+    LOAD_ERROR = None
+except ImportError as error:  # a source checkout without a build, or an ABI mismatch with torch
+    LOAD_ERROR = error
+
+
+def cpp_built() -> bool:
+    """True when the C++ op library is loaded (its CPU kernels are always part of it)."""
+    return LOAD_ERROR is None
+
+
+def cuda_built() -> bool:
+    """True when the loaded op library holds CUDA kernels (built where nvcc was present)."""
+    return cpp_built() and torch._C._dispatch_has_kernel_for_dispatch_key("scangraph::spmm", "CUDA")
+
+
+def require_cpp(what: str) -> None:
+    if LOAD_ERROR is not None:
+        raise RuntimeError(
+            f"{what} needs scangraph's compiled library, which failed to load ({LOAD_ERROR}). "
+            "Reinstall with `pip install --no-build-isolation .` against the installed torch "
+            f"({torch.__version__}), or pick backend='triton' or 'reference'.")

@@ -1,0 +1,163 @@
+"""CSRGraph: a graph in compressed sparse rows, the input of every sparse op.
+
+Row i is a destination node and col[rowptr[i]:rowptr[i+1]] are its sources (PyG's
+"source_to_target" flow: edge_index[0] holds sources, edge_index[1] targets). Columns are sorted
+within each row. Edge weights are stored in CSR edge order; `edge_ids` maps each CSR edge back
+to its column in the edge_index it was built from.
+"""
+from typing import Optional
+
+import torch
+
+
+def csr_transpose(rowptr: torch.Tensor, col: torch.Tensor, num_cols: int):
+    """(rowptr_t, col_t, perm) of the transpose; perm[k] is the original id of edge k of the
+    transpose. Deterministic on every device: a stable sort, no atomics."""
+    num_edges = col.numel()
+    edge_row = torch.searchsorted(
+        rowptr, torch.arange(num_edges, device=col.device, dtype=rowptr.dtype), right=True) - 1
+    sorted_col, perm = torch.sort(col.to(torch.int64), stable=True)
+    rowptr_t = torch.searchsorted(
+        sorted_col, torch.arange(num_cols + 1, device=col.device, dtype=torch.int64))
+    col_t = edge_row[perm].to(col.dtype)
+    return rowptr_t, col_t, perm
+
+
+def validate_csr(rowptr: torch.Tensor, col: torch.Tensor, num_cols: int) -> None:
+    """Raises ValueError unless rowptr/col describe a valid CSR graph with num_cols columns."""
+    if rowptr.dim() != 1 or rowptr.dtype != torch.int64 or rowptr.numel() < 1:
+        raise ValueError(f"rowptr must be a 1-D int64 tensor of num_rows + 1 offsets, got "
+                         f"shape {tuple(rowptr.shape)} and dtype {rowptr.dtype}")
+    if col.dim() != 1 or col.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"col must be a 1-D int32 or int64 tensor, got shape {tuple(col.shape)} "
+                         f"and dtype {col.dtype}")
+    if col.device != rowptr.device:
+        raise ValueError(f"rowptr and col must be on one device, got {rowptr.device} and {col.device}")
+    if col.dtype == torch.int32 and num_cols > torch.iinfo(torch.int32).max:
+        raise ValueError(f"int32 col cannot index {num_cols} columns; use int64")
+    first, last = int(rowptr[0]), int(rowptr[-1])
+    if first != 0:
+        raise ValueError(f"rowptr[0] must be 0, got {first}")
+    if last != col.numel():
+        raise ValueError(f"rowptr[-1] must equal the number of edges ({col.numel()}), got {last}")
+    steps = rowptr[1:] - rowptr[:-1]
+    if steps.numel() and bool((steps < 0).any()):
+        bad = int(torch.nonzero(steps < 0)[0])
+        raise ValueError(f"rowptr must be non-decreasing, but rowptr[{bad}] = {int(rowptr[bad])} > "
+                         f"rowptr[{bad + 1}] = {int(rowptr[bad + 1])}")
+    if col.numel():
+        lo, hi = int(col.min()), int(col.max())
+        if lo < 0 or hi >= num_cols:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"col holds {bad}, out of range for {num_cols} source nodes")
+
+
+class CSRGraph:
+    """A CSR graph with a cached transpose.
+
+    Args:
+        rowptr: (num_rows + 1,) int64 offsets.
+        col: (num_edges,) int32 or int64 source node of each edge, grouped by row.
+        edge_weight: optional (num_edges,) or (num_edges, heads) weights in CSR edge order.
+        num_cols: number of source nodes (default: num_rows, a square graph).
+        edge_ids: optional (num_edges,) int64 position of each CSR edge in the source edge list.
+        validate: check offsets and indices once here (one device sync), so kernels can trust them.
+    """
+
+    def __init__(self, rowptr: torch.Tensor, col: torch.Tensor,
+                 edge_weight: Optional[torch.Tensor] = None, num_cols: Optional[int] = None,
+                 edge_ids: Optional[torch.Tensor] = None, validate: bool = True):
+        self.rowptr = rowptr.contiguous()
+        self.col = col.contiguous()
+        self.num_rows = rowptr.numel() - 1
+        self.num_cols = self.num_rows if num_cols is None else int(num_cols)
+        if validate:
+            validate_csr(self.rowptr, self.col, self.num_cols)
+        if edge_weight is not None and (edge_weight.dim() not in (1, 2)
+                                        or edge_weight.shape[0] != self.col.numel()):
+            raise ValueError(f"edge_weight must be (num_edges,) or (num_edges, heads) with "
+                             f"num_edges = {self.col.numel()}, got {tuple(edge_weight.shape)}")
+        self.edge_weight = edge_weight
+        self.edge_ids = edge_ids
+        self._transpose = None
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_edge_index(cls, edge_index: torch.Tensor, num_nodes: Optional[int] = None,
+                        edge_weight: Optional[torch.Tensor] = None,
+                        index_dtype: torch.dtype = torch.int64) -> "CSRGraph":
+        """From a PyG-style (2, E) edge_index: row 0 sources, row 1 targets (destinations)."""
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must have shape (2, num_edges), got {tuple(edge_index.shape)}")
+        if edge_index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"edge_index must be int32 or int64, got {edge_index.dtype}")
+        src, dst = edge_index[0].to(torch.int64), edge_index[1].to(torch.int64)
+        if num_nodes is None:
+            num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+            raise ValueError(f"edge_index holds node ids outside [0, {num_nodes})")
+        # Sort by (destination, source); the key fits int64 for any num_nodes < 3e9.
+        order = torch.argsort(dst * num_nodes + src, stable=True)
+        rowptr = torch.searchsorted(
+            dst[order], torch.arange(num_nodes + 1, device=dst.device, dtype=torch.int64))
+        weight = None if edge_weight is None else edge_weight[order]
+        return cls(rowptr, src[order].to(index_dtype), weight, num_cols=num_nodes,
+                   edge_ids=order, validate=False)
+
+    @classmethod
+    def from_sparse(cls, matrix: torch.Tensor) -> "CSRGraph":
+        """From a torch sparse COO or CSR matrix A (out = A @ x): A[i, j] is an edge j -> i with
+        weight A[i, j]."""
+        if matrix.layout == torch.sparse_coo:
+            matrix = matrix.coalesce().to_sparse_csr()
+        if matrix.layout != torch.sparse_csr:
+            raise ValueError(f"from_sparse expects a sparse COO or CSR tensor, got {matrix.layout}")
+        rows, cols = matrix.shape
+        return cls(matrix.crow_indices().to(torch.int64), matrix.col_indices(),
+                   matrix.values(), num_cols=cols)
+
+    # ---- views --------------------------------------------------------------------------
+    @property
+    def num_edges(self) -> int:
+        return self.col.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.rowptr.device
+
+    def in_degree(self) -> torch.Tensor:
+        return self.rowptr[1:] - self.rowptr[:-1]
+
+    def transpose_parts(self):
+        """(rowptr_t, col_t, perm) of the transpose, computed once and cached."""
+        if self._transpose is None:
+            self._transpose = csr_transpose(self.rowptr, self.col, self.num_cols)
+        return self._transpose
+
+    def transpose(self) -> "CSRGraph":
+        """The reversed graph (sources become rows); its edge weights are gathered, not rebuilt."""
+        rowptr_t, col_t, perm = self.transpose_parts()
+        weight = None if self.edge_weight is None else self.edge_weight[perm]
+        return CSRGraph(rowptr_t, col_t, weight, num_cols=self.num_rows, edge_ids=perm,
+                        validate=False)
+
+    def to_edge_index(self) -> torch.Tensor:
+        """(2, num_edges) int64 edge_index in CSR edge order: row 0 sources, row 1 targets."""
+        dst = torch.repeat_interleave(
+            torch.arange(self.num_rows, device=self.device), self.in_degree())
+        return torch.stack([self.col.to(torch.int64), dst])
+
+    def to(self, device) -> "CSRGraph":
+        moved = CSRGraph(self.rowptr.to(device), self.col.to(device),
+                         None if self.edge_weight is None else self.edge_weight.to(device),
+                         num_cols=self.num_cols,
+                         edge_ids=None if self.edge_ids is None else self.edge_ids.to(device),
+                         validate=False)
+        if self._transpose is not None:
+            moved._transpose = tuple(t.to(device) for t in self._transpose)
+        return moved
+
+    def __repr__(self) -> str:
+        return (f"CSRGraph(num_rows={self.num_rows}, num_cols={self.num_cols}, "
+                f"num_edges={self.num_edges}, col={self.col.dtype}, device={self.device}, "
+                f"weighted={self.edge_weight is not None})")

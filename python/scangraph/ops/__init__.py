@@ -1,0 +1,2 @@
+"""Public op functions, one module per kernel family. Importing registers fake kernels,
+autograd formulas and the Triton ops."""

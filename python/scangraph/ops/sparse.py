@@ -1,0 +1,213 @@
+"""Sparse message passing: spmm (sum | mean) and sddmm over a CSRGraph.
+
+Each op exists as the C++/CUDA op `scangraph::<op>` (CPU and CUDA kernels under one name) and
+as the Triton op `scangraph::<op>_triton`. Both carry a fake kernel (torch.compile, export) and
+an autograd formula whose backward calls the same family of ops:
+  spmm:  dx = A^T dout  (spmm on the cached transpose: no atomics, deterministic)
+         dw = sddmm(A, dout, x)
+  sddmm: da = spmm(A, b, weight=dout);  db = spmm(A^T, a, weight=dout[perm])
+For reduce="mean", dout is first divided by the in-degree of its row.
+"""
+from typing import Optional
+
+import torch
+
+from scangraph import backend as _backend
+from scangraph import reference
+from scangraph.graph import CSRGraph, csr_transpose
+from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+
+REDUCES = ("sum", "mean")
+
+
+# ---- fake kernels: output shapes from input shapes alone -------------------------------------
+def _spmm_fake(rowptr, col, weight, x, reduce="sum", rowptr_t=None, col_t=None, perm_t=None):
+    torch._check(rowptr.dim() == 1 and col.dim() == 1 and x.dim() in (2, 3))
+    return x.new_empty((rowptr.shape[0] - 1,) + tuple(x.shape[1:]))
+
+
+def _sddmm_fake(rowptr, col, a, b, rowptr_t=None, col_t=None, perm_t=None):
+    torch._check(rowptr.dim() == 1 and col.dim() == 1 and a.dim() == b.dim())
+    return a.new_empty((col.shape[0],) + tuple(a.shape[1:-1]))
+
+
+# ---- autograd, parameterised by the family of ops the backward runs on -----------------------
+def _transpose_of(rowptr, col, num_cols, rowptr_t, col_t, perm_t):
+    if rowptr_t is None:
+        return csr_transpose(rowptr, col, num_cols)
+    return rowptr_t, col_t, perm_t
+
+
+def _divide_by_degree(grad, rowptr):
+    degree = (rowptr[1:] - rowptr[:-1]).clamp(min=1).to(grad.dtype)
+    return grad / degree.reshape((-1,) + (1,) * (grad.dim() - 1))
+
+
+def _register_autograd(spmm_name: str, sddmm_name: str):
+    spmm_op = getattr(torch.ops.scangraph, spmm_name)
+    sddmm_op = getattr(torch.ops.scangraph, sddmm_name)
+
+    def spmm_setup(ctx, inputs, output):
+        rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t = inputs
+        ctx.reduce = reduce
+        ctx.num_src = x.shape[0]
+        ctx.weight_is_per_edge = weight is not None and weight.dim() == 1
+        ctx.save_for_backward(rowptr, col, weight, x if ctx.needs_input_grad[2] else None,
+                              rowptr_t, col_t, perm_t)
+
+    def spmm_backward(ctx, grad):
+        rowptr, col, weight, x, rowptr_t, col_t, perm_t = ctx.saved_tensors
+        if ctx.reduce == "mean":
+            grad = _divide_by_degree(grad, rowptr)
+        dweight = dx = None
+        if ctx.needs_input_grad[2]:
+            dweight = sddmm_op(rowptr, col, grad, x, rowptr_t, col_t, perm_t)
+            if ctx.weight_is_per_edge and dweight.dim() == 2:  # one weight shared by all heads
+                dweight = dweight.sum(1)
+        if ctx.needs_input_grad[3]:
+            rowptr_t, col_t, perm_t = _transpose_of(rowptr, col, ctx.num_src, rowptr_t, col_t, perm_t)
+            weight_t = None if weight is None else weight[perm_t]
+            dx = spmm_op(rowptr_t, col_t, weight_t, grad, "sum", None, None, None)
+        return None, None, dweight, dx, None, None, None, None
+
+    def sddmm_setup(ctx, inputs, output):
+        rowptr, col, a, b, rowptr_t, col_t, perm_t = inputs
+        ctx.num_src = b.shape[0]
+        ctx.save_for_backward(rowptr, col, a, b, rowptr_t, col_t, perm_t)
+
+    def sddmm_backward(ctx, grad):
+        rowptr, col, a, b, rowptr_t, col_t, perm_t = ctx.saved_tensors
+        da = db = None
+        if ctx.needs_input_grad[2]:
+            da = spmm_op(rowptr, col, grad, b, "sum", rowptr_t, col_t, perm_t)
+        if ctx.needs_input_grad[3]:
+            rowptr_t, col_t, perm_t = _transpose_of(rowptr, col, ctx.num_src, rowptr_t, col_t, perm_t)
+            db = spmm_op(rowptr_t, col_t, grad[perm_t], a, "sum", None, None, None)
+        return None, None, da, db, None, None, None
+
+    torch.library.register_autograd(f"scangraph::{spmm_name}", spmm_backward, setup_context=spmm_setup)
+    torch.library.register_autograd(f"scangraph::{sddmm_name}", sddmm_backward, setup_context=sddmm_setup)
+
+
+def _register_cpp_ops():
+    if not hasattr(torch.ops.scangraph, "spmm"):  # compiled library not loaded
+        return
+    torch.library.register_fake("scangraph::spmm")(_spmm_fake)
+    torch.library.register_fake("scangraph::sddmm")(_sddmm_fake)
+    _register_autograd("spmm", "sddmm")
+
+
+def _register_triton_ops():
+    if _TRITON_IMPORT_ERROR is not None:
+        return
+    from torch.library import triton_op, wrap_triton
+
+    from scangraph.triton_kernels import sparse as kernels
+
+    @triton_op("scangraph::spmm_triton", mutates_args=())
+    def spmm_triton(rowptr: torch.Tensor, col: torch.Tensor, weight: Optional[torch.Tensor],
+                    x: torch.Tensor, reduce: str = "sum", rowptr_t: Optional[torch.Tensor] = None,
+                    col_t: Optional[torch.Tensor] = None,
+                    perm_t: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = x.new_empty((rowptr.shape[0] - 1,) + tuple(x.shape[1:]))
+        kernels.launch_spmm(wrap_triton, rowptr, col, weight, x, reduce, out)
+        return out
+
+    @triton_op("scangraph::sddmm_triton", mutates_args=())
+    def sddmm_triton(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                     rowptr_t: Optional[torch.Tensor] = None, col_t: Optional[torch.Tensor] = None,
+                     perm_t: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = a.new_empty((col.shape[0],) + tuple(a.shape[1:-1]))
+        kernels.launch_sddmm(wrap_triton, rowptr, col, a, b, out)
+        return out
+
+    _register_autograd("spmm_triton", "sddmm_triton")
+
+
+_register_cpp_ops()
+_register_triton_ops()
+
+
+# ---- public functions ------------------------------------------------------------------------
+def _check_features(op: str, name: str, t, graph: CSRGraph, rows: int, rows_what: str):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in (2, 3):
+        raise ValueError(f"{op}: {name} must be (nodes, features) or (nodes, heads, features), "
+                         f"got shape {tuple(t.shape)}")
+    if t.dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{op}: {name} must be float64, float32, float16 or bfloat16, got {t.dtype}")
+    if t.shape[0] != rows:
+        raise ValueError(f"{op}: {name} must have {rows} rows ({rows_what}), got shape "
+                         f"{tuple(t.shape)}")
+    if t.device != graph.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but the graph is on {graph.device}")
+
+
+def _check_graph(op: str, graph):
+    if not isinstance(graph, CSRGraph):
+        raise TypeError(f"{op}: graph must be a scangraph.CSRGraph, got {type(graph).__name__} "
+                        "(build one with CSRGraph.from_edge_index)")
+
+
+def _needs_transpose(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
+         edge_weight: Optional[torch.Tensor] = None, *, backend: str = "auto") -> torch.Tensor:
+    """Sparse-dense product over a CSR graph: out[i] = reduce_{j in N(i)} w_ij * x[j].
+
+    Args:
+        graph: CSRGraph with num_rows destinations and num_cols sources.
+        x: (num_cols, F) or (num_cols, heads, F) source features, float64/32/16 or bfloat16.
+        reduce: "sum" or "mean" (mean divides by the in-degree; empty rows give 0).
+        edge_weight: (num_edges,) or (num_edges, heads) in CSR edge order, dtype of x; defaults
+            to graph.edge_weight (None: every edge weighs 1).
+        backend: "auto" | "cpp" | "cuda" | "triton" | "reference" (see scangraph.backend).
+    Returns:
+        (num_rows, [heads,] F) in the dtype of x (accumulated in fp32, fp64 for fp64).
+    Gradients reach x and edge_weight; the backward is deterministic.
+    """
+    _check_graph("spmm", graph)
+    _check_features("spmm", "x", x, graph, graph.num_cols, "one per source node of the graph")
+    if reduce not in REDUCES:
+        raise ValueError(f"spmm: reduce must be one of {REDUCES}, got {reduce!r}")
+    weight = graph.edge_weight if edge_weight is None else edge_weight
+    if weight is not None:
+        heads = x.shape[1] if x.dim() == 3 else 1
+        if weight.shape not in ((graph.num_edges,), (graph.num_edges, heads)):
+            raise ValueError(f"spmm: edge_weight must be ({graph.num_edges},) or "
+                             f"({graph.num_edges}, {heads}), got {tuple(weight.shape)}")
+        if weight.dtype != x.dtype or weight.device != x.device:
+            raise ValueError(f"spmm: edge_weight must match x in dtype and device ({x.dtype}, "
+                             f"{x.device}), got {weight.dtype} on {weight.device}")
+    name = _backend.resolve("spmm", backend, x.device)
+    if name == "reference":
+        return reference.spmm(graph.rowptr, graph.col, x, reduce, weight)
+    transpose = graph.transpose_parts() if _needs_transpose(x, weight) else (None, None, None)
+    op = torch.ops.scangraph.spmm_triton if name == "triton" else torch.ops.scangraph.spmm
+    return op(graph.rowptr, graph.col, weight, x, reduce, *transpose)
+
+
+def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Per-edge dot products: out[e] = a[row(e)] . b[col(e)] over the last dimension.
+
+    Args:
+        a: (num_rows, F) or (num_rows, heads, F) destination-side features.
+        b: (num_cols, F) or (num_cols, heads, F) source-side features, same dtype as a.
+    Returns:
+        (num_edges,) or (num_edges, heads) in CSR edge order. Gradients reach a and b.
+    """
+    _check_graph("sddmm", graph)
+    _check_features("sddmm", "a", a, graph, graph.num_rows, "one per destination row of the graph")
+    _check_features("sddmm", "b", b, graph, graph.num_cols, "one per source node of the graph")
+    if a.dtype != b.dtype or a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"sddmm: a and b must share dtype and trailing shape, got {a.dtype} "
+                         f"{tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
+    name = _backend.resolve("sddmm", backend, a.device)
+    if name == "reference":
+        return reference.sddmm(graph.rowptr, graph.col, a, b)
+    transpose = graph.transpose_parts() if _needs_transpose(a, b) else (None, None, None)
+    op = torch.ops.scangraph.sddmm_triton if name == "triton" else torch.ops.scangraph.sddmm
+    return op(graph.rowptr, graph.col, a, b, *transpose)
