@@ -128,13 +128,13 @@ at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col,
                     c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
                     const std::optional<at::Tensor>& /*col_t*/,
                     const std::optional<at::Tensor>& /*perm_t*/) {
-  at::Tensor out, weight_contig;
-  const SpmmParams p = make_spmm_params(rowptr, col, weight, x, reduce, out, weight_contig);
+  const KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
+  const SpmmParams& p = call.params;
   validate_csr(rowptr, col, x.size(0), "scangraph::spmm");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_cpu", [&] {
     if (p.col_is_int32) spmm_rows<scalar_t, int32_t>(p); else spmm_rows<scalar_t, int64_t>(p);
   });
-  return out;
+  return call.out;
 }
 
 at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
@@ -142,13 +142,13 @@ at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::
                      const std::optional<at::Tensor>& /*rowptr_t*/,
                      const std::optional<at::Tensor>& /*col_t*/,
                      const std::optional<at::Tensor>& /*perm_t*/) {
-  at::Tensor out;
-  const SddmmParams p = make_sddmm_params(rowptr, col, a, b, out);
+  const KernelCall<SddmmParams> call = prepare_sddmm(rowptr, col, a, b);
+  const SddmmParams& p = call.params;
   validate_csr(rowptr, col, b.size(0), "scangraph::sddmm");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sddmm_cpu", [&] {
     if (p.col_is_int32) sddmm_rows<scalar_t, int32_t>(p); else sddmm_rows<scalar_t, int64_t>(p);
   });
-  return out;
+  return call.out;
 }
 
 }  // namespace

@@ -34,11 +34,11 @@ at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col,
                      const std::optional<at::Tensor>& /*col_t*/,
                      const std::optional<at::Tensor>& /*perm_t*/) {
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out, weight_contig;
-  const SpmmParams p = make_spmm_params(rowptr, col, weight, x, reduce, out, weight_contig);
+  const KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
+  const SpmmParams& p = call.params;
   dispatch_dtype(x.scalar_type(), p, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
                  spmm_cuda_fp16, spmm_cuda_bf16);
-  return out;
+  return call.out;
 }
 
 at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
@@ -47,11 +47,11 @@ at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at:
                      const std::optional<at::Tensor>& /*col_t*/,
                      const std::optional<at::Tensor>& /*perm_t*/) {
   const c10::cuda::CUDAGuard guard(a.device());
-  at::Tensor out;
-  const SddmmParams p = make_sddmm_params(rowptr, col, a, b, out);
+  const KernelCall<SddmmParams> call = prepare_sddmm(rowptr, col, a, b);
+  const SddmmParams& p = call.params;
   dispatch_dtype(a.scalar_type(), p, "scangraph::sddmm", sddmm_cuda_fp64, sddmm_cuda_fp32,
                  sddmm_cuda_fp16, sddmm_cuda_bf16);
-  return out;
+  return call.out;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <optional>
+#include <vector>
 
 #include "scangraph/sparse_params.h"
 
@@ -39,17 +40,26 @@ inline at::Tensor as_node_head_feature(const at::Tensor& t, const char* op, cons
   return v;
 }
 
-inline SpmmParams make_spmm_params(const at::Tensor& rowptr, const at::Tensor& col,
-                                   const std::optional<at::Tensor>& weight, const at::Tensor& x,
-                                   c10::string_view reduce, at::Tensor& out,
-                                   at::Tensor& weight_contig) {
+// Kernel parameters plus the tensors their pointers refer to: the output, and any contiguous
+// copies made here, which must outlive the launch.
+template <typename Params>
+struct KernelCall {
+  Params params{};
+  at::Tensor out;
+  std::vector<at::Tensor> owned;
+};
+
+inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::Tensor& col,
+                                           const std::optional<at::Tensor>& weight,
+                                           const at::Tensor& x, c10::string_view reduce) {
   const char* op = "scangraph::spmm";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
   TORCH_CHECK(reduce == "sum" || reduce == "mean", op, ": reduce must be 'sum' or 'mean', got '",
               std::string(reduce), "'");
-  at::Tensor xv = as_node_head_feature(x, op, "x");
+  KernelCall<SpmmParams> call;
+  SpmmParams& p = call.params;
+  const at::Tensor xv = call.owned.emplace_back(as_node_head_feature(x, op, "x"));
   const int64_t num_rows = rowptr.numel() - 1, heads = xv.size(1), features = xv.size(2);
-  SpmmParams p{};
   if (weight.has_value()) {
     const at::Tensor& w = *weight;
     TORCH_CHECK(w.scalar_type() == x.scalar_type(), op, ": edge_weight must have the dtype of x (",
@@ -60,18 +70,18 @@ inline SpmmParams make_spmm_params(const at::Tensor& rowptr, const at::Tensor& c
                     (w.dim() == 2 && w.size(0) == num_edges && w.size(1) == heads),
                 op, ": edge_weight must be (num_edges,) = (", num_edges, ",) or (num_edges, heads) = (",
                 num_edges, ", ", heads, "), got ", w.sizes());
-    weight_contig = w.contiguous();
+    const at::Tensor weight_contig = call.owned.emplace_back(w.contiguous());
     p.weight = weight_contig.data_ptr();
     p.weight_edge_stride = weight_contig.dim() == 1 ? 1 : heads;
     p.weight_head_stride = weight_contig.dim() == 1 ? 0 : 1;
   }
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape[0] = num_rows;
-  out = at::empty(out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  call.out = at::empty(out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
   p.x = xv.data_ptr();
-  p.out = out.data_ptr();
+  p.out = call.out.data_ptr();
   p.num_rows = num_rows;
   p.num_heads = heads;
   p.num_features = features;
@@ -79,11 +89,11 @@ inline SpmmParams make_spmm_params(const at::Tensor& rowptr, const at::Tensor& c
   p.x_head_stride = xv.stride(1);
   p.col_is_int32 = col.scalar_type() == at::kInt;
   p.mean = reduce == "mean";
-  return p;
+  return call;
 }
 
-inline SddmmParams make_sddmm_params(const at::Tensor& rowptr, const at::Tensor& col,
-                                     const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
+inline KernelCall<SddmmParams> prepare_sddmm(const at::Tensor& rowptr, const at::Tensor& col,
+                                             const at::Tensor& a, const at::Tensor& b) {
   const char* op = "scangraph::sddmm";
   const int64_t num_edges = check_csr(rowptr, col, a, op);
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": a and b must share a dtype, got ",
@@ -96,15 +106,17 @@ inline SddmmParams make_sddmm_params(const at::Tensor& rowptr, const at::Tensor&
   const int64_t num_rows = rowptr.numel() - 1;
   TORCH_CHECK(a.size(0) == num_rows, op, ": a must have one row per graph row (", num_rows,
               "), got ", a.size(0));
-  at::Tensor av = as_node_head_feature(a, op, "a"), bv = as_node_head_feature(b, op, "b");
-  out = a.dim() == 2 ? at::empty({num_edges}, a.options())
-                     : at::empty({num_edges, a.size(1)}, a.options());
-  SddmmParams p{};
+  KernelCall<SddmmParams> call;
+  SddmmParams& p = call.params;
+  const at::Tensor av = call.owned.emplace_back(as_node_head_feature(a, op, "a"));
+  const at::Tensor bv = call.owned.emplace_back(as_node_head_feature(b, op, "b"));
+  call.out = a.dim() == 2 ? at::empty({num_edges}, a.options())
+                          : at::empty({num_edges, a.size(1)}, a.options());
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
   p.a = av.data_ptr();
   p.b = bv.data_ptr();
-  p.out = out.data_ptr();
+  p.out = call.out.data_ptr();
   p.num_rows = num_rows;
   p.num_heads = av.size(1);
   p.num_features = av.size(2);
@@ -113,7 +125,7 @@ inline SddmmParams make_sddmm_params(const at::Tensor& rowptr, const at::Tensor&
   p.b_row_stride = bv.stride(0);
   p.b_head_stride = bv.stride(1);
   p.col_is_int32 = col.scalar_type() == at::kInt;
-  return p;
+  return call;
 }
 
 }  // namespace scangraph

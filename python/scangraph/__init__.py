@@ -8,6 +8,7 @@
 from scangraph._extension import cpp_built, cuda_built
 from scangraph.backend import BACKENDS, BackendUnavailable, use_backend
 from scangraph.graph import CSRGraph
+from scangraph import datasets, reference
 from scangraph.ops.sparse import sddmm, spmm
 
 __version__ = "0.1.0"

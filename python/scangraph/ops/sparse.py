@@ -61,9 +61,14 @@ def _register_autograd(spmm_name: str, sddmm_name: str):
             grad = _divide_by_degree(grad, rowptr)
         dweight = dx = None
         if ctx.needs_input_grad[2]:
-            dweight = sddmm_op(rowptr, col, grad, x, rowptr_t, col_t, perm_t)
-            if ctx.weight_is_per_edge and dweight.dim() == 2:  # one weight shared by all heads
-                dweight = dweight.sum(1)
+            if ctx.weight_is_per_edge and x.dim() == 3:
+                # One weight shared by all heads: its gradient is one dot product over
+                # (heads, F), accumulated once in fp32 rather than summed from rounded parts.
+                grad_flat = grad.reshape(grad.shape[0], grad.shape[1] * grad.shape[2])
+                x_flat = x.reshape(x.shape[0], x.shape[1] * x.shape[2])
+                dweight = sddmm_op(rowptr, col, grad_flat, x_flat, rowptr_t, col_t, perm_t)
+            else:
+                dweight = sddmm_op(rowptr, col, grad, x, rowptr_t, col_t, perm_t)
         if ctx.needs_input_grad[3]:
             rowptr_t, col_t, perm_t = _transpose_of(rowptr, col, ctx.num_src, rowptr_t, col_t, perm_t)
             weight_t = None if weight is None else weight[perm_t]

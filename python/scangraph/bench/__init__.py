@@ -1,0 +1,1 @@
+"""The `python -m scangraph.bench` microbenchmarks (timing helpers and per-family cases)."""

@@ -1,0 +1,153 @@
+"""python -m scangraph.bench: time every kernel against what users would otherwise use.
+
+For each op, graph, size, backend and pass it prints the median time, the achieved GB/s of the
+op's compulsory bytes, that rate as a fraction of the copy bandwidth measured in this run, and
+the speedup over each baseline. --json / --csv write the rows; --plot draws speedups.
+"""
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+
+import torch
+
+import scangraph
+from scangraph import datasets
+from scangraph.bench import sparse
+from scangraph.bench.timing import copy_bandwidth_gbs, median_ms
+
+OURS = "scangraph."
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
+
+
+def _progress(total):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, unit="timing", file=sys.stderr, leave=False)
+    except ImportError:
+        class Plain:
+            def __init__(self):
+                self.n = 0
+
+            def update(self, k=1):
+                self.n += k
+                print(f"\r{self.n}/{total} timings", end="", file=sys.stderr, flush=True)
+
+            def set_description(self, text):
+                pass
+
+            def close(self):
+                print(file=sys.stderr)
+        return Plain()
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    features = [int(f) for f in args.features.split(",")]
+    data_dir = args.data or datasets.shared_data_dir()
+    copy_gbs = copy_bandwidth_gbs(device, megabytes=64 if args.quick else 256)
+    cases = list(sparse.spmm_cases(device, dtype, features, data_dir, args.quick))
+    progress = _progress(sum(len(c.impls) * 2 for c in cases))
+    rows = []
+    for case in cases:
+        for pass_name in ("fwd", "fwd+bwd"):
+            times = {}
+            for impl, fns in case.impls.items():
+                progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name}")
+                times[impl] = median_ms(fns[pass_name], device, min_seconds=0.1 if args.quick else 0.3)
+                progress.update()
+            moved = case.bytes_fwd * (2 if pass_name == "fwd+bwd" else 1)
+            for impl, ms in times.items():
+                if not impl.startswith(OURS):
+                    continue
+                gbs = moved / (ms * 1e-3) / 1e9
+                rows.append({
+                    "op": case.op, "pass": pass_name, "graph": case.graph, "nodes": case.nodes,
+                    "edges": case.edges, "F": case.features, "dtype": str(case.dtype).replace("torch.", ""),
+                    "device": str(device), "backend": impl[len(OURS):], "ms": round(ms, 4),
+                    "GB/s": round(gbs, 2), "of_copy": round(gbs / copy_gbs, 3),
+                    **{f"x_vs_{b}": round(t / ms, 2) for b, t in times.items() if not b.startswith(OURS)},
+                    **{f"ms_{b}": round(t, 4) for b, t in times.items() if not b.startswith(OURS)},
+                })
+    progress.close()
+    return {"meta": {
+        "date": time.strftime("%Y-%m-%d"), "device": _device_name(device),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "copy_GB/s": round(copy_gbs, 1),
+        "cuda_built": scangraph.cuda_built(), "python": platform.python_version(),
+    }, "rows": rows}
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+
+
+def print_table(result, file=sys.stdout):
+    meta, rows = result["meta"], result["rows"]
+    print(f"# {meta['device']}, torch {meta['torch']}, copy bandwidth {meta['copy_GB/s']} GB/s, "
+          f"{meta['date']}", file=file)
+    if not rows:
+        print("(no rows)", file=file)
+        return
+    baseline_cols = [k for k in rows[0] if k.startswith("x_vs_")]
+    header = ["op", "pass", "graph", "F", "backend", "ms", "GB/s", "of_copy"] + baseline_cols
+    widths = [max(len(h), *(len(str(r.get(h, ""))) for r in rows)) for h in header]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=file)
+    for r in rows:
+        print("  ".join(str(r.get(h, "")).ljust(w) for h, w in zip(header, widths)), file=file)
+
+
+def _plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    baselines = [k for k in rows[0] if k.startswith("x_vs_")]
+    labels = [f"{r['graph']} F={r['F']} {r['pass']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
+    width = 0.8 / len(baselines)
+    for i, b in enumerate(baselines):
+        ax.bar([j + i * width for j in range(len(rows))], [r[b] for r in rows], width, label=b[5:])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, rotation=60, ha="right")
+    ax.set_ylabel("speedup of scangraph (x)")
+    ax.set_title(result["meta"]["device"])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m scangraph.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--features", default="32,128", help="comma-separated feature sizes")
+    parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
+    parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
+    parser.add_argument("--json", help="write the rows and metadata as JSON")
+    parser.add_argument("--csv", help="write the rows as CSV")
+    parser.add_argument("--plot", help="write a speedup plot (needs matplotlib)")
+    args = parser.parse_args(argv)
+    result = run(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.csv and result["rows"]:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
+            writer.writeheader()
+            writer.writerows(result["rows"])
+    if args.plot and result["rows"]:
+        _plot(result, args.plot)
+    print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Shared test setup: the Triton interpreter, backends per device, the tolerance table, graphs."""
+import os
+import zlib
+
+# Triton kernels run on CPU tensors only in the interpreter, which must be chosen before triton
+# is first imported. bench/gpu_check.sh sets TRITON_INTERPRET=0 to run them compiled on a GPU.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import scangraph  # noqa: E402
+from scangraph import datasets  # noqa: E402
+from scangraph.backend import BackendUnavailable, resolve  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+# (atol, rtol) of a kernel's output against the float64 reference evaluated on the same
+# (rounded) inputs: fp32 accumulation, then one rounding of the output to the dtype.
+TOLERANCE = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 5e-3),
+    torch.bfloat16: (1e-2, 2e-2),
+}
+
+
+def assert_close(actual, expected, dtype=None):
+    atol, rtol = TOLERANCE[dtype or actual.dtype]
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
+
+
+def _available(backend, device):
+    try:
+        resolve("test", backend, torch.device(device))
+        return True
+    except BackendUnavailable:
+        return False
+
+
+def backend_params():
+    """(backend, device) pairs: every compiled backend on CPU and, with a GPU, on CUDA."""
+    params = []
+    for backend in ("cpp", "triton"):
+        params.append(pytest.param((backend, "cpu"), id=f"{backend}-cpu"))
+    for backend in ("cuda", "triton"):
+        params.append(pytest.param((backend, "cuda"), id=f"{backend}-cuda", marks=pytest.mark.cuda))
+    return params
+
+
+@pytest.fixture
+def backend_device(request):
+    backend, device = request.param
+    if device == "cuda" and not HAS_CUDA:
+        pytest.skip("needs a CUDA GPU")
+    if not _available(backend, device):
+        pytest.skip(f"backend {backend!r} is unavailable on {device}")
+    return backend, device
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run bench/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def real_graph_path(name):
+    root = datasets.shared_data_dir()
+    path = None if root is None else os.path.join(root, "graphs", f"{name}.npz")
+    if path is None or not os.path.exists(path):
+        pytest.skip(f"real graph {name} not found (set SCANGRAPH_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    # Fresh random inputs per test, yet reproducible from the test's name when one fails.
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))

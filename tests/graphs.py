@@ -1,0 +1,40 @@
+"""Small graphs that exercise the edge cases of CSR kernels (tests import these by name)."""
+import torch
+
+from scangraph import CSRGraph, datasets
+
+
+def _from_pairs(src, dst, num_nodes, index_dtype):
+    edge_index = torch.stack([torch.as_tensor(src), torch.as_tensor(dst)]).to(torch.int64)
+    return CSRGraph.from_edge_index(edge_index, num_nodes, index_dtype=index_dtype)
+
+
+def make_graph(name: str, index_dtype=torch.int64) -> CSRGraph:
+    if name == "random":  # duplicates and self loops included
+        return _from_pairs(torch.randint(0, 40, (200,)), torch.randint(0, 40, (200,)), 40, index_dtype)
+    if name == "tiny":  # small enough for gradcheck in the Triton interpreter
+        return _from_pairs(torch.randint(0, 9, (25,)), torch.randint(0, 9, (25,)), 9, index_dtype)
+    if name == "empty":  # no nodes at all
+        return _from_pairs([], [], 0, index_dtype)
+    if name == "no_edges":
+        return _from_pairs([], [], 7, index_dtype)
+    if name == "isolated":  # rows 10..29 receive nothing
+        return _from_pairs(torch.randint(0, 30, (80,)), torch.randint(0, 10, (80,)), 30, index_dtype)
+    if name == "hub":  # row 3 holds most edges (longer than any block of edges)
+        src = torch.cat([torch.arange(300) % 70, torch.randint(0, 70, (40,))])
+        dst = torch.cat([torch.full((300,), 3), torch.randint(0, 70, (40,))])
+        return _from_pairs(src, dst, 70, index_dtype)
+    if name == "karate":
+        edge_index, n = datasets.karate()
+        return CSRGraph.from_edge_index(edge_index, n, index_dtype=index_dtype)
+    if name == "bipartite":  # 12 destinations, 25 sources
+        rowptr = torch.cat([torch.zeros(1, dtype=torch.int64),
+                            torch.randint(0, 6, (12,)).cumsum(0)])
+        col = torch.randint(0, 25, (int(rowptr[-1]),)).to(index_dtype)
+        for i in range(12):  # sorted within each row, as CSRGraph promises
+            col[rowptr[i]:rowptr[i + 1]] = col[rowptr[i]:rowptr[i + 1]].sort().values
+        return CSRGraph(rowptr, col, num_cols=25)
+    raise KeyError(name)
+
+
+GRAPHS = ("random", "empty", "no_edges", "isolated", "hub", "karate", "bipartite")

@@ -1,0 +1,283 @@
+"""spmm and sddmm on every backend against the float64 reference: forward, backward, gradcheck,
+opcheck, torch.compile, determinism, real graphs, bad input."""
+import pytest
+import torch
+
+import scangraph
+from scangraph import CSRGraph, reference
+from conftest import assert_close, backend_params, real_graph_path
+from graphs import GRAPHS, make_graph
+
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+# (feature shape after the node dimension, weight shape after the edge dimension or None)
+WEIGHTINGS = {
+    "unweighted": ((33,), None),
+    "per_edge": ((2, 5), ()),          # one weight per edge shared by both heads
+    "per_edge_head": ((3, 4), (3,)),   # one weight per edge and head
+}
+
+
+def _inputs(graph, weighting, dtype, device, requires_grad=False):
+    feature_shape, weight_shape = WEIGHTINGS[weighting]
+    x = torch.randn((graph.num_cols,) + feature_shape, dtype=dtype).to(device)
+    w = None if weight_shape is None else torch.rand((graph.num_edges,) + weight_shape).to(dtype).to(device)
+    x.requires_grad_(requires_grad)
+    if w is not None:
+        w.requires_grad_(requires_grad)
+    return x, w
+
+
+def _reference_with_grads(graph, x, w, reduce, grad):
+    x64 = x.detach().double().requires_grad_()
+    w64 = None if w is None else w.detach().double().requires_grad_()
+    out = reference.spmm(graph.rowptr, graph.col, x64, reduce, w64)
+    out.backward(grad.double())
+    return out, x64.grad, None if w is None else w64.grad
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduce", ("sum", "mean"))
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+@pytest.mark.parametrize("graph_name", GRAPHS)
+def test_spmm_forward_backward(backend_device, dtype, reduce, weighting, graph_name):
+    backend, device = backend_device
+    graph = make_graph(graph_name).to(device)
+    x, w = _inputs(graph, weighting, dtype, device, requires_grad=True)
+    out = scangraph.spmm(graph, x, reduce, w, backend=backend)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref, ref_dx, ref_dw = _reference_with_grads(graph.to("cpu"), x.cpu(), None if w is None else w.cpu(),
+                                                reduce, grad.cpu())
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert_close(out.cpu(), ref, dtype)
+    assert_close(x.grad.cpu(), ref_dx, dtype)
+    if w is not None:
+        assert_close(w.grad.cpu(), ref_dw, dtype)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads", (None, 3))
+@pytest.mark.parametrize("graph_name", ("random", "hub", "bipartite", "no_edges"))
+def test_sddmm_forward_backward(backend_device, dtype, heads, graph_name):
+    backend, device = backend_device
+    graph = make_graph(graph_name).to(device)
+    trailing = (19,) if heads is None else (heads, 6)
+    a = torch.randn((graph.num_rows,) + trailing, dtype=dtype).to(device).requires_grad_()
+    b = torch.randn((graph.num_cols,) + trailing, dtype=dtype).to(device).requires_grad_()
+    out = scangraph.sddmm(graph, a, b, backend=backend)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    a64, b64 = a.detach().cpu().double().requires_grad_(), b.detach().cpu().double().requires_grad_()
+    cpu_graph = graph.to("cpu")
+    ref = reference.sddmm(cpu_graph.rowptr, cpu_graph.col, a64, b64)
+    ref.backward(grad.cpu().double())
+    assert out.shape == ref.shape
+    assert_close(out.cpu(), ref, dtype)
+    assert_close(a.grad.cpu(), a64.grad, dtype)
+    assert_close(b.grad.cpu(), b64.grad, dtype)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("index_dtype", (torch.int32, torch.int64), ids=str)
+@pytest.mark.parametrize("features", (1, 130))
+def test_spmm_index_dtypes_and_wide_features(backend_device, index_dtype, features):
+    backend, device = backend_device
+    graph = make_graph("hub", index_dtype).to(device)
+    assert graph.col.dtype == index_dtype
+    x = torch.randn(graph.num_cols, features, device=device)
+    out = scangraph.spmm(graph, x, "mean", backend=backend)
+    cpu = graph.to("cpu")
+    assert_close(out.cpu(), reference.spmm(cpu.rowptr, cpu.col, x.cpu().double(), "mean"), torch.float32)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_spmm_strided_inputs(backend_device):
+    backend, device = backend_device
+    graph = make_graph("random").to(device)
+    base = torch.randn(graph.num_cols, 3, 16, device=device)
+    cases = {
+        "feature_stride_2": base[:, 0, ::2],
+        "head_major": base.transpose(1, 2).contiguous().transpose(1, 2),  # (N, 3, 16), strides (48, 1, 3)
+        "row_broadcast": torch.randn(1, 8, device=device).expand(graph.num_cols, 8),
+    }
+    for name, x in cases.items():
+        out = scangraph.spmm(graph, x, "sum", backend=backend)
+        cpu = graph.to("cpu")
+        ref = reference.spmm(cpu.rowptr, cpu.col, x.cpu().double(), "sum")
+        assert_close(out.cpu(), ref, torch.float32)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_gradcheck(backend_device):
+    backend, device = backend_device
+    graph = make_graph("tiny").to(device)
+    x = torch.randn(graph.num_cols, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.rand(graph.num_edges, 2, dtype=torch.float64, device=device, requires_grad=True)
+    w1 = torch.rand(graph.num_edges, dtype=torch.float64, device=device, requires_grad=True)
+    a = torch.randn(graph.num_rows, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    # The Triton interpreter runs every program in Python: random-projection (fast) gradcheck.
+    fast = backend == "triton" and device == "cpu"
+    for reduce in ("sum", "mean"):
+        for weight in (w, w1):
+            assert torch.autograd.gradcheck(
+                lambda x, w: scangraph.spmm(graph, x, reduce, w, backend=backend), (x, weight),
+                fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda a, b: scangraph.sddmm(graph, a, b, backend=backend), (a, x),
+                                    fast_mode=fast)
+
+
+def _op_samples(device):
+    graph = make_graph("hub").to(device)
+    rt, ct, pt = graph.transpose_parts()
+    x = torch.randn(graph.num_cols, 8, device=device, requires_grad=True)
+    w = torch.rand(graph.num_edges, device=device, requires_grad=True)
+    a = torch.randn(graph.num_rows, 8, device=device, requires_grad=True)
+    return [
+        ("spmm", (graph.rowptr, graph.col, None, x, "sum", rt, ct, pt)),
+        ("spmm", (graph.rowptr, graph.col, w, x, "mean", rt, ct, pt)),
+        ("spmm", (graph.rowptr, graph.col, w, x.detach(), "sum", None, None, None)),
+        ("sddmm", (graph.rowptr, graph.col, a, x, rt, ct, pt)),
+    ]
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_opcheck(backend_device):
+    backend, device = backend_device
+    suffix = "_triton" if backend == "triton" else ""
+    # Fake-tensor tracing of Triton kernels launched on CPU tensors is not supported by
+    # torch.compile (the interpreter runs eagerly only); those checks run on the GPU.
+    utils = (("test_schema", "test_autograd_registration") if backend == "triton" and device == "cpu"
+             else ("test_schema", "test_autograd_registration", "test_faketensor",
+                   "test_aot_dispatch_dynamic"))
+    for name, args in _op_samples(device):
+        torch.library.opcheck(getattr(torch.ops.scangraph, name + suffix).default, args, test_utils=utils)
+
+
+def test_compile_fullgraph_cpu():
+    graph = make_graph("karate")
+    x = torch.randn(graph.num_cols, 16, requires_grad=True)
+    w = torch.rand(graph.num_edges, requires_grad=True)
+
+    def layer(x, w):
+        h = scangraph.spmm(graph, x, "mean", w, backend="cpp")
+        return torch.relu(h) + scangraph.sddmm(graph, h, x, backend="cpp").sum()
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x, w)
+    out.sum().backward()
+    dx, dw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    layer(x, w).sum().backward()
+    torch.testing.assert_close(out, layer(x, w))
+    torch.testing.assert_close(dx, x.grad)
+    torch.testing.assert_close(dw, w.grad)
+
+
+def test_compile_inductor_cpu():
+    graph = make_graph("hub")
+    x = torch.randn(graph.num_cols, 8)
+    compiled = torch.compile(lambda x: scangraph.spmm(graph, x * 2, "sum", backend="cpp") + 1,
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(x), scangraph.spmm(graph, x * 2, "sum") + 1)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_backward_is_deterministic(backend_device):
+    backend, device = backend_device
+    graph = make_graph("hub").to(device)
+    x = torch.randn(graph.num_cols, 2, 40, device=device, requires_grad=True)
+    w = torch.rand(graph.num_edges, 2, device=device, requires_grad=True)
+    grad = torch.randn(graph.num_rows, 2, 40, device=device)
+    results = []
+    threads = torch.get_num_threads()
+    for run_threads in (1, max(threads, 2)):
+        torch.set_num_threads(run_threads)
+        x.grad = w.grad = None
+        out = scangraph.spmm(graph, x, "mean", w, backend=backend)
+        out.backward(grad)
+        results.append((out.detach().clone(), x.grad.clone(), w.grad.clone()))
+    torch.set_num_threads(threads)
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", ("karate", "polbooks", "football", "power", "as-22july06"))
+def test_real_graphs_cpp(name):
+    edge_index, num_nodes = scangraph.datasets.load_graph(real_graph_path(name))
+    graph = CSRGraph.from_edge_index(edge_index, num_nodes)
+    x = torch.randn(num_nodes, 24, dtype=torch.float64, requires_grad=True)
+    out = scangraph.spmm(graph, x, "mean", backend="cpp")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref, ref_dx, _ = _reference_with_grads(graph, x, None, "mean", grad)
+    assert_close(out, ref)
+    assert_close(x.grad, ref_dx)
+
+
+@pytest.mark.parametrize("name", ("polbooks", "football"))
+def test_real_graphs_triton(name):
+    if not scangraph.backend.triton_unavailable_reason(torch.device("cpu")) is None:
+        pytest.skip("Triton interpreter unavailable")
+    edge_index, num_nodes = scangraph.datasets.load_graph(real_graph_path(name))
+    graph = CSRGraph.from_edge_index(edge_index, num_nodes)
+    x = torch.randn(num_nodes, 24, dtype=torch.float64)
+    out = scangraph.spmm(graph, x, "sum", backend="triton")
+    assert_close(out, reference.spmm(graph.rowptr, graph.col, x, "sum"))
+
+
+def test_matches_torch_sparse_and_scatter():
+    """Second oracles: torch.sparse.mm and PyG's index_select + scatter_add formulation."""
+    graph = make_graph("random")
+    x = torch.randn(graph.num_cols, 12, dtype=torch.float64)
+    w = torch.rand(graph.num_edges, dtype=torch.float64)
+    matrix = torch.sparse_csr_tensor(graph.rowptr, graph.col, w, (graph.num_rows, graph.num_cols))
+    assert_close(scangraph.spmm(graph, x, "sum", w), torch.sparse.mm(matrix, x))
+    src, dst = graph.to_edge_index()
+    scattered = torch.zeros(graph.num_rows, 12, dtype=torch.float64).index_add_(
+        0, dst, x.index_select(0, src) * w[:, None])
+    assert_close(scangraph.spmm(graph, x, "sum", w), scattered)
+
+
+# ---- bad input: a clear Python exception, never a crash or garbage -------------------------
+def _bad_spmm_calls():
+    graph = make_graph("random")
+    x = torch.randn(graph.num_cols, 4)
+    return {
+        "x wrong rows": (lambda: scangraph.spmm(graph, x[:-1]), ValueError, "must have 40 rows"),
+        "x integer": (lambda: scangraph.spmm(graph, x.long()), TypeError, "float64, float32"),
+        "x 1-D": (lambda: scangraph.spmm(graph, x[:, 0]), ValueError, "(nodes, features)"),
+        "x on another device": (lambda: scangraph.spmm(graph, x.to("meta")), ValueError, "on meta"),
+        "weight wrong shape": (lambda: scangraph.spmm(graph, x, "sum", torch.rand(3)), ValueError,
+                               "edge_weight must be"),
+        "weight wrong dtype": (lambda: scangraph.spmm(graph, x, "sum", torch.rand(graph.num_edges).double()),
+                               ValueError, "match x in dtype"),
+        "unknown reduce": (lambda: scangraph.spmm(graph, x, "prod"), ValueError, "reduce must be one of"),
+        "not a graph": (lambda: scangraph.spmm(graph.rowptr, x), TypeError, "CSRGraph"),
+        "sddmm trailing shapes": (lambda: scangraph.sddmm(graph, x, x[:, :3]), ValueError, "trailing shape"),
+        "unknown backend": (lambda: scangraph.spmm(graph, x, backend="numba"), ValueError, "backend must be"),
+        "cuda backend on cpu": (lambda: scangraph.spmm(graph, x, backend="cuda"),
+                                scangraph.BackendUnavailable, "CUDA tensors"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_spmm_calls()))
+def test_bad_input_raises_clearly(case):
+    call, error, message = _bad_spmm_calls()[case]
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_cpp_op_validates_indices_itself():
+    """Direct op calls bypass CSRGraph's validation; the CPU kernel checks values itself."""
+    rowptr = torch.tensor([0, 2, 3])
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="out of range for 4 source nodes"):
+        torch.ops.scangraph.spmm(rowptr, torch.tensor([0, 9, 1]), None, x, "sum")
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        torch.ops.scangraph.spmm(torch.tensor([0, 3, 2, 3]), torch.tensor([0, 1, 1]), None, x, "sum")
+    with pytest.raises(RuntimeError, match=r"rowptr\[-1\] must equal"):
+        torch.ops.scangraph.spmm(torch.tensor([0, 2, 5]), torch.tensor([0, 1, 1]), None, x, "sum")
+    with pytest.raises(RuntimeError, match="int32 or int64"):
+        torch.ops.scangraph.spmm(rowptr, torch.tensor([0.0, 1.0, 1.0]), None, x, "sum")
