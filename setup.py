@@ -54,11 +54,15 @@ def _extension():
     with_cuda = _want_cuda()
     sources = _sources("csrc/registration.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
-    cxx = ["-O3", "-fvisibility=hidden"]  # torch adds the C++ standard its headers need
+    # torch adds the C++ standard its headers need; -fopenmp makes at::parallel_for parallel
+    # (without it the pragma is ignored and every kernel runs on one thread).
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link = ["-fopenmp"]
     if not with_cuda:
         print("scangraph: building the CPU kernels only", file=sys.stderr)
         return cpp_extension.CppExtension(
-            "scangraph._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+            "scangraph._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+            extra_link_args=link)
     sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     # A pip-installed CUDA torch carries the cuBLAS / cuSPARSE headers that its own headers
     # include; a minimal toolkit may lack them.
@@ -73,7 +77,7 @@ def _extension():
     return cpp_extension.CUDAExtension(
         "scangraph._C", sources, include_dirs=include_dirs,
         define_macros=[("SCANGRAPH_WITH_CUDA", "1")],
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
 
 
 setup(

@@ -69,37 +69,38 @@ def _fwd_bwd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, g
     return run
 
 
-def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool):
+def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device) -> Case:
+    """One (graph, F) case; a function of its own so every closure binds this case's tensors."""
     element = torch.empty((), dtype=dtype).element_size()
+    src, dst = graph.to_edge_index()
+    ones = torch.ones(graph.num_edges, dtype=dtype, device=device)
+    matrix = torch.sparse_csr_tensor(graph.rowptr, graph.col, ones, (graph.num_rows, graph.num_cols))
+    x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
+    grad = torch.randn(graph.num_rows, f, dtype=dtype, device=device)
+    xg = x.clone().requires_grad_()
+    index = dst.view(-1, 1).expand(-1, f)
+    case = Case(
+        op="spmm_sum", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f,
+        dtype=dtype, device=device,
+        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
+        + element * f * (graph.num_cols + graph.num_rows),
+        gathered_fwd=element * f * graph.num_edges)
+
+    def add(impl, forward):
+        case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
+
+    for backend in _backends(device):
+        add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "sum", backend=b))
+    add("torch.sparse.mm", lambda t: torch.sparse.mm(matrix, t))
+    add("pyg_scatter", lambda t: torch.zeros(graph.num_rows, f, dtype=t.dtype, device=t.device)
+        .scatter_add(0, index, t.index_select(0, src)))
+    add("reference", lambda t: reference.spmm(graph.rowptr, graph.col, t, "sum"))
+    return case
+
+
+def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool):
     for name, edge_index, num_nodes in bench_graphs(data_dir, quick):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
-        src, dst = graph.to_edge_index()
-        ones = torch.ones(graph.num_edges, dtype=dtype, device=device)
-        matrix = torch.sparse_csr_tensor(graph.rowptr, graph.col, ones, (graph.num_rows, graph.num_cols))
-        index_bytes = graph.col.element_size()
         for f in features:
-            x = torch.randn(num_nodes, f, dtype=dtype, device=device)
-            grad = torch.randn(graph.num_rows, f, dtype=dtype, device=device)
-            xg = x.clone().requires_grad_()
-            case = Case(
-                op="spmm_sum", graph=name, nodes=num_nodes, edges=graph.num_edges, features=f,
-                dtype=dtype, device=device,
-                bytes_fwd=8 * (graph.num_rows + 1) + index_bytes * graph.num_edges
-                + element * f * (graph.num_cols + graph.num_rows),
-                gathered_fwd=element * f * graph.num_edges)
-            for backend in _backends(device):
-                op = lambda t, b=backend: scangraph.spmm(graph, t, "sum", backend=b)  # noqa: E731
-                case.impls[f"scangraph.{backend}"] = {
-                    "fwd": lambda op=op: op(x), "fwd+bwd": _fwd_bwd(op, xg, grad)}
-            sparse_mm = lambda t: torch.sparse.mm(matrix, t)  # noqa: E731
-            case.impls["torch.sparse.mm"] = {"fwd": lambda: sparse_mm(x), "fwd+bwd": _fwd_bwd(sparse_mm, xg, grad)}
-            index = dst.view(-1, 1).expand(-1, f)
-
-            def scatter(t, index=index):
-                out = torch.zeros(graph.num_rows, t.shape[1], dtype=t.dtype, device=t.device)
-                return out.scatter_add(0, index, t.index_select(0, src))
-            case.impls["pyg_scatter"] = {"fwd": lambda s=scatter: s(x), "fwd+bwd": _fwd_bwd(scatter, xg, grad)}
-            ref = lambda t: reference.spmm(graph.rowptr, graph.col, t, "sum")  # noqa: E731
-            case.impls["reference"] = {"fwd": lambda: ref(x), "fwd+bwd": _fwd_bwd(ref, xg, grad)}
-            yield case
+            yield _spmm_case(name, graph, f, dtype, device)
