@@ -108,11 +108,16 @@ class CSRGraph:
     def from_sparse(cls, matrix: torch.Tensor) -> "CSRGraph":
         """From a torch sparse COO or CSR matrix A (out = A @ x): A[i, j] is an edge j -> i with
         weight A[i, j]."""
+        if matrix.dim() != 2:
+            raise ValueError(f"from_sparse expects a 2-D matrix, got shape {tuple(matrix.shape)}")
+        rows, cols = matrix.shape
         if matrix.layout == torch.sparse_coo:
-            matrix = matrix.coalesce().to_sparse_csr()
+            matrix = matrix.coalesce()  # sorted by (row, column), duplicates summed
+            row, col = matrix.indices()
+            rowptr = torch.searchsorted(row, torch.arange(rows + 1, device=row.device))
+            return cls(rowptr, col, matrix.values(), num_cols=cols)
         if matrix.layout != torch.sparse_csr:
             raise ValueError(f"from_sparse expects a sparse COO or CSR tensor, got {matrix.layout}")
-        rows, cols = matrix.shape
         return cls(matrix.crow_indices().to(torch.int64), matrix.col_indices(),
                    matrix.values(), num_cols=cols)
 

@@ -1,0 +1,88 @@
+"""CSRGraph: construction from edge_index / torch sparse, cached transpose, validation."""
+import pytest
+import torch
+
+from scangraph import CSRGraph
+from scangraph.graph import csr_transpose
+from graphs import make_graph
+
+
+def _dense(graph: CSRGraph, weight=None) -> torch.Tensor:
+    """Dense (num_rows, num_cols) adjacency with multi-edges summed."""
+    src, dst = graph.to_edge_index()
+    values = torch.ones(graph.num_edges, dtype=torch.float64) if weight is None else weight.double()
+    return torch.zeros(graph.num_rows, graph.num_cols, dtype=torch.float64).index_put_(
+        (dst, src), values, accumulate=True)
+
+
+def test_from_edge_index_orders_by_destination_then_source():
+    edge_index = torch.tensor([[2, 0, 1, 0, 2], [1, 1, 0, 2, 0]])  # sources, targets
+    weight = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0])
+    graph = CSRGraph.from_edge_index(edge_index, 3, edge_weight=weight)
+    assert graph.rowptr.tolist() == [0, 2, 4, 5]
+    assert graph.col.tolist() == [1, 2, 0, 2, 0]
+    assert graph.edge_weight.tolist() == [30.0, 50.0, 20.0, 10.0, 40.0]
+    # edge_ids maps CSR edges back to the input's columns.
+    assert torch.equal(edge_index[:, graph.edge_ids], graph.to_edge_index())
+
+
+@pytest.mark.parametrize("name", ("random", "hub", "bipartite", "empty", "no_edges"))
+def test_transpose_is_the_reversed_graph_and_cached(name):
+    graph = make_graph(name)
+    weight = torch.rand(graph.num_edges)
+    graph.edge_weight = weight
+    reversed_graph = graph.transpose()
+    assert (reversed_graph.num_rows, reversed_graph.num_cols) == (graph.num_cols, graph.num_rows)
+    torch.testing.assert_close(_dense(reversed_graph, reversed_graph.edge_weight), _dense(graph, weight).t())
+    assert graph.transpose_parts() is graph.transpose_parts()
+    rowptr_t, col_t, perm = graph.transpose_parts()
+    # Rows of the transpose are sorted too, and perm is a permutation of the edge ids.
+    assert torch.equal(perm.sort().values, torch.arange(graph.num_edges))
+    for i in range(reversed_graph.num_rows):
+        segment = col_t[rowptr_t[i]:rowptr_t[i + 1]]
+        assert torch.equal(segment, segment.sort().values)
+
+
+def test_transpose_keeps_index_dtype():
+    graph = make_graph("random", torch.int32)
+    assert csr_transpose(graph.rowptr, graph.col, graph.num_cols)[1].dtype == torch.int32
+
+
+@pytest.mark.parametrize("layout", ("coo", "csr"))
+def test_from_sparse(layout):
+    dense = torch.rand(6, 9) * (torch.rand(6, 9) < 0.4)
+    matrix = dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
+    graph = CSRGraph.from_sparse(matrix)
+    assert (graph.num_rows, graph.num_cols) == (6, 9)
+    torch.testing.assert_close(_dense(graph, graph.edge_weight).float(), dense)
+
+
+def test_to_edge_index_round_trip():
+    graph = make_graph("random")
+    again = CSRGraph.from_edge_index(graph.to_edge_index(), graph.num_rows)
+    assert torch.equal(again.rowptr, graph.rowptr) and torch.equal(again.col, graph.col)
+
+
+@pytest.mark.parametrize("rowptr, col, num_cols, message", [
+    ([0, 2, 1, 3], [0, 1, 2], 3, "non-decreasing"),
+    ([1, 2, 3], [0, 1, 2], 3, r"rowptr\[0\] must be 0"),
+    ([0, 2, 4], [0, 1, 2], 3, r"rowptr\[-1\] must equal"),
+    ([0, 1, 3], [0, 1, 5], 3, "out of range for 3 source nodes"),
+    ([0, 1, 3], [0, -1, 2], 3, "out of range"),
+])
+def test_invalid_csr_is_rejected(rowptr, col, num_cols, message):
+    with pytest.raises(ValueError, match=message):
+        CSRGraph(torch.tensor(rowptr), torch.tensor(col), num_cols=num_cols)
+
+
+def test_invalid_edge_index_is_rejected():
+    with pytest.raises(ValueError, match="shape"):
+        CSRGraph.from_edge_index(torch.zeros(3, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="outside"):
+        CSRGraph.from_edge_index(torch.tensor([[0, 5], [1, 2]]), num_nodes=3)
+    with pytest.raises(ValueError, match="int32 or int64"):
+        CSRGraph.from_edge_index(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="1-D int64"):
+        CSRGraph(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0]))
+    with pytest.raises(ValueError, match="edge_weight must be"):
+        CSRGraph(torch.tensor([0, 1]), torch.tensor([0]), edge_weight=torch.rand(2))
