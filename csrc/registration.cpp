@@ -9,6 +9,13 @@ TORCH_LIBRARY(scangraph, m) {
   // original), used only by the backward; kernels ignore them.
   m.def("spmm(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, str reduce=\"sum\", "
         "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> Tensor");
+  // Max / min: also returns arg, the winning edge id of every output (-1 for empty rows).
+  m.def("spmm_arg(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, str reduce, "
+        "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> (Tensor, Tensor)");
+  // Its backward: (dx, dweight); dweight is (num_edges, heads), or (0, heads) if not wanted.
+  m.def("spmm_arg_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, "
+        "Tensor perm_t, Tensor? weight, Tensor x, Tensor grad, Tensor arg, bool weight_grad) "
+        "-> (Tensor, Tensor)");
   m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b, "
         "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> Tensor");
 }

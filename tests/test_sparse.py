@@ -37,7 +37,7 @@ def _reference_with_grads(graph, x, w, reduce, grad):
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("reduce", ("sum", "mean"))
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("graph_name", GRAPHS)
 def test_spmm_forward_backward(backend_device, dtype, reduce, weighting, graph_name):
@@ -119,7 +119,7 @@ def test_gradcheck(backend_device):
     a = torch.randn(graph.num_rows, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     # The Triton interpreter runs every program in Python: random-projection (fast) gradcheck.
     fast = backend == "triton" and device == "cpu"
-    for reduce in ("sum", "mean"):
+    for reduce in ("sum", "mean", "max", "min"):
         for weight in (w, w1):
             assert torch.autograd.gradcheck(
                 lambda x, w: scangraph.spmm(graph, x, reduce, w, backend=backend), (x, weight),
@@ -139,6 +139,8 @@ def _op_samples(device):
         ("spmm", (graph.rowptr, graph.col, w, x, "mean", rt, ct, pt)),
         ("spmm", (graph.rowptr, graph.col, w, x.detach(), "sum", None, None, None)),
         ("sddmm", (graph.rowptr, graph.col, a, x, rt, ct, pt)),
+        ("spmm_arg", (graph.rowptr, graph.col, w, x, "max", rt, ct, pt)),
+        ("spmm_arg", (graph.rowptr, graph.col, None, x, "min", rt, ct, pt)),
     ]
 
 
@@ -184,7 +186,8 @@ def test_compile_inductor_cpu():
 
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
-def test_backward_is_deterministic(backend_device):
+@pytest.mark.parametrize("reduce", ("mean", "max"))
+def test_backward_is_deterministic(backend_device, reduce):
     backend, device = backend_device
     graph = make_graph("hub").to(device)
     x = torch.randn(graph.num_cols, 2, 40, device=device, requires_grad=True)
@@ -195,7 +198,7 @@ def test_backward_is_deterministic(backend_device):
     for run_threads in (1, max(threads, 2)):
         torch.set_num_threads(run_threads)
         x.grad = w.grad = None
-        out = scangraph.spmm(graph, x, "mean", w, backend=backend)
+        out = scangraph.spmm(graph, x, reduce, w, backend=backend)
         out.backward(grad)
         results.append((out.detach().clone(), x.grad.clone(), w.grad.clone()))
     torch.set_num_threads(threads)
@@ -267,6 +270,28 @@ def test_bad_input_raises_clearly(case):
     call, error, message = _bad_spmm_calls()[case]
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("reduce", ("max", "min"))
+def test_extreme_ties_go_to_the_lowest_column(backend_device, reduce):
+    """Duplicate edges and equal features tie: the first edge in CSR order wins and alone
+    receives the gradient; empty rows give 0 and arg -1."""
+    backend, device = backend_device
+    edge_index = torch.tensor([[2, 1, 1, 0], [0, 0, 0, 1]])  # row 0: sources 1, 1, 2; row 1: 0; row 2: none
+    graph = CSRGraph.from_edge_index(edge_index, 3).to(device)
+    x = torch.tensor([[5.0, 0.0], [3.0, 3.0], [3.0, -1.0]], device=device, requires_grad=True)
+    out = scangraph.spmm(graph, x, reduce, backend=backend)
+    expected = [[3.0, 3.0], [5.0, 0.0], [0.0, 0.0]] if reduce == "max" else [[3.0, -1.0], [5.0, 0.0], [0.0, 0.0]]
+    assert out.tolist() == expected
+    out.backward(torch.ones_like(out))
+    # Column 0 of row 0 ties between sources 1 (twice) and 2: the first edge (source 1) wins.
+    expected_grad = ([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]] if reduce == "max"
+                     else [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert x.grad.tolist() == expected_grad
+    suffix = "_triton" if backend == "triton" else ""
+    arg = getattr(torch.ops.scangraph, "spmm_arg" + suffix)(graph.rowptr, graph.col, None, x.detach(), reduce)[1]
+    assert arg[2].tolist() == [-1, -1] and arg[0, 0].item() == 0
 
 
 def test_cpp_op_validates_indices_itself():

@@ -113,3 +113,146 @@ def launch_sddmm(wrap, rowptr, col, a, b, out):
         rowptr, col, av, bv, out, heads, features,
         av.stride(0), av.stride(1), bv.stride(0), bv.stride(1),
         ACC=_accumulator(a.dtype), BLOCK_E=BLOCK_E, BLOCK_F=_feature_block(features))
+
+
+# ---- max / min and their backward -------------------------------------------------------------
+@triton.jit
+def spmm_extreme_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr, arg_ptr,
+                        num_heads, num_features, x_row_stride, x_head_stride,
+                        weight_edge_stride, weight_head_stride,
+                        HAS_WEIGHT: tl.constexpr, IS_MAX: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # Min is max of the negated messages (negation is exact, ties are kept).
+    sign = 1.0 if IS_MAX else -1.0
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    begin = tl.load(rowptr_ptr + row)
+    end = tl.load(rowptr_ptr + row + 1)
+    best = tl.full([BLOCK_F], float("-inf"), dtype=ACC)
+    arg = tl.full([BLOCK_F], -1, dtype=tl.int64)
+    for edge0 in range(begin, end, BLOCK_E):
+        edges = edge0 + tl.arange(0, BLOCK_E)
+        edge_mask = edges < end
+        src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
+        tile = tl.load(x_ptr + src[:, None] * x_row_stride + head * x_head_stride + features[None, :],
+                       mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
+        if HAS_WEIGHT:
+            w = tl.load(weight_ptr + edges * weight_edge_stride + head * weight_head_stride,
+                        mask=edge_mask, other=0.0).to(ACC)
+            tile = tile * w[:, None]
+        tile = tl.where(edge_mask[:, None], tile * sign, float("-inf"))
+        tile_best = tl.max(tile, axis=0)
+        # The first edge of this block reaching the block's best; an earlier block keeps ties.
+        candidates = tl.where((tile == tile_best[None, :]) & edge_mask[:, None], edges[:, None],
+                              end + BLOCK_E)
+        tile_arg = tl.min(candidates, axis=0)
+        better = (tile_best > best) | ((arg < 0) & (tile_arg < end))
+        best = tl.where(better, tile_best, best)
+        arg = tl.where(better, tile_arg, arg)
+    offsets = (row * num_heads + head) * num_features + features
+    out = tl.where(arg >= 0, best * sign, 0.0)
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=feature_mask)
+    tl.store(arg_ptr + offsets, arg, mask=feature_mask)
+
+
+@triton.jit
+def spmm_arg_dx_kernel(rowptr_t_ptr, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr, arg_ptr, dx_ptr,
+                       num_heads, num_features, weight_edge_stride, weight_head_stride,
+                       HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # Source j walks its out-edges on the transpose and collects the gradients it won.
+    src = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    begin = tl.load(rowptr_t_ptr + src)
+    end = tl.load(rowptr_t_ptr + src + 1)
+    acc = tl.zeros([BLOCK_F], dtype=ACC)
+    for k0 in range(begin, end, BLOCK_E):
+        ks = k0 + tl.arange(0, BLOCK_E)
+        k_mask = ks < end
+        edge = tl.load(perm_t_ptr + ks, mask=k_mask, other=-2)
+        dst = tl.load(col_t_ptr + ks, mask=k_mask, other=0).to(tl.int64)
+        offsets = (dst[:, None] * num_heads + head) * num_features + features[None, :]
+        mask = k_mask[:, None] & feature_mask[None, :]
+        won = tl.load(arg_ptr + offsets, mask=mask, other=-1) == edge[:, None]
+        grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        if HAS_WEIGHT:
+            w = tl.load(weight_ptr + edge * weight_edge_stride + head * weight_head_stride,
+                        mask=k_mask, other=0.0).to(ACC)
+            grad = grad * w[:, None]
+        acc += tl.sum(tl.where(won & mask, grad, 0.0), axis=0)
+    tl.store(dx_ptr + (src * num_heads + head) * num_features + features,
+             acc.to(dx_ptr.dtype.element_ty), mask=feature_mask)
+
+
+@triton.jit
+def spmm_arg_dweight_kernel(rowptr_ptr, col_ptr, x_ptr, grad_ptr, arg_ptr, dweight_ptr,
+                            num_heads, num_features, x_row_stride, x_head_stride,
+                            ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # dweight[e, h]: grad . x[col[e]] over the features where edge e won.
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    begin = tl.load(rowptr_ptr + row)
+    end = tl.load(rowptr_ptr + row + 1)
+    row_offset = (row * num_heads + head) * num_features
+    for edge0 in range(begin, end, BLOCK_E):
+        edges = edge0 + tl.arange(0, BLOCK_E)
+        edge_mask = edges < end
+        src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
+        dot = tl.zeros([BLOCK_E], dtype=ACC)
+        for f0 in range(0, num_features, BLOCK_F):
+            features = f0 + tl.arange(0, BLOCK_F)
+            feature_mask = features < num_features
+            arg = tl.load(arg_ptr + row_offset + features, mask=feature_mask, other=-1)
+            grad = tl.load(grad_ptr + row_offset + features, mask=feature_mask, other=0.0).to(ACC)
+            mask = edge_mask[:, None] & feature_mask[None, :]
+            x = tl.load(x_ptr + src[:, None] * x_row_stride + head * x_head_stride + features[None, :],
+                        mask=mask, other=0.0).to(ACC)
+            won = (arg[None, :] == edges[:, None]) & mask
+            dot += tl.sum(tl.where(won, x * grad[None, :], 0.0), axis=1)
+        tl.store(dweight_ptr + edges * num_heads + head, dot.to(dweight_ptr.dtype.element_ty),
+                 mask=edge_mask)
+
+
+def _weight_strides(weight, heads):
+    if weight is None:
+        return None, 0, 0
+    weight = weight.contiguous()
+    return (weight, 1, 0) if weight.dim() == 1 else (weight, heads, 1)
+
+
+def launch_spmm_extreme(wrap, rowptr, col, weight, x, reduce, out, arg):
+    xv = _node_head_feature(x)
+    num_rows, heads, features = rowptr.numel() - 1, xv.shape[1], xv.shape[2]
+    if num_rows == 0 or features == 0:
+        return
+    weight, w_edge, w_head = _weight_strides(weight, heads)
+    block_f = _feature_block(features)
+    wrap(spmm_extreme_kernel)[(num_rows, heads, triton.cdiv(features, block_f))](
+        rowptr, col, weight if weight is not None else xv, xv, out, arg,
+        heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
+        HAS_WEIGHT=weight is not None, IS_MAX=reduce == "max", ACC=_accumulator(x.dtype),
+        BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+
+
+def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, dx, dweight):
+    xv = _node_head_feature(x)
+    num_src, heads, features = xv.shape
+    if features == 0:
+        if dweight is not None:
+            dweight.zero_()
+        return
+    weight, w_edge, w_head = _weight_strides(weight, heads)
+    block_f = _feature_block(features)
+    if num_src:
+        wrap(spmm_arg_dx_kernel)[(num_src, heads, triton.cdiv(features, block_f))](
+            rowptr_t, col_t, perm_t, weight if weight is not None else grad, grad, arg, dx,
+            heads, features, w_edge, w_head,
+            HAS_WEIGHT=weight is not None, ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+    if dweight is not None and rowptr.numel() > 1 and col.numel():
+        wrap(spmm_arg_dweight_kernel)[(rowptr.numel() - 1, heads)](
+            rowptr, col, xv, grad, arg, dweight, heads, features, xv.stride(0), xv.stride(1),
+            ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)

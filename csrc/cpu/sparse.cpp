@@ -1,4 +1,5 @@
-// CPU kernels of the sparse message-passing family: spmm (sum | mean) and sddmm.
+// CPU kernels of the sparse message-passing family: spmm (sum | mean | max | min, and the
+// backward of max / min) and sddmm.
 //
 // Rows are split into chunks of equal work (edges + rows), so a few hub rows do not leave
 // threads idle; each row is owned by one thread, which accumulates in registers / a small
@@ -155,7 +156,7 @@ SCANGRAPH_ALWAYS_INLINE void spmm_row_range(const SpmmParams& p, int64_t row_beg
   const int64_t F = p.num_features;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
-    const acc_t scale = (p.mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
+    const acc_t scale = (p.reduce == Reduce::Mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
     for (int64_t h = 0; h < p.num_heads; ++h) {
       scalar_t* __restrict__ o = out + (row * p.num_heads + h) * F;
       for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
@@ -205,6 +206,89 @@ void spmm_rows(const SpmmParams& p) {
   });
 }
 
+// Max / min: each output keeps the best message and the edge that produced it; a strict
+// comparison keeps the first edge in CSR order (the lowest column) on ties.
+template <typename scalar_t, typename index_t>
+void spmm_extreme_rows(const SpmmParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  const bool is_max = p.reduce == Reduce::Max;
+  const int64_t F = p.num_features;
+  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> best(F);
+    for (int64_t row = r0; row < r1; ++row) {
+      for (int64_t h = 0; h < p.num_heads; ++h) {
+        int64_t* arg = p.arg + (row * p.num_heads + h) * F;
+        std::fill(arg, arg + F, int64_t(-1));
+        for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
+          const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride + h * p.x_head_stride;
+          const acc_t we = w ? acc_t(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1);
+          for (int64_t f = 0; f < F; ++f) {
+            const acc_t v = we * acc_t(xr[f]);
+            if (arg[f] < 0 || (is_max ? v > best[f] : v < best[f])) {
+              best[f] = v;
+              arg[f] = e;
+            }
+          }
+        }
+        scalar_t* o = out + (row * p.num_heads + h) * F;
+        for (int64_t f = 0; f < F; ++f) o[f] = arg[f] < 0 ? scalar_t(0) : scalar_t(best[f]);
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename index_t>
+void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const index_t* col_t = static_cast<const index_t*>(p.col_t);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  scalar_t* dx = static_cast<scalar_t*>(p.dx);
+  const int64_t F = p.num_features, H = p.num_heads;
+  // dx: source j owns its row of the transpose, so it sums its winning out-edges alone.
+  for_each_row_chunk(p.rowptr_t, p.num_src, [&](int64_t j0, int64_t j1) {
+    std::vector<acc_t> sum(F);
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t h = 0; h < H; ++h) {
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        for (int64_t k = p.rowptr_t[j]; k < p.rowptr_t[j + 1]; ++k) {
+          const int64_t e = p.perm_t[k], i = int64_t(col_t[k]);
+          const acc_t we = w ? acc_t(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1);
+          const int64_t* arg = p.arg + (i * H + h) * F;
+          const scalar_t* g = grad + (i * H + h) * F;
+          for (int64_t f = 0; f < F; ++f)
+            if (arg[f] == e) sum[f] += we * acc_t(g[f]);
+        }
+        scalar_t* o = dx + (j * H + h) * F;
+        for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(sum[f]);
+      }
+    }
+  });
+  if (!p.dweight) return;
+  scalar_t* dweight = static_cast<scalar_t*>(p.dweight);
+  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e) {
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t* arg = p.arg + (i * H + h) * F;
+          const scalar_t* g = grad + (i * H + h) * F;
+          const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride + h * p.x_head_stride;
+          acc_t dot = 0;
+          for (int64_t f = 0; f < F; ++f)
+            if (arg[f] == e) dot += acc_t(g[f]) * acc_t(xr[f]);
+          dweight[e * H + h] = scalar_t(dot);
+        }
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename index_t>
 void sddmm_rows(const SddmmParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -228,15 +312,17 @@ void sddmm_rows(const SddmmParams& p) {
   });
 }
 
-at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col,
-                    const std::optional<at::Tensor>& weight, const at::Tensor& x,
-                    c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
-                    const std::optional<at::Tensor>& /*col_t*/,
-                    const std::optional<at::Tensor>& /*perm_t*/) {
-  const KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
+KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
+                                const std::optional<at::Tensor>& weight, const at::Tensor& x,
+                                c10::string_view reduce) {
+  KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
   const SpmmParams& p = call.params;
   validate_csr(rowptr, col, x.size(0), "scangraph::spmm");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_cpu", [&] {
+    if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
+      if (p.col_is_int32) spmm_extreme_rows<scalar_t, int32_t>(p); else spmm_extreme_rows<scalar_t, int64_t>(p);
+      return;
+    }
     const bool weighted = p.weight != nullptr;
     if (p.col_is_int32) {
       weighted ? spmm_rows<scalar_t, int32_t, true>(p) : spmm_rows<scalar_t, int32_t, false>(p);
@@ -244,7 +330,43 @@ at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col,
       weighted ? spmm_rows<scalar_t, int64_t, true>(p) : spmm_rows<scalar_t, int64_t, false>(p);
     }
   });
-  return call.out;
+  return call;
+}
+
+at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col,
+                    const std::optional<at::Tensor>& weight, const at::Tensor& x,
+                    c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
+                    const std::optional<at::Tensor>& /*col_t*/,
+                    const std::optional<at::Tensor>& /*perm_t*/) {
+  TORCH_CHECK(reduce == "sum" || reduce == "mean", "scangraph::spmm: reduce must be 'sum' or 'mean' ",
+              "(max / min are scangraph::spmm_arg), got '", std::string(reduce), "'");
+  return run_spmm(rowptr, col, weight, x, reduce).out;
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_arg_cpu(
+    const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
+    const at::Tensor& x, c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
+    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
+  TORCH_CHECK(reduce == "max" || reduce == "min", "scangraph::spmm_arg: reduce must be 'max' or 'min', got '",
+              std::string(reduce), "'");
+  KernelCall<SpmmParams> call = run_spmm(rowptr, col, weight, x, reduce);
+  return {call.out, call.out2};
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cpu(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
+    const at::Tensor& perm_t, const std::optional<at::Tensor>& weight, const at::Tensor& x,
+    const at::Tensor& grad, const at::Tensor& arg, bool weight_grad) {
+  const KernelCall<SpmmArgBackwardParams> call =
+      prepare_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, weight_grad);
+  const SpmmArgBackwardParams& p = call.params;
+  validate_csr(rowptr, col, x.size(0), "scangraph::spmm_arg_backward");
+  validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "scangraph::spmm_arg_backward (transpose)");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_arg_backward_cpu", [&] {
+    if (p.col_is_int32) spmm_arg_backward_rows<scalar_t, int32_t>(p);
+    else spmm_arg_backward_rows<scalar_t, int64_t>(p);
+  });
+  return {call.out, call.out2};
 }
 
 at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
@@ -265,6 +387,8 @@ at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::
 
 TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
   m.impl("spmm", &spmm_cpu);
+  m.impl("spmm_arg", &spmm_arg_cpu);
+  m.impl("spmm_arg_backward", &spmm_arg_backward_cpu);
   m.impl("sddmm", &sddmm_cpu);
 }
 

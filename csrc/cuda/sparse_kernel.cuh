@@ -51,7 +51,7 @@ __global__ void spmm_kernel(SpmmParams p) {
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
   scalar_t* out = static_cast<scalar_t*>(p.out);
   const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
-  const acc_t scale = (p.mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
+  const acc_t scale = (p.reduce == Reduce::Mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
   const int64_t F = p.num_features;
   for (int64_t h = 0; h < p.num_heads; ++h) {
     for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
@@ -89,6 +89,106 @@ __global__ void spmm_kernel(SpmmParams p) {
   }
 }
 
+// Max / min: each lane keeps the best message of its features and the edge that produced it;
+// edges are visited in CSR order and compared strictly, so the first edge wins ties.
+template <typename scalar_t, typename index_t>
+__global__ void spmm_extreme_kernel(SpmmParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= p.num_rows) return;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);  // min = -max(-v)
+  const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1], F = p.num_features;
+  for (int64_t h = 0; h < p.num_heads; ++h) {
+    for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t best[kFeaturesPerLane];
+      int64_t arg[kFeaturesPerLane];
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) { best[k] = acc_t(0); arg[k] = -1; }
+      for (int64_t e = begin; e < end; ++e) {
+        const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride + h * p.x_head_stride;
+        const acc_t we = w ? to_acc(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1);
+#pragma unroll
+        for (int k = 0; k < kFeaturesPerLane; ++k) {
+          const int64_t f = f0 + k * kWarp + lane;
+          if (f < F) {
+            const acc_t v = sign * we * to_acc(xr[f]);
+            if (arg[k] < 0 || v > best[k]) { best[k] = v; arg[k] = e; }
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) {
+        const int64_t f = f0 + k * kWarp + lane;
+        if (f < F) {
+          const int64_t o = (row * p.num_heads + h) * F + f;
+          out[o] = from_acc<scalar_t>(arg[k] < 0 ? acc_t(0) : sign * best[k]);
+          p.arg[o] = arg[k];
+        }
+      }
+    }
+  }
+}
+
+// dx of max / min: one warp per source row of the transpose; lanes own features.
+template <typename scalar_t, typename index_t>
+__global__ void spmm_arg_dx_kernel(SpmmArgBackwardParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t src = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (src >= p.num_src) return;
+  const index_t* col_t = static_cast<const index_t*>(p.col_t);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  scalar_t* dx = static_cast<scalar_t*>(p.dx);
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t f = lane; f < F; f += kWarp) {
+      acc_t acc = acc_t(0);
+      for (int64_t k = p.rowptr_t[src]; k < p.rowptr_t[src + 1]; ++k) {
+        const int64_t e = p.perm_t[k], i = int64_t(col_t[k]);
+        const int64_t o = (i * H + h) * F + f;
+        if (p.arg[o] == e)
+          acc += (w ? to_acc(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1)) *
+                 to_acc(grad[o]);
+      }
+      dx[(src * H + h) * F + f] = from_acc<scalar_t>(acc);
+    }
+  }
+}
+
+// dweight of max / min: one warp per destination row; lanes split F, a fixed butterfly sums.
+template <typename scalar_t, typename index_t>
+__global__ void spmm_arg_dweight_kernel(SpmmArgBackwardParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= p.num_rows) return;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  scalar_t* dweight = static_cast<scalar_t*>(p.dweight);
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
+    const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride;
+    for (int64_t h = 0; h < H; ++h) {
+      acc_t dot = acc_t(0);
+      for (int64_t f = lane; f < F; f += kWarp) {
+        const int64_t o = (row * H + h) * F + f;
+        if (p.arg[o] == e) dot += to_acc(grad[o]) * to_acc(xr[h * p.x_head_stride + f]);
+      }
+#pragma unroll
+      for (int offset = kWarp / 2; offset > 0; offset /= 2)
+        dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      if (lane == 0) dweight[e * H + h] = from_acc<scalar_t>(dot);
+    }
+  }
+}
+
 template <typename scalar_t, typename index_t>
 __global__ void sddmm_kernel(SddmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
@@ -115,11 +215,26 @@ __global__ void sddmm_kernel(SddmmParams p) {
   }
 }
 
+inline unsigned warp_blocks(int64_t warps) {
+  return unsigned((warps + kWarpsPerBlock - 1) / kWarpsPerBlock);
+}
+
 template <typename scalar_t, typename index_t>
 void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
-  const int64_t blocks = (p.num_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  if (blocks == 0) return;
-  spmm_kernel<scalar_t, index_t><<<unsigned(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  if (p.num_rows == 0) return;
+  if (p.reduce == Reduce::Max || p.reduce == Reduce::Min)
+    spmm_extreme_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  else
+    spmm_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+}
+
+template <typename scalar_t, typename index_t>
+void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t stream) {
+  if (p.num_src > 0)
+    spmm_arg_dx_kernel<scalar_t, index_t><<<warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  if (p.dweight && p.num_rows > 0)
+    spmm_arg_dweight_kernel<scalar_t, index_t>
+        <<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 template <typename scalar_t, typename index_t>
@@ -139,6 +254,10 @@ void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
   void spmm_cuda_##NAME(const SpmmParams& p, cudaStream_t stream) {                           \
     if (p.col_is_int32) cuda::launch_spmm<SCALAR, int32_t>(p, stream);                        \
     else cuda::launch_spmm<SCALAR, int64_t>(p, stream);                                       \
+  }                                                                                           \
+  void spmm_arg_backward_cuda_##NAME(const SpmmArgBackwardParams& p, cudaStream_t stream) {    \
+    if (p.col_is_int32) cuda::launch_spmm_arg_backward<SCALAR, int32_t>(p, stream);           \
+    else cuda::launch_spmm_arg_backward<SCALAR, int64_t>(p, stream);                          \
   }                                                                                           \
   void sddmm_cuda_##NAME(const SddmmParams& p, cudaStream_t stream) {                         \
     if (p.col_is_int32) cuda::launch_sddmm<SCALAR, int32_t>(p, stream);                       \

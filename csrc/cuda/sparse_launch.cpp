@@ -28,17 +28,47 @@ void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
+                                const std::optional<at::Tensor>& weight, const at::Tensor& x,
+                                c10::string_view reduce) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
+  dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
+                 spmm_cuda_fp16, spmm_cuda_bf16);
+  return call;
+}
+
 at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col,
                      const std::optional<at::Tensor>& weight, const at::Tensor& x,
                      c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
                      const std::optional<at::Tensor>& /*col_t*/,
                      const std::optional<at::Tensor>& /*perm_t*/) {
+  TORCH_CHECK(reduce == "sum" || reduce == "mean", "scangraph::spmm: reduce must be 'sum' or 'mean' ",
+              "(max / min are scangraph::spmm_arg), got '", std::string(reduce), "'");
+  return run_spmm(rowptr, col, weight, x, reduce).out;
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_arg_cuda(
+    const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
+    const at::Tensor& x, c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
+    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
+  TORCH_CHECK(reduce == "max" || reduce == "min", "scangraph::spmm_arg: reduce must be 'max' or 'min', got '",
+              std::string(reduce), "'");
+  KernelCall<SpmmParams> call = run_spmm(rowptr, col, weight, x, reduce);
+  return {call.out, call.out2};
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
+    const at::Tensor& perm_t, const std::optional<at::Tensor>& weight, const at::Tensor& x,
+    const at::Tensor& grad, const at::Tensor& arg, bool weight_grad) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
-  const SpmmParams& p = call.params;
-  dispatch_dtype(x.scalar_type(), p, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
-                 spmm_cuda_fp16, spmm_cuda_bf16);
-  return call.out;
+  const KernelCall<SpmmArgBackwardParams> call =
+      prepare_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, weight_grad);
+  dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm_arg_backward",
+                 spmm_arg_backward_cuda_fp64, spmm_arg_backward_cuda_fp32,
+                 spmm_arg_backward_cuda_fp16, spmm_arg_backward_cuda_bf16);
+  return {call.out, call.out2};
 }
 
 at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
@@ -58,6 +88,8 @@ at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at:
 
 TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
   m.impl("spmm", &spmm_cuda);
+  m.impl("spmm_arg", &spmm_arg_cuda);
+  m.impl("spmm_arg_backward", &spmm_arg_backward_cuda);
   m.impl("sddmm", &sddmm_cuda);
 }
 

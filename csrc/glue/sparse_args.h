@@ -46,6 +46,7 @@ template <typename Params>
 struct KernelCall {
   Params params{};
   at::Tensor out;
+  at::Tensor out2;  // the second output of two-output ops (spmm max/min arg, dweight)
   std::vector<at::Tensor> owned;
 };
 
@@ -54,8 +55,8 @@ inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::T
                                            const at::Tensor& x, c10::string_view reduce) {
   const char* op = "scangraph::spmm";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
-  TORCH_CHECK(reduce == "sum" || reduce == "mean", op, ": reduce must be 'sum' or 'mean', got '",
-              std::string(reduce), "'");
+  TORCH_CHECK(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
+              ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
   KernelCall<SpmmParams> call;
   SpmmParams& p = call.params;
   const at::Tensor xv = call.owned.emplace_back(as_node_head_feature(x, op, "x"));
@@ -88,7 +89,69 @@ inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::T
   p.x_row_stride = xv.stride(0);
   p.x_head_stride = xv.stride(1);
   p.col_is_int32 = col.scalar_type() == at::kInt;
-  p.mean = reduce == "mean";
+  p.reduce = reduce == "sum" ? Reduce::Sum : reduce == "mean" ? Reduce::Mean
+             : reduce == "max" ? Reduce::Max : Reduce::Min;
+  if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
+    call.out2 = at::empty(out_shape, x.options().dtype(at::kLong));
+    p.arg = call.out2.data_ptr<int64_t>();
+  }
+  return call;
+}
+
+// Backward of max / min spmm; dweight is computed only when want_dweight.
+inline KernelCall<SpmmArgBackwardParams> prepare_spmm_arg_backward(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t,
+    const at::Tensor& col_t, const at::Tensor& perm_t, const std::optional<at::Tensor>& weight,
+    const at::Tensor& x, const at::Tensor& grad, const at::Tensor& arg, bool want_dweight) {
+  const char* op = "scangraph::spmm_arg_backward";
+  const int64_t num_edges = check_csr(rowptr, col, x, op);
+  TORCH_CHECK(check_csr(rowptr_t, col_t, x, op) == num_edges && perm_t.numel() == num_edges &&
+                  perm_t.scalar_type() == at::kLong && perm_t.is_contiguous(),
+              op, ": the transpose (rowptr_t, col_t, perm_t) must hold the graph's ", num_edges,
+              " edges with an int64 perm_t");
+  TORCH_CHECK(col_t.scalar_type() == col.scalar_type(), op, ": col and col_t must share a dtype");
+  KernelCall<SpmmArgBackwardParams> call;
+  SpmmArgBackwardParams& p = call.params;
+  const at::Tensor xv = call.owned.emplace_back(as_node_head_feature(x, op, "x"));
+  const at::Tensor gv = call.owned.emplace_back(as_node_head_feature(grad, op, "grad").contiguous());
+  TORCH_CHECK(arg.scalar_type() == at::kLong && arg.sizes() == grad.sizes(), op,
+              ": arg must be int64 with the shape of grad ", grad.sizes(), ", got ", arg.scalar_type(),
+              " ", arg.sizes());
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && gv.size(0) == rowptr.numel() - 1 &&
+                  gv.size(1) == xv.size(1) && gv.size(2) == xv.size(2),
+              op, ": grad must be (num_rows, [heads,] F) in the dtype of x, got ", grad.sizes());
+  const at::Tensor av = call.owned.emplace_back(arg.contiguous());
+  const int64_t heads = xv.size(1);
+  if (weight.has_value()) {
+    const at::Tensor w = call.owned.emplace_back(weight->contiguous());
+    TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.size(0) == num_edges, op,
+                ": edge_weight must be (num_edges[, heads]) in the dtype of x");
+    p.weight = w.data_ptr();
+    p.weight_edge_stride = w.dim() == 1 ? 1 : heads;
+    p.weight_head_stride = w.dim() == 1 ? 0 : 1;
+  }
+  call.out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  // dweight is (E, heads); a weight shared by all heads sums it over heads afterwards.
+  call.out2 = at::empty({want_dweight ? num_edges : 0, heads}, x.options());
+  if (want_dweight) p.dweight = call.out2.data_ptr();
+  p.rowptr = rowptr.data_ptr<int64_t>();
+  p.col = col.data_ptr();
+  p.rowptr_t = rowptr_t.data_ptr<int64_t>();
+  p.col_t = col_t.data_ptr();
+  p.perm_t = perm_t.data_ptr<int64_t>();
+  p.x = xv.data_ptr();
+  p.grad = gv.data_ptr();
+  p.arg = av.data_ptr<int64_t>();
+  p.dx = call.out.data_ptr();
+  p.num_rows = rowptr.numel() - 1;
+  p.num_src = xv.size(0);
+  p.num_heads = heads;
+  p.num_features = xv.size(2);
+  p.x_row_stride = xv.stride(0);
+  p.x_head_stride = xv.stride(1);
+  p.col_is_int32 = col.scalar_type() == at::kInt;
+  TORCH_CHECK(rowptr_t.numel() - 1 == p.num_src, op, ": the transpose must have one row per source node (",
+              p.num_src, "), got ", rowptr_t.numel() - 1);
   return call;
 }
 

@@ -26,13 +26,45 @@ def spmm(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, reduce: str =
     messages = x[col.long()]
     if edge_weight is not None:
         messages = messages * _broadcast_weight(edge_weight, messages)
+    if reduce in ("max", "min"):
+        return _extreme(rows, messages, rowptr.numel() - 1, reduce)
     out = torch.zeros((rowptr.numel() - 1,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
     out = out.index_add(0, rows, messages)
     if reduce == "mean":
         degree = (rowptr[1:] - rowptr[:-1]).clamp(min=1).to(x.dtype)
         out = out / degree.reshape((-1,) + (1,) * (x.dim() - 1))
     elif reduce != "sum":
-        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        raise ValueError(f"reduce must be 'sum', 'mean', 'max' or 'min', got {reduce!r}")
+    return out
+
+
+def spmm_arg(rowptr, col, x, reduce, edge_weight=None):
+    """(out, arg) of max / min spmm: arg is the winning edge id, -1 for empty rows."""
+    rows = _edge_rows(rowptr)
+    messages = x[col.long()]
+    if edge_weight is not None:
+        messages = messages * _broadcast_weight(edge_weight, messages)
+    return _extreme(rows, messages, rowptr.numel() - 1, reduce, with_arg=True)
+
+
+def _extreme(rows, messages, num_rows, reduce, with_arg=False):
+    """Max / min of messages per row; the winner is the first edge in CSR order on ties, and
+    only the winner receives gradient. Empty rows give 0."""
+    num_edges = messages.shape[0]
+    shape = (num_rows,) + tuple(messages.shape[1:])
+    index = rows.reshape((-1,) + (1,) * (messages.dim() - 1)).expand_as(messages)
+    start = float("-inf") if reduce == "max" else float("inf")
+    best = torch.full(shape, start, dtype=messages.dtype, device=messages.device).scatter_reduce(
+        0, index, messages.detach(), "amax" if reduce == "max" else "amin")
+    edge_ids = torch.arange(num_edges, device=messages.device).reshape(index.shape[:1] + (1,) * (messages.dim() - 1))
+    candidates = torch.where(messages.detach() == best[rows], edge_ids.expand_as(messages), num_edges)
+    arg = torch.full(shape, num_edges, device=messages.device).scatter_reduce(0, index, candidates, "amin")
+    # A zero row appended to the messages serves empty rows (arg == num_edges) and keeps
+    # autograd connected on graphs without edges.
+    padded = torch.cat([messages, messages.new_zeros((1,) + tuple(messages.shape[1:]))])
+    out = padded.gather(0, arg)
+    if with_arg:
+        return out, torch.where(arg == num_edges, -1, arg)
     return out
 
 

@@ -9,14 +9,19 @@
 
 namespace scangraph {
 
-// out[i, h, :] = scale_i * sum_{e in row i} w[e, h] * x[col[e], h, :]
-// scale_i = 1 (sum) or 1 / deg(i) (mean); empty rows give 0.
+enum class Reduce : int8_t { Sum, Mean, Max, Min };
+
+// Sum / mean: out[i, h, :] = scale_i * sum_{e in row i} w[e, h] * x[col[e], h, :], scale_i = 1
+// (sum) or 1 / deg(i) (mean). Max / min: out[i, h, f] = max / min over the same messages, and
+// arg[i, h, f] the edge id that won (the first in CSR order, i.e. the lowest column, on ties).
+// Empty rows give 0 (and arg -1).
 struct SpmmParams {
   const int64_t* rowptr;
   const void* col;           // int32 or int64, chosen by col_is_int32
   const void* weight;        // nullptr: every edge weighs 1
   const void* x;
   void* out;                 // contiguous (num_rows, num_heads, num_features)
+  int64_t* arg;              // max / min only: contiguous like out
   int64_t num_rows;
   int64_t num_heads;
   int64_t num_features;
@@ -25,7 +30,29 @@ struct SpmmParams {
   int64_t weight_edge_stride;
   int64_t weight_head_stride;  // 0 when one weight per edge serves every head
   bool col_is_int32;
-  bool mean;
+  Reduce reduce;
+};
+
+// Backward of max / min spmm, without atomics:
+//   dx[j, h, f] = sum over edges e = (j -> i), walked on the transpose (rowptr_t, col_t, perm_t),
+//                 with arg[i, h, f] == e of w[e, h] * grad[i, h, f]
+//   dweight[e, h] = sum over f with arg[row(e), h, f] == e of grad[row(e), h, f] * x[col[e], h, f]
+struct SpmmArgBackwardParams {
+  const int64_t* rowptr;     // the original CSR (for dweight)
+  const void* col;
+  const int64_t* rowptr_t;   // its transpose (for dx)
+  const void* col_t;
+  const int64_t* perm_t;
+  const void* weight;        // nullptr: every edge weighs 1
+  const void* x;             // (num_src, heads, F) with unit feature stride; only for dweight
+  const void* grad;          // contiguous (num_rows, heads, F)
+  const int64_t* arg;        // contiguous (num_rows, heads, F)
+  void* dx;                  // contiguous (num_src, heads, F)
+  void* dweight;             // contiguous (num_edges, heads), or nullptr when not wanted
+  int64_t num_rows, num_src, num_heads, num_features;
+  int64_t x_row_stride, x_head_stride;
+  int64_t weight_edge_stride, weight_head_stride;
+  bool col_is_int32;
 };
 
 // out[e, h] = sum_f a[row(e), h, f] * b[col[e], h, f]

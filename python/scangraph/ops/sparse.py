@@ -1,4 +1,4 @@
-"""Sparse message passing: spmm (sum | mean) and sddmm over a CSRGraph.
+"""Sparse message passing: spmm (sum | mean | max | min) and sddmm over a CSRGraph.
 
 Each op exists as the C++/CUDA op `scangraph::<op>` (CPU and CUDA kernels under one name) and
 as the Triton op `scangraph::<op>_triton`. Both carry a fake kernel (torch.compile, export) and
@@ -6,9 +6,12 @@ an autograd formula whose backward calls the same family of ops:
   spmm:  dx = A^T dout  (spmm on the cached transpose: no atomics, deterministic)
          dw = sddmm(A, dout, x)
   sddmm: da = spmm(A, b, weight=dout);  db = spmm(A^T, a, weight=dout[perm])
-For reduce="mean", dout is first divided by the in-degree of its row.
+For reduce="mean", dout is first divided by the in-degree of its row. Max / min run the op
+`scangraph::spmm_arg[_triton]`, which also returns the winning edge of every output; its
+backward `spmm_arg_backward` routes each gradient to that edge alone (dx on the transpose, dw
+per edge), again without atomics.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -17,13 +20,23 @@ from scangraph import reference
 from scangraph.graph import CSRGraph, csr_transpose
 from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 
-REDUCES = ("sum", "mean")
+REDUCES = ("sum", "mean", "max", "min")
 
 
 # ---- fake kernels: output shapes from input shapes alone -------------------------------------
 def _spmm_fake(rowptr, col, weight, x, reduce="sum", rowptr_t=None, col_t=None, perm_t=None):
     torch._check(rowptr.dim() == 1 and col.dim() == 1 and x.dim() in (2, 3))
     return x.new_empty((rowptr.shape[0] - 1,) + tuple(x.shape[1:]))
+
+
+def _spmm_arg_fake(rowptr, col, weight, x, reduce, rowptr_t=None, col_t=None, perm_t=None):
+    out = _spmm_fake(rowptr, col, weight, x, reduce)
+    return out, out.new_empty(out.shape, dtype=torch.int64)
+
+
+def _spmm_arg_backward_fake(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, weight_grad):
+    heads = x.shape[1] if x.dim() == 3 else 1
+    return x.new_empty(x.shape), x.new_empty((col.shape[0] if weight_grad else 0, heads))
 
 
 def _sddmm_fake(rowptr, col, a, b, rowptr_t=None, col_t=None, perm_t=None):
@@ -43,9 +56,13 @@ def _divide_by_degree(grad, rowptr):
     return grad / degree.reshape((-1,) + (1,) * (grad.dim() - 1))
 
 
-def _register_autograd(spmm_name: str, sddmm_name: str):
+def _register_autograd(suffix: str):
+    """Autograd of the ops named <op><suffix> ("" for C++/CUDA, "_triton"), whose backwards
+    call ops of the same suffix."""
+    spmm_name, sddmm_name, arg_name = f"spmm{suffix}", f"sddmm{suffix}", f"spmm_arg{suffix}"
     spmm_op = getattr(torch.ops.scangraph, spmm_name)
     sddmm_op = getattr(torch.ops.scangraph, sddmm_name)
+    arg_backward_op = getattr(torch.ops.scangraph, f"spmm_arg_backward{suffix}")
 
     def spmm_setup(ctx, inputs, output):
         rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t = inputs
@@ -90,7 +107,26 @@ def _register_autograd(spmm_name: str, sddmm_name: str):
             db = spmm_op(rowptr_t, col_t, grad[perm_t], a, "sum", None, None, None)
         return None, None, da, db, None, None, None
 
+    def arg_setup(ctx, inputs, output):
+        rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t = inputs
+        ctx.num_src = x.shape[0]
+        ctx.weight_shape = None if weight is None else weight.shape
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(rowptr, col, weight, x, output[1], rowptr_t, col_t, perm_t)
+
+    def arg_backward(ctx, grad, _grad_arg):
+        rowptr, col, weight, x, arg, rowptr_t, col_t, perm_t = ctx.saved_tensors
+        rowptr_t, col_t, perm_t = _transpose_of(rowptr, col, ctx.num_src, rowptr_t, col_t, perm_t)
+        dx, dweight = arg_backward_op(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg,
+                                      ctx.needs_input_grad[2])
+        if ctx.needs_input_grad[2]:  # (E, heads) -> the weight's own shape
+            dweight = dweight.sum(1) if len(ctx.weight_shape) == 1 else dweight.reshape(ctx.weight_shape)
+        else:
+            dweight = None
+        return None, None, dweight, dx if ctx.needs_input_grad[3] else None, None, None, None, None
+
     torch.library.register_autograd(f"scangraph::{spmm_name}", spmm_backward, setup_context=spmm_setup)
+    torch.library.register_autograd(f"scangraph::{arg_name}", arg_backward, setup_context=arg_setup)
     torch.library.register_autograd(f"scangraph::{sddmm_name}", sddmm_backward, setup_context=sddmm_setup)
 
 
@@ -99,7 +135,9 @@ def _register_cpp_ops():
         return
     torch.library.register_fake("scangraph::spmm")(_spmm_fake)
     torch.library.register_fake("scangraph::sddmm")(_sddmm_fake)
-    _register_autograd("spmm", "sddmm")
+    torch.library.register_fake("scangraph::spmm_arg")(_spmm_arg_fake)
+    torch.library.register_fake("scangraph::spmm_arg_backward")(_spmm_arg_backward_fake)
+    _register_autograd("")
 
 
 def _register_triton_ops():
@@ -126,7 +164,30 @@ def _register_triton_ops():
         kernels.launch_sddmm(wrap_triton, rowptr, col, a, b, out)
         return out
 
-    _register_autograd("spmm_triton", "sddmm_triton")
+    @triton_op("scangraph::spmm_arg_triton", mutates_args=())
+    def spmm_arg_triton(rowptr: torch.Tensor, col: torch.Tensor, weight: Optional[torch.Tensor],
+                        x: torch.Tensor, reduce: str, rowptr_t: Optional[torch.Tensor] = None,
+                        col_t: Optional[torch.Tensor] = None,
+                        perm_t: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        out = x.new_empty((rowptr.shape[0] - 1,) + tuple(x.shape[1:]))
+        arg = out.new_empty(out.shape, dtype=torch.int64)
+        kernels.launch_spmm_extreme(wrap_triton, rowptr, col, weight, x, reduce, out, arg)
+        return out, arg
+
+    @triton_op("scangraph::spmm_arg_backward_triton", mutates_args=())
+    def spmm_arg_backward_triton(rowptr: torch.Tensor, col: torch.Tensor, rowptr_t: torch.Tensor,
+                                 col_t: torch.Tensor, perm_t: torch.Tensor, weight: Optional[torch.Tensor],
+                                 x: torch.Tensor, grad: torch.Tensor, arg: torch.Tensor,
+                                 weight_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        heads = x.shape[1] if x.dim() == 3 else 1
+        dx = x.new_empty(x.shape)
+        dweight = x.new_empty((col.shape[0] if weight_grad else 0, heads))
+        kernels.launch_spmm_arg_backward(wrap_triton, rowptr, col, rowptr_t, col_t, perm_t, weight,
+                                         x, grad.contiguous(), arg.contiguous(), dx,
+                                         dweight if weight_grad else None)
+        return dx, dweight
+
+    _register_autograd("_triton")
 
 
 _register_cpp_ops()
@@ -166,7 +227,9 @@ def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
     Args:
         graph: CSRGraph with num_rows destinations and num_cols sources.
         x: (num_cols, F) or (num_cols, heads, F) source features, float64/32/16 or bfloat16.
-        reduce: "sum" or "mean" (mean divides by the in-degree; empty rows give 0).
+        reduce: "sum", "mean" (divides by the in-degree), "max" or "min" (elementwise over the
+            weighted messages; on ties the first edge in CSR order, i.e. the lowest source id,
+            wins and alone receives the gradient). Empty rows give 0 for every reduce.
         edge_weight: (num_edges,) or (num_edges, heads) in CSR edge order, dtype of x; defaults
             to graph.edge_weight (None: every edge weighs 1).
         backend: "auto" | "cpp" | "cuda" | "triton" | "reference" (see scangraph.backend).
@@ -191,7 +254,11 @@ def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
     if name == "reference":
         return reference.spmm(graph.rowptr, graph.col, x, reduce, weight)
     transpose = graph.transpose_parts() if _needs_transpose(x, weight) else (None, None, None)
-    op = torch.ops.scangraph.spmm_triton if name == "triton" else torch.ops.scangraph.spmm
+    suffix = "_triton" if name == "triton" else ""
+    if reduce in ("max", "min"):
+        op = getattr(torch.ops.scangraph, f"spmm_arg{suffix}")
+        return op(graph.rowptr, graph.col, weight, x, reduce, *transpose)[0]
+    op = getattr(torch.ops.scangraph, f"spmm{suffix}")
     return op(graph.rowptr, graph.col, weight, x, reduce, *transpose)
 
 
