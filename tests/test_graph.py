@@ -57,6 +57,15 @@ def test_from_sparse(layout):
     torch.testing.assert_close(_dense(graph, graph.edge_weight).float(), dense)
 
 
+def test_scipy_round_trip():
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    dense = torch.rand(7, 5, dtype=torch.float64) * (torch.rand(7, 5) < 0.5)
+    graph = CSRGraph.from_scipy(scipy_sparse.coo_matrix(dense.numpy()))
+    assert (graph.num_rows, graph.num_cols) == (7, 5)
+    torch.testing.assert_close(_dense(graph, graph.edge_weight), dense)
+    torch.testing.assert_close(torch.from_numpy(graph.to_scipy().toarray()), dense)
+
+
 def test_to_edge_index_round_trip():
     graph = make_graph("random")
     again = CSRGraph.from_edge_index(graph.to_edge_index(), graph.num_rows)

@@ -206,38 +206,129 @@ void spmm_rows(const SpmmParams& p) {
   });
 }
 
-// Max / min: each output keeps the best message and the edge that produced it; a strict
-// comparison keeps the first edge in CSR order (the lowest column) on ties.
-template <typename scalar_t, typename index_t>
-void spmm_extreme_rows(const SpmmParams& p) {
+#if SCANGRAPH_FLOAT8_TILE
+// kVectors x 8 fp32 features of extreme_edges, with the running best and the winner's offset
+// in the row (int32: a row holds fewer than 2^31 edges) in registers.
+template <typename index_t, int kVectors, typename WeightOf>
+SCANGRAPH_ALWAYS_INLINE void extreme_float8(const SpmmParams& p, const index_t* __restrict__ col,
+                                            const float* __restrict__ x, int64_t begin, int64_t end,
+                                            const WeightOf& weight_of, float sign,
+                                            float* __restrict__ best, int64_t* __restrict__ arg) {
+  typedef int32_t int8v __attribute__((vector_size(32)));
+  float8 b[kVectors];
+  int8v a[kVectors];
+  {
+    const float8* xr = reinterpret_cast<const float8*>(x + int64_t(col[begin]) * p.x_row_stride);
+    const float we = weight_of(begin);
+    for (int v = 0; v < kVectors; ++v) { b[v] = we * xr[v]; a[v] = int8v{}; }
+  }
+  for (int64_t e = begin + 1; e < end; ++e) {
+    const float8* xr = reinterpret_cast<const float8*>(x + int64_t(col[e]) * p.x_row_stride);
+    const float we = weight_of(e);
+    const int32_t offset = int32_t(e - begin);
+    for (int v = 0; v < kVectors; ++v) {
+      const float8 m = we * xr[v];
+      const int8v better = m > b[v];
+      b[v] = better ? m : b[v];
+      a[v] = better ? offset : a[v];
+    }
+  }
+  for (int v = 0; v < kVectors; ++v)
+    for (int k = 0; k < 8; ++k) { best[v * 8 + k] = b[v][k] * sign; arg[v * 8 + k] = begin + a[v][k]; }
+}
+#endif
+
+// Max / min of features [f0, f0 + width) of one (row, head) over edges [begin, end), begin < end.
+// Min is max of the negated messages (negation is exact and keeps ties). The first edge seeds
+// the running best and later edges replace it only when strictly better, so the first edge in
+// CSR order (the lowest column) wins ties. Writes best * sign and the winning edge ids.
+template <typename scalar_t, typename index_t, bool kWeighted>
+SCANGRAPH_ALWAYS_INLINE void extreme_edges(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
+                                           int64_t f0, int64_t width, at::opmath_type<scalar_t> sign,
+                                           at::opmath_type<scalar_t>* __restrict__ best,
+                                           int64_t* __restrict__ arg) {
   using acc_t = at::opmath_type<scalar_t>;
-  const index_t* col = static_cast<const index_t*>(p.col);
-  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
-  scalar_t* out = static_cast<scalar_t*>(p.out);
-  const bool is_max = p.reduce == Reduce::Max;
+  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
+  const scalar_t* __restrict__ w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* __restrict__ x = static_cast<const scalar_t*>(p.x) + h * p.x_head_stride + f0;
+  auto weight_of = [&](int64_t e) {
+    if constexpr (kWeighted) return sign * acc_t(w[e * p.weight_edge_stride + h * p.weight_head_stride]);
+    else return sign;
+  };
+#if SCANGRAPH_FLOAT8_TILE
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (width == 32) return extreme_float8<index_t, 4>(p, col, x, begin, end, weight_of, sign, best, arg);
+    if (width == 16) return extreme_float8<index_t, 2>(p, col, x, begin, end, weight_of, sign, best, arg);
+    if (width == 8) return extreme_float8<index_t, 1>(p, col, x, begin, end, weight_of, sign, best, arg);
+  }
+#endif
+  {
+    const scalar_t* xr = x + int64_t(col[begin]) * p.x_row_stride;
+    const acc_t we = weight_of(begin);
+    for (int64_t k = 0; k < width; ++k) { best[k] = we * acc_t(xr[k]); arg[k] = begin; }
+  }
+  for (int64_t e = begin + 1; e < end; ++e) {
+    const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride;
+    const acc_t we = weight_of(e);
+    for (int64_t k = 0; k < width; ++k) {
+      const acc_t m = we * acc_t(xr[k]);
+      if (m > best[k]) { best[k] = m; arg[k] = e; }
+    }
+  }
+  for (int64_t k = 0; k < width; ++k) best[k] *= sign;
+}
+
+template <typename scalar_t, typename index_t, bool kWeighted>
+SCANGRAPH_ALWAYS_INLINE void spmm_extreme_row_range(const SpmmParams& p, int64_t row_begin, int64_t row_end,
+                                                    at::opmath_type<scalar_t>* best) {
+  using acc_t = at::opmath_type<scalar_t>;
+  scalar_t* __restrict__ out = static_cast<scalar_t*>(p.out);
+  const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);
   const int64_t F = p.num_features;
-  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> best(F);
-    for (int64_t row = r0; row < r1; ++row) {
-      for (int64_t h = 0; h < p.num_heads; ++h) {
-        int64_t* arg = p.arg + (row * p.num_heads + h) * F;
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
+    for (int64_t h = 0; h < p.num_heads; ++h) {
+      scalar_t* __restrict__ o = out + (row * p.num_heads + h) * F;
+      int64_t* __restrict__ arg = p.arg + (row * p.num_heads + h) * F;
+      if (begin == end) {
+        std::fill(o, o + F, scalar_t(0));
         std::fill(arg, arg + F, int64_t(-1));
-        for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
-          const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride + h * p.x_head_stride;
-          const acc_t we = w ? acc_t(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1);
-          for (int64_t f = 0; f < F; ++f) {
-            const acc_t v = we * acc_t(xr[f]);
-            if (arg[f] < 0 || (is_max ? v > best[f] : v < best[f])) {
-              best[f] = v;
-              arg[f] = e;
-            }
-          }
-        }
-        scalar_t* o = out + (row * p.num_heads + h) * F;
-        for (int64_t f = 0; f < F; ++f) o[f] = arg[f] < 0 ? scalar_t(0) : scalar_t(best[f]);
+        continue;
+      }
+      for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
+        const int64_t left = F - f0;
+        width = left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left;
+        extreme_edges<scalar_t, index_t, kWeighted>(p, begin, end, h, f0, width, sign, best, arg + f0);
+        for (int64_t k = 0; k < width; ++k) o[f0 + k] = scalar_t(best[k]);
       }
     }
+  }
+}
+
+template <typename scalar_t, typename index_t, bool kWeighted>
+void spmm_extreme_range_baseline(const SpmmParams& p, int64_t r0, int64_t r1,
+                                 at::opmath_type<scalar_t>* best) {
+  spmm_extreme_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, best);
+}
+
+#if SCANGRAPH_HAS_AVX2_CLONE
+template <typename scalar_t, typename index_t, bool kWeighted>
+__attribute__((target("avx2"))) void spmm_extreme_range_avx2(const SpmmParams& p, int64_t r0, int64_t r1,
+                                                             at::opmath_type<scalar_t>* best) {
+  spmm_extreme_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, best);
+}
+#endif
+
+template <typename scalar_t, typename index_t, bool kWeighted>
+void spmm_extreme_rows(const SpmmParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  auto* range = &spmm_extreme_range_baseline<scalar_t, index_t, kWeighted>;
+#if SCANGRAPH_HAS_AVX2_CLONE
+  if (cpu_has_avx2()) range = &spmm_extreme_range_avx2<scalar_t, index_t, kWeighted>;
+#endif
+  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
+    acc_t best[32];
+    range(p, r0, r1, best);
   });
 }
 
@@ -319,11 +410,15 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
   const SpmmParams& p = call.params;
   validate_csr(rowptr, col, x.size(0), "scangraph::spmm");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_cpu", [&] {
+    const bool weighted = p.weight != nullptr;
     if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
-      if (p.col_is_int32) spmm_extreme_rows<scalar_t, int32_t>(p); else spmm_extreme_rows<scalar_t, int64_t>(p);
+      if (p.col_is_int32) {
+        weighted ? spmm_extreme_rows<scalar_t, int32_t, true>(p) : spmm_extreme_rows<scalar_t, int32_t, false>(p);
+      } else {
+        weighted ? spmm_extreme_rows<scalar_t, int64_t, true>(p) : spmm_extreme_rows<scalar_t, int64_t, false>(p);
+      }
       return;
     }
-    const bool weighted = p.weight != nullptr;
     if (p.col_is_int32) {
       weighted ? spmm_rows<scalar_t, int32_t, true>(p) : spmm_rows<scalar_t, int32_t, false>(p);
     } else {

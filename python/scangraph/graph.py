@@ -121,6 +121,25 @@ class CSRGraph:
         return cls(matrix.crow_indices().to(torch.int64), matrix.col_indices(),
                    matrix.values(), num_cols=cols)
 
+    @classmethod
+    def from_scipy(cls, matrix) -> "CSRGraph":
+        """From any scipy.sparse matrix A (out = A @ x): A[i, j] is an edge j -> i weighing A[i, j]."""
+        csr = matrix.tocsr(copy=True)
+        csr.sort_indices()
+        weight = torch.from_numpy(csr.data) if csr.data.dtype.kind == "f" else None
+        return cls(torch.from_numpy(csr.indptr.astype("int64")), torch.from_numpy(csr.indices.astype("int64")),
+                   weight, num_cols=csr.shape[1])
+
+    def to_scipy(self):
+        """The graph as a scipy.sparse.csr_matrix (edge weights as values, else ones)."""
+        import numpy as np
+        import scipy.sparse
+
+        values = (np.ones(self.num_edges, dtype=np.float32) if self.edge_weight is None
+                  else self.edge_weight.detach().cpu().numpy())
+        return scipy.sparse.csr_matrix(
+            (values, self.col.cpu().numpy(), self.rowptr.cpu().numpy()), shape=(self.num_rows, self.num_cols))
+
     # ---- views --------------------------------------------------------------------------
     @property
     def num_edges(self) -> int:

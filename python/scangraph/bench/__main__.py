@@ -50,7 +50,7 @@ def run(args) -> dict:
     features = [int(f) for f in args.features.split(",")]
     data_dir = args.data or datasets.shared_data_dir()
     copy_gbs = copy_bandwidth_gbs(device, megabytes=64 if args.quick else 256)
-    cases = list(sparse.spmm_cases(device, dtype, features, data_dir, args.quick))
+    cases = list(sparse.spmm_cases(device, dtype, features, data_dir, args.quick, ops=args.ops.split(",")))
     progress = _progress(sum(len(c.impls) * 2 for c in cases))
     rows = []
     for case in cases:
@@ -94,7 +94,7 @@ def print_table(result, file=sys.stdout):
     if not rows:
         print("(no rows)", file=file)
         return
-    baseline_cols = [k for k in rows[0] if k.startswith("x_vs_")]
+    baseline_cols = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
     header = ["op", "pass", "graph", "F", "backend", "ms", "GB/s", "of_copy"] + baseline_cols
     widths = [max(len(h), *(len(str(r.get(h, ""))) for r in rows)) for h in header]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=file)
@@ -108,12 +108,12 @@ def _plot(result, path):
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    baselines = [k for k in rows[0] if k.startswith("x_vs_")]
-    labels = [f"{r['graph']} F={r['F']} {r['pass']}" for r in rows]
+    baselines = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
+    labels = [f"{r['op']} {r['graph']} F={r['F']} {r['pass']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
     width = 0.8 / len(baselines)
     for i, b in enumerate(baselines):
-        ax.bar([j + i * width for j in range(len(rows))], [r[b] for r in rows], width, label=b[5:])
+        ax.bar([j + i * width for j in range(len(rows))], [r.get(b, 0) for r in rows], width, label=b[5:])
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, rotation=60, ha="right")
     ax.set_ylabel("speedup of scangraph (x)")
@@ -128,6 +128,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--features", default="32,128", help="comma-separated feature sizes")
+    parser.add_argument("--ops", default="spmm_sum,spmm_max", help="comma-separated cases: spmm_sum, spmm_max")
     parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
     parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
     parser.add_argument("--json", help="write the rows and metadata as JSON")
@@ -140,7 +141,8 @@ def main(argv=None):
             json.dump(result, f, indent=1)
     if args.csv and result["rows"]:
         with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
+            fields = list(dict.fromkeys(k for r in result["rows"] for k in r))
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(result["rows"])
     if args.plot and result["rows"]:

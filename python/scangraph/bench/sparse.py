@@ -1,8 +1,9 @@
-"""Benchmark cases of the sparse family: spmm (sum) forward and forward + backward.
+"""Benchmark cases of the sparse family: spmm sum and max, forward and forward + backward.
 
 Baselines are what a user would write otherwise: torch.sparse.mm on a CSR tensor, PyG's
 scatter path (index_select of source rows, then scatter_add into destinations), and our
-plain-PyTorch reference. Bytes are the compulsory traffic of ALGORITHMS.md section 3: rowptr,
+plain-PyTorch reference; for max, PyG's scatter(reduce="max") path (index_select, then
+scatter_reduce "amax"). Bytes are the compulsory traffic of ALGORITHMS.md section 3: rowptr,
 col, x read once, out written once (the backward traverses the transpose the same way).
 """
 import os
@@ -101,9 +102,38 @@ def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: t
     return case
 
 
-def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool):
+def _spmm_max_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device) -> Case:
+    element = torch.empty((), dtype=dtype).element_size()
+    src, dst = graph.to_edge_index()
+    x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
+    grad = torch.randn(graph.num_rows, f, dtype=dtype, device=device)
+    xg = x.clone().requires_grad_()
+    index = dst.view(-1, 1).expand(-1, f)
+    case = Case(
+        op="spmm_max", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f,
+        dtype=dtype, device=device,
+        # out and the int64 arg written, besides what sum moves
+        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
+        + element * f * (graph.num_cols + graph.num_rows) + 8 * f * graph.num_rows,
+        gathered_fwd=element * f * graph.num_edges)
+
+    def add(impl, forward):
+        case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
+
+    for backend in _backends(device):
+        add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "max", backend=b))
+    add("pyg_scatter", lambda t: torch.zeros(graph.num_rows, f, dtype=t.dtype, device=t.device)
+        .scatter_reduce(0, index, t.index_select(0, src), "amax", include_self=False))
+    return case
+
+
+def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool,
+               ops=("spmm_sum", "spmm_max")):
     for name, edge_index, num_nodes in bench_graphs(data_dir, quick):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
         for f in features:
-            yield _spmm_case(name, graph, f, dtype, device)
+            if "spmm_sum" in ops:
+                yield _spmm_case(name, graph, f, dtype, device)
+            if "spmm_max" in ops:
+                yield _spmm_max_case(name, graph, f, dtype, device)
