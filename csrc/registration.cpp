@@ -16,6 +16,15 @@ TORCH_LIBRARY(scangraph, m) {
   m.def("spmm_arg_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, "
         "Tensor perm_t, Tensor? weight, Tensor x, Tensor grad, Tensor arg, bool weight_grad) "
         "-> (Tensor, Tensor)");
+  // GAT aggregation with an online softmax -> (out, row_max, row_sum); the row statistics
+  // (float, double for double x) feed the backward, which recomputes the attention weights.
+  m.def("gat_aggregate(Tensor rowptr, Tensor col, Tensor x, Tensor alpha_src, Tensor alpha_dst, "
+        "float negative_slope=0.2, Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) "
+        "-> (Tensor, Tensor, Tensor)");
+  // -> (dx, dalpha_src, dalpha_dst); delta = (out * grad).sum(-1) in the statistics' dtype.
+  m.def("gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor x, "
+        "Tensor alpha_src, Tensor alpha_dst, Tensor row_max, Tensor row_sum, Tensor delta, Tensor grad, "
+        "float negative_slope) -> (Tensor, Tensor, Tensor)");
   m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b, "
         "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> Tensor");
 }

@@ -25,9 +25,11 @@ TOLERANCE = {
 }
 
 
-def assert_close(actual, expected, dtype=None):
+def assert_close(actual, expected, dtype=None, scale=1.0):
+    """Compare with the tolerance of `dtype`; `scale` widens atol where a kernel legitimately
+    cancels terms of that magnitude (e.g. attention gradients from a rounded output)."""
     atol, rtol = TOLERANCE[dtype or actual.dtype]
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol)
 
 
 def _available(backend, device):

@@ -306,3 +306,94 @@ def test_cpp_op_validates_indices_itself():
         torch.ops.scangraph.spmm(torch.tensor([0, 2, 5]), torch.tensor([0, 1, 1]), None, x, "sum")
     with pytest.raises(RuntimeError, match="int32 or int64"):
         torch.ops.scangraph.spmm(rowptr, torch.tensor([0.0, 1.0, 1.0]), None, x, "sum")
+
+
+# ---- GAT aggregation ---------------------------------------------------------------------------
+def _gat_inputs(graph, heads, features, dtype, device):
+    shape = (heads, features) if heads else (features,)
+    x = torch.randn((graph.num_cols,) + shape, dtype=dtype).to(device).requires_grad_()
+    # Logits spread over +-6 so the softmax is far from uniform and the leaky slope matters.
+    a_src = (3 * torch.randn((graph.num_cols,) + shape[:-1], dtype=dtype)).to(device).requires_grad_()
+    a_dst = (3 * torch.randn((graph.num_rows,) + shape[:-1], dtype=dtype)).to(device).requires_grad_()
+    return x, a_src, a_dst
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads", (None, 3))
+@pytest.mark.parametrize("graph_name", ("random", "hub", "isolated", "bipartite", "no_edges", "empty"))
+def test_gat_aggregate_forward_backward(backend_device, dtype, heads, graph_name):
+    backend, device = backend_device
+    graph = make_graph(graph_name).to(device)
+    x, a_src, a_dst = _gat_inputs(graph, heads, 7, dtype, device)
+    out = scangraph.gat_aggregate(graph, x, a_src, a_dst, 0.2, backend=backend)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref_inputs = [t.detach().cpu().double().requires_grad_() for t in (x, a_src, a_dst)]
+    x64, s64, d64 = (t if heads else t.unsqueeze(1) for t in ref_inputs)
+    cpu = graph.to("cpu")
+    ref = reference.gat_aggregate(cpu.rowptr, cpu.col, x64, s64, d64, 0.2)
+    ref = ref if heads else ref.squeeze(1)
+    ref.backward(grad.cpu().double())
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert_close(out.cpu(), ref, dtype)
+    assert_close(x.grad.cpu(), ref_inputs[0].grad, dtype)
+    # The logit gradients take p * (x.grad_out - out.grad_out), out rounded to the dtype (as in
+    # FlashAttention): in fp16 / bf16 the difference cancels terms of size |x| |grad_out|.
+    largest = float(x.detach().abs().max()) if x.numel() else 0.0
+    cancel = 1.0 if dtype in (torch.float32, torch.float64) else 4.0 * max(1.0, largest)
+    for mine, theirs in zip((a_src, a_dst), ref_inputs[1:]):
+        assert_close(mine.grad.cpu(), theirs.grad, dtype, scale=cancel)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_gat_aggregate_gradcheck_and_determinism(backend_device):
+    backend, device = backend_device
+    graph = make_graph("tiny").to(device)
+    x, a_src, a_dst = _gat_inputs(graph, 2, 3, torch.float64, device)
+    fast = backend == "triton" and device == "cpu"
+    assert torch.autograd.gradcheck(
+        lambda x, s, d: scangraph.gat_aggregate(graph, x, s, d, 0.1, backend=backend), (x, a_src, a_dst),
+        fast_mode=fast)
+    grads = []
+    for _ in range(2):
+        for t in (x, a_src, a_dst):
+            t.grad = None
+        scangraph.gat_aggregate(graph, x, a_src, a_dst, backend=backend).square().sum().backward()
+        grads.append([t.grad.clone() for t in (x, a_src, a_dst)])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_gat_aggregate_is_stable_for_large_logits(backend_device):
+    backend, device = backend_device
+    graph = make_graph("hub").to(device)
+    x, a_src, a_dst = (t.detach() for t in _gat_inputs(graph, 2, 5, torch.float32, device))
+    out = scangraph.gat_aggregate(graph, x, a_src * 1e4, a_dst * 1e4, backend=backend)
+    assert torch.isfinite(out).all()
+    cpu = graph.to("cpu")
+    ref = reference.gat_aggregate(cpu.rowptr, cpu.col, x.cpu().double(), a_src.cpu().double() * 1e4,
+                                  a_dst.cpu().double() * 1e4)
+    assert_close(out.cpu(), ref, torch.float32)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_gat_opcheck(backend_device):
+    backend, device = backend_device
+    graph = make_graph("hub").to(device)
+    rt, ct, pt = graph.transpose_parts()
+    x, a_src, a_dst = _gat_inputs(graph, 2, 5, torch.float32, device)
+    utils = (("test_schema", "test_autograd_registration") if backend == "triton" and device == "cpu"
+             else ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+    op = torch.ops.scangraph.gat_aggregate_triton if backend == "triton" else torch.ops.scangraph.gat_aggregate
+    torch.library.opcheck(op.default, (graph.rowptr, graph.col, x, a_src, a_dst, 0.2, rt, ct, pt), test_utils=utils)
+
+
+def test_gat_bad_input():
+    graph = make_graph("random")
+    x = torch.randn(graph.num_cols, 2, 4)
+    a = torch.randn(graph.num_cols, 2)
+    with pytest.raises(ValueError, match=r"alpha_src must have shape \(40, 2\)"):
+        scangraph.gat_aggregate(graph, x, a[:, :1], a)
+    with pytest.raises(ValueError, match="alpha_dst must match x in dtype"):
+        scangraph.gat_aggregate(graph, x, a, a.double())

@@ -256,3 +256,165 @@ def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight,
         wrap(spmm_arg_dweight_kernel)[(rowptr.numel() - 1, heads)](
             rowptr, col, xv, grad, arg, dweight, heads, features, xv.stride(0), xv.stride(1),
             ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+
+
+# ---- GAT aggregation ------------------------------------------------------------------------
+@triton.jit
+def _leaky_relu(v, slope):
+    return tl.where(v > 0, v, v * slope)
+
+
+@triton.jit
+def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_ptr, sum_ptr,
+               num_heads, num_features, slope_ptr,
+               ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # One program per (row, head, feature block), online softmax over the row's edges: when the
+    # running max grows, the sums so far are rescaled by exp(old max - new max).
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    fblock = tl.program_id(2)
+    features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    begin = tl.load(rowptr_ptr + row)
+    end = tl.load(rowptr_ptr + row + 1)
+    a_dst = tl.load(a_dst_ptr + row * num_heads + head).to(ACC)
+    negative_slope = tl.load(slope_ptr)
+    m = tl.full([1], float("-inf"), dtype=ACC)
+    c = tl.zeros([1], dtype=ACC)
+    acc = tl.zeros([BLOCK_F], dtype=ACC)
+    for edge0 in range(begin, end, BLOCK_E):
+        edges = edge0 + tl.arange(0, BLOCK_E)
+        edge_mask = edges < end
+        src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
+        a_src = tl.load(a_src_ptr + src * num_heads + head, mask=edge_mask, other=0.0).to(ACC)
+        scores = tl.where(edge_mask, _leaky_relu(a_src + a_dst, negative_slope), float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        rescale = tl.exp(m - m_new)
+        w = tl.where(edge_mask, tl.exp(scores - m_new), 0.0)
+        tile = tl.load(x_ptr + (src[:, None] * num_heads + head) * num_features + features[None, :],
+                       mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
+        c = c * rescale + tl.sum(w, axis=0)
+        acc = acc * rescale + tl.sum(w[:, None] * tile, axis=0)
+        m = m_new
+    out = tl.where(c > 0, acc / tl.where(c > 0, c, 1.0), 0.0)
+    tl.store(out_ptr + (row * num_heads + head) * num_features + features,
+             out.to(out_ptr.dtype.element_ty), mask=feature_mask)
+    if fblock == 0:
+        stat = row * num_heads + head + tl.arange(0, 1)
+        tl.store(max_ptr + stat, m)
+        tl.store(sum_ptr + stat, c)
+
+
+@triton.jit
+def _gat_edge_terms(i, j, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr,
+                    delta_ptr, x_ptr, grad_ptr, mask, negative_slope,
+                    ACC: tl.constexpr, BLOCK_F: tl.constexpr):
+    """(p_ij, ds_ij) for a block of edges j -> i of one head; masked edges give 0."""
+    raw = (tl.load(a_src_ptr + j * num_heads + head, mask=mask, other=0.0).to(ACC)
+           + tl.load(a_dst_ptr + i * num_heads + head, mask=mask, other=0.0).to(ACC))
+    stat = i * num_heads + head
+    row_max = tl.load(max_ptr + stat, mask=mask, other=0.0)
+    row_sum = tl.load(sum_ptr + stat, mask=mask, other=1.0)
+    prob = tl.where(mask, tl.exp(_leaky_relu(raw, negative_slope) - row_max) / row_sum, 0.0)
+    dot = tl.zeros(prob.shape, dtype=ACC)
+    for f0 in range(0, num_features, BLOCK_F):
+        features = f0 + tl.arange(0, BLOCK_F)
+        fmask = mask[:, None] & (features < num_features)[None, :]
+        xv = tl.load(x_ptr + (j[:, None] * num_heads + head) * num_features + features[None, :],
+                     mask=fmask, other=0.0).to(ACC)
+        gv = tl.load(grad_ptr + (i[:, None] * num_heads + head) * num_features + features[None, :],
+                     mask=fmask, other=0.0).to(ACC)
+        dot += tl.sum(xv * gv, axis=1)
+    delta = tl.load(delta_ptr + stat, mask=mask, other=0.0)
+    ds = prob * (dot - delta) * tl.where(raw > 0, 1.0, negative_slope)
+    return prob, ds
+
+
+@triton.jit
+def gat_dst_grad_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
+                        grad_ptr, da_dst_ptr, num_heads, num_features, slope_ptr,
+                        ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    negative_slope = tl.load(slope_ptr)
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    begin = tl.load(rowptr_ptr + row)
+    end = tl.load(rowptr_ptr + row + 1)
+    total = tl.zeros([BLOCK_E], dtype=ACC)
+    for edge0 in range(begin, end, BLOCK_E):
+        edges = edge0 + tl.arange(0, BLOCK_E)
+        mask = edges < end
+        src = tl.load(col_ptr + edges, mask=mask, other=0).to(tl.int64)
+        dst = tl.zeros([BLOCK_E], dtype=tl.int64) + row
+        prob, ds = _gat_edge_terms(dst, src, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr,
+                                   sum_ptr, delta_ptr, x_ptr, grad_ptr, mask, negative_slope, ACC, BLOCK_F)
+        total += ds
+    result = tl.sum(total, axis=0)
+    tl.store(da_dst_ptr + row * num_heads + head + tl.arange(0, 1), result.to(da_dst_ptr.dtype.element_ty))
+
+
+@triton.jit
+def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
+                        grad_ptr, dx_ptr, da_src_ptr, num_heads, num_features, slope_ptr,
+                        ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    negative_slope = tl.load(slope_ptr)
+    # Source j walks its out-edges on the transpose: dx[j] = sum_i p_ij grad[i] for this
+    # feature block; the first feature block also sums dalpha_src[j].
+    src = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    fblock = tl.program_id(2)
+    features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    begin = tl.load(rowptr_t_ptr + src)
+    end = tl.load(rowptr_t_ptr + src + 1)
+    acc = tl.zeros([BLOCK_F], dtype=ACC)
+    total = tl.zeros([BLOCK_E], dtype=ACC)
+    for k0 in range(begin, end, BLOCK_E):
+        ks = k0 + tl.arange(0, BLOCK_E)
+        mask = ks < end
+        dst = tl.load(col_t_ptr + ks, mask=mask, other=0).to(tl.int64)
+        srcs = tl.zeros([BLOCK_E], dtype=tl.int64) + src
+        prob, ds = _gat_edge_terms(dst, srcs, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr,
+                                   sum_ptr, delta_ptr, x_ptr, grad_ptr, mask, negative_slope, ACC, BLOCK_F)
+        total += ds
+        gv = tl.load(grad_ptr + (dst[:, None] * num_heads + head) * num_features + features[None, :],
+                     mask=mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
+        acc += tl.sum(prob[:, None] * gv, axis=0)
+    tl.store(dx_ptr + (src * num_heads + head) * num_features + features,
+             acc.to(dx_ptr.dtype.element_ty), mask=feature_mask)
+    if fblock == 0:
+        result = tl.sum(total, axis=0)
+        tl.store(da_src_ptr + src * num_heads + head + tl.arange(0, 1), result.to(da_src_ptr.dtype.element_ty))
+
+
+def _slope(negative_slope, x):
+    # A one-element tensor in the accumulation dtype: a float kernel argument would be fp32.
+    return torch.full((1,), negative_slope, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                      device=x.device)
+
+
+def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, row_max, row_sum):
+    num_rows, (_, heads, features) = rowptr.numel() - 1, x.shape
+    if num_rows == 0 or heads == 0:
+        return
+    block_f = _feature_block(features)
+    wrap(gat_kernel)[(num_rows, heads, max(1, triton.cdiv(features, block_f)))](
+        rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, heads, features, _slope(negative_slope, x),
+        ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+
+
+def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum,
+                        delta, grad, negative_slope, dx, da_src, da_dst):
+    num_rows, (num_src, heads, features) = rowptr.numel() - 1, x.shape
+    if heads == 0:
+        return
+    block_f = _feature_block(features)
+    acc = _accumulator(x.dtype)
+    negative_slope = _slope(negative_slope, x)
+    if num_rows:
+        wrap(gat_dst_grad_kernel)[(num_rows, heads)](
+            rowptr, col, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, da_dst, heads, features,
+            negative_slope, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+    if num_src:
+        wrap(gat_src_grad_kernel)[(num_src, heads, max(1, triton.cdiv(features, block_f)))](
+            rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, dx, da_src, heads,
+            features, negative_slope, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)

@@ -11,6 +11,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -380,6 +382,114 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
   });
 }
 
+template <typename acc_t>
+inline acc_t leaky_relu(acc_t v, acc_t slope) { return v > acc_t(0) ? v : v * slope; }
+
+// GAT forward: one pass per (row, head) with an online softmax; when the running max grows,
+// the sums so far are rescaled by exp(old max - new max).
+template <typename scalar_t, typename index_t>
+void gat_rows(const GatParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const scalar_t* a_src = static_cast<const scalar_t*>(p.alpha_src);
+  const scalar_t* a_dst = static_cast<const scalar_t*>(p.alpha_dst);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  acc_t* row_max = static_cast<acc_t*>(p.row_max);
+  acc_t* row_sum = static_cast<acc_t*>(p.row_sum);
+  const int64_t H = p.num_heads, F = p.num_features;
+  const acc_t slope = acc_t(p.negative_slope);
+  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> acc(F);
+    for (int64_t i = r0; i < r1; ++i) {
+      for (int64_t h = 0; h < H; ++h) {
+        acc_t m = -std::numeric_limits<acc_t>::infinity(), c = 0;
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        const acc_t ad = acc_t(a_dst[i * H + h]);
+        for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e) {
+          const int64_t j = int64_t(col[e]);
+          const acc_t score = leaky_relu(acc_t(a_src[j * H + h]) + ad, slope);
+          if (score > m) {
+            const acc_t rescale = std::exp(m - score);  // exp(-inf) = 0 on the first edge
+            c *= rescale;
+            for (int64_t f = 0; f < F; ++f) acc[f] *= rescale;
+            m = score;
+          }
+          const acc_t w = std::exp(score - m);
+          c += w;
+          const scalar_t* xr = x + (j * H + h) * F;
+          for (int64_t f = 0; f < F; ++f) acc[f] += w * acc_t(xr[f]);
+        }
+        scalar_t* o = out + (i * H + h) * F;
+        const acc_t inv = c > acc_t(0) ? acc_t(1) / c : acc_t(0);
+        for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(acc[f] * inv);
+        row_max[i * H + h] = m;
+        row_sum[i * H + h] = c;
+      }
+    }
+  });
+}
+
+// GAT backward: dalpha_dst over the rows of the CSR; dx and dalpha_src over the rows of the
+// transpose, each output owned by one thread.
+template <typename scalar_t, typename index_t>
+void gat_backward_rows(const GatBackwardParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const index_t* col_t = static_cast<const index_t*>(p.col_t);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const scalar_t* a_src = static_cast<const scalar_t*>(p.alpha_src);
+  const scalar_t* a_dst = static_cast<const scalar_t*>(p.alpha_dst);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  const acc_t* row_max = static_cast<const acc_t*>(p.row_max);
+  const acc_t* row_sum = static_cast<const acc_t*>(p.row_sum);
+  const acc_t* delta = static_cast<const acc_t*>(p.delta);
+  const int64_t H = p.num_heads, F = p.num_features;
+  const acc_t slope = acc_t(p.negative_slope);
+  // p_ij and ds_ij of edge j -> i, head h.
+  auto edge_terms = [&](int64_t i, int64_t j, int64_t h, acc_t& prob, acc_t& ds) {
+    const acc_t raw = acc_t(a_src[j * H + h]) + acc_t(a_dst[i * H + h]);
+    prob = std::exp(leaky_relu(raw, slope) - row_max[i * H + h]) / row_sum[i * H + h];
+    const scalar_t* xr = x + (j * H + h) * F;
+    const scalar_t* g = grad + (i * H + h) * F;
+    acc_t dot = 0;
+    for (int64_t f = 0; f < F; ++f) dot += acc_t(xr[f]) * acc_t(g[f]);
+    ds = prob * (dot - delta[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
+  };
+  scalar_t* da_dst = static_cast<scalar_t*>(p.dalpha_dst);
+  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        acc_t sum = 0, prob, ds;
+        for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e) {
+          edge_terms(i, int64_t(col[e]), h, prob, ds);
+          sum += ds;
+        }
+        da_dst[i * H + h] = scalar_t(sum);
+      }
+  });
+  scalar_t* dx = static_cast<scalar_t*>(p.dx);
+  scalar_t* da_src = static_cast<scalar_t*>(p.dalpha_src);
+  for_each_row_chunk(p.rowptr_t, p.num_src, [&](int64_t j0, int64_t j1) {
+    std::vector<acc_t> acc(F);
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t h = 0; h < H; ++h) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        acc_t sum = 0, prob, ds;
+        for (int64_t k = p.rowptr_t[j]; k < p.rowptr_t[j + 1]; ++k) {
+          const int64_t i = int64_t(col_t[k]);
+          edge_terms(i, j, h, prob, ds);
+          sum += ds;
+          const scalar_t* g = grad + (i * H + h) * F;
+          for (int64_t f = 0; f < F; ++f) acc[f] += prob * acc_t(g[f]);
+        }
+        da_src[j * H + h] = scalar_t(sum);
+        scalar_t* o = dx + (j * H + h) * F;
+        for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(acc[f]);
+      }
+  });
+}
+
 template <typename scalar_t, typename index_t>
 void sddmm_rows(const SddmmParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -464,6 +574,34 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cpu(
   return {call.out, call.out2};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cpu(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x, const at::Tensor& alpha_src,
+    const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
+    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
+  const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
+  validate_csr(rowptr, col, x.size(0), "scangraph::gat_aggregate");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_cpu", [&] {
+    if (call.params.col_is_int32) gat_rows<scalar_t, int32_t>(call.params);
+    else gat_rows<scalar_t, int64_t>(call.params);
+  });
+  return {call.out, call.out2, call.owned.back()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cpu(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
+    const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
+    const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
+  const KernelCall<GatBackwardParams> call = prepare_gat_backward(
+      rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, negative_slope);
+  validate_csr(rowptr, col, x.size(0), "scangraph::gat_aggregate_backward");
+  validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "scangraph::gat_aggregate_backward (transpose)");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_backward_cpu", [&] {
+    if (call.params.col_is_int32) gat_backward_rows<scalar_t, int32_t>(call.params);
+    else gat_backward_rows<scalar_t, int64_t>(call.params);
+  });
+  return {call.out, call.out2, call.owned.back()};
+}
+
 at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
                      const at::Tensor& b,
                      const std::optional<at::Tensor>& /*rowptr_t*/,
@@ -485,6 +623,8 @@ TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
   m.impl("spmm_arg", &spmm_arg_cpu);
   m.impl("spmm_arg_backward", &spmm_arg_backward_cpu);
   m.impl("sddmm", &sddmm_cpu);
+  m.impl("gat_aggregate", &gat_aggregate_cpu);
+  m.impl("gat_aggregate_backward", &gat_aggregate_backward_cpu);
 }
 
 }  // namespace scangraph

@@ -9,6 +9,8 @@ namespace scangraph {
 #define SCANGRAPH_DECLARE_SPARSE(NAME)                                 \
   void spmm_cuda_##NAME(const SpmmParams& p, cudaStream_t stream);     \
   void spmm_arg_backward_cuda_##NAME(const SpmmArgBackwardParams& p, cudaStream_t stream); \
+  void gat_cuda_##NAME(const GatParams& p, cudaStream_t stream);                         \
+  void gat_backward_cuda_##NAME(const GatBackwardParams& p, cudaStream_t stream);        \
   void sddmm_cuda_##NAME(const SddmmParams& p, cudaStream_t stream);
 SCANGRAPH_DECLARE_SPARSE(fp64)
 SCANGRAPH_DECLARE_SPARSE(fp32)

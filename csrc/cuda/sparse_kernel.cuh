@@ -9,6 +9,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <math_constants.h>
 
 #include <cstdint>
 
@@ -189,6 +190,145 @@ __global__ void spmm_arg_dweight_kernel(SpmmArgBackwardParams p) {
   }
 }
 
+template <typename acc_t>
+__device__ __forceinline__ acc_t leaky_relu(acc_t v, acc_t slope) { return v > acc_t(0) ? v : v * slope; }
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {  // fixed butterfly order: deterministic
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// GAT forward: one warp per row; every lane tracks the same online-softmax max / denominator and
+// accumulates its own features, rescaling them when the running max grows.
+template <typename scalar_t, typename index_t>
+__global__ void gat_kernel(GatParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= p.num_rows) return;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const scalar_t* a_src = static_cast<const scalar_t*>(p.alpha_src);
+  const scalar_t* a_dst = static_cast<const scalar_t*>(p.alpha_dst);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  const int64_t H = p.num_heads, F = p.num_features, begin = p.rowptr[row], end = p.rowptr[row + 1];
+  const acc_t slope = acc_t(p.negative_slope);
+  for (int64_t h = 0; h < H; ++h) {
+    const acc_t ad = to_acc(a_dst[row * H + h]);
+    acc_t m = -CUDART_INF_F, c = acc_t(0);
+    for (int64_t f0 = 0; f0 == 0 || f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t acc[kFeaturesPerLane];
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
+      m = -CUDART_INF_F;
+      c = acc_t(0);
+      for (int64_t e = begin; e < end; ++e) {
+        const int64_t j = int64_t(col[e]);
+        const acc_t score = leaky_relu(to_acc(a_src[j * H + h]) + ad, slope);
+        if (score > m) {
+          const acc_t rescale = exp(m - score);
+          c *= rescale;
+#pragma unroll
+          for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] *= rescale;
+          m = score;
+        }
+        const acc_t w = exp(score - m);
+        c += w;
+        const scalar_t* xr = x + (j * H + h) * F;
+#pragma unroll
+        for (int k = 0; k < kFeaturesPerLane; ++k) {
+          const int64_t f = f0 + k * kWarp + lane;
+          if (f < F) acc[k] += w * to_acc(xr[f]);
+        }
+      }
+      const acc_t inv = c > acc_t(0) ? acc_t(1) / c : acc_t(0);
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) {
+        const int64_t f = f0 + k * kWarp + lane;
+        if (f < F) out[(row * H + h) * F + f] = from_acc<scalar_t>(acc[k] * inv);
+      }
+    }
+    if (lane == 0) {
+      static_cast<acc_t*>(p.row_max)[row * H + h] = m;
+      static_cast<acc_t*>(p.row_sum)[row * H + h] = c;
+    }
+  }
+}
+
+// p_ij and ds_ij of edge j -> i (head h), identical in every lane of the warp.
+template <typename scalar_t>
+__device__ __forceinline__ void gat_edge_terms(const GatBackwardParams& p, int64_t i, int64_t j, int64_t h, int lane,
+                                               typename Acc<scalar_t>::type& prob,
+                                               typename Acc<scalar_t>::type& ds) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t H = p.num_heads, F = p.num_features;
+  const acc_t slope = acc_t(p.negative_slope);
+  const acc_t raw = to_acc(static_cast<const scalar_t*>(p.alpha_src)[j * H + h]) +
+                    to_acc(static_cast<const scalar_t*>(p.alpha_dst)[i * H + h]);
+  prob = exp(leaky_relu(raw, slope) - static_cast<const acc_t*>(p.row_max)[i * H + h]) /
+         static_cast<const acc_t*>(p.row_sum)[i * H + h];
+  const scalar_t* xr = static_cast<const scalar_t*>(p.x) + (j * H + h) * F;
+  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + (i * H + h) * F;
+  acc_t dot = acc_t(0);
+  for (int64_t f = lane; f < F; f += kWarp) dot += to_acc(xr[f]) * to_acc(g[f]);
+  dot = warp_sum(dot);
+  ds = prob * (dot - static_cast<const acc_t*>(p.delta)[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void gat_dst_grad_kernel(GatBackwardParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= p.num_rows) return;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  for (int64_t h = 0; h < p.num_heads; ++h) {
+    acc_t sum = acc_t(0), prob, ds;
+    for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
+      gat_edge_terms<scalar_t>(p, row, int64_t(col[e]), h, lane, prob, ds);
+      sum += ds;
+    }
+    if (lane == 0) static_cast<scalar_t*>(p.dalpha_dst)[row * p.num_heads + h] = from_acc<scalar_t>(sum);
+  }
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void gat_src_grad_kernel(GatBackwardParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t src = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (src >= p.num_src) return;
+  const index_t* col_t = static_cast<const index_t*>(p.col_t);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t f0 = 0; f0 == 0 || f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t acc[kFeaturesPerLane];
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
+      acc_t sum = acc_t(0), prob, ds;
+      for (int64_t k = p.rowptr_t[src]; k < p.rowptr_t[src + 1]; ++k) {
+        const int64_t i = int64_t(col_t[k]);
+        gat_edge_terms<scalar_t>(p, i, src, h, lane, prob, ds);
+        sum += ds;
+#pragma unroll
+        for (int q = 0; q < kFeaturesPerLane; ++q) {
+          const int64_t f = f0 + q * kWarp + lane;
+          if (f < F) acc[q] += prob * to_acc(grad[(i * H + h) * F + f]);
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kFeaturesPerLane; ++q) {
+        const int64_t f = f0 + q * kWarp + lane;
+        if (f < F) static_cast<scalar_t*>(p.dx)[(src * H + h) * F + f] = from_acc<scalar_t>(acc[q]);
+      }
+      if (f0 == 0 && lane == 0) static_cast<scalar_t*>(p.dalpha_src)[src * H + h] = from_acc<scalar_t>(sum);
+    }
+  }
+}
+
 template <typename scalar_t, typename index_t>
 __global__ void sddmm_kernel(SddmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
@@ -238,6 +378,20 @@ void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t strea
 }
 
 template <typename scalar_t, typename index_t>
+void launch_gat(const GatParams& p, cudaStream_t stream) {
+  if (p.num_rows > 0)
+    gat_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+}
+
+template <typename scalar_t, typename index_t>
+void launch_gat_backward(const GatBackwardParams& p, cudaStream_t stream) {
+  if (p.num_rows > 0)
+    gat_dst_grad_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  if (p.num_src > 0)
+    gat_src_grad_kernel<scalar_t, index_t><<<warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+}
+
+template <typename scalar_t, typename index_t>
 void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
   const int64_t blocks = (p.num_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   if (blocks == 0) return;
@@ -258,6 +412,14 @@ void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
   void spmm_arg_backward_cuda_##NAME(const SpmmArgBackwardParams& p, cudaStream_t stream) {    \
     if (p.col_is_int32) cuda::launch_spmm_arg_backward<SCALAR, int32_t>(p, stream);           \
     else cuda::launch_spmm_arg_backward<SCALAR, int64_t>(p, stream);                          \
+  }                                                                                           \
+  void gat_cuda_##NAME(const GatParams& p, cudaStream_t stream) {                             \
+    if (p.col_is_int32) cuda::launch_gat<SCALAR, int32_t>(p, stream);                         \
+    else cuda::launch_gat<SCALAR, int64_t>(p, stream);                                        \
+  }                                                                                           \
+  void gat_backward_cuda_##NAME(const GatBackwardParams& p, cudaStream_t stream) {            \
+    if (p.col_is_int32) cuda::launch_gat_backward<SCALAR, int32_t>(p, stream);                \
+    else cuda::launch_gat_backward<SCALAR, int64_t>(p, stream);                               \
   }                                                                                           \
   void sddmm_cuda_##NAME(const SddmmParams& p, cudaStream_t stream) {                         \
     if (p.col_is_int32) cuda::launch_sddmm<SCALAR, int32_t>(p, stream);                       \

@@ -71,6 +71,29 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
   return {call.out, call.out2};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x, const at::Tensor& alpha_src,
+    const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
+    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
+  dispatch_dtype(x.scalar_type(), call.params, "scangraph::gat_aggregate", gat_cuda_fp64, gat_cuda_fp32,
+                 gat_cuda_fp16, gat_cuda_bf16);
+  return {call.out, call.out2, call.owned.back()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
+    const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
+    const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const KernelCall<GatBackwardParams> call = prepare_gat_backward(
+      rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, negative_slope);
+  dispatch_dtype(x.scalar_type(), call.params, "scangraph::gat_aggregate_backward", gat_backward_cuda_fp64,
+                 gat_backward_cuda_fp32, gat_backward_cuda_fp16, gat_backward_cuda_bf16);
+  return {call.out, call.out2, call.owned.back()};
+}
+
 at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
                       const at::Tensor& b,
                      const std::optional<at::Tensor>& /*rowptr_t*/,
@@ -91,6 +114,8 @@ TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
   m.impl("spmm_arg", &spmm_arg_cuda);
   m.impl("spmm_arg_backward", &spmm_arg_backward_cuda);
   m.impl("sddmm", &sddmm_cuda);
+  m.impl("gat_aggregate", &gat_aggregate_cuda);
+  m.impl("gat_aggregate_backward", &gat_aggregate_backward_cuda);
 }
 
 }  // namespace scangraph

@@ -192,3 +192,105 @@ inline KernelCall<SddmmParams> prepare_sddmm(const at::Tensor& rowptr, const at:
 }
 
 }  // namespace scangraph
+
+namespace scangraph {
+
+inline at::ScalarType opmath_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_gat_features(const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
+                               int64_t num_rows, const char* op) {
+  TORCH_CHECK(x.dim() == 3 && at::isFloatingType(x.scalar_type()), op,
+              ": x must be a floating (nodes, heads, features) tensor, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(alpha_src.dim() == 2 && alpha_src.size(0) == x.size(0) && alpha_src.size(1) == x.size(1), op,
+              ": alpha_src must be (num_src, heads) = (", x.size(0), ", ", x.size(1), "), got ", alpha_src.sizes());
+  TORCH_CHECK(alpha_dst.dim() == 2 && alpha_dst.size(0) == num_rows && alpha_dst.size(1) == x.size(1), op,
+              ": alpha_dst must be (num_rows, heads) = (", num_rows, ", ", x.size(1), "), got ", alpha_dst.sizes());
+  TORCH_CHECK(alpha_src.scalar_type() == x.scalar_type() && alpha_dst.scalar_type() == x.scalar_type(), op,
+              ": alpha_src and alpha_dst must have the dtype of x (", x.scalar_type(), ")");
+  TORCH_CHECK(alpha_src.device() == x.device() && alpha_dst.device() == x.device(), op,
+              ": x, alpha_src and alpha_dst must be on one device");
+}
+
+inline KernelCall<GatParams> prepare_gat(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x,
+                                         const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
+                                         double negative_slope) {
+  const char* op = "scangraph::gat_aggregate";
+  check_csr(rowptr, col, x, op);
+  const int64_t num_rows = rowptr.numel() - 1;
+  check_gat_features(x, alpha_src, alpha_dst, num_rows, op);
+  KernelCall<GatParams> call;
+  GatParams& p = call.params;
+  const at::Tensor xc = call.owned.emplace_back(x.contiguous());
+  const at::Tensor as = call.owned.emplace_back(alpha_src.contiguous());
+  const at::Tensor ad = call.owned.emplace_back(alpha_dst.contiguous());
+  call.out = at::empty({num_rows, x.size(1), x.size(2)}, x.options());
+  // Row statistics: max in out2, denominator in owned[3] (returned by the op as well).
+  call.out2 = at::empty({num_rows, x.size(1)}, x.options().dtype(opmath_dtype(x.scalar_type())));
+  const at::Tensor row_sum = call.owned.emplace_back(at::empty_like(call.out2));
+  p.rowptr = rowptr.data_ptr<int64_t>();
+  p.col = col.data_ptr();
+  p.x = xc.data_ptr();
+  p.alpha_src = as.data_ptr();
+  p.alpha_dst = ad.data_ptr();
+  p.out = call.out.data_ptr();
+  p.row_max = call.out2.data_ptr();
+  p.row_sum = row_sum.data_ptr();
+  p.num_rows = num_rows;
+  p.num_src = x.size(0);
+  p.num_heads = x.size(1);
+  p.num_features = x.size(2);
+  p.negative_slope = negative_slope;
+  p.col_is_int32 = col.scalar_type() == at::kInt;
+  return call;
+}
+
+// Outputs: dx in out, dalpha_src in out2, dalpha_dst in owned.back().
+inline KernelCall<GatBackwardParams> prepare_gat_backward(
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
+    const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
+    const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
+  const char* op = "scangraph::gat_aggregate_backward";
+  const int64_t num_edges = check_csr(rowptr, col, x, op);
+  TORCH_CHECK(check_csr(rowptr_t, col_t, x, op) == num_edges && rowptr_t.numel() - 1 == x.size(0) &&
+                  col_t.scalar_type() == col.scalar_type(),
+              op, ": (rowptr_t, col_t) must be the transpose of the graph");
+  const int64_t num_rows = rowptr.numel() - 1;
+  check_gat_features(x, alpha_src, alpha_dst, num_rows, op);
+  const at::ScalarType acc = opmath_dtype(x.scalar_type());
+  for (const at::Tensor* t : {&row_max, &row_sum, &delta})
+    TORCH_CHECK(t->scalar_type() == acc && t->dim() == 2 && t->size(0) == num_rows && t->size(1) == x.size(1), op,
+                ": row statistics must be (num_rows, heads) ", acc, ", got ", t->sizes(), " ", t->scalar_type());
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({num_rows, x.size(1), x.size(2)}) &&
+                  grad.scalar_type() == x.scalar_type(),
+              op, ": grad must be (num_rows, heads, F) in the dtype of x, got ", grad.sizes());
+  KernelCall<GatBackwardParams> call;
+  GatBackwardParams& p = call.params;
+  auto keep = [&](const at::Tensor& t) { return call.owned.emplace_back(t.contiguous()).data_ptr(); };
+  p.rowptr = rowptr.data_ptr<int64_t>();
+  p.col = col.data_ptr();
+  p.rowptr_t = rowptr_t.data_ptr<int64_t>();
+  p.col_t = col_t.data_ptr();
+  p.x = keep(x);
+  p.alpha_src = keep(alpha_src);
+  p.alpha_dst = keep(alpha_dst);
+  p.row_max = keep(row_max);
+  p.row_sum = keep(row_sum);
+  p.delta = keep(delta);
+  p.grad = keep(grad);
+  call.out = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  call.out2 = at::empty({x.size(0), x.size(1)}, x.options());
+  p.dx = call.out.data_ptr();
+  p.dalpha_src = call.out2.data_ptr();
+  p.dalpha_dst = call.owned.emplace_back(at::empty({num_rows, x.size(1)}, x.options())).data_ptr();
+  p.num_rows = num_rows;
+  p.num_src = x.size(0);
+  p.num_heads = x.size(1);
+  p.num_features = x.size(2);
+  p.negative_slope = negative_slope;
+  p.col_is_int32 = col.scalar_type() == at::kInt;
+  return call;
+}
+
+}  // namespace scangraph

@@ -14,9 +14,9 @@ def cpp_built() -> bool:
     return LOAD_ERROR is None
 
 
-def cuda_built() -> bool:
-    """True when the loaded op library holds CUDA kernels (built where nvcc was present)."""
-    return cpp_built() and torch._C._dispatch_has_kernel_for_dispatch_key("scangraph::spmm", "CUDA")
+def cuda_built(op: str = "spmm") -> bool:
+    """True when the loaded op library holds the CUDA kernel of `op` (built where nvcc was present)."""
+    return cpp_built() and torch._C._dispatch_has_kernel_for_dispatch_key(f"scangraph::{op}", "CUDA")
 
 
 def require_cpp(what: str) -> None:

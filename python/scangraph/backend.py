@@ -83,9 +83,9 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise BackendUnavailable(
                 f"{op}: backend 'cuda' runs on CUDA tensors, got {device} (use 'cpp' on CPU)")
-        if not _extension.cuda_built():
+        if not _extension.cuda_built(op):
             raise BackendUnavailable(
-                f"{op}: backend 'cuda' is not built: scangraph was compiled without CUDA kernels "
+                f"{op}: backend 'cuda' is not built: scangraph was compiled without this CUDA kernel "
                 "(no nvcc or a CPU build of torch at install time, or SCANGRAPH_CUDA=0). Reinstall "
                 "with CUDA_HOME pointing at the toolkit, or use backend='triton'.")
     elif name == "triton":

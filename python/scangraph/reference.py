@@ -71,3 +71,20 @@ def _extreme(rows, messages, num_rows, reduce, with_arg=False):
 def sddmm(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """out[e] = a[row(e)] . b[col[e]] over the last dimension: (E,) or (E, heads)."""
     return (a[_edge_rows(rowptr)] * b[col.long()]).sum(-1)
+
+
+def gat_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, alpha_src: torch.Tensor,
+                  alpha_dst: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:
+    """out[i] = sum_j softmax_j(leaky_relu(alpha_src[j] + alpha_dst[i])) x[j] per head, with
+    x (N, heads, F) and alpha (N, heads); the (E, heads) scores are materialised."""
+    rows, cols = _edge_rows(rowptr), col.long()
+    num_rows = rowptr.numel() - 1
+    scores = torch.nn.functional.leaky_relu(alpha_src[cols] + alpha_dst[rows], negative_slope)
+    index = rows[:, None].expand_as(scores)
+    row_max = torch.full((num_rows, scores.shape[1]), float("-inf"), dtype=scores.dtype,
+                         device=scores.device).scatter_reduce(0, index, scores.detach(), "amax")
+    weights = torch.exp(scores - row_max[rows])
+    denominator = torch.zeros_like(row_max).index_add(0, rows, weights)
+    attention = weights / denominator[rows]
+    out = torch.zeros((num_rows,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    return out.index_add(0, rows, attention[..., None] * x[cols])

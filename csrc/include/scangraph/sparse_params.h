@@ -71,3 +71,50 @@ struct SddmmParams {
 };
 
 }  // namespace scangraph
+
+namespace scangraph {
+
+// GAT aggregation (per head h), all tensors contiguous:
+//   s_ij = leaky_relu(alpha_src[j, h] + alpha_dst[i, h]),  p_ij = softmax over j in row i of s_ij
+//   out[i, h, :] = sum_j p_ij x[j, h, :]
+// in one pass with an online softmax; the row max m and denominator c (opmath type: float,
+// double for double inputs) are kept for the backward, which recomputes p_ij.
+struct GatParams {
+  const int64_t* rowptr;
+  const void* col;
+  const void* x;             // (num_src, heads, F)
+  const void* alpha_src;     // (num_src, heads)
+  const void* alpha_dst;     // (num_rows, heads)
+  void* out;                 // (num_rows, heads, F)
+  void* row_max;             // (num_rows, heads) opmath
+  void* row_sum;             // (num_rows, heads) opmath
+  int64_t num_rows, num_src, num_heads, num_features;
+  double negative_slope;
+  bool col_is_int32;
+};
+
+// Its backward, with delta[i, h] = out[i, h, :] . grad[i, h, :] and
+//   ds_ij = p_ij (x[j] . grad[i] - delta_i) * leaky_relu'(alpha_src[j] + alpha_dst[i]):
+//   dalpha_dst[i] = sum_j ds_ij (rows of the CSR), dalpha_src[j] = sum_i ds_ij and
+//   dx[j] = sum_i p_ij grad[i] (rows of the transpose): no atomics.
+struct GatBackwardParams {
+  const int64_t* rowptr;
+  const void* col;
+  const int64_t* rowptr_t;
+  const void* col_t;
+  const void* x;
+  const void* alpha_src;
+  const void* alpha_dst;
+  const void* row_max;       // opmath
+  const void* row_sum;       // opmath
+  const void* delta;         // opmath
+  const void* grad;          // (num_rows, heads, F)
+  void* dx;                  // (num_src, heads, F)
+  void* dalpha_src;          // (num_src, heads)
+  void* dalpha_dst;          // (num_rows, heads)
+  int64_t num_rows, num_src, num_heads, num_features;
+  double negative_slope;
+  bool col_is_int32;
+};
+
+}  // namespace scangraph

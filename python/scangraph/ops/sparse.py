@@ -39,6 +39,22 @@ def _spmm_arg_backward_fake(rowptr, col, rowptr_t, col_t, perm_t, weight, x, gra
     return x.new_empty(x.shape), x.new_empty((col.shape[0] if weight_grad else 0, heads))
 
 
+def _opmath(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _gat_fake(rowptr, col, x, alpha_src, alpha_dst, negative_slope=0.2, rowptr_t=None, col_t=None, perm_t=None):
+    torch._check(x.dim() == 3 and alpha_src.dim() == 2 and alpha_dst.dim() == 2)
+    rows = rowptr.shape[0] - 1
+    stats = x.new_empty((rows, x.shape[1]), dtype=_opmath(x.dtype))
+    return x.new_empty((rows, x.shape[1], x.shape[2])), stats, torch.empty_like(stats)
+
+
+def _gat_backward_fake(rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta,
+                       grad, negative_slope):
+    return x.new_empty(x.shape), alpha_src.new_empty(alpha_src.shape), alpha_dst.new_empty(alpha_dst.shape)
+
+
 def _sddmm_fake(rowptr, col, a, b, rowptr_t=None, col_t=None, perm_t=None):
     torch._check(rowptr.dim() == 1 and col.dim() == 1 and a.dim() == b.dim())
     return a.new_empty((col.shape[0],) + tuple(a.shape[1:-1]))
@@ -63,6 +79,7 @@ def _register_autograd(suffix: str):
     spmm_op = getattr(torch.ops.scangraph, spmm_name)
     sddmm_op = getattr(torch.ops.scangraph, sddmm_name)
     arg_backward_op = getattr(torch.ops.scangraph, f"spmm_arg_backward{suffix}")
+    gat_backward_op = getattr(torch.ops.scangraph, f"gat_aggregate_backward{suffix}")
 
     def spmm_setup(ctx, inputs, output):
         rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t = inputs
@@ -125,7 +142,23 @@ def _register_autograd(suffix: str):
             dweight = None
         return None, None, dweight, dx if ctx.needs_input_grad[3] else None, None, None, None, None
 
+    def gat_setup(ctx, inputs, output):
+        rowptr, col, x, alpha_src, alpha_dst, negative_slope, rowptr_t, col_t, perm_t = inputs
+        out, row_max, row_sum = output
+        ctx.negative_slope = negative_slope
+        ctx.mark_non_differentiable(row_max, row_sum)
+        ctx.save_for_backward(rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, rowptr_t, col_t, perm_t)
+
+    def gat_backward(ctx, grad, _grad_max, _grad_sum):
+        rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, rowptr_t, col_t, perm_t = ctx.saved_tensors
+        rowptr_t, col_t, perm_t = _transpose_of(rowptr, col, x.shape[0], rowptr_t, col_t, perm_t)
+        delta = (out.to(row_max.dtype) * grad.to(row_max.dtype)).sum(-1)
+        dx, da_src, da_dst = gat_backward_op(rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max,
+                                             row_sum, delta, grad.contiguous(), ctx.negative_slope)
+        return None, None, dx, da_src, da_dst, None, None, None, None
+
     torch.library.register_autograd(f"scangraph::{spmm_name}", spmm_backward, setup_context=spmm_setup)
+    torch.library.register_autograd(f"scangraph::gat_aggregate{suffix}", gat_backward, setup_context=gat_setup)
     torch.library.register_autograd(f"scangraph::{arg_name}", arg_backward, setup_context=arg_setup)
     torch.library.register_autograd(f"scangraph::{sddmm_name}", sddmm_backward, setup_context=sddmm_setup)
 
@@ -137,6 +170,8 @@ def _register_cpp_ops():
     torch.library.register_fake("scangraph::sddmm")(_sddmm_fake)
     torch.library.register_fake("scangraph::spmm_arg")(_spmm_arg_fake)
     torch.library.register_fake("scangraph::spmm_arg_backward")(_spmm_arg_backward_fake)
+    torch.library.register_fake("scangraph::gat_aggregate")(_gat_fake)
+    torch.library.register_fake("scangraph::gat_aggregate_backward")(_gat_backward_fake)
     _register_autograd("")
 
 
@@ -186,6 +221,29 @@ def _register_triton_ops():
                                          x, grad.contiguous(), arg.contiguous(), dx,
                                          dweight if weight_grad else None)
         return dx, dweight
+
+    @triton_op("scangraph::gat_aggregate_triton", mutates_args=())
+    def gat_aggregate_triton(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, alpha_src: torch.Tensor,
+                             alpha_dst: torch.Tensor, negative_slope: float = 0.2,
+                             rowptr_t: Optional[torch.Tensor] = None, col_t: Optional[torch.Tensor] = None,
+                             perm_t: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, row_max, row_sum = _gat_fake(rowptr, col, x, alpha_src, alpha_dst)
+        kernels.launch_gat(wrap_triton, rowptr, col, x.contiguous(), alpha_src.contiguous(), alpha_dst.contiguous(),
+                           negative_slope, out, row_max, row_sum)
+        return out, row_max, row_sum
+
+    @triton_op("scangraph::gat_aggregate_backward_triton", mutates_args=())
+    def gat_aggregate_backward_triton(rowptr: torch.Tensor, col: torch.Tensor, rowptr_t: torch.Tensor,
+                                      col_t: torch.Tensor, x: torch.Tensor, alpha_src: torch.Tensor,
+                                      alpha_dst: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor,
+                                      delta: torch.Tensor, grad: torch.Tensor,
+                                      negative_slope: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dx, da_src, da_dst = _gat_backward_fake(rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max,
+                                                row_sum, delta, grad, negative_slope)
+        kernels.launch_gat_backward(wrap_triton, rowptr, col, rowptr_t, col_t, x.contiguous(),
+                                    alpha_src.contiguous(), alpha_dst.contiguous(), row_max, row_sum, delta,
+                                    grad.contiguous(), negative_slope, dx, da_src, da_dst)
+        return dx, da_src, da_dst
 
     _register_autograd("_triton")
 
@@ -283,3 +341,44 @@ def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "
     transpose = graph.transpose_parts() if _needs_transpose(a, b) else (None, None, None)
     op = torch.ops.scangraph.sddmm_triton if name == "triton" else torch.ops.scangraph.sddmm
     return op(graph.rowptr, graph.col, a, b, *transpose)
+
+
+def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alpha_dst: torch.Tensor,
+                  negative_slope: float = 0.2, *, backend: str = "auto") -> torch.Tensor:
+    """GAT attention aggregation in one pass (Velickovic et al. 2018, PyG's GATConv formula):
+    out[i] = sum_{j -> i} softmax_j(leaky_relu(alpha_src[j] + alpha_dst[i])) x[j], per head.
+
+    Args:
+        x: (num_cols, heads, F) source features, or (num_cols, F) for one head.
+        alpha_src: (num_cols, heads) (or (num_cols,)) source attention logits.
+        alpha_dst: (num_rows, heads) (or (num_rows,)) destination attention logits.
+    Returns:
+        (num_rows, heads, F) (or (num_rows, F)); rows without edges give 0. The softmax runs
+        online (FlashAttention's rescaling over each neighbour list); no (E, heads) tensor is
+        kept for backward: it keeps the per-row max and denominator and recomputes the weights.
+        Gradients reach x, alpha_src and alpha_dst, deterministically.
+    """
+    _check_graph("gat_aggregate", graph)
+    _check_features("gat_aggregate", "x", x, graph, graph.num_cols, "one per source node of the graph")
+    single_head = x.dim() == 2
+    heads = 1 if single_head else x.shape[1]
+    expected = {"alpha_src": (graph.num_cols,), "alpha_dst": (graph.num_rows,)}
+    for name, alpha in (("alpha_src", alpha_src), ("alpha_dst", alpha_dst)):
+        shape = expected[name] + (() if single_head else (heads,))
+        if not isinstance(alpha, torch.Tensor) or tuple(alpha.shape) != shape:
+            raise ValueError(f"gat_aggregate: {name} must have shape {shape}, got "
+                             f"{tuple(alpha.shape) if isinstance(alpha, torch.Tensor) else type(alpha).__name__}")
+        if alpha.dtype != x.dtype or alpha.device != x.device:
+            raise ValueError(f"gat_aggregate: {name} must match x in dtype and device ({x.dtype}, {x.device}), "
+                             f"got {alpha.dtype} on {alpha.device}")
+    if single_head:
+        x, alpha_src, alpha_dst = x.unsqueeze(1), alpha_src.unsqueeze(1), alpha_dst.unsqueeze(1)
+    name = _backend.resolve("gat_aggregate", backend, x.device)
+    if name == "reference":
+        out = reference.gat_aggregate(graph.rowptr, graph.col, x, alpha_src, alpha_dst, negative_slope)
+    else:
+        transpose = (graph.transpose_parts() if _needs_transpose(x, alpha_src, alpha_dst)
+                     else (None, None, None))
+        op = torch.ops.scangraph.gat_aggregate_triton if name == "triton" else torch.ops.scangraph.gat_aggregate
+        out = op(graph.rowptr, graph.col, x, alpha_src, alpha_dst, float(negative_slope), *transpose)[0]
+    return out.squeeze(1) if single_head else out
