@@ -1,4 +1,5 @@
-"""Benchmark cases of the sparse family: spmm sum and max, forward and forward + backward.
+"""Benchmark cases of the sparse family: spmm sum and max and GAT aggregation, forward and
+forward + backward.
 
 Baselines are what a user would write otherwise: torch.sparse.mm on a CSR tensor, PyG's
 scatter path (index_select of source rows, then scatter_add into destinations), and our
@@ -127,8 +128,51 @@ def _spmm_max_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, devic
     return case
 
 
+def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, heads: int = 4) -> Case:
+    """GAT aggregation, F features split over `heads` heads, against PyG's GATConv propagate
+    formula written out in torch (gather logits per edge, scatter softmax, scatter_add)."""
+    element = torch.empty((), dtype=dtype).element_size()
+    src, dst = graph.to_edge_index()
+    per_head = max(1, f // heads)
+    x = torch.randn(graph.num_cols, heads, per_head, dtype=dtype, device=device)
+    a_src = torch.randn(graph.num_cols, heads, dtype=dtype, device=device)
+    a_dst = torch.randn(graph.num_rows, heads, dtype=dtype, device=device)
+    grad = torch.randn(graph.num_rows, heads, per_head, dtype=dtype, device=device)
+    inputs = [t.clone().requires_grad_() for t in (x, a_src, a_dst)]
+    index = dst.view(-1, 1).expand(-1, heads)
+
+    def pyg(x, a_src, a_dst):
+        logits = torch.nn.functional.leaky_relu(a_src.index_select(0, src) + a_dst.index_select(0, dst), 0.2)
+        row_max = torch.full((graph.num_rows, heads), float("-inf"), dtype=dtype, device=device).scatter_reduce(
+            0, index, logits.detach(), "amax")
+        weights = (logits - row_max.index_select(0, dst)).exp()
+        denominator = torch.zeros(graph.num_rows, heads, dtype=dtype, device=device).scatter_add(0, index, weights)
+        attention = weights / denominator.index_select(0, dst)
+        messages = x.index_select(0, src) * attention[..., None]
+        return torch.zeros(graph.num_rows, heads, per_head, dtype=dtype, device=device).index_add(0, dst, messages)
+
+    case = Case(
+        op="gat_aggregate", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=heads * per_head,
+        dtype=dtype, device=device,
+        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
+        + element * heads * (per_head * (graph.num_cols + graph.num_rows) + graph.num_cols + graph.num_rows),
+        gathered_fwd=element * heads * per_head * graph.num_edges)
+
+    def add(impl, forward):
+        def fwd_bwd():
+            for t in inputs:
+                t.grad = None
+            forward(*inputs).backward(grad)
+        case.impls[impl] = {"fwd": lambda: forward(x, a_src, a_dst), "fwd+bwd": fwd_bwd}
+
+    for backend in _backends(device):
+        add(f"scangraph.{backend}", lambda *t, b=backend: scangraph.gat_aggregate(graph, *t, backend=b))
+    add("pyg_gat_propagate", pyg)
+    return case
+
+
 def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool,
-               ops=("spmm_sum", "spmm_max")):
+               ops=("spmm_sum", "spmm_max", "gat_aggregate")):
     for name, edge_index, num_nodes in bench_graphs(data_dir, quick):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
@@ -137,3 +181,5 @@ def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], da
                 yield _spmm_case(name, graph, f, dtype, device)
             if "spmm_max" in ops:
                 yield _spmm_max_case(name, graph, f, dtype, device)
+            if "gat_aggregate" in ops:
+                yield _gat_case(name, graph, f, dtype, device)
