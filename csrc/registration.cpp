@@ -25,6 +25,9 @@ TORCH_LIBRARY(scangraph, m) {
   m.def("gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor x, "
         "Tensor alpha_src, Tensor alpha_dst, Tensor row_max, Tensor row_sum, Tensor delta, Tensor grad, "
         "float negative_slope) -> (Tensor, Tensor, Tensor)");
+  // Common neighbours of node pairs by sorted-merge intersection of their CSR rows, as a CSR
+  // over pairs: (ptr (P + 1,) int64, neighbors (total,) of col's dtype).
+  m.def("common_neighbors(Tensor rowptr, Tensor col, Tensor src, Tensor dst) -> (Tensor, Tensor)");
   m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b, "
         "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> Tensor");
 }

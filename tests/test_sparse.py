@@ -397,3 +397,63 @@ def test_gat_bad_input():
         scangraph.gat_aggregate(graph, x, a[:, :1], a)
     with pytest.raises(ValueError, match="alpha_dst must match x in dtype"):
         scangraph.gat_aggregate(graph, x, a, a.double())
+
+
+# ---- common neighbours -------------------------------------------------------------------------
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("graph_name", ("random", "hub", "isolated", "karate", "no_edges", "empty"))
+def test_common_neighbor_aggregate(backend_device, dtype, graph_name):
+    backend, device = backend_device
+    graph = make_graph(graph_name).to(device)
+    num_pairs = 0 if graph.num_rows == 0 else 37
+    src = torch.randint(0, max(graph.num_rows, 1), (num_pairs,)).to(device)
+    dst = torch.randint(0, max(graph.num_rows, 1), (num_pairs,)).to(device)
+    x = torch.randn(graph.num_rows, 2, 6, dtype=dtype).to(device).requires_grad_()
+    out = scangraph.common_neighbor_aggregate(graph, x, src, dst, backend=backend)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    cpu = graph.to("cpu")
+    x64 = x.detach().cpu().double().requires_grad_()
+    ref = reference.common_neighbor_aggregate(cpu.rowptr, cpu.col, x64, src.cpu(), dst.cpu())
+    ref.backward(grad.cpu().double())
+    assert out.shape == ref.shape
+    assert_close(out.cpu(), ref, dtype)
+    assert_close(x.grad.cpu(), x64.grad, dtype)
+
+
+def test_common_neighbors_lists_each_intersection_in_order():
+    # 0: {1, 2, 3}, 1: {0, 2}, 2: {0, 1, 3}, 3: {0, 2}
+    edges = torch.tensor([[1, 2, 3, 0, 2, 0, 1, 3, 0, 2], [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]])
+    graph = CSRGraph.from_edge_index(edges, 4)
+    src, dst = torch.tensor([0, 1, 3, 2]), torch.tensor([2, 3, 3, 2])
+    for op in ("common_neighbors", "common_neighbors_triton"):
+        if op.endswith("triton") and scangraph.backend.triton_unavailable_reason(torch.device("cpu")):
+            continue
+        ptr, neighbors = getattr(torch.ops.scangraph, op)(graph.rowptr, graph.col, src, dst)
+        assert ptr.tolist() == [0, 2, 4, 6, 9]
+        assert neighbors.tolist() == [1, 3, 0, 2, 0, 2, 0, 1, 3]
+
+
+def test_common_neighbor_bad_input():
+    graph = make_graph("random")
+    x = torch.randn(graph.num_rows, 3)
+    pairs = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="outside"):
+        scangraph.common_neighbor_aggregate(graph, x, pairs, torch.tensor([0, 99]))
+    with pytest.raises(ValueError, match="one length"):
+        scangraph.common_neighbor_aggregate(graph, x, pairs, torch.tensor([0]))
+    with pytest.raises(ValueError, match="1-D int64"):
+        scangraph.common_neighbor_aggregate(graph, x, pairs.int(), pairs)
+    unsorted = CSRGraph(torch.tensor([0, 2, 2]), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="ascend within each row"):
+        scangraph.common_neighbor_aggregate(unsorted, torch.randn(2, 3), pairs, pairs)
+    with pytest.raises(ValueError, match="square"):
+        scangraph.common_neighbor_aggregate(make_graph("bipartite"), torch.randn(25, 3), pairs, pairs)
+
+
+def test_common_neighbors_opcheck():
+    graph = make_graph("karate")
+    src, dst = torch.randint(0, 34, (20,)), torch.randint(0, 34, (20,))
+    torch.library.opcheck(torch.ops.scangraph.common_neighbors.default, (graph.rowptr, graph.col, src, dst),
+                          test_utils=("test_schema", "test_faketensor"))

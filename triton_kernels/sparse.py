@@ -418,3 +418,41 @@ def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_
         wrap(gat_src_grad_kernel)[(num_src, heads, max(1, triton.cdiv(features, block_f)))](
             rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, dx, da_src, heads,
             features, negative_slope, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+
+
+# ---- common neighbours ------------------------------------------------------------------------
+@triton.jit
+def common_neighbors_kernel(rowptr_ptr, col_ptr, src_ptr, dst_ptr, counts_ptr, offsets_ptr, neighbors_ptr,
+                            WRITE: tl.constexpr):
+    # One program per pair: a scalar sorted merge of the two rows (pass 1 counts, pass 2 writes).
+    pair = tl.program_id(0).to(tl.int64)
+    a = tl.load(src_ptr + pair)
+    b = tl.load(dst_ptr + pair)
+    i = tl.load(rowptr_ptr + a)
+    end_a = tl.load(rowptr_ptr + a + 1)
+    j = tl.load(rowptr_ptr + b)
+    end_b = tl.load(rowptr_ptr + b + 1)
+    count = tl.zeros([], dtype=tl.int64)
+    out = tl.zeros([], dtype=tl.int64)
+    if WRITE:
+        out = tl.load(offsets_ptr + pair)
+    while (i < end_a) & (j < end_b):
+        u = tl.load(col_ptr + i)
+        v = tl.load(col_ptr + j)
+        if WRITE:
+            tl.store(neighbors_ptr + out + count, u, mask=u == v)
+        count += (u == v).to(tl.int64)
+        i += (u <= v).to(tl.int64)
+        j += (v <= u).to(tl.int64)
+    if not WRITE:
+        tl.store(counts_ptr + pair, count)
+
+
+def launch_common_neighbors(wrap, rowptr, col, src, dst, counts, offsets, neighbors):
+    """Pass 1 when offsets is None (fills counts), else pass 2 (fills neighbors)."""
+    if src.numel() == 0:
+        return
+    write = offsets is not None
+    wrap(common_neighbors_kernel)[(src.numel(),)](
+        rowptr, col, src, dst, counts if counts is not None else src, offsets if write else src,
+        neighbors if write else col, WRITE=write)

@@ -490,6 +490,38 @@ void gat_backward_rows(const GatBackwardParams& p) {
   });
 }
 
+// Sorted-merge intersection of rows a and b, calling emit(k) for each common column (a
+// column repeated in both rows is emitted min(count_a, count_b) times).
+template <typename index_t, typename Emit>
+inline void intersect_rows(const int64_t* rowptr, const index_t* col, int64_t a, int64_t b, const Emit& emit) {
+  int64_t i = rowptr[a], j = rowptr[b];
+  const int64_t end_a = rowptr[a + 1], end_b = rowptr[b + 1];
+  while (i < end_a && j < end_b) {
+    const index_t u = col[i], v = col[j];
+    if (u < v) ++i;
+    else if (v < u) ++j;
+    else { emit(u); ++i; ++j; }
+  }
+}
+
+template <typename index_t>
+void common_neighbors_pairs(const CommonNeighborParams& p) {
+  const index_t* col = static_cast<const index_t*>(p.col);
+  // Pairs cost deg(src) + deg(dst): parallel over pairs in chunks, each pair owned by one thread.
+  at::parallel_for(0, p.num_pairs, 256, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      if (p.counts) {
+        int64_t count = 0;
+        intersect_rows(p.rowptr, col, p.src[q], p.dst[q], [&](index_t) { ++count; });
+        p.counts[q] = count;
+      } else {
+        index_t* out = static_cast<index_t*>(p.neighbors) + p.offsets[q];
+        intersect_rows(p.rowptr, col, p.src[q], p.dst[q], [&](index_t k) { *out++ = k; });
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename index_t>
 void sddmm_rows(const SddmmParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -602,6 +634,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cpu(
   return {call.out, call.out2, call.owned.back()};
 }
 
+std::tuple<at::Tensor, at::Tensor> common_neighbors_cpu(const at::Tensor& rowptr, const at::Tensor& col,
+                                                        const at::Tensor& src, const at::Tensor& dst) {
+  CommonNeighborParams p = prepare_common_neighbors(rowptr, col, src, dst);
+  const int64_t num_nodes = rowptr.numel() - 1;
+  validate_csr(rowptr, col, num_nodes, "scangraph::common_neighbors");
+  for (const at::Tensor* t : {&src, &dst}) {
+    const int64_t* v = t->data_ptr<int64_t>();
+    for (int64_t q = 0; q < p.num_pairs; ++q)
+      TORCH_CHECK(v[q] >= 0 && v[q] < num_nodes, "scangraph::common_neighbors: pair ", q, " names node ", v[q],
+                  ", out of range for ", num_nodes, " nodes");
+  }
+  at::Tensor counts = at::empty({p.num_pairs}, src.options());
+  p.counts = counts.data_ptr<int64_t>();
+  auto run = [&] { p.col_is_int32 ? common_neighbors_pairs<int32_t>(p) : common_neighbors_pairs<int64_t>(p); };
+  run();
+  at::Tensor ptr = at::cat({at::zeros({1}, src.options()), counts.cumsum(0)});
+  at::Tensor neighbors = at::empty({ptr[-1].item<int64_t>()}, col.options());
+  p.counts = nullptr;
+  p.offsets = ptr.data_ptr<int64_t>();
+  p.neighbors = neighbors.data_ptr();
+  run();
+  return {ptr, neighbors};
+}
+
 at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
                      const at::Tensor& b,
                      const std::optional<at::Tensor>& /*rowptr_t*/,
@@ -623,6 +679,7 @@ TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
   m.impl("spmm_arg", &spmm_arg_cpu);
   m.impl("spmm_arg_backward", &spmm_arg_backward_cpu);
   m.impl("sddmm", &sddmm_cpu);
+  m.impl("common_neighbors", &common_neighbors_cpu);
   m.impl("gat_aggregate", &gat_aggregate_cpu);
   m.impl("gat_aggregate_backward", &gat_aggregate_backward_cpu);
 }

@@ -17,4 +17,5 @@ SCANGRAPH_DECLARE_SPARSE(fp32)
 SCANGRAPH_DECLARE_SPARSE(fp16)
 SCANGRAPH_DECLARE_SPARSE(bf16)
 #undef SCANGRAPH_DECLARE_SPARSE
+void common_neighbors_cuda(const CommonNeighborParams& p, cudaStream_t stream);  // sparse_fp32.cu
 }  // namespace scangraph

@@ -329,6 +329,29 @@ __global__ void gat_src_grad_kernel(GatBackwardParams p) {
   }
 }
 
+// Common neighbours: one thread per pair walks the two sorted rows (pass 1 counts, pass 2
+// writes at the pair's offset); a pair's cost is deg(src) + deg(dst).
+template <typename index_t>
+__global__ void common_neighbors_kernel(CommonNeighborParams p) {
+  const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= p.num_pairs) return;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  int64_t i = p.rowptr[p.src[q]], j = p.rowptr[p.dst[q]];
+  const int64_t end_a = p.rowptr[p.src[q] + 1], end_b = p.rowptr[p.dst[q] + 1];
+  index_t* out = p.counts ? nullptr : static_cast<index_t*>(p.neighbors) + p.offsets[q];
+  int64_t count = 0;
+  while (i < end_a && j < end_b) {
+    const index_t u = col[i], v = col[j];
+    if (u < v) ++i;
+    else if (v < u) ++j;
+    else {
+      if (out) out[count] = u;
+      ++count; ++i; ++j;
+    }
+  }
+  if (p.counts) p.counts[q] = count;
+}
+
 template <typename scalar_t, typename index_t>
 __global__ void sddmm_kernel(SddmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
@@ -398,6 +421,19 @@ void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
   sddmm_kernel<scalar_t, index_t><<<unsigned(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
+}  // namespace cuda
+}  // namespace scangraph
+
+namespace scangraph {
+namespace cuda {
+// Index-only kernel: instantiated once, in sparse_fp32.cu.
+inline void launch_common_neighbors(const CommonNeighborParams& p, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  if (p.num_pairs == 0) return;
+  const unsigned blocks = unsigned((p.num_pairs + kThreads - 1) / kThreads);
+  if (p.col_is_int32) common_neighbors_kernel<int32_t><<<blocks, kThreads, 0, stream>>>(p);
+  else common_neighbors_kernel<int64_t><<<blocks, kThreads, 0, stream>>>(p);
+}
 }  // namespace cuda
 }  // namespace scangraph
 

@@ -94,6 +94,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
   return {call.out, call.out2, call.owned.back()};
 }
 
+std::tuple<at::Tensor, at::Tensor> common_neighbors_cuda_op(const at::Tensor& rowptr, const at::Tensor& col,
+                                                            const at::Tensor& src, const at::Tensor& dst) {
+  const c10::cuda::CUDAGuard guard(src.device());
+  CommonNeighborParams p = prepare_common_neighbors(rowptr, col, src, dst);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor counts = at::empty({p.num_pairs}, src.options());
+  p.counts = counts.data_ptr<int64_t>();
+  common_neighbors_cuda(p, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor ptr = at::cat({at::zeros({1}, src.options()), counts.cumsum(0)});
+  // The output size is data-dependent: one device-to-host read of the total.
+  at::Tensor neighbors = at::empty({ptr[-1].item<int64_t>()}, col.options());
+  p.counts = nullptr;
+  p.offsets = ptr.data_ptr<int64_t>();
+  p.neighbors = neighbors.data_ptr();
+  common_neighbors_cuda(p, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {ptr, neighbors};
+}
+
 at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
                       const at::Tensor& b,
                      const std::optional<at::Tensor>& /*rowptr_t*/,
@@ -114,6 +134,7 @@ TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
   m.impl("spmm_arg", &spmm_arg_cuda);
   m.impl("spmm_arg_backward", &spmm_arg_backward_cuda);
   m.impl("sddmm", &sddmm_cuda);
+  m.impl("common_neighbors", &common_neighbors_cuda_op);
   m.impl("gat_aggregate", &gat_aggregate_cuda);
   m.impl("gat_aggregate_backward", &gat_aggregate_backward_cuda);
 }

@@ -294,3 +294,26 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
 }
 
 }  // namespace scangraph
+
+namespace scangraph {
+
+inline CommonNeighborParams prepare_common_neighbors(const at::Tensor& rowptr, const at::Tensor& col,
+                                                     const at::Tensor& src, const at::Tensor& dst) {
+  const char* op = "scangraph::common_neighbors";
+  check_csr(rowptr, col, src, op);
+  TORCH_CHECK(src.dim() == 1 && dst.dim() == 1 && src.numel() == dst.numel() && src.scalar_type() == at::kLong &&
+                  dst.scalar_type() == at::kLong && src.is_contiguous() && dst.is_contiguous(),
+              op, ": src and dst must be contiguous 1-D int64 tensors of one length, got ", src.sizes(), " ",
+              src.scalar_type(), " and ", dst.sizes(), " ", dst.scalar_type());
+  TORCH_CHECK(dst.device() == src.device(), op, ": src and dst must be on one device");
+  CommonNeighborParams p{};
+  p.rowptr = rowptr.data_ptr<int64_t>();
+  p.col = col.data_ptr();
+  p.src = src.data_ptr<int64_t>();
+  p.dst = dst.data_ptr<int64_t>();
+  p.num_pairs = src.numel();
+  p.col_is_int32 = col.scalar_type() == at::kInt;
+  return p;
+}
+
+}  // namespace scangraph

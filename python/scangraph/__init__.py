@@ -9,11 +9,12 @@ from scangraph._extension import cpp_built, cuda_built
 from scangraph.backend import BACKENDS, BackendUnavailable, use_backend
 from scangraph.graph import CSRGraph
 from scangraph import datasets, reference
-from scangraph.ops.sparse import gat_aggregate, sddmm, spmm
+from scangraph.ops.sparse import common_neighbor_aggregate, gat_aggregate, sddmm, spmm
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "CSRGraph", "cpp_built", "cuda_built", "gat_aggregate", "sddmm", "spmm",
+    "BACKENDS", "BackendUnavailable", "CSRGraph", "common_neighbor_aggregate", "cpp_built", "cuda_built",
+    "gat_aggregate", "sddmm", "spmm",
     "use_backend",
 ]

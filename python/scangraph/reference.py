@@ -88,3 +88,14 @@ def gat_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, alph
     attention = weights / denominator[rows]
     out = torch.zeros((num_rows,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
     return out.index_add(0, rows, attention[..., None] * x[cols])
+
+
+def common_neighbor_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, src: torch.Tensor,
+                              dst: torch.Tensor) -> torch.Tensor:
+    """out[q] = sum of x[k] over k in N(src[q]) and N(dst[q]) (rows of the CSR; a column repeated
+    in both rows counts min(times in one, times in the other)); dense multiplicities, small graphs."""
+    num_nodes = rowptr.numel() - 1
+    counts = torch.zeros(num_nodes, x.shape[0], dtype=x.dtype, device=x.device)
+    counts.index_put_((_edge_rows(rowptr), col.long()), torch.ones_like(col, dtype=x.dtype), accumulate=True)
+    weights = torch.minimum(counts[src], counts[dst])
+    return (weights @ x.flatten(1)).reshape((src.numel(),) + tuple(x.shape[1:]))

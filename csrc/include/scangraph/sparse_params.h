@@ -118,3 +118,22 @@ struct GatBackwardParams {
 };
 
 }  // namespace scangraph
+
+namespace scangraph {
+
+// Common neighbours of node pairs: for pair q, the sorted-merge intersection of rows src[q] and
+// dst[q] of the CSR (columns sorted within each row). Pass 1 writes counts[q]; pass 2 writes the
+// common neighbours of pair q at neighbors[offsets[q] ...] (offsets = exclusive prefix sum).
+struct CommonNeighborParams {
+  const int64_t* rowptr;
+  const void* col;
+  const int64_t* src;
+  const int64_t* dst;
+  int64_t num_pairs;
+  int64_t* counts;           // pass 1 output (nullptr in pass 2)
+  const int64_t* offsets;    // pass 2 input (num_pairs + 1)
+  void* neighbors;           // pass 2 output, the dtype of col
+  bool col_is_int32;
+};
+
+}  // namespace scangraph

@@ -55,6 +55,11 @@ def _gat_backward_fake(rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, ro
     return x.new_empty(x.shape), alpha_src.new_empty(alpha_src.shape), alpha_dst.new_empty(alpha_dst.shape)
 
 
+def _common_neighbors_fake(rowptr, col, src, dst):
+    total = torch.library.get_ctx().new_dynamic_size()
+    return src.new_empty((src.shape[0] + 1,)), col.new_empty((total,))
+
+
 def _sddmm_fake(rowptr, col, a, b, rowptr_t=None, col_t=None, perm_t=None):
     torch._check(rowptr.dim() == 1 and col.dim() == 1 and a.dim() == b.dim())
     return a.new_empty((col.shape[0],) + tuple(a.shape[1:-1]))
@@ -171,6 +176,7 @@ def _register_cpp_ops():
     torch.library.register_fake("scangraph::spmm_arg")(_spmm_arg_fake)
     torch.library.register_fake("scangraph::spmm_arg_backward")(_spmm_arg_backward_fake)
     torch.library.register_fake("scangraph::gat_aggregate")(_gat_fake)
+    torch.library.register_fake("scangraph::common_neighbors")(_common_neighbors_fake)
     torch.library.register_fake("scangraph::gat_aggregate_backward")(_gat_backward_fake)
     _register_autograd("")
 
@@ -244,6 +250,16 @@ def _register_triton_ops():
                                     alpha_src.contiguous(), alpha_dst.contiguous(), row_max, row_sum, delta,
                                     grad.contiguous(), negative_slope, dx, da_src, da_dst)
         return dx, da_src, da_dst
+
+    @triton_op("scangraph::common_neighbors_triton", mutates_args=())
+    def common_neighbors_triton(rowptr: torch.Tensor, col: torch.Tensor, src: torch.Tensor,
+                                dst: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        counts = src.new_empty(src.shape)
+        kernels.launch_common_neighbors(wrap_triton, rowptr, col, src, dst, counts, None, None)
+        ptr = torch.cat([src.new_zeros(1), counts.cumsum(0)])
+        neighbors = col.new_empty((int(ptr[-1]),))  # data-dependent size: one read of the total
+        kernels.launch_common_neighbors(wrap_triton, rowptr, col, src, dst, None, ptr, neighbors)
+        return ptr, neighbors
 
     _register_autograd("_triton")
 
@@ -382,3 +398,55 @@ def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alp
         op = torch.ops.scangraph.gat_aggregate_triton if name == "triton" else torch.ops.scangraph.gat_aggregate
         out = op(graph.rowptr, graph.col, x, alpha_src, alpha_dst, float(negative_slope), *transpose)[0]
     return out.squeeze(1) if single_head else out
+
+
+def _rows_sorted(graph: CSRGraph) -> bool:
+    """Whether columns ascend within every row (checked once per graph, then cached)."""
+    if getattr(graph, "_rows_sorted", None) is None:
+        steps = graph.col[1:].to(torch.int64) - graph.col[:-1].to(torch.int64)
+        row_start = torch.zeros(graph.num_edges, dtype=torch.bool, device=graph.device)
+        row_start[graph.rowptr[1:-1][graph.rowptr[1:-1] < graph.num_edges]] = True
+        graph._rows_sorted = not bool(((steps < 0) & ~row_start[1:]).any()) if graph.num_edges > 1 else True
+    return graph._rows_sorted
+
+
+def common_neighbor_aggregate(graph: CSRGraph, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                              *, backend: str = "auto") -> torch.Tensor:
+    """out[q] = sum of x[k] over the common neighbours k of src[q] and dst[q] (Neural Common
+    Neighbor, Wang et al. 2024). Neighbours are the columns of a node's CSR row; both rows are
+    sorted, so a merge walks them in deg(src) + deg(dst).
+
+    The pairs' intersections come from the op `common_neighbors` as a CSR over pairs, and the
+    sum is spmm over it: its backward (dx_k = sum of dout over the pairs whose intersection holds
+    k) runs on that CSR's transpose, deterministic.
+
+    Args:
+        graph: a square CSRGraph with sorted rows (as from_edge_index builds).
+        x: (num_nodes, F) or (num_nodes, heads, F). src, dst: (P,) int64 node ids.
+    Returns:
+        (P, [heads,] F). Gradients reach x.
+    """
+    op_name = "common_neighbor_aggregate"
+    _check_graph(op_name, graph)
+    if graph.num_rows != graph.num_cols:
+        raise ValueError(f"{op_name}: the graph must be square, got {graph.num_rows} x {graph.num_cols}")
+    _check_features(op_name, "x", x, graph, graph.num_cols, "one per node of the graph")
+    for name, ids in (("src", src), ("dst", dst)):
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype != torch.int64:
+            raise ValueError(f"{op_name}: {name} must be a 1-D int64 tensor")
+        if ids.device != graph.device:
+            raise ValueError(f"{op_name}: {name} is on {ids.device} but the graph is on {graph.device}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= graph.num_rows):
+            raise ValueError(f"{op_name}: {name} holds node ids outside [0, {graph.num_rows})")
+    if src.shape != dst.shape:
+        raise ValueError(f"{op_name}: src and dst must have one length, got {tuple(src.shape)} and {tuple(dst.shape)}")
+    if not _rows_sorted(graph):
+        raise ValueError(f"{op_name}: the graph's columns must ascend within each row "
+                         "(CSRGraph.from_edge_index builds it so)")
+    name = _backend.resolve("common_neighbors", backend, x.device)
+    if name == "reference":
+        return reference.common_neighbor_aggregate(graph.rowptr, graph.col, x, src, dst)
+    op = torch.ops.scangraph.common_neighbors_triton if name == "triton" else torch.ops.scangraph.common_neighbors
+    ptr, neighbors = op(graph.rowptr, graph.col, src.contiguous(), dst.contiguous())
+    pairs = CSRGraph(ptr, neighbors, num_cols=graph.num_rows, validate=False)
+    return spmm(pairs, x, "sum", backend=name)
