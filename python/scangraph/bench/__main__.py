@@ -128,8 +128,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--features", default="32,128", help="comma-separated feature sizes")
-    parser.add_argument("--ops", default="spmm_sum,spmm_max,gat_aggregate",
-                        help="comma-separated cases: spmm_sum, spmm_max, gat_aggregate")
+    parser.add_argument("--ops", default="spmm_sum,spmm_max,gat_aggregate,common_neighbors",
+                        help="comma-separated cases: spmm_sum, spmm_max, gat_aggregate, common_neighbors")
     parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
     parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
     parser.add_argument("--json", help="write the rows and metadata as JSON")

@@ -1,5 +1,5 @@
-"""Benchmark cases of the sparse family: spmm sum and max and GAT aggregation, forward and
-forward + backward.
+"""Benchmark cases of the sparse family: spmm sum and max, GAT aggregation and common
+neighbours, forward and forward + backward.
 
 Baselines are what a user would write otherwise: torch.sparse.mm on a CSR tensor, PyG's
 scatter path (index_select of source rows, then scatter_add into destinations), and our
@@ -171,8 +171,43 @@ def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: to
     return case
 
 
+def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device,
+                          num_pairs: int = 20_000) -> Case:
+    """Common-neighbour sums of target edges (the link-prediction setting of NCN) against the
+    sparse-product formulation: rows of A for both endpoints multiplied, then A_pairs @ x."""
+    generator = torch.Generator().manual_seed(0)
+    picked = torch.randint(0, max(graph.num_edges, 1), (min(num_pairs, graph.num_edges),), generator=generator)
+    src_all, dst_all = graph.to_edge_index()
+    src, dst = src_all[picked.to(device)], dst_all[picked.to(device)]
+    x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
+    grad = torch.randn(src.numel(), f, dtype=dtype, device=device)
+    xg = x.clone().requires_grad_()
+    with warnings.catch_warnings():  # torch's invariant-check notice about sparse tensors
+        warnings.simplefilter("ignore", UserWarning)
+        adjacency = torch.sparse_coo_tensor(
+            torch.stack([dst_all, src_all]), torch.ones(graph.num_edges, dtype=dtype, device=device),
+            (graph.num_rows, graph.num_cols)).coalesce()
+    element = torch.empty((), dtype=dtype).element_size()
+    case = Case(
+        op="common_neighbors", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f,
+        dtype=dtype, device=device,
+        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges + 16 * src.numel()
+        + element * f * (graph.num_cols + src.numel()),
+        gathered_fwd=0)
+
+    def add(impl, forward):
+        case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
+
+    for backend in _backends(device):
+        add(f"scangraph.{backend}",
+            lambda t, b=backend: scangraph.common_neighbor_aggregate(graph, t, src, dst, backend=b))
+    add("sparse_product", lambda t: torch.sparse.mm(
+        adjacency.index_select(0, src) * adjacency.index_select(0, dst), t))
+    return case
+
+
 def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool,
-               ops=("spmm_sum", "spmm_max", "gat_aggregate")):
+               ops=("spmm_sum", "spmm_max", "gat_aggregate", "common_neighbors")):
     for name, edge_index, num_nodes in bench_graphs(data_dir, quick):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
@@ -183,3 +218,5 @@ def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], da
                 yield _spmm_max_case(name, graph, f, dtype, device)
             if "gat_aggregate" in ops:
                 yield _gat_case(name, graph, f, dtype, device)
+            if "common_neighbors" in ops:
+                yield _common_neighbor_case(name, graph, f, dtype, device)
