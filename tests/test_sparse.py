@@ -177,6 +177,25 @@ def test_compile_fullgraph_cpu():
     torch.testing.assert_close(dw, w.grad)
 
 
+def test_compile_fullgraph_gat_cpu():
+    graph = make_graph("karate")
+    x = torch.randn(graph.num_cols, 2, 8, requires_grad=True)
+    a_src = torch.randn(graph.num_cols, 2, requires_grad=True)
+    a_dst = torch.randn(graph.num_rows, 2, requires_grad=True)
+
+    def layer(x, a_src, a_dst):
+        return scangraph.gat_aggregate(graph, x, a_src, a_dst, backend="cpp").relu()
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    compiled(x, a_src, a_dst).sum().backward()
+    grads = [t.grad.clone() for t in (x, a_src, a_dst)]
+    for t in (x, a_src, a_dst):
+        t.grad = None
+    layer(x, a_src, a_dst).sum().backward()
+    for mine, eager in zip(grads, (x.grad, a_src.grad, a_dst.grad)):
+        torch.testing.assert_close(mine, eager)
+
+
 def test_compile_inductor_cpu():
     graph = make_graph("hub")
     x = torch.randn(graph.num_cols, 8)
@@ -203,6 +222,26 @@ def test_backward_is_deterministic(backend_device, reduce):
         results.append((out.detach().clone(), x.grad.clone(), w.grad.clone()))
     torch.set_num_threads(threads)
     for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_sddmm_and_common_neighbors_are_deterministic(backend_device):
+    backend, device = backend_device
+    graph = make_graph("hub").to(device)
+    a = torch.randn(graph.num_rows, 2, 9, device=device, requires_grad=True)
+    b = torch.randn(graph.num_cols, 2, 9, device=device, requires_grad=True)
+    pairs = torch.randint(0, graph.num_rows, (2, 50)).to(device)
+    runs = []
+    threads = torch.get_num_threads()
+    for run_threads in (1, max(threads, 2)):
+        torch.set_num_threads(run_threads)
+        a.grad = b.grad = None
+        (scangraph.sddmm(graph, a, b, backend=backend).square().sum()
+         + scangraph.common_neighbor_aggregate(graph, b, pairs[0], pairs[1], backend=backend).square().sum()).backward()
+        runs.append((a.grad.clone(), b.grad.clone()))
+    torch.set_num_threads(threads)
+    for first, second in zip(*runs):
         assert torch.equal(first, second)
 
 
