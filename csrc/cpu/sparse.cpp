@@ -575,8 +575,7 @@ at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col,
                     c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
                     const std::optional<at::Tensor>& /*col_t*/,
                     const std::optional<at::Tensor>& /*perm_t*/) {
-  TORCH_CHECK(reduce == "sum" || reduce == "mean", "scangraph::spmm: reduce must be 'sum' or 'mean' ",
-              "(max / min are scangraph::spmm_arg), got '", std::string(reduce), "'");
+  check_reduce_for("scangraph::spmm", reduce, /*extreme=*/false);
   return run_spmm(rowptr, col, weight, x, reduce).out;
 }
 
@@ -584,8 +583,7 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_cpu(
     const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
     const at::Tensor& x, c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
     const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
-  TORCH_CHECK(reduce == "max" || reduce == "min", "scangraph::spmm_arg: reduce must be 'max' or 'min', got '",
-              std::string(reduce), "'");
+  check_reduce_for("scangraph::spmm_arg", reduce, /*extreme=*/true);
   KernelCall<SpmmParams> call = run_spmm(rowptr, col, weight, x, reduce);
   return {call.out, call.out2};
 }

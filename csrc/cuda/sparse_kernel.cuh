@@ -41,11 +41,25 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, flo
   return __float2bfloat16_rn(v);
 }
 
+__device__ __forceinline__ int lane_index() { return threadIdx.x % kWarp; }
+
+// The work item (row, source, ...) of this warp: kWarpsPerBlock warps per block.
+__device__ __forceinline__ int64_t warp_index() {
+  return int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {  // fixed butterfly order: deterministic
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 template <typename scalar_t, typename index_t>
 __global__ void spmm_kernel(SpmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t row = warp_index();
   if (row >= p.num_rows) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* w = static_cast<const scalar_t*>(p.weight);
@@ -95,8 +109,8 @@ __global__ void spmm_kernel(SpmmParams p) {
 template <typename scalar_t, typename index_t>
 __global__ void spmm_extreme_kernel(SpmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t row = warp_index();
   if (row >= p.num_rows) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* w = static_cast<const scalar_t*>(p.weight);
@@ -139,8 +153,8 @@ __global__ void spmm_extreme_kernel(SpmmParams p) {
 template <typename scalar_t, typename index_t>
 __global__ void spmm_arg_dx_kernel(SpmmArgBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t src = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t src = warp_index();
   if (src >= p.num_src) return;
   const index_t* col_t = static_cast<const index_t*>(p.col_t);
   const scalar_t* w = static_cast<const scalar_t*>(p.weight);
@@ -166,8 +180,8 @@ __global__ void spmm_arg_dx_kernel(SpmmArgBackwardParams p) {
 template <typename scalar_t, typename index_t>
 __global__ void spmm_arg_dweight_kernel(SpmmArgBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t row = warp_index();
   if (row >= p.num_rows) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
@@ -182,9 +196,7 @@ __global__ void spmm_arg_dweight_kernel(SpmmArgBackwardParams p) {
         const int64_t o = (row * H + h) * F + f;
         if (p.arg[o] == e) dot += to_acc(grad[o]) * to_acc(xr[h * p.x_head_stride + f]);
       }
-#pragma unroll
-      for (int offset = kWarp / 2; offset > 0; offset /= 2)
-        dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      dot = warp_sum(dot);
       if (lane == 0) dweight[e * H + h] = from_acc<scalar_t>(dot);
     }
   }
@@ -193,20 +205,13 @@ __global__ void spmm_arg_dweight_kernel(SpmmArgBackwardParams p) {
 template <typename acc_t>
 __device__ __forceinline__ acc_t leaky_relu(acc_t v, acc_t slope) { return v > acc_t(0) ? v : v * slope; }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {  // fixed butterfly order: deterministic
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // GAT forward: one warp per row; every lane tracks the same online-softmax max / denominator and
 // accumulates its own features, rescaling them when the running max grows.
 template <typename scalar_t, typename index_t>
 __global__ void gat_kernel(GatParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t row = warp_index();
   if (row >= p.num_rows) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
@@ -280,8 +285,8 @@ __device__ __forceinline__ void gat_edge_terms(const GatBackwardParams& p, int64
 template <typename scalar_t, typename index_t>
 __global__ void gat_dst_grad_kernel(GatBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t row = warp_index();
   if (row >= p.num_rows) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   for (int64_t h = 0; h < p.num_heads; ++h) {
@@ -297,8 +302,8 @@ __global__ void gat_dst_grad_kernel(GatBackwardParams p) {
 template <typename scalar_t, typename index_t>
 __global__ void gat_src_grad_kernel(GatBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t src = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t src = warp_index();
   if (src >= p.num_src) return;
   const index_t* col_t = static_cast<const index_t*>(p.col_t);
   const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
@@ -355,8 +360,8 @@ __global__ void common_neighbors_kernel(CommonNeighborParams p) {
 template <typename scalar_t, typename index_t>
 __global__ void sddmm_kernel(SddmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  const int lane = lane_index();
+  const int64_t row = warp_index();
   if (row >= p.num_rows) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* a = static_cast<const scalar_t*>(p.a);
@@ -370,9 +375,7 @@ __global__ void sddmm_kernel(SddmmParams p) {
       const scalar_t* br = b + src * p.b_row_stride + h * p.b_head_stride;
       acc_t dot = acc_t(0);
       for (int64_t f = lane; f < F; f += kWarp) dot += to_acc(ar[f]) * to_acc(br[f]);
-#pragma unroll
-      for (int offset = kWarp / 2; offset > 0; offset /= 2)
-        dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      dot = warp_sum(dot);
       if (lane == 0) out[e * p.num_heads + h] = from_acc<scalar_t>(dot);
     }
   }

@@ -28,6 +28,17 @@ inline int64_t check_csr(const at::Tensor& rowptr, const at::Tensor& col, const 
   return col.numel();
 }
 
+// spmm (sum | mean) and spmm_arg (max | min) are separate ops: the latter returns the winners.
+inline void check_reduce_for(const char* op, c10::string_view reduce, bool extreme) {
+  if (extreme) {
+    TORCH_CHECK(reduce == "max" || reduce == "min", op, ": reduce must be 'max' or 'min', got '",
+                std::string(reduce), "'");
+  } else {
+    TORCH_CHECK(reduce == "sum" || reduce == "mean", op, ": reduce must be 'sum' or 'mean' ",
+                "(max / min are scangraph::spmm_arg), got '", std::string(reduce), "'");
+  }
+}
+
 // Features are (nodes, features) or (nodes, heads, features); returns a view with unit
 // feature stride (copied once only when the last dimension is strided).
 inline at::Tensor as_node_head_feature(const at::Tensor& t, const char* op, const char* name) {
