@@ -1,4 +1,5 @@
-"""Sparse message passing: spmm (sum | mean | max | min) and sddmm over a CSRGraph.
+"""Sparse message passing over a CSRGraph: spmm (sum | mean | max | min), sddmm, gat_aggregate
+and common_neighbor_aggregate.
 
 Each op exists as the C++/CUDA op `scangraph::<op>` (CPU and CUDA kernels under one name) and
 as the Triton op `scangraph::<op>_triton`. Both carry a fake kernel (torch.compile, export) and
@@ -9,7 +10,10 @@ an autograd formula whose backward calls the same family of ops:
 For reduce="mean", dout is first divided by the in-degree of its row. Max / min run the op
 `scangraph::spmm_arg[_triton]`, which also returns the winning edge of every output; its
 backward `spmm_arg_backward` routes each gradient to that edge alone (dx on the transpose, dw
-per edge), again without atomics.
+per edge), again without atomics. gat_aggregate keeps the row max and denominator of its
+online softmax and its backward recomputes the attention (rows for dalpha_dst, the transpose for
+dx and dalpha_src). common_neighbor_aggregate lists each pair's common neighbours as a CSR over
+pairs (op `common_neighbors`, no gradient) and sums x over it with spmm.
 """
 from typing import Optional, Tuple
 
