@@ -22,7 +22,7 @@ start=$(date +%s)
 timeout 300 "$PY" -m pip install -v --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1
 build_rc=$?
 echo "build rc=$build_rc in $(( $(date +%s) - start ))s" | tee -a "$OUT/env.txt"
-"$PY" -c "import scangraph; print('cuda built:', scangraph.cuda_built())" 2>&1 | tee -a "$OUT/env.txt"
+"$PY" -m scangraph.info 2>&1 | tee -a "$OUT/env.txt"
 
 timeout 240 "$PY" -m pytest tests -m cuda -q -p no:cacheprovider -x --junitxml="$OUT/cuda-tests.xml" \
   > "$OUT/cuda-tests.log" 2>&1

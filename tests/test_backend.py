@@ -65,3 +65,9 @@ def test_every_backend_agrees_on_cpu():
 def test_cpp_and_cuda_are_reported():
     assert scangraph.cpp_built()
     assert isinstance(scangraph.cuda_built(), bool)
+
+
+def test_info_reports_the_build():
+    from scangraph.info import report
+    text = report()
+    assert torch.__version__ in text and "compiled library" in text and "auto -> cpp" in text
