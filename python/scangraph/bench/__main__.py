@@ -16,6 +16,7 @@ import torch
 import scangraph
 from scangraph import datasets
 from scangraph.bench import sparse
+from scangraph.bench.memory import peak_mb_in_subprocess
 from scangraph.bench.timing import copy_bandwidth_gbs, median_ms
 
 OURS = "scangraph."
@@ -60,6 +61,12 @@ def run(args) -> dict:
                 progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name}")
                 times[impl] = median_ms(fns[pass_name], device, min_seconds=0.1 if args.quick else 0.3)
                 progress.update()
+            peaks = {}
+            if args.memory:
+                for impl in case.impls:
+                    progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name} memory")
+                    peaks[impl] = peak_mb_in_subprocess(case.op, case.graph, case.features, impl, pass_name,
+                                                        device, args.data, args.quick)
             moved = case.bytes_fwd * (2 if pass_name == "fwd+bwd" else 1)
             for impl, ms in times.items():
                 if not impl.startswith(OURS):
@@ -72,6 +79,9 @@ def run(args) -> dict:
                     "GB/s": round(gbs, 2), "of_copy": round(gbs / copy_gbs, 3),
                     **{f"x_vs_{b}": round(t / ms, 2) for b, t in times.items() if not b.startswith(OURS)},
                     **{f"ms_{b}": round(t, 4) for b, t in times.items() if not b.startswith(OURS)},
+                    **({"peak_MB": peaks[impl],
+                        **{f"peak_MB_{b}": m for b, m in peaks.items() if not b.startswith(OURS)}}
+                       if args.memory else {}),
                 })
     progress.close()
     return {"meta": {
@@ -95,7 +105,8 @@ def print_table(result, file=sys.stdout):
         print("(no rows)", file=file)
         return
     baseline_cols = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
-    header = ["op", "pass", "graph", "F", "backend", "ms", "GB/s", "of_copy"] + baseline_cols
+    memory_cols = sorted({k for r in rows for k in r if k.startswith("peak_MB")})
+    header = ["op", "pass", "graph", "F", "backend", "ms", "GB/s", "of_copy"] + baseline_cols + memory_cols
     widths = [max(len(h), *(len(str(r.get(h, ""))) for r in rows)) for h in header]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=file)
     for r in rows:
@@ -132,6 +143,8 @@ def main(argv=None):
                         help="comma-separated cases: spmm_sum, spmm_max, gat_aggregate, common_neighbors")
     parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
     parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure each call's peak extra memory, one fresh process per call")
     parser.add_argument("--json", help="write the rows and metadata as JSON")
     parser.add_argument("--csv", help="write the rows as CSV")
     parser.add_argument("--plot", help="write a speedup plot (needs matplotlib)")
