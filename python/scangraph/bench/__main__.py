@@ -52,37 +52,42 @@ def run(args) -> dict:
     data_dir = args.data or datasets.shared_data_dir()
     copy_gbs = copy_bandwidth_gbs(device, megabytes=64 if args.quick else 256)
     cases = list(sparse.spmm_cases(device, dtype, features, data_dir, args.quick, ops=args.ops.split(",")))
-    progress = _progress(sum(len(c.impls) * 2 for c in cases))
+    # Cases are unhashable dataclasses: results are keyed by the case's position.
+    passes = [(index, case, pass_name) for index, case in enumerate(cases) for pass_name in ("fwd", "fwd+bwd")]
+    progress = _progress(sum(len(case.impls) for _, case, _ in passes) * (2 if args.memory else 1))
+    times = {}
+    for index, case, pass_name in passes:
+        for impl, fns in case.impls.items():
+            progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name}")
+            times[index, pass_name, impl] = median_ms(fns[pass_name], device, min_seconds=0.1 if args.quick else 0.3)
+            progress.update()
+    # Memory after every timing: the fresh processes it starts would disturb the timings.
+    peaks = {}
+    for index, case, pass_name in passes if args.memory else ():
+        for impl in case.impls:
+            progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name} memory")
+            peaks[index, pass_name, impl] = peak_mb_in_subprocess(
+                case.op, case.graph, case.features, impl, pass_name, device, args.data, args.quick)
+            progress.update()
     rows = []
-    for case in cases:
-        for pass_name in ("fwd", "fwd+bwd"):
-            times = {}
-            for impl, fns in case.impls.items():
-                progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name}")
-                times[impl] = median_ms(fns[pass_name], device, min_seconds=0.1 if args.quick else 0.3)
-                progress.update()
-            peaks = {}
-            if args.memory:
-                for impl in case.impls:
-                    progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name} memory")
-                    peaks[impl] = peak_mb_in_subprocess(case.op, case.graph, case.features, impl, pass_name,
-                                                        device, args.data, args.quick)
-            moved = case.bytes_fwd * (2 if pass_name == "fwd+bwd" else 1)
-            for impl, ms in times.items():
-                if not impl.startswith(OURS):
-                    continue
-                gbs = moved / (ms * 1e-3) / 1e9
-                rows.append({
-                    "op": case.op, "pass": pass_name, "graph": case.graph, "nodes": case.nodes,
-                    "edges": case.edges, "F": case.features, "dtype": str(case.dtype).replace("torch.", ""),
-                    "device": str(device), "backend": impl[len(OURS):], "ms": round(ms, 4),
-                    "GB/s": round(gbs, 2), "of_copy": round(gbs / copy_gbs, 3),
-                    **{f"x_vs_{b}": round(t / ms, 2) for b, t in times.items() if not b.startswith(OURS)},
-                    **{f"ms_{b}": round(t, 4) for b, t in times.items() if not b.startswith(OURS)},
-                    **({"peak_MB": peaks[impl],
-                        **{f"peak_MB_{b}": m for b, m in peaks.items() if not b.startswith(OURS)}}
-                       if args.memory else {}),
-                })
+    for index, case, pass_name in passes:
+        moved = case.bytes_fwd * (2 if pass_name == "fwd+bwd" else 1)
+        baselines = [b for b in case.impls if not b.startswith(OURS)]
+        for impl in case.impls:
+            if not impl.startswith(OURS):
+                continue
+            ms = times[index, pass_name, impl]
+            gbs = moved / (ms * 1e-3) / 1e9
+            rows.append({
+                "op": case.op, "pass": pass_name, "graph": case.graph, "nodes": case.nodes,
+                "edges": case.edges, "F": case.features, "dtype": str(case.dtype).replace("torch.", ""),
+                "device": str(device), "backend": impl[len(OURS):], "ms": round(ms, 4),
+                "GB/s": round(gbs, 2), "of_copy": round(gbs / copy_gbs, 3),
+                **{f"x_vs_{b}": round(times[index, pass_name, b] / ms, 2) for b in baselines},
+                **{f"ms_{b}": round(times[index, pass_name, b], 4) for b in baselines},
+                **({"peak_MB": peaks[index, pass_name, impl],
+                    **{f"peak_MB_{b}": peaks[index, pass_name, b] for b in baselines}} if args.memory else {}),
+            })
     progress.close()
     return {"meta": {
         "date": time.strftime("%Y-%m-%d"), "device": _device_name(device),
