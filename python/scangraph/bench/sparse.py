@@ -34,21 +34,24 @@ class Case:
     # impls[name][pass] with pass in ("fwd", "fwd+bwd")
 
 
-def bench_graphs(data_dir, quick: bool):
+def bench_graphs(data_dir, quick: bool, only=None):
     """(name, edge_index, num_nodes): real heavy-tailed graphs when the data folder is there,
     R-MAT graphs of similar shape otherwise (the embedded default)."""
+    wanted = (lambda name: only is None or name == only)
     if quick:
-        edge_index, n = datasets.karate()
-        yield "karate", edge_index, n
-        yield ("rmat-4k", *datasets.rmat(4096, 40_000, seed=1))
+        if wanted("karate"):
+            yield ("karate", *datasets.karate())
+        if wanted("rmat-4k"):
+            yield ("rmat-4k", *datasets.rmat(4096, 40_000, seed=1))
         return
     found = False
     for name in ("email-Enron", "as-22july06"):
         path = None if data_dir is None else os.path.join(data_dir, "graphs", f"{name}.npz")
         if path and os.path.exists(path):
             found = True
-            yield (name, *datasets.load_graph(path))
-    if not found:
+            if wanted(name):
+                yield (name, *datasets.load_graph(path))
+    if not found and wanted("rmat-64k"):
         yield ("rmat-64k", *datasets.rmat(65_536, 700_000, seed=1))
 
 
@@ -207,8 +210,8 @@ def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype
 
 
 def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool,
-               ops=("spmm_sum", "spmm_max", "gat_aggregate", "common_neighbors")):
-    for name, edge_index, num_nodes in bench_graphs(data_dir, quick):
+               ops=("spmm_sum", "spmm_max", "gat_aggregate", "common_neighbors"), only_graph=None):
+    for name, edge_index, num_nodes in bench_graphs(data_dir, quick, only_graph):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
         for f in features:
