@@ -409,13 +409,17 @@ void gat_rows(const GatParams& p) {
         for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e) {
           const int64_t j = int64_t(col[e]);
           const acc_t score = leaky_relu(acc_t(a_src[j * H + h]) + ad, slope);
+          // One exp per edge: a new max rescales the sums and weighs its own edge exp(0) = 1.
+          acc_t w;
           if (score > m) {
             const acc_t rescale = std::exp(m - score);  // exp(-inf) = 0 on the first edge
             c *= rescale;
             for (int64_t f = 0; f < F; ++f) acc[f] *= rescale;
             m = score;
+            w = acc_t(1);
+          } else {
+            w = std::exp(score - m);
           }
-          const acc_t w = std::exp(score - m);
           c += w;
           const scalar_t* xr = x + (j * H + h) * F;
           for (int64_t f = 0; f < F; ++f) acc[f] += w * acc_t(xr[f]);
