@@ -20,6 +20,24 @@ def _accumulator(dtype: torch.dtype):
 
 
 @triton.jit
+def _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
+                       x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
+                       HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The block of edges [edge0, edge0 + BLOCK_E) of a row ending at `end`: (edge ids, their
+    mask, the (BLOCK_E, BLOCK_F) tile of messages w_e * x[col[e], head, features])."""
+    edges = edge0 + tl.arange(0, BLOCK_E)
+    edge_mask = edges < end
+    src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
+    tile = tl.load(x_ptr + src[:, None] * x_row_stride + head * x_head_stride + features[None, :],
+                   mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + edges * weight_edge_stride + head * weight_head_stride,
+                    mask=edge_mask, other=0.0).to(ACC)
+        tile = tile * w[:, None]
+    return edges, edge_mask, tile
+
+
+@triton.jit
 def spmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr,
                 num_heads, num_features, x_row_stride, x_head_stride,
                 weight_edge_stride, weight_head_stride,
@@ -33,15 +51,9 @@ def spmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr,
     end = tl.load(rowptr_ptr + row + 1)
     acc = tl.zeros([BLOCK_F], dtype=ACC)
     for edge0 in range(begin, end, BLOCK_E):
-        edges = edge0 + tl.arange(0, BLOCK_E)
-        edge_mask = edges < end
-        src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
-        tile = tl.load(x_ptr + src[:, None] * x_row_stride + head * x_head_stride + features[None, :],
-                       mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
-        if HAS_WEIGHT:
-            w = tl.load(weight_ptr + edges * weight_edge_stride + head * weight_head_stride,
-                        mask=edge_mask, other=0.0).to(ACC)
-            tile = tile * w[:, None]
+        _, _, tile = _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
+                                        x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
+                                        HAS_WEIGHT, ACC, BLOCK_E)
         acc += tl.sum(tile, axis=0)
     if MEAN:
         acc = acc / tl.maximum(end - begin, 1).to(ACC)
@@ -133,15 +145,9 @@ def spmm_extreme_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr, arg_ptr
     best = tl.full([BLOCK_F], float("-inf"), dtype=ACC)
     arg = tl.full([BLOCK_F], -1, dtype=tl.int64)
     for edge0 in range(begin, end, BLOCK_E):
-        edges = edge0 + tl.arange(0, BLOCK_E)
-        edge_mask = edges < end
-        src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
-        tile = tl.load(x_ptr + src[:, None] * x_row_stride + head * x_head_stride + features[None, :],
-                       mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
-        if HAS_WEIGHT:
-            w = tl.load(weight_ptr + edges * weight_edge_stride + head * weight_head_stride,
-                        mask=edge_mask, other=0.0).to(ACC)
-            tile = tile * w[:, None]
+        edges, edge_mask, tile = _weighted_messages(
+            edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask, x_row_stride,
+            x_head_stride, weight_edge_stride, weight_head_stride, HAS_WEIGHT, ACC, BLOCK_E)
         tile = tl.where(edge_mask[:, None], tile * sign, float("-inf"))
         tile_best = tl.max(tile, axis=0)
         # The first edge of this block reaching the block's best; an earlier block keeps ties.
