@@ -75,6 +75,26 @@ def _fwd_bwd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, g
     return run
 
 
+def _csr_bytes(graph: CSRGraph) -> int:
+    """Compulsory bytes of reading a graph once: rowptr and col."""
+    return 8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
+
+
+def _feature_case(op: str, name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device,
+                  bytes_fwd: int, gathered_fwd: int, grad_rows: int):
+    """A case whose implementations all map one (num_cols, f) input x to (grad_rows, f): returns
+    the case and add(impl, forward), which times forward(x) and its backward with one gradient."""
+    x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
+    grad = torch.randn(grad_rows, f, dtype=dtype, device=device)
+    xg = x.clone().requires_grad_()
+    case = Case(op=op, graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f, dtype=dtype,
+                device=device, bytes_fwd=bytes_fwd, gathered_fwd=gathered_fwd)
+
+    def add(impl, forward):
+        case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
+    return case, add
+
+
 def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device) -> Case:
     """One (graph, F) case; a function of its own so every closure binds this case's tensors."""
     element = torch.empty((), dtype=dtype).element_size()
@@ -83,20 +103,11 @@ def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: t
     with warnings.catch_warnings():  # torch flags its CSR tensors as beta; the baseline is what it is
         warnings.simplefilter("ignore", UserWarning)
         matrix = torch.sparse_csr_tensor(graph.rowptr, graph.col, ones, (graph.num_rows, graph.num_cols))
-    x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
-    grad = torch.randn(graph.num_rows, f, dtype=dtype, device=device)
-    xg = x.clone().requires_grad_()
     index = dst.view(-1, 1).expand(-1, f)
-    case = Case(
-        op="spmm_sum", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f,
-        dtype=dtype, device=device,
-        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
-        + element * f * (graph.num_cols + graph.num_rows),
-        gathered_fwd=element * f * graph.num_edges)
-
-    def add(impl, forward):
-        case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
-
+    case, add = _feature_case(
+        "spmm_sum", name, graph, f, dtype, device,
+        bytes_fwd=_csr_bytes(graph) + element * f * (graph.num_cols + graph.num_rows),
+        gathered_fwd=element * f * graph.num_edges, grad_rows=graph.num_rows)
     for backend in _backends(device):
         add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "sum", backend=b))
     add("torch.sparse.mm", lambda t: torch.sparse.mm(matrix, t))
@@ -109,21 +120,12 @@ def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: t
 def _spmm_max_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device) -> Case:
     element = torch.empty((), dtype=dtype).element_size()
     src, dst = graph.to_edge_index()
-    x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
-    grad = torch.randn(graph.num_rows, f, dtype=dtype, device=device)
-    xg = x.clone().requires_grad_()
     index = dst.view(-1, 1).expand(-1, f)
-    case = Case(
-        op="spmm_max", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f,
-        dtype=dtype, device=device,
+    case, add = _feature_case(
+        "spmm_max", name, graph, f, dtype, device,
         # out and the int64 arg written, besides what sum moves
-        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
-        + element * f * (graph.num_cols + graph.num_rows) + 8 * f * graph.num_rows,
-        gathered_fwd=element * f * graph.num_edges)
-
-    def add(impl, forward):
-        case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
-
+        bytes_fwd=_csr_bytes(graph) + element * f * (graph.num_cols + graph.num_rows) + 8 * f * graph.num_rows,
+        gathered_fwd=element * f * graph.num_edges, grad_rows=graph.num_rows)
     for backend in _backends(device):
         add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "max", backend=b))
     add("pyg_scatter", lambda t: torch.zeros(graph.num_rows, f, dtype=t.dtype, device=t.device)
@@ -157,8 +159,7 @@ def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: to
     case = Case(
         op="gat_aggregate", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=heads * per_head,
         dtype=dtype, device=device,
-        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
-        + element * heads * (per_head * (graph.num_cols + graph.num_rows) + graph.num_cols + graph.num_rows),
+        bytes_fwd=_csr_bytes(graph) + element * heads * (per_head * (graph.num_cols + graph.num_rows) + graph.num_cols + graph.num_rows),
         gathered_fwd=element * heads * per_head * graph.num_edges)
 
     def add(impl, forward):
@@ -182,25 +183,16 @@ def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype
     picked = torch.randint(0, max(graph.num_edges, 1), (min(num_pairs, graph.num_edges),), generator=generator)
     src_all, dst_all = graph.to_edge_index()
     src, dst = src_all[picked.to(device)], dst_all[picked.to(device)]
-    x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
-    grad = torch.randn(src.numel(), f, dtype=dtype, device=device)
-    xg = x.clone().requires_grad_()
     with warnings.catch_warnings():  # torch's invariant-check notice about sparse tensors
         warnings.simplefilter("ignore", UserWarning)
         adjacency = torch.sparse_coo_tensor(
             torch.stack([dst_all, src_all]), torch.ones(graph.num_edges, dtype=dtype, device=device),
             (graph.num_rows, graph.num_cols)).coalesce()
     element = torch.empty((), dtype=dtype).element_size()
-    case = Case(
-        op="common_neighbors", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f,
-        dtype=dtype, device=device,
-        bytes_fwd=8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges + 16 * src.numel()
-        + element * f * (graph.num_cols + src.numel()),
-        gathered_fwd=0)
-
-    def add(impl, forward):
-        case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
-
+    case, add = _feature_case(
+        "common_neighbors", name, graph, f, dtype, device,
+        bytes_fwd=_csr_bytes(graph) + 16 * src.numel() + element * f * (graph.num_cols + src.numel()),
+        gathered_fwd=0, grad_rows=src.numel())
     for backend in _backends(device):
         add(f"scangraph.{backend}",
             lambda t, b=backend: scangraph.common_neighbor_aggregate(graph, t, src, dst, backend=b))
