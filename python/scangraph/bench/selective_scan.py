@@ -1,9 +1,10 @@
 """Benchmark cases of the selective scan: forward and forward + backward of Mamba's S6 scan with
 varying B / C (one group), z gating and D.
 
-Baselines: mambapy's formulation written out in PyTorch (exp(delta A) and delta B u
-materialised as (batch, dim, L, N), a work-efficient Blelloch parallel scan over L, then the
-contraction with C), and the sequential float reference (one position at a time). Bytes are
+Baselines: mambapy (its own `pscan` and selective-scan formula, in its (batch, L, dim) layout)
+when the package is installed, else the same formulation written out here (exp(delta A) and
+delta B u materialised as (batch, dim, L, N), a work-efficient Blelloch scan over L, then the
+contraction with C); and the sequential float reference (one position at a time). Bytes are
 what the issue counts: u, delta, z, B, C read once, out written once.
 """
 import math
@@ -69,6 +70,22 @@ def mambapy_scan(u, delta, A, B, C, D, z):
     return y * torch.nn.functional.silu(z)
 
 
+def _mambapy_package_scan():
+    """mambapy's own selective scan (its pscan, in its (batch, L, dim) layout), when installed."""
+    try:
+        from mambapy.pscan import pscan
+    except ImportError:
+        return None
+
+    def scan(x, delta, A, B, C, D, z):   # x, delta, z: (batch, L, dim); B, C: (batch, L, N)
+        delta_a = torch.exp(delta.unsqueeze(-1) * A)
+        bx = (delta.unsqueeze(-1) * B.unsqueeze(2)) * x.unsqueeze(-1)
+        h = pscan(delta_a, bx)
+        y = (h @ C.unsqueeze(-1)).squeeze(3) + D * x
+        return y * torch.nn.functional.silu(z)
+    return scan
+
+
 def _scan_case(batch, dim, length, dstate, dtype, device, quick):
     element = torch.empty((), dtype=dtype).element_size()
     u = torch.randn(batch, dim, length, dtype=dtype, device=device)
@@ -94,7 +111,25 @@ def _scan_case(batch, dim, length, dstate, dtype, device, quick):
 
     for backend in our_backends("selective_scan", device):
         add(f"scangraph.{backend}", lambda *t, b=backend: scangraph.selective_scan(*t, backend=b))
-    add("mambapy_pscan", lambda u, delta, A, B, C, D, z: mambapy_scan(u, delta, A.to(dtype), B, C, D.to(dtype), z))
+    package_scan = _mambapy_package_scan()
+    if package_scan is not None:
+        # mambapy works in (batch, L, dim): its inputs are laid out so before timing starts
+        native = [t.transpose(1, 2).contiguous() for t in (u, delta, z)] + \
+            [t[:, 0].transpose(1, 2).contiguous() for t in (B, C)]
+        native_leaves = [t.clone().requires_grad_() for t in native]
+        grad_native = grad.transpose(1, 2).contiguous()
+        A_, D_ = A.to(dtype), D.to(dtype)
+
+        def mambapy_fwd_bwd():
+            for t in native_leaves:
+                t.grad = None
+            x, dl, zz, bb, cc = native_leaves
+            package_scan(x, dl, A_, bb, cc, D_, zz).backward(grad_native)
+        x, dl, zz, bb, cc = native
+        case.impls["mambapy"] = {"fwd": lambda: package_scan(x, dl, A_, bb, cc, D_, zz), "fwd+bwd": mambapy_fwd_bwd}
+    else:  # the same formulation written out here
+        add("mambapy_formulation",
+            lambda u, delta, A, B, C, D, z: mambapy_scan(u, delta, A.to(dtype), B, C, D.to(dtype), z))
     if quick or device.type == "cpu":  # the sequential reference: L Python steps
         add("reference", lambda u, delta, A, B, C, D, z: reference.selective_scan(u, delta, A, B, C, D, z)[0])
     return case
