@@ -56,7 +56,7 @@ def _extension():
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
     # torch adds the C++ standard its headers need; -fopenmp makes at::parallel_for parallel
     # (without it the pragma is ignored and every kernel runs on one thread).
-    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp", "-Wno-psabi"]
     link = ["-fopenmp"]
     if not with_cuda:
         print("scangraph: building the CPU kernels only", file=sys.stderr)
@@ -83,7 +83,7 @@ def _extension():
 setup(
     package_dir={"scangraph": "python/scangraph",
                  "scangraph.triton_kernels": "triton_kernels"},
-    packages=["scangraph", "scangraph.ops", "scangraph.bench", "scangraph.triton_kernels"],
+    packages=["scangraph", "scangraph.ops", "scangraph.nn", "scangraph.bench", "scangraph.triton_kernels"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

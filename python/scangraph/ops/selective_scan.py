@@ -47,12 +47,13 @@ def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_stat
 def _scan_backward_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                         initial_state, cu_seqlens, reverse, checkpoints):
     acc = _acc(u.dtype)
-    absent = u.new_empty((0,), dtype=acc)
+    def absent():
+        return u.new_empty((0,), dtype=acc)
     return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape), B.new_empty(B.shape),
-            C.new_empty(C.shape), absent if D is None else D.new_empty(D.shape),
+            C.new_empty(C.shape), absent() if D is None else D.new_empty(D.shape),
             u.new_empty((0,)) if z is None else u.new_empty(u.shape),
-            absent if delta_bias is None else delta_bias.new_empty(delta_bias.shape),
-            absent if initial_state is None else initial_state.new_empty(initial_state.shape))
+            absent() if delta_bias is None else delta_bias.new_empty(delta_bias.shape),
+            absent() if initial_state is None else initial_state.new_empty(initial_state.shape))
 
 
 def _state_update_fake(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
@@ -163,12 +164,13 @@ def _register_triton_ops():
             wrap_triton, grad_out.to(u.dtype).contiguous(), g_last, u_, delta_, A_, B_, C_, D_, z_, bias_,
             delta_softplus, h0_, cu_, reverse, checkpoints.contiguous(), du, ddelta, dz, dA, dB, dC, dD, dbias,
             dh0, param_partial, bc_partial)
-        absent = u.new_empty((0,), dtype=acc)
+        def absent():  # each output its own tensor: outputs of an op must not alias
+            return u.new_empty((0,), dtype=acc)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype).reshape(B.shape), dC.to(C.dtype).reshape(C.shape),
-                absent if dD is None else dD.to(D.dtype),
+                absent() if dD is None else dD.to(D.dtype),
                 u.new_empty((0,)) if dz is None else dz,
-                absent if dbias is None else dbias.to(delta_bias.dtype),
-                absent if dh0 is None else dh0.to(initial_state.dtype))
+                absent() if dbias is None else dbias.to(delta_bias.dtype),
+                absent() if dh0 is None else dh0.to(initial_state.dtype))
 
     @triton_op("scangraph::selective_state_update_triton", mutates_args={"state"})
     def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
@@ -191,10 +193,7 @@ def _register_triton_ops():
 
 
 _register_cpp_ops()
-try:
-    _register_triton_ops()
-except ImportError:  # the Triton kernels of this family are not part of this checkout
-    pass
+_register_triton_ops()
 
 
 # ---- checks ---------------------------------------------------------------------------------

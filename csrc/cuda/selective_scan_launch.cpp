@@ -1,0 +1,88 @@
+// Torch glue of the selective-scan CUDA kernels: the shared checks and allocations of
+// glue/selective_scan_args.h, device guard, current stream, dtype dispatch, launch check.
+// cu_seqlens on the GPU is validated by the Python layer (a check here would synchronise).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "glue/selective_scan_args.h"
+#include "selective_scan.h"
+
+namespace scangraph {
+namespace {
+
+template <typename Params>
+void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op,
+                    void (*fp64)(const Params&, cudaStream_t), void (*fp32)(const Params&, cudaStream_t),
+                    void (*fp16)(const Params&, cudaStream_t), void (*bf16)(const Params&, cudaStream_t)) {
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  switch (dtype) {
+    case at::kDouble: fp64(p, stream); break;
+    case at::kFloat: fp32(p, stream); break;
+    case at::kHalf: fp16(p, stream); break;
+    case at::kBFloat16: bf16(p, stream); break;
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
+  }
+  // The launchers skip empty grids (batch, dim or the state count 0); this reports a failed
+  // launch of the ones that ran.
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cuda(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  ScanForwardCall call =
+      prepare_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse);
+  dispatch_dtype(u.scalar_type(), call.in.params, "scangraph::selective_scan", selective_scan_cuda_fp64,
+                 selective_scan_cuda_fp32, selective_scan_cuda_fp16, selective_scan_cuda_bf16);
+  return {call.out, call.last_state, call.checkpoints};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+selective_scan_backward_cuda(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_last_state,
+                             const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                             const at::Tensor& C, const std::optional<at::Tensor>& D,
+                             const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+                             bool delta_softplus, const std::optional<at::Tensor>& initial_state,
+                             const std::optional<at::Tensor>& cu_seqlens, bool reverse,
+                             const at::Tensor& checkpoints) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  ScanBackwardCall call = prepare_selective_scan_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z,
+                                                          delta_bias, delta_softplus, initial_state, cu_seqlens,
+                                                          reverse, checkpoints);
+  dispatch_dtype(u.scalar_type(), call.params, "scangraph::selective_scan_backward",
+                 selective_scan_backward_cuda_fp64, selective_scan_backward_cuda_fp32,
+                 selective_scan_backward_cuda_fp16, selective_scan_backward_cuda_bf16);
+  return scan_backward_results(call, A, B, C, D, delta_bias, initial_state);
+}
+
+at::Tensor selective_state_update_cuda(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
+                                       const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                       const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                                       const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  StateUpdateCall call = prepare_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus);
+  dispatch_dtype(x.scalar_type(), call.params, "scangraph::selective_state_update",
+                 selective_state_update_cuda_fp64, selective_state_update_cuda_fp32,
+                 selective_state_update_cuda_fp16, selective_state_update_cuda_bf16);
+  // The kernel updated an acc copy (state not in acc or not contiguous): write it back in place,
+  // as the schema's Tensor(a!) promises.
+  if (call.copy_back) const_cast<at::Tensor&>(state).copy_(call.state_acc);
+  return call.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
+  m.impl("selective_scan", &selective_scan_cuda);
+  m.impl("selective_scan_backward", &selective_scan_backward_cuda);
+  m.impl("selective_state_update", &selective_state_update_cuda);
+}
+
+}  // namespace scangraph
