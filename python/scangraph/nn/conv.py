@@ -1,0 +1,195 @@
+"""Message-passing layers with PyTorch Geometric's call convention, formulas, defaults and
+parameter names, so `conv.load_state_dict(pyg_conv.state_dict())` copies weights across.
+
+Every layer takes `conv(x, edge_index)` with a PyG edge_index (2, E) (row 0 sources, row 1
+targets), or `conv(x, graph)` with a scangraph.CSRGraph. The CSR graphs derived from an
+edge_index (with self loops, normalisation weights, transposes) are cached: see graph_cache.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scangraph.graph import CSRGraph
+from scangraph.nn.graph_cache import (GraphLike, gcn_graph, gcn_norm_weight, graph_for, num_nodes_of,
+                                      subgraph_of_edges, with_self_loops)
+from scangraph.ops.sparse import gat_aggregate, spmm
+
+
+def glorot_(t: torch.Tensor) -> torch.Tensor:
+    """Glorot & Bengio's uniform init over the last two dimensions (PyG's `glorot`)."""
+    bound = math.sqrt(6.0 / (t.size(-2) + t.size(-1)))
+    with torch.no_grad():
+        return t.uniform_(-bound, bound)
+
+
+class GCNConv(nn.Module):
+    """Graph convolution of Kipf & Welling, "Semi-Supervised Classification with Graph
+    Convolutional Networks" (ICLR 2017): out = D^-1/2 (A + I) D^-1/2 X W + b.
+
+    Args as PyG's GCNConv: in_channels, out_channels, improved (self loops weigh 2),
+    add_self_loops, normalize, bias. Parameters: `lin.weight` (out, in), `bias` (out,).
+    Shapes: x (N, in_channels) -> (N, out_channels). The normalised graph of an edge_index is
+    cached; an explicit `edge_weight` (E,) (in edge_index order, or CSR order with a CSRGraph)
+    is normalised on every call.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, improved: bool = False,
+                 add_self_loops: bool = True, normalize: bool = True, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.improved, self.add_self_loops, self.normalize = improved, add_self_loops, normalize
+        self.lin = nn.Linear(in_channels, out_channels, bias=False)
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        glorot_(self.lin.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def propagation_graph(self, x: torch.Tensor, graph: GraphLike,
+                          edge_weight: Optional[torch.Tensor] = None) -> CSRGraph:
+        n = num_nodes_of(x, graph)
+        if edge_weight is None:
+            return gcn_graph(graph, n, self.add_self_loops, self.normalize, self.improved)
+        # Weights that may change (or carry gradients) every call: rebuild, don't cache.
+        if isinstance(graph, CSRGraph):  # weights in the graph's CSR edge order
+            base = CSRGraph(graph.rowptr, graph.col, edge_weight, num_cols=graph.num_cols, validate=False)
+        else:  # weights in edge_index order
+            base = CSRGraph.from_edge_index(graph, num_nodes=n, edge_weight=edge_weight)
+        if self.add_self_loops:
+            base = with_self_loops(base, 2.0 if self.improved else 1.0)
+        if self.normalize:
+            base = CSRGraph(base.rowptr, base.col, gcn_norm_weight(base, base.edge_weight),
+                            num_cols=n, validate=False)
+        return base
+
+    def forward(self, x: torch.Tensor, edge_index: GraphLike,
+                edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        graph = self.propagation_graph(x, edge_index, edge_weight)
+        h = self.lin(x)
+        weight = None if graph.edge_weight is None else graph.edge_weight.to(h.dtype)
+        out = spmm(graph, h, "sum", edge_weight=weight)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}"
+
+
+class SAGEConv(nn.Module):
+    """GraphSAGE of Hamilton, Ying & Leskovec, "Inductive Representation Learning on Large
+    Graphs" (NeurIPS 2017), mean aggregator: out = lin_l(mean_{j -> i} x_j) + lin_r(x_i).
+
+    Args as PyG's SAGEConv: in_channels, out_channels, normalize (L2 on the output),
+    root_weight, bias. Parameters: `lin_l.weight`, `lin_l.bias`, `lin_r.weight`.
+    Shapes: x (N, in_channels) -> (N, out_channels).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, normalize: bool = False,
+                 root_weight: bool = True, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.normalize, self.root_weight = normalize, root_weight
+        self.lin_l = nn.Linear(in_channels, out_channels, bias=bias)
+        self.lin_r = nn.Linear(in_channels, out_channels, bias=False) if root_weight else None
+
+    def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
+        graph = graph_for(edge_index, num_nodes_of(x, edge_index), "raw", lambda g: g)
+        if self.out_channels < self.in_channels:
+            # The mean is linear, so projecting first moves fewer features along the edges;
+            # the bias is added after, as lin_l(mean) would (empty rows give lin_l(0) = bias).
+            out = spmm(graph, F.linear(x, self.lin_l.weight), "mean")
+            if self.lin_l.bias is not None:
+                out = out + self.lin_l.bias
+        else:
+            out = self.lin_l(spmm(graph, x, "mean"))
+        if self.root_weight:
+            out = out + self.lin_r(x)
+        return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, aggr=mean"
+
+
+class GINConv(nn.Module):
+    """Graph Isomorphism Network layer of Xu, Hu, Leskovec & Jegelka, "How Powerful are Graph
+    Neural Networks?" (ICLR 2019): out = nn((1 + eps) x_i + sum_{j -> i} x_j).
+
+    Args as PyG's GINConv: nn (the MLP, stored as `nn`), eps, train_eps (eps a parameter, else
+    a buffer; both are saved as `eps` of shape (1,)). Shapes: x (N, F) -> nn's output (N, F').
+    """
+
+    def __init__(self, nn: torch.nn.Module, eps: float = 0.0, train_eps: bool = False):
+        super().__init__()
+        self.nn = nn
+        self.initial_eps = eps
+        if train_eps:
+            self.eps = torch.nn.Parameter(torch.tensor([float(eps)]))
+        else:
+            self.register_buffer("eps", torch.tensor([float(eps)]))
+
+    def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
+        graph = graph_for(edge_index, num_nodes_of(x, edge_index), "raw", lambda g: g)
+        return self.nn((1 + self.eps) * x + spmm(graph, x, "sum"))
+
+
+class GATConv(nn.Module):
+    """Graph attention of Velickovic et al., "Graph Attention Networks" (ICLR 2018), PyG's
+    GATConv formula: h = lin(x) split into heads; a_ij = softmax_j(leaky_relu(att_src . h_j +
+    att_dst . h_i)); out_i = sum_j a_ij h_j, heads concatenated (or averaged), + bias. The
+    softmax and the sum run in one fused pass (`gat_aggregate`).
+
+    Args as PyG's GATConv: in_channels, out_channels, heads=1, concat=True, negative_slope=0.2,
+    dropout=0.0, add_self_loops=True (existing loops removed, one added per node), bias=True.
+    Parameters: `lin.weight` (heads * out, in), `att_src`, `att_dst` (1, heads, out), `bias`.
+    Shapes: x (N, in) -> (N, heads * out) with concat, else (N, out).
+
+    dropout: the fused kernel never materialises the (E, heads) attention matrix, so PyG's
+    dropout on it cannot be applied. In training, `dropout` instead drops each non-loop edge
+    with that probability before the softmax (attention renormalised over the kept
+    neighbours, shared by the heads). With dropout=0, or in eval mode, outputs equal PyG's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
+                 negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
+                 bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
+        self.concat, self.negative_slope, self.dropout = concat, negative_slope, dropout
+        self.add_self_loops = add_self_loops
+        self.lin = nn.Linear(in_channels, heads * out_channels, bias=False)
+        self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.bias = nn.Parameter(torch.empty(heads * out_channels if concat else out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        glorot_(self.lin.weight)
+        glorot_(self.att_src)
+        glorot_(self.att_dst)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
+        n = num_nodes_of(x, edge_index)
+        if self.add_self_loops:
+            graph = graph_for(edge_index, n, "loops", with_self_loops)
+        else:
+            graph = graph_for(edge_index, n, "raw", lambda g: g)
+        if self.training and self.dropout > 0:
+            dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
+            is_loop = graph.col.to(torch.int64) == dst
+            keep = is_loop | (torch.rand(graph.num_edges, device=graph.device) >= self.dropout)
+            graph = subgraph_of_edges(graph, keep)
+        h = self.lin(x).view(-1, self.heads, self.out_channels)
+        alpha_src = (h * self.att_src).sum(-1)
+        alpha_dst = (h * self.att_dst).sum(-1)
+        out = gat_aggregate(graph, h, alpha_src, alpha_dst, self.negative_slope)
+        out = out.reshape(n, self.heads * self.out_channels) if self.concat else out.mean(1)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, heads={self.heads}"

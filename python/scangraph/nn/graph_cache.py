@@ -1,0 +1,149 @@
+"""Turning a layer's graph argument (a PyG edge_index or a CSRGraph) into the CSRGraph the ops take,
+once per edge_index rather than once per call.
+
+Building a CSRGraph sorts the edges, and its transpose (needed by every backward) sorts them
+again: O(E log E) per call, more than the message passing itself on small graphs. A model calls
+its layers with the same edge_index every epoch, so `graph_for` caches each derived graph keyed
+on the identity of the edge_index tensor (its id, data_ptr, shape, strides, device and version
+counter) plus what was derived from it (self loops, normalisation). Writing into the tensor in
+place bumps its version, and a freed tensor fails the weak-reference check, so a stale entry is
+never returned. The cache is module-level and small (CACHE_SIZE entries, least recently used
+evicted), so the layers of one model share one build. `clear_graph_cache()` empties it.
+"""
+import collections
+import weakref
+from typing import Callable, Optional, Union
+
+import torch
+
+from scangraph.graph import CSRGraph
+
+GraphLike = Union[torch.Tensor, CSRGraph]
+
+# A few entries cover a training loop's graphs (train / full graph, plus each layer's variant:
+# raw, with self loops, normalised) without keeping old graphs alive for long.
+CACHE_SIZE = 16
+
+_cache: "collections.OrderedDict" = collections.OrderedDict()
+
+
+def clear_graph_cache() -> None:
+    _cache.clear()
+
+
+def _key(edge_index: torch.Tensor, num_nodes: Optional[int], variant: str):
+    try:
+        version = edge_index._version
+    except RuntimeError:  # inference tensors have no version counter: do not cache them
+        return None
+    return (id(edge_index), edge_index.data_ptr(), tuple(edge_index.shape), tuple(edge_index.stride()),
+            str(edge_index.device), version, num_nodes, variant)
+
+
+def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
+              build: Callable[[CSRGraph], CSRGraph]) -> CSRGraph:
+    """The graph `build(base)` derives from `graph`, where base is `graph` itself (a CSRGraph) or
+    the CSRGraph of an edge_index. For an edge_index the result is cached under `variant` (a
+    name for what `build` does); a CSRGraph caller owns its graph, so its derived graphs are
+    cached on the object itself."""
+    if isinstance(graph, CSRGraph):
+        derived = graph.__dict__.setdefault("_scangraph_nn_derived", {})
+        if variant not in derived:
+            derived[variant] = build(graph)
+        return derived[variant]
+    if not isinstance(graph, torch.Tensor):
+        raise TypeError(f"expected an edge_index tensor (2, num_edges) or a scangraph.CSRGraph, "
+                        f"got {type(graph).__name__}")
+    key = _key(graph, num_nodes, variant)
+    if key is not None and key in _cache:
+        ref, cached = _cache[key]
+        if ref() is graph:
+            _cache.move_to_end(key)
+            return cached
+        del _cache[key]
+    base = graph_for(graph, num_nodes, "raw", lambda g: g) if variant != "raw" else \
+        CSRGraph.from_edge_index(graph, num_nodes=num_nodes)
+    built = build(base)
+    if key is not None:
+        _cache[key] = (weakref.ref(graph), built)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return built
+
+
+def num_nodes_of(x: torch.Tensor, graph: GraphLike) -> int:
+    """Node count: the graph's own for a CSRGraph, else the rows of x (PyG's default)."""
+    return graph.num_rows if isinstance(graph, CSRGraph) else x.shape[0]
+
+
+def without_self_loops(graph: CSRGraph) -> CSRGraph:
+    """The graph minus its edges i -> i (edge weights and edge_ids kept for the rest)."""
+    dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
+    keep = graph.col.to(torch.int64) != dst
+    return subgraph_of_edges(graph, keep)
+
+
+def subgraph_of_edges(graph: CSRGraph, keep: torch.Tensor) -> CSRGraph:
+    """The CSR graph of the edges where `keep` (a (num_edges,) bool mask) is true, order kept."""
+    kept_per_row = torch.zeros(graph.num_rows, dtype=torch.int64, device=graph.device)
+    dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
+    kept_per_row.index_add_(0, dst[keep], torch.ones_like(dst[keep]))
+    rowptr = torch.cat([kept_per_row.new_zeros(1), kept_per_row.cumsum(0)])
+    return CSRGraph(rowptr, graph.col[keep],
+                    None if graph.edge_weight is None else graph.edge_weight[keep],
+                    num_cols=graph.num_cols,
+                    edge_ids=None if graph.edge_ids is None else graph.edge_ids[keep], validate=False)
+
+
+def with_self_loops(graph: CSRGraph, fill_value: float = 1.0) -> CSRGraph:
+    """Every node gets exactly one self loop (PyG's add_remaining_self_loops): existing loops keep
+    their weight, the others weigh `fill_value`. Columns stay sorted within rows."""
+    if graph.num_rows != graph.num_cols:
+        raise ValueError(f"self loops need a square graph, got {graph.num_rows} x {graph.num_cols}")
+    n = graph.num_rows
+    device = graph.device
+    dst = torch.repeat_interleave(torch.arange(n, device=device), graph.in_degree())
+    src = graph.col.to(torch.int64)
+    is_loop = src == dst
+    loop_weight = None
+    if graph.edge_weight is not None:
+        loop_weight = graph.edge_weight.new_full((n,) + tuple(graph.edge_weight.shape[1:]), fill_value)
+        loop_weight[dst[is_loop]] = graph.edge_weight[is_loop]
+    src, dst = src[~is_loop], dst[~is_loop]
+    nodes = torch.arange(n, device=device)
+    all_src, all_dst = torch.cat([src, nodes]), torch.cat([dst, nodes])
+    order = torch.argsort(all_dst * n + all_src, stable=True)
+    weight = None
+    if graph.edge_weight is not None:
+        weight = torch.cat([graph.edge_weight[~is_loop], loop_weight])[order]
+    rowptr = torch.searchsorted(all_dst[order], torch.arange(n + 1, device=device))
+    return CSRGraph(rowptr, all_src[order].to(graph.col.dtype), weight, num_cols=n, validate=False)
+
+
+def gcn_norm_weight(graph: CSRGraph, edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Kipf & Welling's symmetric normalisation of `graph` (self loops already added):
+    w_ji / sqrt(deg_i deg_j) with deg the weighted in-degree (PyG's gcn_norm, flow source_to_target)."""
+    dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
+    if edge_weight is None:
+        edge_weight = torch.ones(graph.num_edges, device=graph.device)
+    degree = torch.zeros(graph.num_rows, dtype=edge_weight.dtype, device=graph.device)
+    degree.index_add_(0, dst, edge_weight)
+    inv_sqrt = degree.pow(-0.5).masked_fill(degree == 0, 0.0)
+    return inv_sqrt[graph.col.to(torch.int64)] * edge_weight * inv_sqrt[dst]
+
+
+def gcn_graph(graph: GraphLike, num_nodes: int, add_self_loops: bool = True, normalize: bool = True,
+              improved: bool = False) -> CSRGraph:
+    """The (cached) graph of a GCN propagation: self loops and symmetric normalisation as edge weights."""
+    def build(base: CSRGraph) -> CSRGraph:
+        if improved and base.edge_weight is None:  # loops weigh 2, so the others need explicit 1s
+            base = CSRGraph(base.rowptr, base.col, torch.ones(base.num_edges, device=base.device),
+                            num_cols=base.num_cols, validate=False)
+        if add_self_loops:
+            base = with_self_loops(base, 2.0 if improved else 1.0)
+        if normalize:
+            base = CSRGraph(base.rowptr, base.col, gcn_norm_weight(base, base.edge_weight),
+                            num_cols=base.num_cols, edge_ids=base.edge_ids, validate=False)
+        return base
+
+    return graph_for(graph, num_nodes, f"gcn:{add_self_loops}:{normalize}:{improved}", build)
