@@ -10,11 +10,12 @@ from scangraph.backend import BACKENDS, BackendUnavailable, use_backend
 from scangraph.graph import CSRGraph
 from scangraph import datasets, reference
 from scangraph.ops.sparse import common_neighbor_aggregate, gat_aggregate, sddmm, spmm
+from scangraph.ops.prefix_attention import prefix_attention, prefix_attention_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "BackendUnavailable", "CSRGraph", "common_neighbor_aggregate", "cpp_built", "cuda_built",
-    "gat_aggregate", "sddmm", "spmm",
+    "gat_aggregate", "prefix_attention", "prefix_attention_step", "sddmm", "spmm",
     "use_backend",
 ]
