@@ -36,7 +36,8 @@ def _blocks(dim: int, dim_v: int):
 @triton.jit
 def _gate(frm, to):
     """e^{frm - to} for frm <= to, 1 where both are equal (two empty, -inf, maxima)."""
-    return tl.where(frm == to, 1.0, tl.exp(frm - to))
+    same = frm == to
+    return tl.exp(tl.where(same, 0.0, frm) - tl.where(same, 0.0, to))
 
 
 @triton.jit

@@ -138,7 +138,7 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: O
         v_seq = v[b, begin:end].transpose(0, 1)                            # (heads, n, dv)
         n = end - begin
         if n == 0:
-            outputs.append(v.new_zeros((0, heads, v.shape[-1])))
+            outputs.append(v[b, begin:end] * 0)  # empty, yet part of the autograd graph
             states.append((m0, c0, w0))
             continue
         running_max = torch.maximum(s.cummax(dim=1).values, m0[:, None])  # (heads, n): m_t
