@@ -31,6 +31,22 @@ TORCH_LIBRARY(scangraph, m) {
   m.def("sddmm(Tensor rowptr, Tensor col, Tensor a, Tensor b, "
         "Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) -> Tensor");
 
+  // Selective scan (Mamba's S6). -> (out, last_state, checkpoints): last_state (states, dim, N)
+  // and checkpoints (batch, dim, chunks, N), the state entering every kScanChunk positions,
+  // are float (double for double u); the backward recomputes each chunk from its checkpoint.
+  m.def("selective_scan(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+        "Tensor? delta_bias, bool delta_softplus, Tensor? initial_state, Tensor? cu_seqlens, "
+        "bool reverse) -> (Tensor, Tensor, Tensor)");
+  // -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); absent inputs get
+  // zero-size gradients.
+  m.def("selective_scan_backward(Tensor grad_out, Tensor? grad_last_state, Tensor u, Tensor delta, "
+        "Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, bool delta_softplus, "
+        "Tensor? initial_state, Tensor? cu_seqlens, bool reverse, Tensor checkpoints) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One decode step: updates state (batch, dim, N) in place, returns y (batch, dim).
+  m.def("selective_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, "
+        "Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor");
+
   // Prefix-scan attention (Aaren): o_t = sum_{j<=t} softmax_j(scale q . k_j) v_j for every t.
   // q (heads, d) or (batch, heads, d); k (batch, L, heads, d); v (batch, L, heads, dv). The
   // initial state (m0, c0, w0) is none or all three, opmath (float; double for double inputs),

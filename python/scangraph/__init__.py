@@ -9,6 +9,7 @@ from scangraph._extension import cpp_built, cuda_built
 from scangraph.backend import BACKENDS, BackendUnavailable, use_backend
 from scangraph.graph import CSRGraph
 from scangraph import datasets, reference
+from scangraph.ops.selective_scan import selective_scan, selective_state_update
 from scangraph.ops.sparse import common_neighbor_aggregate, gat_aggregate, sddmm, spmm
 from scangraph.ops.prefix_attention import prefix_attention, prefix_attention_step
 
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "BackendUnavailable", "CSRGraph", "common_neighbor_aggregate", "cpp_built", "cuda_built",
-    "gat_aggregate", "prefix_attention", "prefix_attention_step", "sddmm", "spmm",
+    "gat_aggregate", "prefix_attention", "prefix_attention_step", "sddmm", "selective_scan",
+    "selective_state_update", "spmm",
     "use_backend",
 ]

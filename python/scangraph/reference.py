@@ -101,6 +101,79 @@ def common_neighbor_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.
     return (weights @ x.flatten(1)).reshape((src.numel(),) + tuple(x.shape[1:]))
 
 
+# ---- selective scan (ALGORITHMS.md section 1) -------------------------------------------------
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    # mamba_ssm's softplus: log1p(exp(x)), the identity above 20
+    return torch.where(x <= 20, torch.log1p(torch.exp(torch.clamp(x, max=20))), x)
+
+
+def _scan_bc_at(t: torch.Tensor, position: int, dim: int) -> torch.Tensor:
+    """B or C for every (batch, channel) at one position: (batch or 1, dim, N)."""
+    if t.dim() == 2:
+        return t.unsqueeze(0)
+    groups = t.shape[1] if t.dim() == 4 else 1
+    bc = t[..., position] if t.dim() == 4 else t[..., position].unsqueeze(1)   # (batch, groups, N)
+    return bc.repeat_interleave(dim // groups, dim=1)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, cu_seqlens=None, reverse=False):
+    """Sequential S6 scan, one position at a time -> (out (batch, dim, L), last_state).
+
+    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (dim, N), (batch, N, L) or
+    (batch, groups, N, L); D, delta_bias: (dim,); initial_state: (states, dim, N). With
+    cu_seqlens (batch 1) every packed sequence starts from its own initial state (or 0) and
+    last_state holds each sequence's final state. Computed in u's dtype (run it in float64).
+    """
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    dtype = u.dtype
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[None, :, None]
+    if delta_softplus:
+        delta = _softplus(delta)
+    A = A.to(dtype)
+    if cu_seqlens is None:
+        bounds = [(0, length)]
+        states = batch
+    else:
+        offsets = [int(v) for v in cu_seqlens]
+        bounds = list(zip(offsets[:-1], offsets[1:]))
+        states = len(bounds)
+    outs = [None] * length
+    last = []
+    for index, (start, end) in enumerate(bounds):
+        rows = slice(None) if cu_seqlens is None else slice(index, index + 1)
+        if initial_state is not None:
+            h = initial_state[rows].to(dtype)
+        else:
+            h = u.new_zeros((batch if cu_seqlens is None else 1, dim, dstate))
+        positions = range(end - 1, start - 1, -1) if reverse else range(start, end)
+        for t in positions:
+            a = torch.exp(delta[:, :, t, None] * A)
+            bt = _scan_bc_at(B, t, dim).to(dtype)
+            ct = _scan_bc_at(C, t, dim).to(dtype)
+            h = a * h + (delta[:, :, t] * u[:, :, t])[..., None] * bt
+            outs[t] = (h * ct).sum(-1)
+        last.append(h)
+    y = torch.stack(outs, dim=-1) if length else u.new_zeros(u.shape)
+    if D is not None:
+        y = y + D.to(dtype)[None, :, None] * u
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.to(dtype))
+    last_state = torch.cat(last, 0) if cu_seqlens is not None else last[0]
+    assert last_state.shape[0] == states
+    return y, last_state
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One decode step: returns y (batch, dim) and the new state (not written in place)."""
+    out, new_state = selective_scan(
+        x.unsqueeze(-1), dt.unsqueeze(-1), A, B.unsqueeze(-1), C.unsqueeze(-1), D,
+        None if z is None else z.unsqueeze(-1), dt_bias, dt_softplus, initial_state=state)
+    return out.squeeze(-1), new_state
+
 # ---- prefix-scan attention (Aaren) ------------------------------------------------------------
 def _sequence_spans(batch: int, seqlen: int, cu_seqlens):
     """(batch entry, begin, end) of every sequence: the batch entries, or the packed ones."""

@@ -15,11 +15,11 @@ import torch
 
 import scangraph
 from scangraph import datasets
-from scangraph.bench import sparse
+from scangraph import bench
+from scangraph.bench.case import OURS, Options
 from scangraph.bench.memory import peak_mb_in_subprocess
 from scangraph.bench.timing import copy_bandwidth_gbs, median_ms
 
-OURS = "scangraph."
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
 
@@ -48,26 +48,28 @@ def _progress(total):
 def run(args) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    features = [int(f) for f in args.features.split(",")]
-    data_dir = args.data or datasets.shared_data_dir()
+    options = _options(args)
+    unknown = set(options.ops) - set(bench.all_ops())
+    if unknown:
+        raise SystemExit(f"unknown --ops {sorted(unknown)}; choose from {bench.all_ops()}")
     copy_gbs = copy_bandwidth_gbs(device, megabytes=64 if args.quick else 256)
-    cases = list(sparse.spmm_cases(device, dtype, features, data_dir, args.quick, ops=args.ops.split(",")))
+    cases = list(bench.cases(device, dtype, options))
     # Cases are unhashable dataclasses: results are keyed by the case's position.
     passes = [(index, case, pass_name) for index, case in enumerate(cases) for pass_name in ("fwd", "fwd+bwd")]
     progress = _progress(sum(len(case.impls) for _, case, _ in passes) * (2 if args.memory else 1))
     times = {}
     for index, case, pass_name in passes:
         for impl, fns in case.impls.items():
-            progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name}")
+            progress.set_description(f"{case.op} {case.label} {impl} {pass_name}")
             times[index, pass_name, impl] = median_ms(fns[pass_name], device, min_seconds=0.1 if args.quick else 0.3)
             progress.update()
     # Memory after every timing: the fresh processes it starts would disturb the timings.
     peaks = {}
     for index, case, pass_name in passes if args.memory else ():
         for impl in case.impls:
-            progress.set_description(f"{case.op} {case.graph} F={case.features} {impl} {pass_name} memory")
+            progress.set_description(f"{case.op} {case.label} {impl} {pass_name} memory")
             peaks[index, pass_name, impl] = peak_mb_in_subprocess(
-                case.op, case.graph, case.features, impl, pass_name, device, args.data, args.quick)
+                case, impl, pass_name, device, options)
             progress.update()
     rows = []
     for index, case, pass_name in passes:
@@ -79,8 +81,8 @@ def run(args) -> dict:
             ms = times[index, pass_name, impl]
             gbs = moved / (ms * 1e-3) / 1e9
             rows.append({
-                "op": case.op, "pass": pass_name, "graph": case.graph, "nodes": case.nodes,
-                "edges": case.edges, "F": case.features, "dtype": str(case.dtype).replace("torch.", ""),
+                "op": case.op, "pass": pass_name, "case": case.label, **case.columns,
+                "dtype": str(case.dtype).replace("torch.", ""),
                 "device": str(device), "backend": impl[len(OURS):], "ms": round(ms, 4),
                 "GB/s": round(gbs, 2), "of_copy": round(gbs / copy_gbs, 3),
                 **{f"x_vs_{b}": round(times[index, pass_name, b] / ms, 2) for b in baselines},
@@ -94,6 +96,11 @@ def run(args) -> dict:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "copy_GB/s": round(copy_gbs, 1),
         "cuda_built": scangraph.cuda_built(), "python": platform.python_version(),
     }, "rows": rows}
+
+
+def _options(args) -> Options:
+    return Options(quick=args.quick, data_dir=args.data or datasets.shared_data_dir(),
+                   features=[int(f) for f in args.features.split(",")], ops=tuple(args.ops.split(",")))
 
 
 def _device_name(device):
@@ -111,7 +118,7 @@ def print_table(result, file=sys.stdout):
         return
     baseline_cols = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
     memory_cols = sorted({k for r in rows for k in r if k.startswith("peak_MB")})
-    header = ["op", "pass", "graph", "F", "backend", "ms", "GB/s", "of_copy"] + baseline_cols + memory_cols
+    header = ["op", "pass", "case", "backend", "ms", "GB/s", "of_copy"] + baseline_cols + memory_cols
     widths = [max(len(h), *(len(str(r.get(h, ""))) for r in rows)) for h in header]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=file)
     for r in rows:
@@ -125,7 +132,7 @@ def _plot(result, path):
 
     rows = result["rows"]
     baselines = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
-    labels = [f"{r['op']} {r['graph']} F={r['F']} {r['pass']}" for r in rows]
+    labels = [f"{r['op']} {r['case']} {r['pass']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
     width = 0.8 / len(baselines)
     for i, b in enumerate(baselines):
@@ -143,9 +150,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m scangraph.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--features", default="32,128", help="comma-separated feature sizes")
-    parser.add_argument("--ops", default="spmm_sum,spmm_max,gat_aggregate,common_neighbors",
-                        help="comma-separated cases: spmm_sum, spmm_max, gat_aggregate, common_neighbors")
+    parser.add_argument("--features", default="32,128", help="comma-separated feature sizes (sparse family)")
+    parser.add_argument("--ops", default=",".join(bench.all_ops()),
+                        help=f"comma-separated cases (default: all of {', '.join(bench.all_ops())})")
     parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
     parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
     parser.add_argument("--memory", action="store_true",

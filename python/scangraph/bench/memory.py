@@ -1,6 +1,6 @@
 """Peak extra memory of one benchmark call, measured in a fresh process.
 
-    python -m scangraph.bench.memory OP GRAPH F IMPL PASS [--data DIR] [--quick] [--device cpu]
+    python -m scangraph.bench.memory OP LABEL IMPL PASS [--features F] [--data DIR] [--quick] [--device cpu]
 
 prints the megabytes by which one call raises the process's peak memory above what it held
 before the call: on CUDA the allocator's peak; on a Linux CPU the resident-set high-water mark
@@ -14,7 +14,8 @@ import sys
 import torch
 
 from scangraph import datasets
-from scangraph.bench import sparse
+from scangraph import bench
+from scangraph.bench.case import Options
 
 
 def _status_kb(field):
@@ -40,13 +41,13 @@ def measure(fn, device: torch.device) -> float:
     return max(0, _status_kb("VmHWM") - before) / 1024
 
 
-def peak_mb_in_subprocess(op, graph, features, impl, pass_name, device, data_dir, quick):
+def peak_mb_in_subprocess(case, impl, pass_name, device, options: Options):
     """Runs this module in a fresh interpreter; None when the measurement is unavailable."""
-    command = [sys.executable, "-m", "scangraph.bench.memory", op, graph, str(features), impl, pass_name,
-               "--device", str(device)]
-    if data_dir:
-        command += ["--data", data_dir]
-    if quick:
+    command = [sys.executable, "-m", "scangraph.bench.memory", case.op, case.label, impl, pass_name,
+               "--device", str(device), "--features", ",".join(map(str, options.features))]
+    if options.data_dir:
+        command += ["--data", str(options.data_dir)]
+    if options.quick:
         command.append("--quick")
     result = subprocess.run(command, capture_output=True, text=True)
     try:
@@ -57,22 +58,23 @@ def peak_mb_in_subprocess(op, graph, features, impl, pass_name, device, data_dir
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m scangraph.bench.memory")
-    for name in ("op", "graph", "features", "impl", "pass_name"):
+    for name in ("op", "label", "impl", "pass_name"):
         parser.add_argument(name)
+    parser.add_argument("--features", default="32,128")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    data_dir = args.data or datasets.shared_data_dir()
+    options = Options(quick=args.quick, data_dir=args.data or datasets.shared_data_dir(),
+                      features=[int(f) for f in args.features.split(",")], ops=(args.op,), only=args.label)
     # Only the measured case is built: tensors built and freed before the call would stay
     # resident and hide part of its peak.
-    for case in sparse.spmm_cases(device, torch.float32, [int(args.features)], data_dir, args.quick,
-                                  ops=(args.op,), only_graph=args.graph):
-        if case.graph == args.graph:
+    for case in bench.cases(device, torch.float32, options):
+        if case.op == args.op and case.label == args.label:
             print(round(measure(case.impls[args.impl][args.pass_name], device), 1))
             return 0
-    print(f"no case {args.op} on {args.graph}", file=sys.stderr)
+    print(f"no case {args.op} on {args.label}", file=sys.stderr)
     return 1
 
 

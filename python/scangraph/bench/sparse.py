@@ -9,29 +9,15 @@ col, x read once, out written once (the backward traverses the transpose the sam
 """
 import os
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable
 
 import torch
 
 import scangraph
 from scangraph import CSRGraph, datasets, reference
-from scangraph.backend import BackendUnavailable, resolve
+from scangraph.bench.case import Case, Options, our_backends
 
-
-@dataclass
-class Case:
-    op: str
-    graph: str
-    nodes: int
-    edges: int
-    features: int
-    dtype: torch.dtype
-    device: torch.device
-    bytes_fwd: int          # compulsory bytes of one forward
-    gathered_fwd: int       # bytes if every gathered source row came from memory
-    impls: Dict[str, Dict[str, Callable[[], object]]] = field(default_factory=dict)
-    # impls[name][pass] with pass in ("fwd", "fwd+bwd")
+OPS = ("spmm_sum", "spmm_max", "gat_aggregate", "common_neighbors")
 
 
 def bench_graphs(data_dir, quick: bool, only=None):
@@ -55,17 +41,14 @@ def bench_graphs(data_dir, quick: bool, only=None):
         yield ("rmat-64k", *datasets.rmat(65_536, 700_000, seed=1))
 
 
-def _backends(device: torch.device) -> List[str]:
-    names = []
-    for backend in (("cpp", "triton") if device.type == "cpu" else ("cuda", "triton")):
-        if device.type == "cpu" and backend == "triton":
-            continue  # the interpreter is a correctness tool, not a speed contender
-        try:
-            resolve("spmm", backend, device)
-            names.append(backend)
-        except BackendUnavailable:
-            pass
-    return names
+def _label(graph_name: str, f: int) -> str:
+    return f"{graph_name} F={f}"
+
+
+def _columns(graph_name: str, graph: CSRGraph, f: int, gathered_fwd: int) -> dict:
+    # gathered: bytes if every gathered source row came from memory (an upper bound of traffic)
+    return {"graph": graph_name, "nodes": graph.num_rows, "edges": graph.num_edges, "F": f,
+            "gathered_bytes": gathered_fwd}
 
 
 def _fwd_bwd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor):
@@ -87,8 +70,8 @@ def _feature_case(op: str, name: str, graph: CSRGraph, f: int, dtype: torch.dtyp
     x = torch.randn(graph.num_cols, f, dtype=dtype, device=device)
     grad = torch.randn(grad_rows, f, dtype=dtype, device=device)
     xg = x.clone().requires_grad_()
-    case = Case(op=op, graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=f, dtype=dtype,
-                device=device, bytes_fwd=bytes_fwd, gathered_fwd=gathered_fwd)
+    case = Case(op=op, label=_label(name, f), dtype=dtype, device=device, bytes_fwd=bytes_fwd,
+                columns=_columns(name, graph, f, gathered_fwd))
 
     def add(impl, forward):
         case.impls[impl] = {"fwd": lambda: forward(x), "fwd+bwd": _fwd_bwd(forward, xg, grad)}
@@ -108,7 +91,7 @@ def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: t
         "spmm_sum", name, graph, f, dtype, device,
         bytes_fwd=_csr_bytes(graph) + element * f * (graph.num_cols + graph.num_rows),
         gathered_fwd=element * f * graph.num_edges, grad_rows=graph.num_rows)
-    for backend in _backends(device):
+    for backend in our_backends("spmm", device):
         add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "sum", backend=b))
     add("torch.sparse.mm", lambda t: torch.sparse.mm(matrix, t))
     add("pyg_scatter", lambda t: torch.zeros(graph.num_rows, f, dtype=t.dtype, device=t.device)
@@ -126,7 +109,7 @@ def _spmm_max_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, devic
         # out and the int64 arg written, besides what sum moves
         bytes_fwd=_csr_bytes(graph) + element * f * (graph.num_cols + graph.num_rows) + 8 * f * graph.num_rows,
         gathered_fwd=element * f * graph.num_edges, grad_rows=graph.num_rows)
-    for backend in _backends(device):
+    for backend in our_backends("spmm", device):
         add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "max", backend=b))
     add("pyg_scatter", lambda t: torch.zeros(graph.num_rows, f, dtype=t.dtype, device=t.device)
         .scatter_reduce(0, index, t.index_select(0, src), "amax", include_self=False))
@@ -157,10 +140,9 @@ def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: to
         return torch.zeros(graph.num_rows, heads, per_head, dtype=dtype, device=device).index_add(0, dst, messages)
 
     case = Case(
-        op="gat_aggregate", graph=name, nodes=graph.num_rows, edges=graph.num_edges, features=heads * per_head,
-        dtype=dtype, device=device,
-        bytes_fwd=_csr_bytes(graph) + element * heads * (per_head * (graph.num_cols + graph.num_rows) + graph.num_cols + graph.num_rows),
-        gathered_fwd=element * heads * per_head * graph.num_edges)
+        op="gat_aggregate", label=_label(name, f), dtype=dtype, device=device,
+        columns=_columns(name, graph, heads * per_head, element * heads * per_head * graph.num_edges),
+        bytes_fwd=_csr_bytes(graph) + element * heads * (per_head * (graph.num_cols + graph.num_rows) + graph.num_cols + graph.num_rows))
 
     def add(impl, forward):
         def fwd_bwd():
@@ -169,7 +151,7 @@ def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: to
             forward(*inputs).backward(grad)
         case.impls[impl] = {"fwd": lambda: forward(x, a_src, a_dst), "fwd+bwd": fwd_bwd}
 
-    for backend in _backends(device):
+    for backend in our_backends("gat_aggregate", device):
         add(f"scangraph.{backend}", lambda *t, b=backend: scangraph.gat_aggregate(graph, *t, backend=b))
     add("pyg_gat_propagate", pyg)
     return case
@@ -193,7 +175,7 @@ def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype
         "common_neighbors", name, graph, f, dtype, device,
         bytes_fwd=_csr_bytes(graph) + 16 * src.numel() + element * f * (graph.num_cols + src.numel()),
         gathered_fwd=0, grad_rows=src.numel())
-    for backend in _backends(device):
+    for backend in our_backends("common_neighbors", device):
         add(f"scangraph.{backend}",
             lambda t, b=backend: scangraph.common_neighbor_aggregate(graph, t, src, dst, backend=b))
     add("sparse_product", lambda t: torch.sparse.mm(
@@ -201,12 +183,18 @@ def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype
     return case
 
 
-def spmm_cases(device: torch.device, dtype: torch.dtype, features: List[int], data_dir, quick: bool,
-               ops=("spmm_sum", "spmm_max", "gat_aggregate", "common_neighbors"), only_graph=None):
-    for name, edge_index, num_nodes in bench_graphs(data_dir, quick, only_graph):
+def cases(device: torch.device, dtype: torch.dtype, options: Options):
+    """The cases of the sparse family that options.ops names, for every graph and F."""
+    ops = [op for op in OPS if op in options.ops]
+    if not ops:
+        return
+    only_graph = None if options.only is None else options.only.rsplit(" F=", 1)[0]
+    for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
-        for f in features:
+        for f in options.features:
+            if options.only is not None and _label(name, f) != options.only:
+                continue
             if "spmm_sum" in ops:
                 yield _spmm_case(name, graph, f, dtype, device)
             if "spmm_max" in ops:

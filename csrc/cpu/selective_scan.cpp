@@ -1,0 +1,112 @@
+// CPU kernels of the selective scan (Mamba's S6 recurrence, ALGORITHMS.md section 1): forward,
+// backward and the one-step state update.
+//
+// The state of one (batch, channel) is a short vector over N held in 32-byte vectors (8 floats
+// or 4 doubles); exp is computed once per (position, state) with a vectorised exp2 polynomial.
+// Work is split over (batch, channel block), and positions are walked in chunks of kScanChunk:
+// varying B / C of a chunk are transposed once to (position, N) and reused by every channel of
+// the block. The backward walks the chunks in reverse, recomputing each chunk's states from its
+// checkpoint, so it keeps no (batch, dim, L, N) tensor; its reductions over channels and batch
+// go through fixed partitions (scan_partitions) and run in a fixed order: no atomics, the same
+// bits for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+#include "glue/selective_scan_args.h"
+
+namespace scangraph {
+namespace {
+
+#if !defined(__GNUC__)
+#error "csrc/cpu/selective_scan.cpp uses GCC / Clang vector extensions"
+#endif
+
+#if defined(__x86_64__)
+#define SCANGRAPH_SCAN_AVX2 1
+#else
+#define SCANGRAPH_SCAN_AVX2 0
+#endif
+#define SCANGRAPH_INLINE inline __attribute__((always_inline))
+
+// The kernels, compiled for the baseline ISA and for AVX2 + FMA (chosen at run time).
+namespace baseline {
+#include "selective_scan_body.inc"
+}  // namespace baseline
+#if SCANGRAPH_SCAN_AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "selective_scan_body.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+bool has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse) {
+  ScanForwardCall call =
+      prepare_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_cpu", [&] {
+#if SCANGRAPH_SCAN_AVX2
+    if (has_avx2_fma()) return avx2::scan_forward<scalar_t>(call.in.params);
+#endif
+    baseline::scan_forward<scalar_t>(call.in.params);
+  });
+  return {call.out, call.last_state, call.checkpoints};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+selective_scan_backward_cpu(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_last_state,
+                            const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                            const at::Tensor& C, const std::optional<at::Tensor>& D,
+                            const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+                            bool delta_softplus, const std::optional<at::Tensor>& initial_state,
+                            const std::optional<at::Tensor>& cu_seqlens, bool reverse,
+                            const at::Tensor& checkpoints) {
+  ScanBackwardCall call = prepare_selective_scan_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z,
+                                                          delta_bias, delta_softplus, initial_state, cu_seqlens,
+                                                          reverse, checkpoints);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_backward_cpu", [&] {
+#if SCANGRAPH_SCAN_AVX2
+    if (has_avx2_fma()) return avx2::scan_backward<scalar_t>(call.params);
+#endif
+    baseline::scan_backward<scalar_t>(call.params);
+  });
+  return scan_backward_results(call, A, B, C, D, delta_bias, initial_state);
+}
+
+at::Tensor selective_state_update_cpu(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
+                                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                      const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                                      const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
+  StateUpdateCall call = prepare_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "selective_state_update_cpu",
+                                  [&] { baseline::state_update<scalar_t>(call.params); });
+  if (call.copy_back) const_cast<at::Tensor&>(state).copy_(call.state_acc);
+  return call.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
+  m.impl("selective_scan", &selective_scan_cpu);
+  m.impl("selective_scan_backward", &selective_scan_backward_cpu);
+  m.impl("selective_state_update", &selective_state_update_cpu);
+}
+
+}  // namespace scangraph

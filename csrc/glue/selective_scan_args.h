@@ -1,0 +1,346 @@
+// Torch-side checks, copies and allocations shared by the CPU and CUDA glue of the selective
+// scan ops. Kernels get the torch-free structs of selective_scan_params.h.
+#pragma once
+#include <ATen/ATen.h>
+#include <optional>
+#include <vector>
+
+#include "scangraph/selective_scan_params.h"
+
+namespace scangraph {
+
+// float for half / bfloat16 / float inputs, double for double.
+inline at::ScalarType scan_acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Owns the contiguous (and acc-typed) copies that the parameter pointers refer to.
+struct ScanInputs {
+  at::Tensor u, delta, z, A, B, C, D, delta_bias, initial_state, cu_seqlens;
+  SelectiveScanParams params{};
+};
+
+inline void check_same_device(const at::Tensor& t, const at::Tensor& u, const char* op, const char* name) {
+  TORCH_CHECK(t.device() == u.device(), op, ": ", name, " is on ", t.device(), " but u is on ", u.device());
+}
+
+inline at::Tensor acc_vector(const std::optional<at::Tensor>& t, const at::Tensor& u, int64_t dim,
+                             const char* op, const char* name) {
+  if (!t.has_value()) return at::Tensor();
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == dim, op, ": ", name, " must be (dim,) = (", dim,
+              ",), got shape ", t->sizes());
+  TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be a float tensor, got ",
+              t->scalar_type());
+  check_same_device(*t, u, op, name);
+  return t->to(scan_acc_type(u.scalar_type())).contiguous();
+}
+
+// B or C: fixed (dim, N), or varying (batch, N, L) (one group) or (batch, groups, N, L).
+inline at::Tensor scan_bc(const at::Tensor& t, const at::Tensor& u, int64_t dstate, const char* op,
+                          const char* name, int64_t& groups) {
+  const int64_t batch = u.size(0), dim = u.size(1), length = u.size(2);
+  check_same_device(t, u, op, name);
+  if (t.dim() == 2) {
+    TORCH_CHECK(t.size(0) == dim && t.size(1) == dstate, op, ": fixed ", name, " must be (dim, N) = (",
+                dim, ", ", dstate, "), got shape ", t.sizes());
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a float tensor, got ",
+                t.scalar_type());
+    groups = 0;
+    return t.to(scan_acc_type(u.scalar_type())).contiguous();
+  }
+  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, op, ": ", name, " must be (dim, N), (batch, N, L) or ",
+              "(batch, groups, N, L), got shape ", t.sizes());
+  const at::Tensor v = t.dim() == 3 ? t.unsqueeze(1) : t;
+  TORCH_CHECK(v.size(0) == batch && v.size(2) == dstate && v.size(3) == length, op, ": varying ", name,
+              " must be (batch, groups, N, L) = (", batch, ", groups, ", dstate, ", ", length, "), got shape ",
+              t.sizes());
+  TORCH_CHECK(v.size(1) >= 1 && dim % v.size(1) == 0, op, ": dim (", dim, ") must be divisible by the ",
+              "number of groups of ", name, " (", v.size(1), ")");
+  TORCH_CHECK(t.scalar_type() == u.scalar_type(), op, ": varying ", name, " must have u's dtype (",
+              u.scalar_type(), "), got ", t.scalar_type());
+  groups = v.size(1);
+  return v.contiguous();
+}
+
+inline ScanInputs prepare_scan_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                      const at::Tensor& B, const at::Tensor& C,
+                                      const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                                      const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
+                                      const std::optional<at::Tensor>& initial_state,
+                                      const std::optional<at::Tensor>& cu_seqlens, bool reverse,
+                                      const char* op) {
+  TORCH_CHECK(u.dim() == 3, op, ": u must be (batch, dim, L), got shape ", u.sizes());
+  const at::ScalarType t = u.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
+              ": u must be float32, float16, bfloat16 or float64, got ", t);
+  TORCH_CHECK(delta.sizes() == u.sizes() && delta.scalar_type() == t, op, ": delta must match u (",
+              u.sizes(), ", ", t, "), got ", delta.sizes(), ", ", delta.scalar_type());
+  check_same_device(delta, u, op, "delta");
+  const int64_t batch = u.size(0), dim = u.size(1), length = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, op, ": A must be (dim, N) with dim = ", dim, ", got shape ",
+              A.sizes());
+  TORCH_CHECK(at::isFloatingType(A.scalar_type()), op, ": A must be a real float tensor, got ",
+              A.scalar_type());
+  check_same_device(A, u, op, "A");
+  const int64_t dstate = A.size(1);
+  TORCH_CHECK(dstate >= 1 && dstate <= kMaxDstate, op, ": the state size N = A.shape[1] must be in [1, ",
+              kMaxDstate, "], got ", dstate);
+  ScanInputs in;
+  const at::ScalarType acc = scan_acc_type(t);
+  in.u = u.contiguous();
+  in.delta = delta.contiguous();
+  in.A = A.to(acc).contiguous();
+  int64_t groups_b = 0, groups_c = 0;
+  in.B = scan_bc(B, u, dstate, op, "B", groups_b);
+  in.C = scan_bc(C, u, dstate, op, "C", groups_c);
+  TORCH_CHECK(groups_b == groups_c, op, ": B and C must both be fixed or both varying with one number of ",
+              "groups, got B ", B.sizes(), " and C ", C.sizes());
+  in.D = acc_vector(D, u, dim, op, "D");
+  in.delta_bias = acc_vector(delta_bias, u, dim, op, "delta_bias");
+  if (z.has_value()) {
+    TORCH_CHECK(z->sizes() == u.sizes() && z->scalar_type() == t, op, ": z must match u (", u.sizes(), ", ",
+                t, "), got ", z->sizes(), ", ", z->scalar_type());
+    check_same_device(*z, u, op, "z");
+    in.z = z->contiguous();
+  }
+  int64_t num_sequences = batch;
+  if (cu_seqlens.has_value()) {
+    const at::Tensor& cu = *cu_seqlens;
+    TORCH_CHECK(cu.dim() == 1 && cu.scalar_type() == at::kInt && cu.numel() >= 2, op,
+                ": cu_seqlens must be a 1-D int32 tensor of num_sequences + 1 >= 2 offsets, got ", cu.dim(),
+                "-D ", cu.scalar_type(), " of ", cu.numel());
+    TORCH_CHECK(batch == 1, op, ": cu_seqlens packs sequences along L and needs batch == 1, got batch ", batch);
+    check_same_device(cu, u, op, "cu_seqlens");
+    in.cu_seqlens = cu.contiguous();
+    if (cu.device().is_cpu()) {  // on a GPU the Python layer checks (one sync there, none here)
+      const int32_t* c = in.cu_seqlens.data_ptr<int32_t>();
+      TORCH_CHECK(c[0] == 0 && c[cu.numel() - 1] == length, op, ": cu_seqlens must start at 0 and end at L = ",
+                  length, ", got ", c[0], " ... ", c[cu.numel() - 1]);
+      for (int64_t i = 1; i < cu.numel(); ++i) {
+        TORCH_CHECK(c[i] >= c[i - 1], op, ": cu_seqlens must not decrease, got ", c[i - 1], " then ", c[i]);
+      }
+    }
+    num_sequences = cu.numel() - 1;
+  }
+  if (initial_state.has_value()) {
+    const at::Tensor& h0 = *initial_state;
+    TORCH_CHECK(h0.dim() == 3 && h0.size(0) == num_sequences && h0.size(1) == dim && h0.size(2) == dstate, op,
+                ": initial_state must be (", cu_seqlens.has_value() ? "num_sequences" : "batch", ", dim, N) = (",
+                num_sequences, ", ", dim, ", ", dstate, "), got shape ", h0.sizes());
+    TORCH_CHECK(at::isFloatingType(h0.scalar_type()), op, ": initial_state must be a float tensor, got ",
+                h0.scalar_type());
+    check_same_device(h0, u, op, "initial_state");
+    in.initial_state = h0.to(acc).contiguous();
+  }
+  SelectiveScanParams& p = in.params;
+  p.batch = batch;
+  p.dim = dim;
+  p.length = length;
+  p.dstate = dstate;
+  p.groups = groups_b;
+  p.num_chunks = scan_num_chunks(length);
+  p.num_sequences = num_sequences;
+  p.delta_softplus = delta_softplus;
+  p.reverse = reverse;
+  p.u = in.u.data_ptr();
+  p.delta = in.delta.data_ptr();
+  p.z = in.z.defined() ? in.z.data_ptr() : nullptr;
+  p.A = in.A.data_ptr();
+  p.B = in.B.data_ptr();
+  p.C = in.C.data_ptr();
+  p.D = in.D.defined() ? in.D.data_ptr() : nullptr;
+  p.delta_bias = in.delta_bias.defined() ? in.delta_bias.data_ptr() : nullptr;
+  p.initial_state = in.initial_state.defined() ? in.initial_state.data_ptr() : nullptr;
+  p.cu_seqlens = in.cu_seqlens.defined() ? in.cu_seqlens.data_ptr<int32_t>() : nullptr;
+  return in;
+}
+
+struct ScanForwardCall {
+  ScanInputs in;
+  at::Tensor out, last_state, checkpoints;
+};
+
+inline ScanForwardCall prepare_selective_scan(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse) {
+  ScanForwardCall call{prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                           cu_seqlens, reverse, "scangraph::selective_scan")};
+  SelectiveScanParams& p = call.in.params;
+  const auto acc = u.options().dtype(scan_acc_type(u.scalar_type()));
+  call.out = at::empty(u.sizes(), u.options());
+  call.last_state = at::empty({p.num_sequences, p.dim, p.dstate}, acc);
+  call.checkpoints = at::empty({p.batch, p.dim, p.num_chunks, p.dstate}, acc);
+  p.out = call.out.data_ptr();
+  p.last_state = call.last_state.data_ptr();
+  p.checkpoints = call.checkpoints.data_ptr();
+  return call;
+}
+
+struct ScanBackwardCall {
+  ScanInputs in;
+  SelectiveScanBackwardParams params{};
+  at::Tensor grad_out, grad_last_state, checkpoints;
+  at::Tensor du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state, param_partial, bc_partial;
+};
+
+inline ScanBackwardCall prepare_selective_scan_backward(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_last_state, const at::Tensor& u,
+    const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse,
+    const at::Tensor& checkpoints) {
+  const char* op = "scangraph::selective_scan_backward";
+  ScanBackwardCall call{prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                            cu_seqlens, reverse, op)};
+  const SelectiveScanParams& f = call.in.params;
+  const at::ScalarType acc_type = scan_acc_type(u.scalar_type());
+  const auto acc = u.options().dtype(acc_type);
+  TORCH_CHECK(grad_out.sizes() == u.sizes(), op, ": grad_out must have u's shape ", u.sizes(), ", got ",
+              grad_out.sizes());
+  call.grad_out = grad_out.to(u.scalar_type()).contiguous();
+  if (grad_last_state.has_value()) {
+    TORCH_CHECK(grad_last_state->sizes() == at::IntArrayRef({f.num_sequences, f.dim, f.dstate}), op,
+                ": grad_last_state must be (", f.num_sequences, ", ", f.dim, ", ", f.dstate, "), got ",
+                grad_last_state->sizes());
+    call.grad_last_state = grad_last_state->to(acc_type).contiguous();
+  }
+  TORCH_CHECK(checkpoints.sizes() == at::IntArrayRef({f.batch, f.dim, f.num_chunks, f.dstate}) &&
+                  checkpoints.scalar_type() == acc_type, op, ": checkpoints must be the forward's (", f.batch,
+              ", ", f.dim, ", ", f.num_chunks, ", ", f.dstate, ") ", acc_type, " tensor, got ",
+              checkpoints.sizes(), " ", checkpoints.scalar_type());
+  call.checkpoints = checkpoints.contiguous();
+  call.du = at::empty(u.sizes(), u.options());
+  call.ddelta = at::empty(u.sizes(), u.options());
+  call.dz = call.in.z.defined() ? at::empty(u.sizes(), u.options()) : at::empty({0}, u.options());
+  call.dA = at::empty({f.dim, f.dstate}, acc);
+  if (f.groups == 0) {
+    call.dB = at::empty({f.dim, f.dstate}, acc);
+    call.dC = at::empty({f.dim, f.dstate}, acc);
+    call.bc_partial = at::empty({0}, acc);
+  } else {
+    call.dB = at::empty(call.in.B.sizes(), u.options());
+    call.dC = at::empty(call.in.C.sizes(), u.options());
+    call.bc_partial = at::zeros({scan_partitions(f.dim / f.groups), f.batch, f.groups, 2, f.dstate, f.length}, acc);
+  }
+  call.dD = call.in.D.defined() ? at::empty({f.dim}, acc) : at::empty({0}, acc);
+  call.ddelta_bias = call.in.delta_bias.defined() ? at::empty({f.dim}, acc) : at::empty({0}, acc);
+  call.dinitial_state = call.in.initial_state.defined() ? at::empty({f.num_sequences, f.dim, f.dstate}, acc)
+                                                        : at::empty({0}, acc);
+  call.param_partial = at::zeros({f.batch, f.dim, 3 * f.dstate + 2}, acc);
+  SelectiveScanBackwardParams& p = call.params;
+  p.fwd = f;
+  p.fwd.checkpoints = call.checkpoints.data_ptr();
+  p.grad_out = call.grad_out.data_ptr();
+  p.grad_last_state = call.grad_last_state.defined() ? call.grad_last_state.data_ptr() : nullptr;
+  p.du = call.du.data_ptr();
+  p.ddelta = call.ddelta.data_ptr();
+  p.dz = call.in.z.defined() ? call.dz.data_ptr() : nullptr;
+  p.dA = call.dA.data_ptr();
+  p.dB = call.dB.data_ptr();
+  p.dC = call.dC.data_ptr();
+  p.dD = call.in.D.defined() ? call.dD.data_ptr() : nullptr;
+  p.ddelta_bias = call.in.delta_bias.defined() ? call.ddelta_bias.data_ptr() : nullptr;
+  p.dinitial_state = call.in.initial_state.defined() ? call.dinitial_state.data_ptr() : nullptr;
+  p.param_partial = call.param_partial.data_ptr();
+  p.bc_partial = f.groups == 0 ? nullptr : call.bc_partial.data_ptr();
+  return call;
+}
+
+// The gradients in the dtypes of the inputs they belong to (the kernels produce acc for the
+// acc-typed inputs); a varying B given as (batch, N, L) gets its gradient in that shape.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                  at::Tensor>
+scan_backward_results(ScanBackwardCall& call, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                      const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& delta_bias,
+                      const std::optional<at::Tensor>& initial_state) {
+  at::Tensor dB = call.dB.to(B.scalar_type()).reshape(B.sizes());
+  at::Tensor dC = call.dC.to(C.scalar_type()).reshape(C.sizes());
+  at::Tensor dD = D.has_value() ? call.dD.to(D->scalar_type()) : call.dD;
+  at::Tensor ddb = delta_bias.has_value() ? call.ddelta_bias.to(delta_bias->scalar_type()) : call.ddelta_bias;
+  at::Tensor dh0 = initial_state.has_value() ? call.dinitial_state.to(initial_state->scalar_type())
+                                             : call.dinitial_state;
+  return {call.du, call.ddelta, call.dA.to(A.scalar_type()), dB, dC, dD, call.dz, ddb, dh0};
+}
+
+// selective_state_update: the state is updated in place; a state not in acc is updated
+// through an acc copy, written back after the kernel.
+struct StateUpdateCall {
+  SelectiveStateUpdateParams params{};
+  at::Tensor state_acc, x, dt, A, B, C, D, z, dt_bias, out;
+  bool copy_back = false;
+};
+
+inline StateUpdateCall prepare_state_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
+                                            const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                            const std::optional<at::Tensor>& D,
+                                            const std::optional<at::Tensor>& z,
+                                            const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
+  const char* op = "scangraph::selective_state_update";
+  TORCH_CHECK(x.dim() == 2, op, ": x must be (batch, dim), got shape ", x.sizes());
+  const at::ScalarType t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
+              ": x must be float32, float16, bfloat16 or float64, got ", t);
+  const int64_t batch = x.size(0), dim = x.size(1);
+  TORCH_CHECK(dt.sizes() == x.sizes() && dt.scalar_type() == t, op, ": dt must match x (", x.sizes(), ", ", t,
+              "), got ", dt.sizes(), ", ", dt.scalar_type());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && at::isFloatingType(A.scalar_type()), op,
+              ": A must be a real (dim, N) tensor with dim = ", dim, ", got ", A.sizes(), " ", A.scalar_type());
+  const int64_t dstate = A.size(1);
+  TORCH_CHECK(dstate >= 1 && dstate <= kMaxDstate, op, ": N must be in [1, ", kMaxDstate, "], got ", dstate);
+  TORCH_CHECK(state.dim() == 3 && state.size(0) == batch && state.size(1) == dim && state.size(2) == dstate &&
+                  at::isFloatingType(state.scalar_type()), op, ": state must be a float (batch, dim, N) = (",
+              batch, ", ", dim, ", ", dstate, ") tensor, got ", state.sizes(), " ", state.scalar_type());
+  for (const at::Tensor* other : {&dt, &A, &B, &C, &state}) check_same_device(*other, x, op, "an input");
+  StateUpdateCall call;
+  const at::ScalarType acc = scan_acc_type(t);
+  const auto bc = [&](const at::Tensor& v, const char* name) {
+    TORCH_CHECK((v.dim() == 2 || v.dim() == 3) && v.size(0) == batch && v.size(-1) == dstate, op, ": ", name,
+                " must be (batch, N) or (batch, groups, N), got shape ", v.sizes());
+    const at::Tensor g = v.dim() == 2 ? v.unsqueeze(1) : v;
+    TORCH_CHECK(dim % g.size(1) == 0, op, ": dim (", dim, ") must be divisible by the groups of ", name, " (",
+                g.size(1), ")");
+    TORCH_CHECK(v.scalar_type() == t, op, ": ", name, " must have x's dtype (", t, "), got ", v.scalar_type());
+    return g.contiguous();
+  };
+  call.B = bc(B, "B");
+  call.C = bc(C, "C");
+  TORCH_CHECK(call.B.size(1) == call.C.size(1), op, ": B and C must have one number of groups");
+  call.x = x.contiguous();
+  call.dt = dt.contiguous();
+  call.A = A.to(acc).contiguous();
+  const auto vec = [&](const std::optional<at::Tensor>& v, const char* name) {
+    return acc_vector(v, x, dim, op, name);
+  };
+  call.D = vec(D, "D");
+  call.dt_bias = vec(dt_bias, "dt_bias");
+  if (z.has_value()) {
+    TORCH_CHECK(z->sizes() == x.sizes() && z->scalar_type() == t, op, ": z must match x (", x.sizes(), ", ", t,
+                "), got ", z->sizes(), ", ", z->scalar_type());
+    call.z = z->contiguous();
+  }
+  call.copy_back = state.scalar_type() != acc || !state.is_contiguous();
+  call.state_acc = call.copy_back ? state.to(acc).contiguous() : state;
+  call.out = at::empty(x.sizes(), x.options());
+  SelectiveStateUpdateParams& p = call.params;
+  p.batch = batch;
+  p.dim = dim;
+  p.dstate = dstate;
+  p.groups = call.B.size(1);
+  p.dt_softplus = dt_softplus;
+  p.state = call.state_acc.data_ptr();
+  p.x = call.x.data_ptr();
+  p.dt = call.dt.data_ptr();
+  p.A = call.A.data_ptr();
+  p.B = call.B.data_ptr();
+  p.C = call.C.data_ptr();
+  p.D = call.D.defined() ? call.D.data_ptr() : nullptr;
+  p.z = call.z.defined() ? call.z.data_ptr() : nullptr;
+  p.dt_bias = call.dt_bias.defined() ? call.dt_bias.data_ptr() : nullptr;
+  p.out = call.out.data_ptr();
+  return call;
+}
+
+}  // namespace scangraph

@@ -1,0 +1,45 @@
+"""What one benchmark case is, for every family: an op on one input shape, the implementations
+to time (ours and the baselines), and the bytes a forward must move."""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import torch
+
+from scangraph.backend import BackendUnavailable, resolve
+
+OURS = "scangraph."
+
+
+@dataclass
+class Options:
+    """What the command line asked for, as every family's case generator sees it."""
+    quick: bool = False
+    data_dir: object = None
+    features: List[int] = field(default_factory=lambda: [32, 128])
+    ops: tuple = ()
+    only: object = None     # a case label: build that case alone (the memory subprocess)
+
+
+@dataclass
+class Case:
+    op: str
+    label: str              # the input it runs on: a graph and F, or a shape
+    dtype: torch.dtype
+    device: torch.device
+    bytes_fwd: int          # compulsory bytes of one forward (the backward counts the same again)
+    columns: Dict[str, object] = field(default_factory=dict)   # extra table columns (sizes)
+    impls: Dict[str, Dict[str, Callable[[], object]]] = field(default_factory=dict)
+    # impls[name][pass] with pass in ("fwd", "fwd+bwd"); our backends are named "scangraph.<backend>"
+
+
+def our_backends(op: str, device: torch.device) -> List[str]:
+    """The compiled backends that run `op` on `device`; on CPU the Triton interpreter is a
+    correctness tool, not a speed contender, so it is left out."""
+    names = []
+    for backend in (("cpp",) if device.type == "cpu" else ("cuda", "triton")):
+        try:
+            resolve(op, backend, device)
+            names.append(backend)
+        except BackendUnavailable:
+            pass
+    return names

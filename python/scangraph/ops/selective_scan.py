@@ -1,0 +1,343 @@
+"""Selective scan (Mamba's S6 recurrence): selective_scan and selective_state_update.
+
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t . h_t + D u_t,   out_t = y_t silu(z_t)
+
+`selective_scan` takes mamba_ssm's `selective_scan_fn` arguments in the same order and adds
+what its kernel lacks: `initial_state` in (with its gradient), `cu_seqlens` for packed
+variable-length sequences, `reverse=True`, and a deterministic backward.
+
+Each backend is the op `scangraph::selective_scan` (C++ on CPU, CUDA on GPU) or
+`scangraph::selective_scan_triton`. The forward returns (out, last_state, checkpoints): the
+checkpoints are the state entering every CHUNK positions, all the backward op keeps; it
+recomputes each chunk's states from them, so no (batch, dim, L, N) tensor is ever stored.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from scangraph import backend as _backend
+from scangraph import reference
+from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+
+CHUNK = 64          # positions per checkpoint: kScanChunk of csrc/include/scangraph/selective_scan_params.h
+MAX_DSTATE = 256
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _partitions(channels_per_group: int) -> int:
+    """scan_partitions of the params header: the fixed channel partitions of a varying dB / dC."""
+    return min(max(channels_per_group // CHUNK, 1), 16)
+
+
+# ---- fake kernels ---------------------------------------------------------------------------
+def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse):
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    states = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    acc = _acc(u.dtype)
+    chunks = (length + CHUNK - 1) // CHUNK
+    return (u.new_empty(u.shape), u.new_empty((states, dim, dstate), dtype=acc),
+            u.new_empty((batch, dim, chunks, dstate), dtype=acc))
+
+
+def _scan_backward_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                        initial_state, cu_seqlens, reverse, checkpoints):
+    acc = _acc(u.dtype)
+    absent = u.new_empty((0,), dtype=acc)
+    return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape), B.new_empty(B.shape),
+            C.new_empty(C.shape), absent if D is None else D.new_empty(D.shape),
+            u.new_empty((0,)) if z is None else u.new_empty(u.shape),
+            absent if delta_bias is None else delta_bias.new_empty(delta_bias.shape),
+            absent if initial_state is None else initial_state.new_empty(initial_state.shape))
+
+
+def _state_update_fake(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return x.new_empty(x.shape)
+
+
+# ---- autograd -------------------------------------------------------------------------------
+def _register_autograd(suffix: str):
+    backward_op = getattr(torch.ops.scangraph, f"selective_scan_backward{suffix}")
+
+    def setup(ctx, inputs, output):
+        (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse) = inputs
+        ctx.flags = (delta_softplus, reverse)
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
+
+    def backward(ctx, grad_out, grad_last_state, _grad_checkpoints):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, checkpoints = ctx.saved_tensors
+        delta_softplus, reverse = ctx.flags
+        if grad_out is None:  # only last_state was used
+            grad_out = torch.zeros_like(u)
+        grads = backward_op(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                            initial_state, cu_seqlens, reverse, checkpoints)
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial = grads
+        return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
+                ddelta_bias if delta_bias is not None else None, None,
+                dinitial if initial_state is not None else None, None, None)
+
+    torch.library.register_autograd(f"scangraph::selective_scan{suffix}", backward, setup_context=setup)
+
+
+def _register_cpp_ops():
+    if not hasattr(torch.ops.scangraph, "selective_scan"):  # compiled library not loaded
+        return
+    torch.library.register_fake("scangraph::selective_scan")(_scan_fake)
+    torch.library.register_fake("scangraph::selective_scan_backward")(_scan_backward_fake)
+    torch.library.register_fake("scangraph::selective_state_update")(_state_update_fake)
+    _register_autograd("")
+
+
+def _triton_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens):
+    """What the C++ glue does before a kernel runs: contiguous inputs, fp32 (fp64) parameters,
+    varying B / C as (batch, groups, N, L)."""
+    acc = _acc(u.dtype)
+
+    def param(t):
+        return None if t is None else t.to(acc).contiguous()
+
+    def bc(t):
+        if t.dim() == 2:
+            return t.to(acc).contiguous()
+        return (t.unsqueeze(1) if t.dim() == 3 else t).contiguous()
+
+    return (u.contiguous(), delta.contiguous(), A.to(acc).contiguous(), bc(B), bc(C), param(D),
+            None if z is None else z.contiguous(), param(delta_bias), param(initial_state),
+            None if cu_seqlens is None else cu_seqlens.contiguous())
+
+
+def _register_triton_ops():
+    if _TRITON_IMPORT_ERROR is not None:
+        return
+    from torch.library import triton_op, wrap_triton
+
+    from scangraph.triton_kernels import selective_scan as kernels
+
+    @triton_op("scangraph::selective_scan_triton", mutates_args=())
+    def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                              C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+                              delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+                              initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                              reverse: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, last_state, checkpoints = _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                  initial_state, cu_seqlens, reverse)
+        (u_, delta_, A_, B_, C_, D_, z_, bias_, h0_, cu_) = _triton_inputs(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
+        kernels.launch_selective_scan(wrap_triton, u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus, h0_,
+                                      cu_, reverse, out, last_state, checkpoints)
+        return out, last_state, checkpoints
+
+    @triton_op("scangraph::selective_scan_backward_triton", mutates_args=())
+    def selective_scan_backward_triton(
+            grad_out: torch.Tensor, grad_last_state: Optional[torch.Tensor], u: torch.Tensor, delta: torch.Tensor,
+            A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+            delta_bias: Optional[torch.Tensor], delta_softplus: bool, initial_state: Optional[torch.Tensor],
+            cu_seqlens: Optional[torch.Tensor], reverse: bool, checkpoints: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+               torch.Tensor, torch.Tensor]:
+        (u_, delta_, A_, B_, C_, D_, z_, bias_, h0_, cu_) = _triton_inputs(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
+        acc = _acc(u.dtype)
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        varying = B_.dim() == 4
+        du, ddelta = torch.empty_like(u_), torch.empty_like(u_)
+        dz = torch.empty_like(u_) if z is not None else None
+        dA = torch.empty_like(A_)
+        dB, dC = torch.empty_like(B_), torch.empty_like(C_)
+        dD = torch.empty_like(D_) if D is not None else None
+        dbias = torch.empty_like(bias_) if delta_bias is not None else None
+        dh0 = torch.empty_like(h0_) if initial_state is not None else None
+        param_partial = u.new_zeros((batch, dim, 3 * dstate + 2), dtype=acc)
+        bc_partial = None
+        if varying:
+            groups = B_.shape[1]
+            bc_partial = u.new_zeros((_partitions(dim // groups), batch, groups, 2, dstate, length), dtype=acc)
+        g_last = None if grad_last_state is None else grad_last_state.to(acc).contiguous()
+        kernels.launch_selective_scan_backward(
+            wrap_triton, grad_out.to(u.dtype).contiguous(), g_last, u_, delta_, A_, B_, C_, D_, z_, bias_,
+            delta_softplus, h0_, cu_, reverse, checkpoints.contiguous(), du, ddelta, dz, dA, dB, dC, dD, dbias,
+            dh0, param_partial, bc_partial)
+        absent = u.new_empty((0,), dtype=acc)
+        return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype).reshape(B.shape), dC.to(C.dtype).reshape(C.shape),
+                absent if dD is None else dD.to(D.dtype),
+                u.new_empty((0,)) if dz is None else dz,
+                absent if dbias is None else dbias.to(delta_bias.dtype),
+                absent if dh0 is None else dh0.to(initial_state.dtype))
+
+    @triton_op("scangraph::selective_state_update_triton", mutates_args={"state"})
+    def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                                      B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                                      z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                                      dt_softplus: bool) -> torch.Tensor:
+        acc = _acc(x.dtype)
+        out = torch.empty_like(x)
+        work = state if state.dtype == acc and state.is_contiguous() else state.to(acc).contiguous()
+        bc = [(t.unsqueeze(1) if t.dim() == 2 else t).contiguous() for t in (B, C)]
+        kernels.launch_selective_state_update(
+            wrap_triton, work, x.contiguous(), dt.contiguous(), A.to(acc).contiguous(), bc[0], bc[1],
+            None if D is None else D.to(acc).contiguous(), None if z is None else z.contiguous(),
+            None if dt_bias is None else dt_bias.to(acc).contiguous(), dt_softplus, out)
+        if work is not state:
+            state.copy_(work)
+        return out
+
+    _register_autograd("_triton")
+
+
+_register_cpp_ops()
+try:
+    _register_triton_ops()
+except ImportError:  # the Triton kernels of this family are not part of this checkout
+    pass
+
+
+# ---- checks ---------------------------------------------------------------------------------
+def _check_tensor(op, name, t, shape=None, dtypes=_FLOATS, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must be one of {[str(d) for d in dtypes]}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{op}: {name} is on {t.device} but u is on {device}")
+
+
+def _check_bc(op, name, t, u, dstate):
+    batch, dim, length = u.shape
+    _check_tensor(op, name, t, device=u.device)
+    if t.dim() == 2:
+        if tuple(t.shape) != (dim, dstate):
+            raise ValueError(f"{op}: fixed {name} must be (dim, N) = {(dim, dstate)}, got {tuple(t.shape)}")
+        return 0
+    if t.dim() not in (3, 4):
+        raise ValueError(f"{op}: {name} must be (dim, N), (batch, N, L) or (batch, groups, N, L), "
+                         f"got shape {tuple(t.shape)}")
+    groups = t.shape[1] if t.dim() == 4 else 1
+    if (t.shape[0], t.shape[-2], t.shape[-1]) != (batch, dstate, length):
+        raise ValueError(f"{op}: varying {name} must be (batch, groups, N, L) with batch={batch}, N={dstate}, "
+                         f"L={length}, got {tuple(t.shape)}")
+    if groups < 1 or dim % groups:
+        raise ValueError(f"{op}: dim ({dim}) must be divisible by the number of groups of {name} ({groups})")
+    if t.dtype != u.dtype:
+        raise TypeError(f"{op}: varying {name} must have u's dtype ({u.dtype}), got {t.dtype}")
+    return groups
+
+
+def _check_cu_seqlens(op, cu_seqlens, u):
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32:
+        raise TypeError(f"{op}: cu_seqlens must be a 1-D int32 tensor of sequence offsets, got "
+                        f"{cu_seqlens.dtype if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__}")
+    if cu_seqlens.device != u.device:
+        raise ValueError(f"{op}: cu_seqlens is on {cu_seqlens.device} but u is on {u.device}")
+    if u.shape[0] != 1:
+        raise ValueError(f"{op}: cu_seqlens packs sequences along L and needs batch == 1, got batch {u.shape[0]}")
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"{op}: cu_seqlens needs at least 2 offsets (one sequence), got {cu_seqlens.numel()}")
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0 or offsets[-1] != u.shape[2]:
+        raise ValueError(f"{op}: cu_seqlens must start at 0 and end at L = {u.shape[2]}, got "
+                         f"{offsets[0]} ... {offsets[-1]}")
+    if any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"{op}: cu_seqlens must not decrease, got {offsets}")
+    return len(offsets) - 1
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, initial_state=None, cu_seqlens=None, reverse=False,
+                   backend="auto"):
+    """Mamba's selective scan, a drop-in for mamba_ssm's `selective_scan_fn` (Gu & Dao 2023).
+
+    Args:
+        u, delta: (batch, dim, L), float32 / float16 / bfloat16 (float64 for tests).
+        A: (dim, N) real, N <= 256. B, C: (dim, N) fixed, or (batch, N, L) / (batch, groups, N, L)
+            varying in u's dtype, dim divisible by groups.
+        D, delta_bias: (dim,). z: (batch, dim, L): out = y * silu(z).
+        delta_softplus: delta = softplus(delta + delta_bias) (mamba's softplus, linear above 20).
+        return_last_state: also return the final state (states, dim, N), float32 (float64).
+        initial_state: (states, dim, N), the state before the first position (default 0);
+            states = batch, or the number of sequences with cu_seqlens. Differentiable.
+        cu_seqlens: int32 (num_sequences + 1,) offsets into L (batch must be 1): packed
+            sequences, each scanned from its own initial state.
+        reverse: scan from the last position to the first.
+        backend: "auto" | "cpp" | "cuda" | "triton" | "reference".
+    Returns:
+        out (batch, dim, L) in u's dtype, or (out, last_state). The state and every sum are
+        float32 (float64 for float64 u). The backward keeps only the checkpoints (the state
+        every 64 positions), and it is deterministic: no atomics.
+    """
+    op = "selective_scan"
+    _check_tensor(op, "u", u)
+    if u.dim() != 3:
+        raise ValueError(f"{op}: u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    _check_tensor(op, "delta", delta, u.shape, (u.dtype,), u.device)
+    _check_tensor(op, "A", A, device=u.device, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"{op}: A must be (dim, N) with dim = {dim}, got shape {tuple(A.shape)}")
+    dstate = A.shape[1]
+    if not 1 <= dstate <= MAX_DSTATE:
+        raise ValueError(f"{op}: the state size N = A.shape[1] must be in [1, {MAX_DSTATE}], got {dstate}")
+    groups_b, groups_c = _check_bc(op, "B", B, u, dstate), _check_bc(op, "C", C, u, dstate)
+    if groups_b != groups_c:
+        raise ValueError(f"{op}: B and C must both be fixed or both varying with one number of groups, got "
+                         f"{tuple(B.shape)} and {tuple(C.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            _check_tensor(op, name, t, (dim,), device=u.device)
+    if z is not None:
+        _check_tensor(op, "z", z, u.shape, (u.dtype,), u.device)
+    states = batch
+    if cu_seqlens is not None:
+        states = _check_cu_seqlens(op, cu_seqlens, u)
+    if initial_state is not None:
+        _check_tensor(op, "initial_state", initial_state, (states, dim, dstate), device=u.device)
+    name = _backend.resolve(op, backend, u.device)
+    if name == "reference":
+        out, last_state = reference.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                   initial_state, cu_seqlens, reverse)
+        last_state = last_state.to(_acc(u.dtype))
+    else:
+        scan = torch.ops.scangraph.selective_scan_triton if name == "triton" else torch.ops.scangraph.selective_scan
+        out, last_state, _ = scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
+                                  cu_seqlens, bool(reverse))
+    return (out, last_state) if return_last_state else out
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *,
+                           backend="auto"):
+    """One decoding step of the selective scan, mamba_ssm's `selective_state_update`: updates
+    `state` (batch, dim, N) in place and returns y (batch, dim). x, dt, z: (batch, dim);
+    B, C: (batch, N) or (batch, groups, N); A: (dim, N); D, dt_bias: (dim,). Equals
+    selective_scan over one position with initial_state=state. No gradient (inference)."""
+    op = "selective_state_update"
+    _check_tensor(op, "x", x)
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be (batch, dim), got shape {tuple(x.shape)}")
+    batch, dim = x.shape
+    _check_tensor(op, "dt", dt, x.shape, (x.dtype,), x.device)
+    _check_tensor(op, "A", A, device=x.device)
+    if A.dim() != 2 or A.shape[0] != dim or not 1 <= A.shape[1] <= MAX_DSTATE:
+        raise ValueError(f"{op}: A must be (dim, N) with dim = {dim} and N <= {MAX_DSTATE}, got {tuple(A.shape)}")
+    dstate = A.shape[1]
+    _check_tensor(op, "state", state, (batch, dim, dstate), device=x.device)
+    for name, t in (("B", B), ("C", C)):
+        _check_tensor(op, name, t, dtypes=(x.dtype,), device=x.device)
+        groups = t.shape[1] if t.dim() == 3 else 1
+        if t.dim() not in (2, 3) or t.shape[0] != batch or t.shape[-1] != dstate or dim % groups:
+            raise ValueError(f"{op}: {name} must be (batch, N) or (batch, groups, N) with groups dividing dim, "
+                             f"got {tuple(t.shape)}")
+    name = _backend.resolve(op, backend, x.device)
+    if name == "reference":
+        y, new_state = reference.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        state.copy_(new_state)
+        return y
+    step = (torch.ops.scangraph.selective_state_update_triton if name == "triton"
+            else torch.ops.scangraph.selective_state_update)
+    return step(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
