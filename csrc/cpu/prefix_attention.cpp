@@ -1,9 +1,9 @@
 // CPU kernels of prefix-scan attention (Aaren): forward (also serving the in-place step op)
 // and backward. The math is in scangraph/prefix_attention_params.h.
 //
-// One task per (sequence, head), spread over threads with at::parallel_for: a task walks its
-// positions once, forms the score s_t = scale q . k_t on the fly, keeps (m, c, w) in an opmath
-// buffer and writes o_t (and m_t, c_t for the backward). Every output element has one owner, so
+// Tasks of (sequence, block of heads) spread over threads with at::parallel_for: a task walks
+// its positions once, forms the scores s_t = scale q . k_t on the fly, keeps each head's
+// (m, c, w) in an opmath buffer and writes o_t (and m_t, c_t for the backward). Every output element has one owner, so
 // results do not depend on the thread count; dq is one partial per task, summed afterwards in a
 // fixed order.
 #include <ATen/ATen.h>
@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -61,164 +62,233 @@ SCANGRAPH_PA_INLINE SequenceSpan sequence_span(const Params& p, int64_t seq) {
   return {seq, 0, p.seqlen};
 }
 
-// Sequences [task_begin / heads, ...) x heads of the forward. Scratch: d + dv opmath values.
+// A task is one sequence and a block of adjacent heads, walked position by position with every
+// head of the block: the block's rows of k, v and o are contiguous, so the walk streams memory,
+// and the heads' scans are independent dependency chains the core overlaps. A head's arithmetic
+// does not depend on the block it is in: results are the same for every blocking.
+struct TaskLayout {
+  int64_t heads_per_task, blocks_per_seq;
+};
+
+// Heads per task: at most kMaxHeadBlock, fewer when that leaves fewer than kTasksPerThread
+// tasks per thread (so short batches still use every thread).
+constexpr int64_t kMaxHeadBlock = 8;
+constexpr int64_t kTasksPerThread = 4;
+
+template <typename Params>
+TaskLayout task_layout(const Params& p) {
+  const int64_t wanted = std::max<int64_t>(1, at::get_num_threads() * kTasksPerThread);
+  const int64_t block = std::clamp<int64_t>(p.num_seqs * p.heads / wanted, 1, std::min(kMaxHeadBlock, p.heads));
+  return {block, (p.heads + block - 1) / block};
+}
+
+struct Task {
+  int64_t seq, head_begin, head_end;
+};
+
+SCANGRAPH_PA_INLINE Task task_of(int64_t task, const TaskLayout& layout, int64_t heads) {
+  const int64_t seq = task / layout.blocks_per_seq;
+  const int64_t begin = (task % layout.blocks_per_seq) * layout.heads_per_task;
+  return {seq, begin, std::min(begin + layout.heads_per_task, heads)};
+}
+
+// Forward tasks [task_begin, task_end). Scratch: kMaxHeadBlock * (d + dv) opmath values.
 template <typename scalar_t>
-SCANGRAPH_PA_INLINE void forward_tasks(const PrefixAttentionParams& p, int64_t task_begin, int64_t task_end,
-                                       at::opmath_type<scalar_t>* scratch) {
+SCANGRAPH_PA_INLINE void forward_tasks(const PrefixAttentionParams& p, const TaskLayout& layout, int64_t task_begin,
+                                       int64_t task_end, at::opmath_type<scalar_t>* scratch) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.heads, D = p.dim, DV = p.dim_v;
-  acc_t* __restrict__ qs = scratch;      // scale * q
-  acc_t* __restrict__ w = scratch + D;   // running numerator
+  acc_t* __restrict__ qs_all = scratch;                      // scale * q, per head of the block
+  acc_t* __restrict__ w_all = scratch + kMaxHeadBlock * D;   // running numerators
+  acc_t m[kMaxHeadBlock], c[kMaxHeadBlock];
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t seq = task / H, h = task % H, state = seq * H + h;
-    const SequenceSpan span = sequence_span(p, seq);
-    const scalar_t* q = static_cast<const scalar_t*>(p.q) + span.batch * p.q_batch_stride + h * p.q_head_stride;
-    for (int64_t i = 0; i < D; ++i) qs[i] = acc_t(p.scale) * acc_t(q[i]);
-    acc_t m = -std::numeric_limits<acc_t>::infinity(), c = 0;
-    if (p.m0 != nullptr) {
-      m = static_cast<const acc_t*>(p.m0)[state];
-      c = static_cast<const acc_t*>(p.c0)[state];
-      const acc_t* w0 = static_cast<const acc_t*>(p.w0) + state * DV;
-      for (int64_t i = 0; i < DV; ++i) w[i] = w0[i];
-    } else {
-      for (int64_t i = 0; i < DV; ++i) w[i] = 0;
-    }
-    const scalar_t* k = static_cast<const scalar_t*>(p.k) + span.batch * p.k_batch_stride + h * p.k_head_stride;
-    const scalar_t* v = static_cast<const scalar_t*>(p.v) + span.batch * p.v_batch_stride + h * p.v_head_stride;
-    for (int64_t t = span.begin; t < span.end; ++t) {
-      const scalar_t* __restrict__ vt = v + t * p.v_pos_stride;
-      const acc_t s = dot<acc_t>(qs, k + t * p.k_pos_stride, D);
-      if (s > m) {  // a new maximum: rescale the old sums by e^{m - s} <= 1, the new term weighs 1
-        const acc_t alpha = gate(m, s);
-        c = c * alpha + acc_t(1);
-        for (int64_t i = 0; i < DV; ++i) w[i] = w[i] * alpha + acc_t(vt[i]);
-        m = s;
+    const Task tk = task_of(task, layout, H);
+    const int64_t nh = tk.head_end - tk.head_begin;
+    const SequenceSpan span = sequence_span(p, tk.seq);
+    for (int64_t j = 0; j < nh; ++j) {
+      const int64_t h = tk.head_begin + j, state = tk.seq * H + h;
+      const scalar_t* q = static_cast<const scalar_t*>(p.q) + span.batch * p.q_batch_stride + h * p.q_head_stride;
+      acc_t* qs = qs_all + j * D;
+      acc_t* w = w_all + j * DV;
+      for (int64_t i = 0; i < D; ++i) qs[i] = acc_t(p.scale) * acc_t(q[i]);
+      m[j] = -std::numeric_limits<acc_t>::infinity();
+      c[j] = 0;
+      if (p.m0 != nullptr) {
+        m[j] = static_cast<const acc_t*>(p.m0)[state];
+        c[j] = static_cast<const acc_t*>(p.c0)[state];
+        const acc_t* w0 = static_cast<const acc_t*>(p.w0) + state * DV;
+        for (int64_t i = 0; i < DV; ++i) w[i] = w0[i];
       } else {
-        const acc_t weight = std::exp(s - m);
-        c += weight;
-        for (int64_t i = 0; i < DV; ++i) w[i] += weight * acc_t(vt[i]);
+        for (int64_t i = 0; i < DV; ++i) w[i] = 0;
       }
-      const int64_t row = (span.batch * p.seqlen + t) * H + h;
-      // c is 0 only for an initial state with a large max and no mass: its output is 0.
-      const acc_t inv = c > acc_t(0) ? acc_t(1) / c : acc_t(0);
-      scalar_t* __restrict__ o = static_cast<scalar_t*>(p.o) + row * DV;
-      for (int64_t i = 0; i < DV; ++i) o[i] = scalar_t(w[i] * inv);
-      if (p.m_stats != nullptr) {
-        static_cast<acc_t*>(p.m_stats)[row] = m;
-        static_cast<acc_t*>(p.c_stats)[row] = c;
+    }
+    const scalar_t* k = static_cast<const scalar_t*>(p.k) + span.batch * p.k_batch_stride;
+    const scalar_t* v = static_cast<const scalar_t*>(p.v) + span.batch * p.v_batch_stride;
+    for (int64_t t = span.begin; t < span.end; ++t) {
+      const int64_t row0 = (span.batch * p.seqlen + t) * H;
+      for (int64_t j = 0; j < nh; ++j) {
+        const int64_t h = tk.head_begin + j;
+        acc_t* __restrict__ w = w_all + j * DV;
+        const scalar_t* __restrict__ vt = v + t * p.v_pos_stride + h * p.v_head_stride;
+        const acc_t s = dot<acc_t>(qs_all + j * D, k + t * p.k_pos_stride + h * p.k_head_stride, D);
+        if (s > m[j]) {  // a new maximum: rescale the old sums by e^{m - s} <= 1, the new term weighs 1
+          const acc_t alpha = gate(m[j], s);
+          c[j] = c[j] * alpha + acc_t(1);
+          for (int64_t i = 0; i < DV; ++i) w[i] = w[i] * alpha + acc_t(vt[i]);
+          m[j] = s;
+        } else {
+          const acc_t weight = std::exp(s - m[j]);
+          c[j] += weight;
+          for (int64_t i = 0; i < DV; ++i) w[i] += weight * acc_t(vt[i]);
+        }
+        const int64_t row = row0 + h;
+        // c is 0 only for an initial state with a large max and no mass: its output is 0.
+        const acc_t inv = c[j] > acc_t(0) ? acc_t(1) / c[j] : acc_t(0);
+        scalar_t* __restrict__ o = static_cast<scalar_t*>(p.o) + row * DV;
+        for (int64_t i = 0; i < DV; ++i) o[i] = scalar_t(w[i] * inv);
+        if (p.m_stats != nullptr) {
+          static_cast<acc_t*>(p.m_stats)[row] = m[j];
+          static_cast<acc_t*>(p.c_stats)[row] = c[j];
+        }
       }
     }
     // Written last: m_last / c_last / w_last may alias m0 / c0 / w0 (the step op).
-    static_cast<acc_t*>(p.m_last)[state] = m;
-    static_cast<acc_t*>(p.c_last)[state] = c;
-    acc_t* w_last = static_cast<acc_t*>(p.w_last) + state * DV;
-    for (int64_t i = 0; i < DV; ++i) w_last[i] = w[i];
+    for (int64_t j = 0; j < nh; ++j) {
+      const int64_t state = tk.seq * H + tk.head_begin + j;
+      static_cast<acc_t*>(p.m_last)[state] = m[j];
+      static_cast<acc_t*>(p.c_last)[state] = c[j];
+      acc_t* w_last = static_cast<acc_t*>(p.w_last) + state * DV;
+      for (int64_t i = 0; i < DV; ++i) w_last[i] = w_all[j * DV + i];
+    }
   }
 }
 
-// Scratch: 2 d + 2 dv opmath values.
+// Per-head scalars of the backward's reverse scans.
+template <typename acc_t>
+struct ReverseScan {
+  acc_t m0, c0, m_final, m_next, K_scalar, grad_max;
+};
+
+// Backward tasks. Scratch: kMaxHeadBlock * (2 d + 2 dv) opmath values.
 template <typename scalar_t>
-SCANGRAPH_PA_INLINE void backward_tasks(const PrefixAttentionBackwardParams& p, int64_t task_begin, int64_t task_end,
-                                        at::opmath_type<scalar_t>* scratch) {
+SCANGRAPH_PA_INLINE void backward_tasks(const PrefixAttentionBackwardParams& p, const TaskLayout& layout,
+                                        int64_t task_begin, int64_t task_end, at::opmath_type<scalar_t>* scratch) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.heads, D = p.dim, DV = p.dim_v;
-  acc_t* __restrict__ qs = scratch;               // scale * q
-  acc_t* __restrict__ dq = scratch + D;           // sum_j ds_j k_j
-  acc_t* __restrict__ K = scratch + 2 * D;        // the vector reverse scan
-  acc_t* __restrict__ row_v = scratch + 2 * D + DV;  // v_j in opmath, read twice
+  acc_t* __restrict__ qs_all = scratch;                                // scale * q
+  acc_t* __restrict__ dq_all = scratch + kMaxHeadBlock * D;            // sum_j ds_j k_j
+  acc_t* __restrict__ K_all = scratch + 2 * kMaxHeadBlock * D;         // the vector reverse scan
+  acc_t* __restrict__ v_all = scratch + kMaxHeadBlock * (2 * D + DV);  // v_j in opmath, read twice
   const acc_t* m_stats = static_cast<const acc_t*>(p.m_stats);
   const acc_t* c_stats = static_cast<const acc_t*>(p.c_stats);
+  ReverseScan<acc_t> scan[kMaxHeadBlock];
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t seq = task / H, h = task % H, state = seq * H + h;
-    const SequenceSpan span = sequence_span(p, seq);
-    const scalar_t* q = static_cast<const scalar_t*>(p.q) + span.batch * p.q_batch_stride + h * p.q_head_stride;
-    for (int64_t i = 0; i < D; ++i) {
-      qs[i] = acc_t(p.scale) * acc_t(q[i]);
-      dq[i] = 0;
-    }
-    const acc_t m0 = p.m0 ? static_cast<const acc_t*>(p.m0)[state] : -std::numeric_limits<acc_t>::infinity();
-    const acc_t c0 = p.m0 ? static_cast<const acc_t*>(p.c0)[state] : acc_t(0);
-    const acc_t* w0 = p.m0 ? static_cast<const acc_t*>(p.w0) + state * DV : nullptr;
-    const acc_t* grad_w_last = static_cast<const acc_t*>(p.grad_w_last) + state * DV;
-    const acc_t* w_last = static_cast<const acc_t*>(p.w_last) + state * DV;
-    const acc_t grad_c_last = static_cast<const acc_t*>(p.grad_c_last)[state];
-    // The final state's explicit dependence on its max m_T.
-    acc_t grad_max = static_cast<const acc_t*>(p.grad_m_last)[state] -
-                     grad_c_last * static_cast<const acc_t*>(p.c_last)[state] - dot<acc_t>(grad_w_last, w_last, DV);
-    const auto row_of = [&](int64_t t) { return (span.batch * p.seqlen + t) * H + h; };
-    const acc_t m_final = span.end > span.begin ? m_stats[row_of(span.end - 1)] : m0;
-    for (int64_t i = 0; i < DV; ++i) K[i] = grad_w_last[i];
-    acc_t K_scalar = -grad_c_last, m_next = m_final;
-    const scalar_t* k = static_cast<const scalar_t*>(p.k) + span.batch * p.k_batch_stride + h * p.k_head_stride;
-    const scalar_t* v = static_cast<const scalar_t*>(p.v) + span.batch * p.v_batch_stride + h * p.v_head_stride;
-    scalar_t* dk_base = static_cast<scalar_t*>(p.dk);
-    scalar_t* dv_base = static_cast<scalar_t*>(p.dv);
-    for (int64_t t = span.end - 1; t >= span.begin; --t) {
-      const int64_t row = row_of(t);
-      const acc_t m_t = m_stats[row], c_t = c_stats[row];
-      const acc_t g = gate(m_t, m_next);
-      const acc_t inv = c_t > acc_t(0) ? acc_t(1) / c_t : acc_t(0);
-      const scalar_t* __restrict__ go = static_cast<const scalar_t*>(p.grad_o) + row * DV;
-      const scalar_t* __restrict__ o = static_cast<const scalar_t*>(p.o) + row * DV;
-      const scalar_t* __restrict__ vt = v + t * p.v_pos_stride;
-      for (int64_t i = 0; i < DV; ++i) {
-        K[i] = K[i] * g + acc_t(go[i]) * inv;
-        row_v[i] = acc_t(vt[i]);
-      }
-      const acc_t o_dot = dot<acc_t>(o, go, DV);
-      K_scalar = K_scalar * g + o_dot * inv;
-      const scalar_t* __restrict__ kt = k + t * p.k_pos_stride;
-      const acc_t weight = std::exp(dot<acc_t>(qs, kt, D) - m_t);
-      scalar_t* __restrict__ dv_row = dv_base + row * DV;
-      for (int64_t i = 0; i < DV; ++i) dv_row[i] = scalar_t(weight * K[i]);
-      acc_t ds = weight * (dot<acc_t>(row_v, K, DV) - K_scalar);
-      const acc_t m_prev = t > span.begin ? m_stats[row_of(t - 1)] : m0;
-      if (m_t == m_final && m_prev < m_final) {  // the first score to reach the final max
-        ds += grad_max;
-        grad_max = 0;
-      }
-      scalar_t* __restrict__ dk_row = dk_base + row * D;
+    const Task tk = task_of(task, layout, H);
+    const int64_t nh = tk.head_end - tk.head_begin;
+    const SequenceSpan span = sequence_span(p, tk.seq);
+    const auto row_of = [&](int64_t t, int64_t h) { return (span.batch * p.seqlen + t) * H + h; };
+    for (int64_t j = 0; j < nh; ++j) {
+      const int64_t h = tk.head_begin + j, state = tk.seq * H + h;
+      const scalar_t* q = static_cast<const scalar_t*>(p.q) + span.batch * p.q_batch_stride + h * p.q_head_stride;
       for (int64_t i = 0; i < D; ++i) {
-        dk_row[i] = scalar_t(ds * qs[i]);
-        dq[i] += ds * acc_t(kt[i]);
+        qs_all[j * D + i] = acc_t(p.scale) * acc_t(q[i]);
+        dq_all[j * D + i] = 0;
       }
-      m_next = m_t;
+      ReverseScan<acc_t>& r = scan[j];
+      r.m0 = p.m0 ? static_cast<const acc_t*>(p.m0)[state] : -std::numeric_limits<acc_t>::infinity();
+      r.c0 = p.m0 ? static_cast<const acc_t*>(p.c0)[state] : acc_t(0);
+      const acc_t* grad_w_last = static_cast<const acc_t*>(p.grad_w_last) + state * DV;
+      const acc_t* w_last = static_cast<const acc_t*>(p.w_last) + state * DV;
+      const acc_t grad_c_last = static_cast<const acc_t*>(p.grad_c_last)[state];
+      // The final state's explicit dependence on its max m_T.
+      r.grad_max = static_cast<const acc_t*>(p.grad_m_last)[state] -
+                   grad_c_last * static_cast<const acc_t*>(p.c_last)[state] - dot<acc_t>(grad_w_last, w_last, DV);
+      r.m_final = span.end > span.begin ? m_stats[row_of(span.end - 1, h)] : r.m0;
+      r.m_next = r.m_final;
+      r.K_scalar = -grad_c_last;
+      for (int64_t i = 0; i < DV; ++i) K_all[j * DV + i] = grad_w_last[i];
     }
-    const acc_t g0 = gate(m0, m_next);
-    acc_t* dw0 = static_cast<acc_t*>(p.dw0) + state * DV;
-    acc_t dm0 = grad_max;  // nonzero only when no score exceeded m0
-    const acc_t dc0 = -g0 * K_scalar;
-    for (int64_t i = 0; i < DV; ++i) {
-      dw0[i] = g0 * K[i];
-      if (w0 != nullptr) dm0 += dw0[i] * w0[i];
+    const scalar_t* k = static_cast<const scalar_t*>(p.k) + span.batch * p.k_batch_stride;
+    const scalar_t* v = static_cast<const scalar_t*>(p.v) + span.batch * p.v_batch_stride;
+    for (int64_t t = span.end - 1; t >= span.begin; --t) {
+      for (int64_t j = 0; j < nh; ++j) {
+        const int64_t h = tk.head_begin + j, row = row_of(t, h);
+        ReverseScan<acc_t>& r = scan[j];
+        acc_t* __restrict__ K = K_all + j * DV;
+        acc_t* __restrict__ row_v = v_all + j * DV;
+        const acc_t* __restrict__ qs = qs_all + j * D;
+        acc_t* __restrict__ dq = dq_all + j * D;
+        const acc_t m_t = m_stats[row], c_t = c_stats[row];
+        const acc_t g = gate(m_t, r.m_next);
+        const acc_t inv = c_t > acc_t(0) ? acc_t(1) / c_t : acc_t(0);
+        const scalar_t* __restrict__ go = static_cast<const scalar_t*>(p.grad_o) + row * DV;
+        const scalar_t* __restrict__ o = static_cast<const scalar_t*>(p.o) + row * DV;
+        const scalar_t* __restrict__ vt = v + t * p.v_pos_stride + h * p.v_head_stride;
+        for (int64_t i = 0; i < DV; ++i) {
+          K[i] = K[i] * g + acc_t(go[i]) * inv;
+          row_v[i] = acc_t(vt[i]);
+        }
+        r.K_scalar = r.K_scalar * g + dot<acc_t>(o, go, DV) * inv;
+        const scalar_t* __restrict__ kt = k + t * p.k_pos_stride + h * p.k_head_stride;
+        const acc_t weight = std::exp(dot<acc_t>(qs, kt, D) - m_t);
+        scalar_t* __restrict__ dv_row = static_cast<scalar_t*>(p.dv) + row * DV;
+        for (int64_t i = 0; i < DV; ++i) dv_row[i] = scalar_t(weight * K[i]);
+        acc_t ds = weight * (dot<acc_t>(row_v, K, DV) - r.K_scalar);
+        const acc_t m_prev = t > span.begin ? m_stats[row_of(t - 1, h)] : r.m0;
+        if (m_t == r.m_final && m_prev < r.m_final) {  // the first score to reach the final max
+          ds += r.grad_max;
+          r.grad_max = 0;
+        }
+        scalar_t* __restrict__ dk_row = static_cast<scalar_t*>(p.dk) + row * D;
+        for (int64_t i = 0; i < D; ++i) {
+          dk_row[i] = scalar_t(ds * qs[i]);
+          dq[i] += ds * acc_t(kt[i]);
+        }
+        r.m_next = m_t;
+      }
     }
-    dm0 += dc0 * c0;
-    static_cast<acc_t*>(p.dm0)[state] = dm0;
-    static_cast<acc_t*>(p.dc0)[state] = dc0;
-    acc_t* dq_out = static_cast<acc_t*>(p.dq_partial) + state * D;
-    for (int64_t i = 0; i < D; ++i) dq_out[i] = acc_t(p.scale) * dq[i];
+    for (int64_t j = 0; j < nh; ++j) {
+      const int64_t state = tk.seq * H + tk.head_begin + j;
+      const ReverseScan<acc_t>& r = scan[j];
+      const acc_t g0 = gate(r.m0, r.m_next);
+      const acc_t* w0 = p.m0 ? static_cast<const acc_t*>(p.w0) + state * DV : nullptr;
+      acc_t* dw0 = static_cast<acc_t*>(p.dw0) + state * DV;
+      acc_t dm0 = r.grad_max;  // nonzero only when no score exceeded m0
+      const acc_t dc0 = -g0 * r.K_scalar;
+      for (int64_t i = 0; i < DV; ++i) {
+        dw0[i] = g0 * K_all[j * DV + i];
+        if (w0 != nullptr) dm0 += dw0[i] * w0[i];
+      }
+      dm0 += dc0 * r.c0;
+      static_cast<acc_t*>(p.dm0)[state] = dm0;
+      static_cast<acc_t*>(p.dc0)[state] = dc0;
+      acc_t* dq_out = static_cast<acc_t*>(p.dq_partial) + state * D;
+      for (int64_t i = 0; i < D; ++i) dq_out[i] = acc_t(p.scale) * dq_all[j * D + i];
+    }
   }
 }
 
 // Each task loop is compiled twice, for the baseline ISA and for AVX2 (chosen at run time).
 template <typename scalar_t>
-void forward_baseline(const PrefixAttentionParams& p, int64_t a, int64_t b, at::opmath_type<scalar_t>* s) {
-  forward_tasks<scalar_t>(p, a, b, s);
+void forward_baseline(const PrefixAttentionParams& p, const TaskLayout& l, int64_t a, int64_t b,
+                      at::opmath_type<scalar_t>* s) {
+  forward_tasks<scalar_t>(p, l, a, b, s);
 }
 template <typename scalar_t>
-void backward_baseline(const PrefixAttentionBackwardParams& p, int64_t a, int64_t b, at::opmath_type<scalar_t>* s) {
-  backward_tasks<scalar_t>(p, a, b, s);
+void backward_baseline(const PrefixAttentionBackwardParams& p, const TaskLayout& l, int64_t a, int64_t b,
+                       at::opmath_type<scalar_t>* s) {
+  backward_tasks<scalar_t>(p, l, a, b, s);
 }
 #if SCANGRAPH_PA_AVX2_CLONE
 template <typename scalar_t>
-__attribute__((target("avx2,fma"))) void forward_avx2(const PrefixAttentionParams& p, int64_t a, int64_t b,
-                                                      at::opmath_type<scalar_t>* s) {
-  forward_tasks<scalar_t>(p, a, b, s);
+__attribute__((target("avx2,fma"))) void forward_avx2(const PrefixAttentionParams& p, const TaskLayout& l,
+                                                      int64_t a, int64_t b, at::opmath_type<scalar_t>* s) {
+  forward_tasks<scalar_t>(p, l, a, b, s);
 }
 template <typename scalar_t>
-__attribute__((target("avx2,fma"))) void backward_avx2(const PrefixAttentionBackwardParams& p, int64_t a, int64_t b,
-                                                       at::opmath_type<scalar_t>* s) {
-  backward_tasks<scalar_t>(p, a, b, s);
+__attribute__((target("avx2,fma"))) void backward_avx2(const PrefixAttentionBackwardParams& p, const TaskLayout& l,
+                                                       int64_t a, int64_t b, at::opmath_type<scalar_t>* s) {
+  backward_tasks<scalar_t>(p, l, a, b, s);
 }
 #endif
 
@@ -244,22 +314,24 @@ void validate_cu_seqlens(const std::optional<at::Tensor>& cu_seqlens, int64_t se
                 " > cu_seqlens[", i + 1, "] = ", c[i + 1]);
 }
 
+// Calls body(layout, task_begin, task_end) on chunks of tasks in parallel.
 template <typename Params, typename Body>
-void run_tasks(const Params& p, int64_t scratch_size, const Body& body) {
-  const int64_t tasks = p.num_seqs * p.heads;
-  if (tasks == 0) return;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { body(begin, end, scratch_size); });
+void run_tasks(const Params& p, const Body& body) {
+  if (p.num_seqs * p.heads == 0) return;
+  const TaskLayout layout = task_layout(p);
+  at::parallel_for(0, p.num_seqs * layout.blocks_per_seq, 1,
+                   [&](int64_t begin, int64_t end) { body(layout, begin, end); });
 }
 
 void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "prefix_attention_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    run_tasks(p, p.dim + p.dim_v, [&](int64_t begin, int64_t end, int64_t size) {
-      std::vector<acc_t> scratch(size);
+    run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(kMaxHeadBlock * (p.dim + p.dim_v));
 #if SCANGRAPH_PA_AVX2_CLONE
-      if (has_avx2_fma()) return forward_avx2<scalar_t>(p, begin, end, scratch.data());
+      if (has_avx2_fma()) return forward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
 #endif
-      forward_baseline<scalar_t>(p, begin, end, scratch.data());
+      forward_baseline<scalar_t>(p, layout, begin, end, scratch.data());
     });
   });
 }
@@ -293,12 +365,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   validate_cu_seqlens(cu_seqlens, p.seqlen, "scangraph::prefix_attention_backward");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k.scalar_type(), "prefix_attention_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    run_tasks(p, 2 * p.dim + 2 * p.dim_v, [&](int64_t begin, int64_t end, int64_t size) {
-      std::vector<acc_t> scratch(size);
+    run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(kMaxHeadBlock * (2 * p.dim + 2 * p.dim_v));
 #if SCANGRAPH_PA_AVX2_CLONE
-      if (has_avx2_fma()) return backward_avx2<scalar_t>(p, begin, end, scratch.data());
+      if (has_avx2_fma()) return backward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
 #endif
-      backward_baseline<scalar_t>(p, begin, end, scratch.data());
+      backward_baseline<scalar_t>(p, layout, begin, end, scratch.data());
     });
   });
   return {call.dq(), call.dk, call.dv, call.dm0, call.dc0, call.dw0};
