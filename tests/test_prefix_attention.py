@@ -395,3 +395,31 @@ def test_cpp_op_checks_its_arguments_itself():
            None)
     with pytest.raises(RuntimeError, match="all three of"):
         op(q, k, v, 1.0, torch.zeros(1, HEADS), None, None, None)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_cpu_head_blocks(threads):
+    """Many heads: a C++ task walks a block of adjacent heads (13 heads give blocks of 4, 4, 4, 1
+    on 2 threads, 8 and 5 on 1). Results match the reference and do not depend on the blocking."""
+    heads, dim, dim_v = 13, 5, 6
+    q = torch.randn(3, heads, dim, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 17, heads, dim, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 17, heads, dim_v, dtype=torch.float64, requires_grad=True)
+    state = [torch.randn(3, heads, dtype=torch.float64), torch.rand(3, heads, dtype=torch.float64) + 0.5,
+             torch.randn(3, heads, dim_v, dtype=torch.float64)]
+    state = [t.requires_grad_() for t in state]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        o, last = scangraph.prefix_attention(q, k, v, initial_state=state, return_state=True, backend="cpp")
+        ref, ref_last = reference.prefix_attention(q, k, v, None, state)
+        grads = _random_grads(ref, ref_last)
+        mine = _loss_grads(o, last, (q, k, v, *state), grads)
+    finally:
+        torch.set_num_threads(previous)
+    assert_close(o, ref)
+    for got, want in zip(mine, _loss_grads(ref, ref_last, (q, k, v, *state), grads)):
+        assert_close(got, want)
+    single = scangraph.prefix_attention(q, k[:, :, :1], v[:, :, :1], initial_state=[t[:, :1] for t in state],
+                                        backend="cpp")
+    assert torch.equal(single, o[:, :, :1])  # one head alone: bitwise the same as in a block
