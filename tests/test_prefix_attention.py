@@ -420,6 +420,6 @@ def test_cpu_head_blocks(threads):
     assert_close(o, ref)
     for got, want in zip(mine, _loss_grads(ref, ref_last, (q, k, v, *state), grads)):
         assert_close(got, want)
-    single = scangraph.prefix_attention(q, k[:, :, :1], v[:, :, :1], initial_state=[t[:, :1] for t in state],
+    single = scangraph.prefix_attention(q[:, :1], k[:, :, :1], v[:, :, :1], initial_state=[t[:, :1] for t in state],
                                         backend="cpp")
     assert torch.equal(single, o[:, :, :1])  # one head alone: bitwise the same as in a block
