@@ -125,7 +125,12 @@ def _register_triton_ops():
     @triton_op("scangraph::prefix_attention_step_triton", mutates_args=("m", "c", "w"))
     def prefix_attention_step_triton(m: torch.Tensor, c: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
                                      k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        # The forward kernel with L = 1, no statistics, the final state written over the initial.
+        # The forward kernel with L = 1, no statistics, the final state written over the initial
+        # (indexed as contiguous tensors, like the C++ op requires).
+        for name, t in (("m", m), ("c", c), ("w", w)):
+            if not t.is_contiguous():
+                raise ValueError(f"prefix_attention_step_triton: the state tensor {name} is updated in place "
+                                 "and must be contiguous")
         o = v.new_empty((v.shape[0], 1) + tuple(v.shape[1:]))
         kernels.launch_forward(wrap_triton, q, k.unsqueeze(1), v.unsqueeze(1), scale, m, c, w, None,
                                o, None, None, m, c, w)
