@@ -457,3 +457,14 @@ def test_triton_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_strided_inputs(backend_device):
+    """Head-major k (a transposed view), v with a strided last dimension, q a slice."""
+    backend, device = backend_device
+    k = torch.randn(2, HEADS, 10, DIM, dtype=torch.float64, device=device).transpose(1, 2)
+    v = torch.randn(2, 10, HEADS, 2 * DIM_V, dtype=torch.float64, device=device)[..., ::2]
+    q = torch.randn(HEADS, 2 * DIM, dtype=torch.float64, device=device)[:, DIM:]
+    o = scangraph.prefix_attention(q, k, v, backend=backend)
+    assert_close(o.cpu(), reference.prefix_attention(q.cpu(), k.cpu(), v.cpu())[0])
