@@ -3,9 +3,9 @@
 //
 // Tasks of (sequence, block of heads) spread over threads with at::parallel_for: a task walks
 // its positions once, forms the scores s_t = scale q . k_t on the fly, keeps each head's
-// (m, c, w) in an opmath buffer and writes o_t (and m_t, c_t for the backward). Every output element has one owner, so
-// results do not depend on the thread count; dq is one partial per task, summed afterwards in a
-// fixed order.
+// (m, c, w) in an opmath buffer and writes o_t (and m_t, c_t for the backward). Every output
+// element has one owner, so results do not depend on the thread count; dq is one partial per
+// (sequence, head), summed afterwards in a fixed order.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
