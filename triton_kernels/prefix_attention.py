@@ -51,7 +51,7 @@ def _sequence(cu_ptr, seq, seqlen, VARLEN: tl.constexpr):
 @triton.jit
 def prefix_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats_ptr, m0_ptr, c0_ptr, w0_ptr,
                                 m_last_ptr, c_last_ptr, w_last_ptr, cu_ptr,
-                                seqlen, heads, dim, dim_v, scale,
+                                scale_ptr, seqlen, heads, dim, dim_v,
                                 q_batch_stride, q_head_stride, k_batch_stride, k_pos_stride, k_head_stride,
                                 v_batch_stride, v_pos_stride, v_head_stride,
                                 HAS_STATE: tl.constexpr, HAS_STATS: tl.constexpr, VARLEN: tl.constexpr,
@@ -59,6 +59,7 @@ def prefix_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats
                                 BLOCK_DV: tl.constexpr):
     seq = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
+    scale = tl.load(scale_ptr)  # a tensor: a float argument would be rounded to fp32
     b, begin, end = _sequence(cu_ptr, seq, seqlen, VARLEN)
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < dim
@@ -114,13 +115,14 @@ def prefix_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats
 def prefix_attention_bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats_ptr, m0_ptr, c0_ptr, w0_ptr,
                                 c_last_ptr, w_last_ptr, grad_o_ptr, grad_m_last_ptr, grad_c_last_ptr,
                                 grad_w_last_ptr, cu_ptr, dq_ptr, dk_ptr, dv_ptr, dm0_ptr, dc0_ptr, dw0_ptr,
-                                seqlen, heads, dim, dim_v, scale,
+                                scale_ptr, seqlen, heads, dim, dim_v,
                                 q_batch_stride, q_head_stride, k_batch_stride, k_pos_stride, k_head_stride,
                                 v_batch_stride, v_pos_stride, v_head_stride,
                                 HAS_STATE: tl.constexpr, VARLEN: tl.constexpr, ACC: tl.constexpr,
                                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     seq = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
+    scale = tl.load(scale_ptr)  # a tensor: a float argument would be rounded to fp32
     b, begin, end = _sequence(cu_ptr, seq, seqlen, VARLEN)
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < dim
@@ -205,6 +207,12 @@ def prefix_attention_bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats
     tl.store(dq_ptr + state * dim + dims, dq * scale, mask=dim_mask)
 
 
+def _scale_tensor(scale: float, k: torch.Tensor) -> torch.Tensor:
+    """scale in the accumulation dtype: Triton passes Python floats as fp32, too coarse for fp64."""
+    return torch.full((1,), scale, dtype=torch.float64 if k.dtype == torch.float64 else torch.float32,
+                      device=k.device)
+
+
 def _layout(q, k, v):
     """q as (batch or 1, heads, d) and its batch stride (0 when shared), k and v with unit last stride."""
     q3 = q.unsqueeze(0) if q.dim() == 2 else q
@@ -228,8 +236,8 @@ def launch_forward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last
         q3, k, v, o, m if has_stats else o, c if has_stats else o,
         m0.contiguous() if has_state else o, c0.contiguous() if has_state else o,
         w0.contiguous() if has_state else o, m_last, c_last, w_last,
-        cu_seqlens if cu_seqlens is not None else o,
-        seqlen, heads, dim, dim_v, scale, q_batch_stride, q3.stride(1),
+        cu_seqlens if cu_seqlens is not None else o, _scale_tensor(scale, k),
+        seqlen, heads, dim, dim_v, q_batch_stride, q3.stride(1),
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         HAS_STATE=has_state, HAS_STATS=has_stats, VARLEN=cu_seqlens is not None, ACC=_accumulator(k.dtype),
         BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_DV=block_dv)
@@ -250,7 +258,7 @@ def launch_backward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_las
         c0.contiguous() if has_state else o, w0.contiguous() if has_state else o,
         c_last.contiguous(), w_last.contiguous(), grad_o, grad_m_last, grad_c_last, grad_w_last,
         cu_seqlens if cu_seqlens is not None else o, dq_partial, dk, dv, dm0, dc0, dw0,
-        seqlen, heads, dim, dim_v, scale, q_batch_stride, q3.stride(1),
+        _scale_tensor(scale, k), seqlen, heads, dim, dim_v, q_batch_stride, q3.stride(1),
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         HAS_STATE=has_state, VARLEN=cu_seqlens is not None, ACC=_accumulator(k.dtype),
         BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_DV=block_dv)
