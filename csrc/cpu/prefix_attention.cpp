@@ -314,13 +314,19 @@ void validate_cu_seqlens(const std::optional<at::Tensor>& cu_seqlens, int64_t se
                 " > cu_seqlens[", i + 1, "] = ", c[i + 1]);
 }
 
+// Multiply-adds below which a chunk of tasks runs inline: waking the thread pool costs more
+// than such a chunk (a decode step, small training shapes), and on a shared machine much more.
+constexpr int64_t kMinParallelWork = int64_t(1) << 16;
+
 // Calls body(layout, task_begin, task_end) on chunks of tasks in parallel.
 template <typename Params, typename Body>
 void run_tasks(const Params& p, const Body& body) {
   if (p.num_seqs * p.heads == 0) return;
   const TaskLayout layout = task_layout(p);
-  at::parallel_for(0, p.num_seqs * layout.blocks_per_seq, 1,
-                   [&](int64_t begin, int64_t end) { body(layout, begin, end); });
+  const int64_t tasks = p.num_seqs * layout.blocks_per_seq;
+  const int64_t work = std::max<int64_t>(1, p.batch * p.seqlen * p.heads * (p.dim + p.dim_v));
+  const int64_t grain = std::max<int64_t>(1, kMinParallelWork * tasks / work);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { body(layout, begin, end); });
 }
 
 void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype) {
