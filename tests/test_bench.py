@@ -20,3 +20,20 @@ def test_timing_and_copy_bandwidth_are_positive():
     x = torch.randn(1000)
     assert median_ms(lambda: x.sum(), torch.device("cpu"), min_runs=3, min_seconds=0.0) > 0
     assert copy_bandwidth_gbs(torch.device("cpu"), megabytes=8) > 0.1
+
+
+def test_mambapy_baseline_computes_the_selective_scan():
+    """The speedups over the mambapy formulation are only honest if it computes the same thing."""
+    from scangraph.bench.selective_scan import mambapy_scan
+    from scangraph import reference
+    for length in (1, 7, 100):
+        u, z = torch.randn(2, 3, length, dtype=torch.float64), torch.randn(2, 3, length, dtype=torch.float64)
+        delta = torch.rand(2, 3, length, dtype=torch.float64)
+        A, D = -torch.rand(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+        B, C = torch.randn(2, 1, 4, length, dtype=torch.float64), torch.randn(2, 1, 4, length, dtype=torch.float64)
+        leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, z)]
+        got = mambapy_scan(*leaves)
+        want = reference.selective_scan(*leaves[:5], leaves[5], leaves[6])[0]
+        torch.testing.assert_close(got, want)
+        for a, b in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), leaves)):
+            torch.testing.assert_close(a, b)

@@ -100,7 +100,8 @@ def run(args) -> dict:
 
 def _options(args) -> Options:
     return Options(quick=args.quick, data_dir=args.data or datasets.shared_data_dir(),
-                   features=[int(f) for f in args.features.split(",")], ops=tuple(args.ops.split(",")))
+                   features=[int(f) for f in args.features.split(",")], ops=tuple(args.ops.split(",")),
+                   large=args.large)
 
 
 def _device_name(device):
@@ -155,6 +156,8 @@ def main(argv=None):
                         help=f"comma-separated cases (default: all of {', '.join(bench.all_ops())})")
     parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
     parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
+    parser.add_argument("--large", action="store_true",
+                        help="also the 1M-node / 16M-edge R-MAT graph (its baselines need ~8 GB at F = 128)")
     parser.add_argument("--memory", action="store_true",
                         help="also measure each call's peak extra memory, one fresh process per call")
     parser.add_argument("--json", help="write the rows and metadata as JSON")

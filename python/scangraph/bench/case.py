@@ -18,6 +18,7 @@ class Options:
     features: List[int] = field(default_factory=lambda: [32, 128])
     ops: tuple = ()
     only: object = None     # a case label: build that case alone (the memory subprocess)
+    large: bool = False     # also the large inputs (the sparse family's 1M-node / 16M-edge R-MAT)
 
 
 @dataclass

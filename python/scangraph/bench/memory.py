@@ -47,6 +47,8 @@ def peak_mb_in_subprocess(case, impl, pass_name, device, options: Options):
                "--device", str(device), "--features", ",".join(map(str, options.features))]
     if options.data_dir:
         command += ["--data", str(options.data_dir)]
+    if options.large:
+        command.append("--large")
     if options.quick:
         command.append("--quick")
     result = subprocess.run(command, capture_output=True, text=True)
@@ -64,10 +66,12 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--large", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     options = Options(quick=args.quick, data_dir=args.data or datasets.shared_data_dir(),
-                      features=[int(f) for f in args.features.split(",")], ops=(args.op,), only=args.label)
+                      features=[int(f) for f in args.features.split(",")], ops=(args.op,), only=args.label,
+                      large=args.large)
     # Only the measured case is built: tensors built and freed before the call would stay
     # resident and hide part of its peak.
     for case in bench.cases(device, torch.float32, options):

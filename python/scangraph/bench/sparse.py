@@ -20,9 +20,10 @@ from scangraph.bench.case import Case, Options, our_backends
 OPS = ("spmm_sum", "spmm_max", "gat_aggregate", "common_neighbors")
 
 
-def bench_graphs(data_dir, quick: bool, only=None):
+def bench_graphs(data_dir, quick: bool, only=None, large: bool = False):
     """(name, edge_index, num_nodes): real heavy-tailed graphs when the data folder is there,
-    R-MAT graphs of similar shape otherwise (the embedded default)."""
+    R-MAT graphs of similar shape otherwise (the embedded default); with `large`, also an
+    R-MAT graph of 1M nodes and 16M edges (its baselines gather E x F values: 8 GB at F = 128)."""
     wanted = (lambda name: only is None or name == only)
     if quick:
         if wanted("karate"):
@@ -39,6 +40,8 @@ def bench_graphs(data_dir, quick: bool, only=None):
                 yield (name, *datasets.load_graph(path))
     if not found and wanted("rmat-64k"):
         yield ("rmat-64k", *datasets.rmat(65_536, 700_000, seed=1))
+    if large and wanted("rmat-1m"):
+        yield ("rmat-1m", *datasets.rmat(1 << 20, 16_000_000, seed=1, dedupe=False))
 
 
 def _label(graph_name: str, f: int) -> str:
@@ -189,7 +192,7 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
     if not ops:
         return
     only_graph = None if options.only is None else options.only.rsplit(" F=", 1)[0]
-    for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph):
+    for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph, options.large):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
         for f in options.features:
