@@ -353,7 +353,8 @@ def _bad_calls():
         "k 3-D": (lambda: pa(q, k[0], v), ValueError, "k must be (batch, L, heads, d), got shape (5, 2, 11)"),
         "q 1-D": (lambda: pa(q[0], k, v), ValueError, "q must be (heads, d) or (batch, heads, d)"),
         "q wrong d": (lambda: pa(q[:, :4], k, v), ValueError, "q must have (heads, d) = (2, 11)"),
-        "q wrong batch": (lambda: pa(q.expand(3, -1, -1), k, v), ValueError, "per-batch q must be (batch, heads, d) = (2"),
+        "q wrong batch": (lambda: pa(q.expand(3, -1, -1), k, v), ValueError,
+                          "per-batch q must be (batch, heads, d) = (2"),
         "v wrong L": (lambda: pa(q, k, v[:, :3]), ValueError, "v must be (batch, L, heads, dv)"),
         "dtype mismatch": (lambda: pa(q, k, v.double()), TypeError, "v must have the dtype of k (torch.float32)"),
         "integer k": (lambda: pa(q, k.long(), v), TypeError, "k must be float64, float32"),
@@ -393,8 +394,8 @@ def test_cpp_op_checks_its_arguments_itself():
     with pytest.raises(RuntimeError, match=r"cu_seqlens\[-1\] must equal L = 5"):
         op(q, k, v, 1.0, None, None, None, torch.tensor([0, 4], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="m0 must be Float"):
-        op(q, k, v, 1.0, torch.zeros(1, HEADS, dtype=torch.float64), torch.zeros(1, HEADS), torch.zeros(1, HEADS, DIM_V),
-           None)
+        op(q, k, v, 1.0, torch.zeros(1, HEADS, dtype=torch.float64), torch.zeros(1, HEADS),
+           torch.zeros(1, HEADS, DIM_V), None)
     with pytest.raises(RuntimeError, match="all three of"):
         op(q, k, v, 1.0, torch.zeros(1, HEADS), None, None, None)
 

@@ -190,8 +190,8 @@ def prefix_attention_bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats
         found += tl.sum(first_max.to(tl.int32), axis=0)
         tl.store(dv_ptr + out_rows[:, None] * dim_v + dvs[None, :], (e[:, None] * K_t).to(dv_ptr.dtype.element_ty),
                  mask=dv_tile_mask)
-        tl.store(dk_ptr + out_rows[:, None] * dim + dims[None, :], (ds[:, None] * qs[None, :]).to(dk_ptr.dtype.element_ty),
-                 mask=valid[:, None] & dim_mask[None, :])
+        tl.store(dk_ptr + out_rows[:, None] * dim + dims[None, :],
+                 (ds[:, None] * qs[None, :]).to(dk_ptr.dtype.element_ty), mask=valid[:, None] & dim_mask[None, :])
         dq += tl.sum(ds[:, None] * k_tile, axis=0)
         first = rows == 0  # a chunk's first position is always inside the sequence
         K = tl.sum(tl.where(first[:, None], K_t, 0.0), axis=0)

@@ -251,7 +251,8 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         o, state = reference.prefix_attention(q, k, v, scale, initial_state, cu_seqlens)
         state = tuple(t.to(acc) for t in state)
     else:
-        forward = torch.ops.scangraph.prefix_attention_triton if name == "triton" else torch.ops.scangraph.prefix_attention
+        ops = torch.ops.scangraph
+        forward = ops.prefix_attention_triton if name == "triton" else ops.prefix_attention
         m0, c0, w0 = initial_state if initial_state is not None else (None, None, None)
         o, _, _, m, c, w = forward(q, k, v, scale, m0, c0, w0, cu_seqlens)
         state = (m, c, w)
@@ -281,7 +282,10 @@ def prefix_attention_step(state: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     if name == "reference":
         with torch.no_grad():
             o, (m1, c1, w1) = reference.prefix_attention_scan(q, k_t[:, None], v_t[:, None], scale, (m, c, w))
-            m.copy_(m1), c.copy_(c1), w.copy_(w1)
+            m.copy_(m1)
+            c.copy_(c1)
+            w.copy_(w1)
         return o[:, 0]
-    step = torch.ops.scangraph.prefix_attention_step_triton if name == "triton" else torch.ops.scangraph.prefix_attention_step
+    ops = torch.ops.scangraph
+    step = ops.prefix_attention_step_triton if name == "triton" else ops.prefix_attention_step
     return step(m, c, w, q, k_t, v_t, scale)
