@@ -62,6 +62,25 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   return v;
 }
 
+// Lane l's elements l, l + 32, ... of a row of n values (0 past n, or for the whole row when
+// !valid). Rows are loaded one position ahead of the scan: the loads do not depend on the scan
+// state, so their latency overlaps the dependent chain (dot, exp, update) of the current position.
+template <typename acc_t, typename scalar_t, int kPerLane>
+__device__ __forceinline__ void load_row(const scalar_t* row, int64_t n, bool valid, int lane,
+                                         acc_t (&out)[kPerLane]) {
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int64_t d = lane + int64_t(i) * kWarp;
+    out[i] = (valid && d < n) ? load<acc_t>(row + d) : acc_t(0);
+  }
+}
+
+template <typename acc_t, int kPerLane>
+__device__ __forceinline__ void copy_row(const acc_t (&from)[kPerLane], acc_t (&to)[kPerLane]) {
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) to[i] = from[i];
+}
+
 struct Span {
   int64_t batch, begin, end;
 };
@@ -105,16 +124,19 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock) prefix_attention_fwd_k
   const scalar_t* k = static_cast<const scalar_t*>(p.k) + span.batch * p.k_batch_stride + h * p.k_head_stride;
   const scalar_t* v = static_cast<const scalar_t*>(p.v) + span.batch * p.v_batch_stride + h * p.v_head_stride;
   scalar_t* o = static_cast<scalar_t*>(p.o);
+  acc_t krow[kPerLane], vrow[kPerLane];
+  const bool any = span.end > span.begin;
+  load_row(k + span.begin * p.k_pos_stride, D, any, lane, krow);
+  load_row(v + span.begin * p.v_pos_stride, DV, any, lane, vrow);
   for (int64_t t = span.begin; t < span.end; ++t) {
-    const scalar_t* kt = k + t * p.k_pos_stride;
-    const scalar_t* vt = v + t * p.v_pos_stride;
-    acc_t partial = 0, vrow[kPerLane];
+    acc_t knext[kPerLane], vnext[kPerLane];
+    const bool more = t + 1 < span.end;
+    const int64_t t_next = more ? t + 1 : t;
+    load_row(k + t_next * p.k_pos_stride, D, more, lane, knext);
+    load_row(v + t_next * p.v_pos_stride, DV, more, lane, vnext);
+    acc_t partial = 0;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int64_t d = lane + int64_t(i) * kWarp;
-      if (d < D) partial += qs[i] * load<acc_t>(kt + d);
-      vrow[i] = d < DV ? load<acc_t>(vt + d) : acc_t(0);
-    }
+    for (int i = 0; i < kPerLane; ++i) partial += qs[i] * krow[i];  // 0 past d on both sides
     const acc_t s = warp_sum(partial);  // identical in every lane
     acc_t alpha, weight;
     if (s > m) {  // a new maximum: the old sums shrink by e^{m - s} <= 1, the new term weighs 1
@@ -138,6 +160,8 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock) prefix_attention_fwd_k
       static_cast<acc_t*>(p.m_stats)[row] = m;
       static_cast<acc_t*>(p.c_stats)[row] = c;
     }
+    copy_row(knext, krow);
+    copy_row(vnext, vrow);
   }
   // The final state may alias the initial one (the step op): every lane has read it above.
   __syncwarp();
@@ -192,25 +216,33 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
   const scalar_t* grad_o = static_cast<const scalar_t*>(p.grad_o);
   scalar_t* dk = static_cast<scalar_t*>(p.dk);
   scalar_t* dv = static_cast<scalar_t*>(p.dv);
+  acc_t krow[kPerLane], vrow[kPerLane], orow[kPerLane], grow[kPerLane];  // rows of k, v, o, grad_o
+  {
+    const bool any = span.end > span.begin;
+    const int64_t t = any ? span.end - 1 : span.begin, row = stat_base + t * H;
+    load_row(k + t * p.k_pos_stride, D, any, lane, krow);
+    load_row(v + t * p.v_pos_stride, DV, any, lane, vrow);
+    load_row(o + row * DV, DV, any, lane, orow);
+    load_row(grad_o + row * DV, DV, any, lane, grow);
+  }
   for (int64_t t = span.end - 1; t >= span.begin; --t) {
     const int64_t row = stat_base + t * H;
+    // The rows of position t - 1, loaded while t is processed.
+    const bool more = t > span.begin;
+    const int64_t t_next = more ? t - 1 : t, row_next = stat_base + t_next * H;
+    acc_t knext[kPerLane], vnext[kPerLane], onext[kPerLane], gnext[kPerLane];
+    load_row(k + t_next * p.k_pos_stride, D, more, lane, knext);
+    load_row(v + t_next * p.v_pos_stride, DV, more, lane, vnext);
+    load_row(o + row_next * DV, DV, more, lane, onext);
+    load_row(grad_o + row_next * DV, DV, more, lane, gnext);
     const acc_t m_t = m_stats[row], c_t = c_stats[row];
     const acc_t g = gate(m_t, m_next);
     const acc_t inv = c_t > acc_t(0) ? acc_t(1) / c_t : acc_t(0);
-    const scalar_t* kt = k + t * p.k_pos_stride;
-    const scalar_t* vt = v + t * p.v_pos_stride;
-    acc_t o_dot = 0, score = 0, krow[kPerLane], vrow[kPerLane];
+    acc_t o_dot = 0, score = 0;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int64_t d = lane + int64_t(i) * kWarp;
-      acc_t go = 0;
-      if (d < DV) {
-        go = load<acc_t>(grad_o + row * DV + d);
-        o_dot += load<acc_t>(o + row * DV + d) * go;
-      }
-      K[i] = K[i] * g + go * inv;
-      vrow[i] = d < DV ? load<acc_t>(vt + d) : acc_t(0);
-      krow[i] = d < D ? load<acc_t>(kt + d) : acc_t(0);
+    for (int i = 0; i < kPerLane; ++i) {  // rows are 0 past d / dv: K stays 0 there
+      o_dot += orow[i] * grow[i];
+      K[i] = K[i] * g + grow[i] * inv;
       score += qs[i] * krow[i];
     }
     K_scalar = K_scalar * g + warp_sum(o_dot) * inv;
@@ -235,6 +267,10 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
       dq[i] += ds * krow[i];
     }
     m_next = m_t;
+    copy_row(knext, krow);
+    copy_row(vnext, vrow);
+    copy_row(onext, orow);
+    copy_row(gnext, grow);
   }
   const acc_t g0 = gate(m0, m_next);
   const acc_t dc0 = -g0 * K_scalar;
