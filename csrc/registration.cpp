@@ -46,6 +46,23 @@ TORCH_LIBRARY(scangraph, m) {
   // One decode step: updates state (batch, dim, N) in place, returns y (batch, dim).
   m.def("selective_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, "
         "Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor");
+
+  // Prefix-scan attention (Aaren): o_t = sum_{j<=t} softmax_j(scale q . k_j) v_j for every t.
+  // q (heads, d) or (batch, heads, d); k (batch, L, heads, d); v (batch, L, heads, dv). The
+  // initial state (m0, c0, w0) is none or all three, opmath (float; double for double inputs),
+  // (seqs, heads), (seqs, heads), (seqs, heads, dv); cu_seqlens: int32 offsets of packed
+  // sequences (batch == 1). Returns o, the per-position max m and denominator c (batch, L,
+  // heads; kept for the backward) and the final state (m_last, c_last, w_last).
+  m.def("prefix_attention(Tensor q, Tensor k, Tensor v, float scale, Tensor? m0, Tensor? c0, Tensor? w0, "
+        "Tensor? cu_seqlens) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // -> (dq, dk, dv, dm0, dc0, dw0); the state gradients are returned even without m0.
+  m.def("prefix_attention_backward(Tensor q, Tensor k, Tensor v, float scale, Tensor? m0, Tensor? c0, "
+        "Tensor? w0, Tensor? cu_seqlens, Tensor o, Tensor m, Tensor c, Tensor c_last, Tensor w_last, "
+        "Tensor grad_o, Tensor grad_m_last, Tensor grad_c_last, Tensor grad_w_last) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One streaming step: k, v (batch, heads, d | dv); the state is updated in place; -> o_t.
+  m.def("prefix_attention_step(Tensor(a!) m, Tensor(b!) c, Tensor(c!) w, Tensor q, Tensor k, Tensor v, "
+        "float scale) -> Tensor");
 }
 
 #ifndef SCANGRAPH_NO_PYTHON_MODULE

@@ -173,3 +173,92 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         x.unsqueeze(-1), dt.unsqueeze(-1), A, B.unsqueeze(-1), C.unsqueeze(-1), D,
         None if z is None else z.unsqueeze(-1), dt_bias, dt_softplus, initial_state=state)
     return out.squeeze(-1), new_state
+
+# ---- prefix-scan attention (Aaren) ------------------------------------------------------------
+def _sequence_spans(batch: int, seqlen: int, cu_seqlens):
+    """(batch entry, begin, end) of every sequence: the batch entries, or the packed ones."""
+    if cu_seqlens is None:
+        return [(b, 0, seqlen) for b in range(batch)]
+    offsets = [int(x) for x in cu_seqlens.tolist()]
+    return [(0, offsets[i], offsets[i + 1]) for i in range(len(offsets) - 1)]
+
+
+def _empty_state(heads: int, dim_v: int, like: torch.Tensor):
+    return (torch.full((heads,), float("-inf"), dtype=like.dtype, device=like.device),
+            like.new_zeros((heads,)), like.new_zeros((heads, dim_v)))
+
+
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+                     initial_state=None, cu_seqlens: Optional[torch.Tensor] = None):
+    """Aaren's prefix attention with the causal softmax materialised, (L x L) per sequence and head:
+    o_t = sum_{j<=t} e^{s_j} v_j / sum_{j<=t} e^{s_j}, s_j = scale q . k_j, with an initial state
+    (m0, c0, w0) counting as mass c0 e^{m0} and numerator w0 e^{m0} before the first position.
+
+    q (heads, d) or (batch, heads, d); k (batch, L, heads, d); v (batch, L, heads, dv).
+    Returns (o (batch, L, heads, dv), (m, c, w)): the final state per sequence, (seqs, heads),
+    (seqs, heads), (seqs, heads, dv). Small L only (it builds the L x L weights).
+    """
+    batch, seqlen, heads, dim = k.shape
+    scale = dim ** -0.5 if scale is None else scale
+    q3 = q.unsqueeze(0).expand(batch, -1, -1) if q.dim() == 2 else q
+    outputs, states = [], []
+    for seq, (b, begin, end) in enumerate(_sequence_spans(batch, seqlen, cu_seqlens)):
+        if initial_state is None:
+            m0, c0, w0 = _empty_state(heads, v.shape[-1], k)
+        else:
+            m0, c0, w0 = (t[seq] for t in initial_state)
+        s = scale * torch.einsum("hd,lhd->hl", q3[b], k[b, begin:end])     # (heads, n)
+        v_seq = v[b, begin:end].transpose(0, 1)                            # (heads, n, dv)
+        n = end - begin
+        if n == 0:
+            outputs.append(v[b, begin:end] * 0)  # empty, yet part of the autograd graph
+            states.append((m0, c0, w0))
+            continue
+        running_max = torch.maximum(s.cummax(dim=1).values, m0[:, None])  # (heads, n): m_t
+        causal = torch.ones(n, n, dtype=torch.bool, device=k.device).tril()
+        exponent = torch.where(causal, s[:, None, :] - running_max[:, :, None], float("-inf"))
+        weights = exponent.exp()                                           # (heads, t, j) <= 1
+        from_state = torch.exp(m0[:, None] - running_max)                  # (heads, t)
+        denominator = weights.sum(-1) + c0[:, None] * from_state
+        numerator = weights @ v_seq + from_state[..., None] * w0[:, None, :]
+        safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        o = torch.where(denominator[..., None] > 0, numerator / safe[..., None], torch.zeros_like(numerator))
+        outputs.append(o.transpose(0, 1))
+        states.append((running_max[:, -1], denominator[:, -1], numerator[:, -1]))
+    if cu_seqlens is None:
+        o = torch.stack(outputs) if outputs else v.new_zeros((0, seqlen, heads, v.shape[-1]))
+    else:
+        o = torch.cat(outputs)[None] if outputs else v.new_zeros((1, 0, heads, v.shape[-1]))
+    if states:
+        state = tuple(torch.stack(parts) for parts in zip(*states))
+    else:
+        state = (k.new_zeros((0, heads)), k.new_zeros((0, heads)), k.new_zeros((0, heads, v.shape[-1])))
+    return o.to(v.dtype), state
+
+
+def prefix_attention_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+                          initial_state=None):
+    """The same attention as a sequential scan over positions with the (m, c, w) recurrence of
+    ALGORITHMS.md section 2 (any L, no L x L tensor): the oracle for states and the step op.
+    Batch sequences only (no cu_seqlens). Returns (o, (m, c, w))."""
+    batch, seqlen, heads, dim = k.shape
+    scale = dim ** -0.5 if scale is None else scale
+    q3 = q.unsqueeze(0).expand(batch, -1, -1) if q.dim() == 2 else q
+    if initial_state is None:
+        m = torch.full((batch, heads), float("-inf"), dtype=k.dtype, device=k.device)
+        c, w = k.new_zeros((batch, heads)), k.new_zeros((batch, heads, v.shape[-1]))
+    else:
+        m, c, w = initial_state
+    outputs = []
+    for t in range(seqlen):
+        s = scale * (q3 * k[:, t]).sum(-1)
+        m_new = torch.maximum(m, s)
+        # e^{m - m_new}, 1 where both are -inf (an empty state stays empty)
+        alpha = torch.where(m == m_new, torch.ones_like(m), torch.exp(m - m_new))
+        weight = torch.exp(s - m_new)
+        c = c * alpha + weight
+        w = w * alpha[..., None] + weight[..., None] * v[:, t]
+        m = m_new
+        outputs.append(torch.where(c[..., None] > 0, w / torch.where(c > 0, c, 1)[..., None], 0))
+    o = torch.stack(outputs, 1) if outputs else v.new_zeros((batch, 0, heads, v.shape[-1]))
+    return o.to(v.dtype), (m, c, w)

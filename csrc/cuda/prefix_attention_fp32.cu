@@ -1,0 +1,5 @@
+// Instantiates the prefix-attention kernels for float (one file per dtype keeps nvcc runs parallel).
+#include "prefix_attention.h"
+#include "prefix_attention_kernel.cuh"
+static_assert(scangraph::cuda::prefix::kMaxDim == scangraph::kPrefixAttentionMaxDim, "one limit on d and dv");
+SCANGRAPH_INSTANTIATE_PREFIX_ATTENTION(float, fp32)

@@ -1,0 +1,261 @@
+// Torch-side argument checks and parameter packing shared by the CPU and CUDA glue of the
+// prefix-attention ops. Kernels never see a Tensor: they get the structs of
+// prefix_attention_params.h. cu_seqlens values are checked by the CPU op and by the public
+// Python function (a check here would synchronise the device on every CUDA call).
+#pragma once
+#include <ATen/ATen.h>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "scangraph/prefix_attention_params.h"
+
+namespace scangraph {
+
+inline at::ScalarType prefix_attention_opmath(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Shapes shared by the forward and backward ops.
+struct PrefixAttentionShape {
+  int64_t batch, seqlen, heads, dim, dim_v, num_seqs;
+  at::Tensor q3, k, v;   // q as (batch or 1, heads, d); k, v with unit last stride
+};
+
+inline PrefixAttentionShape check_prefix_attention_inputs(const at::Tensor& q, const at::Tensor& k,
+                                                          const at::Tensor& v,
+                                                          const std::optional<at::Tensor>& cu_seqlens,
+                                                          const char* op) {
+  TORCH_CHECK(k.dim() == 4, op, ": k must be (batch, L, heads, d), got shape ", k.sizes());
+  TORCH_CHECK(v.dim() == 4, op, ": v must be (batch, L, heads, dv), got shape ", v.sizes());
+  TORCH_CHECK(q.dim() == 2 || q.dim() == 3, op, ": q must be (heads, d) or (batch, heads, d), got shape ",
+              q.sizes());
+  TORCH_CHECK(at::isFloatingType(k.scalar_type()), op, ": k must be float64, float32, float16 or bfloat16, got ",
+              k.scalar_type());
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && v.scalar_type() == k.scalar_type(), op,
+              ": q, k and v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+              v.scalar_type());
+  TORCH_CHECK(q.device() == k.device() && v.device() == k.device(), op,
+              ": q, k and v must be on one device, got ", q.device(), ", ", k.device(), ", ", v.device());
+  PrefixAttentionShape s;
+  s.batch = k.size(0);
+  s.seqlen = k.size(1);
+  s.heads = k.size(2);
+  s.dim = k.size(3);
+  s.dim_v = v.size(3);
+  TORCH_CHECK(v.size(0) == s.batch && v.size(1) == s.seqlen && v.size(2) == s.heads, op,
+              ": v must be (batch, L, heads, dv) = (", s.batch, ", ", s.seqlen, ", ", s.heads, ", dv), got ",
+              v.sizes());
+  s.q3 = q.dim() == 2 ? q.unsqueeze(0) : q;
+  TORCH_CHECK(s.q3.size(1) == s.heads && s.q3.size(2) == s.dim, op, ": q must have heads = ", s.heads,
+              " and d = ", s.dim, " (from k), got shape ", q.sizes());
+  TORCH_CHECK(q.dim() == 2 || s.q3.size(0) == s.batch, op, ": a per-batch q must be (", s.batch, ", ",
+              s.heads, ", ", s.dim, "), got shape ", q.sizes());
+  if (cu_seqlens.has_value()) {
+    const at::Tensor& cu = *cu_seqlens;
+    TORCH_CHECK(cu.dim() == 1 && cu.scalar_type() == at::kInt && cu.numel() >= 1, op,
+                ": cu_seqlens must be a 1-D int32 tensor of num_seqs + 1 offsets, got ", cu.dim(), "-D ",
+                cu.scalar_type(), " of ", cu.numel(), " elements");
+    TORCH_CHECK(cu.device() == k.device(), op, ": cu_seqlens must be on ", k.device(), ", got ", cu.device());
+    TORCH_CHECK(s.batch == 1, op, ": cu_seqlens packs sequences along L and needs batch == 1, got batch ",
+                s.batch);
+    TORCH_CHECK(s.seqlen < std::numeric_limits<int32_t>::max(), op, ": cu_seqlens is int32, L = ", s.seqlen,
+                " does not fit");
+    s.num_seqs = cu.numel() - 1;
+  } else {
+    s.num_seqs = s.batch;
+  }
+  // Unit last stride: rows of d (dv) values are read as vectors.
+  s.q3 = s.q3.size(2) > 1 && s.q3.stride(2) != 1 ? s.q3.contiguous() : s.q3;
+  s.k = k.size(3) > 1 && k.stride(3) != 1 ? k.contiguous() : k;
+  s.v = v.size(3) > 1 && v.stride(3) != 1 ? v.contiguous() : v;
+  return s;
+}
+
+// The initial state: none, or all three of (m0, c0, w0) as contiguous opmath tensors.
+inline std::vector<at::Tensor> check_prefix_attention_state(const PrefixAttentionShape& s,
+                                                            const std::optional<at::Tensor>& m0,
+                                                            const std::optional<at::Tensor>& c0,
+                                                            const std::optional<at::Tensor>& w0,
+                                                            const at::Tensor& like, const char* op) {
+  const bool any = m0.has_value() || c0.has_value() || w0.has_value();
+  if (!any) return {};
+  TORCH_CHECK(m0.has_value() && c0.has_value() && w0.has_value(), op,
+              ": the initial state is all three of (m0, c0, w0) or none of them");
+  const at::ScalarType acc = prefix_attention_opmath(like.scalar_type());
+  const std::vector<int64_t> stat_shape{s.num_seqs, s.heads}, w_shape{s.num_seqs, s.heads, s.dim_v};
+  const char* names[3] = {"m0", "c0", "w0"};
+  const at::Tensor* tensors[3] = {&*m0, &*c0, &*w0};
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < 3; ++i) {
+    const at::Tensor& t = *tensors[i];
+    const std::vector<int64_t>& shape = i == 2 ? w_shape : stat_shape;
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), op, ": ", names[i], " must have shape ",
+                at::IntArrayRef(shape), " (one state per sequence and head), got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == acc, op, ": ", names[i], " must be ", acc,
+                " (the accumulation type of ", like.scalar_type(), " inputs), got ", t.scalar_type());
+    TORCH_CHECK(t.device() == like.device(), op, ": ", names[i], " must be on ", like.device(), ", got ",
+                t.device());
+    out.push_back(t.contiguous());
+  }
+  return out;
+}
+
+template <typename Params>
+inline void fill_prefix_attention_layout(Params& p, const PrefixAttentionShape& s, double scale,
+                                         const std::optional<at::Tensor>& cu_seqlens) {
+  p.q = s.q3.data_ptr();
+  p.k = s.k.data_ptr();
+  p.v = s.v.data_ptr();
+  p.cu_seqlens = cu_seqlens.has_value() ? cu_seqlens->data_ptr<int32_t>() : nullptr;
+  p.batch = s.batch;
+  p.seqlen = s.seqlen;
+  p.heads = s.heads;
+  p.dim = s.dim;
+  p.dim_v = s.dim_v;
+  p.num_seqs = s.num_seqs;
+  p.q_batch_stride = s.q3.size(0) == 1 ? 0 : s.q3.stride(0);
+  p.q_head_stride = s.q3.stride(1);
+  p.k_batch_stride = s.k.stride(0);
+  p.k_pos_stride = s.k.stride(1);
+  p.k_head_stride = s.k.stride(2);
+  p.v_batch_stride = s.v.stride(0);
+  p.v_pos_stride = s.v.stride(1);
+  p.v_head_stride = s.v.stride(2);
+  p.scale = scale;
+}
+
+struct PrefixAttentionCall {
+  PrefixAttentionParams params{};
+  at::Tensor o, m, c, m_last, c_last, w_last;
+  std::vector<at::Tensor> owned;  // contiguous copies the pointers refer to
+};
+
+inline PrefixAttentionCall prepare_prefix_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                    double scale, const std::optional<at::Tensor>& m0,
+                                                    const std::optional<at::Tensor>& c0,
+                                                    const std::optional<at::Tensor>& w0,
+                                                    const std::optional<at::Tensor>& cu_seqlens) {
+  const char* op = "scangraph::prefix_attention";
+  PrefixAttentionCall call;
+  const PrefixAttentionShape s = check_prefix_attention_inputs(q, k, v, cu_seqlens, op);
+  call.owned = check_prefix_attention_state(s, m0, c0, w0, k, op);
+  call.owned.insert(call.owned.end(), {s.q3, s.k, s.v});
+  PrefixAttentionParams& p = call.params;
+  fill_prefix_attention_layout(p, s, scale, cu_seqlens);
+  const auto acc = k.options().dtype(prefix_attention_opmath(k.scalar_type()));
+  call.o = at::empty({s.batch, s.seqlen, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  call.m = at::empty({s.batch, s.seqlen, s.heads}, acc);
+  call.c = at::empty({s.batch, s.seqlen, s.heads}, acc);
+  call.m_last = at::empty({s.num_seqs, s.heads}, acc);
+  call.c_last = at::empty({s.num_seqs, s.heads}, acc);
+  call.w_last = at::empty({s.num_seqs, s.heads, s.dim_v}, acc);
+  p.o = call.o.data_ptr();
+  p.m_stats = call.m.data_ptr();
+  p.c_stats = call.c.data_ptr();
+  if (m0.has_value()) {
+    p.m0 = call.owned[0].data_ptr();
+    p.c0 = call.owned[1].data_ptr();
+    p.w0 = call.owned[2].data_ptr();
+  }
+  p.m_last = call.m_last.data_ptr();
+  p.c_last = call.c_last.data_ptr();
+  p.w_last = call.w_last.data_ptr();
+  return call;
+}
+
+// The step op: one position per batch entry, the state (m, c, w) read and updated in place.
+// It runs the forward kernel with L = 1, no statistics, and the final state aliasing the initial.
+inline PrefixAttentionCall prepare_prefix_attention_step(const at::Tensor& m, const at::Tensor& c,
+                                                         const at::Tensor& w, const at::Tensor& q,
+                                                         const at::Tensor& k, const at::Tensor& v, double scale) {
+  const char* op = "scangraph::prefix_attention_step";
+  TORCH_CHECK(k.dim() == 3 && v.dim() == 3, op, ": k_t must be (batch, heads, d) and v_t (batch, heads, dv), got ",
+              k.sizes(), " and ", v.sizes());
+  PrefixAttentionCall call;
+  const PrefixAttentionShape s = check_prefix_attention_inputs(q, k.unsqueeze(1), v.unsqueeze(1), std::nullopt, op);
+  const std::vector<at::Tensor> state = check_prefix_attention_state(s, m, c, w, k, op);
+  for (const at::Tensor* t : {&m, &c, &w})
+    TORCH_CHECK(t->is_contiguous(), op, ": the state tensors are updated in place and must be contiguous");
+  call.owned = {s.q3, s.k, s.v};
+  PrefixAttentionParams& p = call.params;
+  fill_prefix_attention_layout(p, s, scale, std::nullopt);
+  call.o = at::empty({s.batch, 1, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  p.o = call.o.data_ptr();
+  p.m0 = p.m_last = m.data_ptr();
+  p.c0 = p.c_last = c.data_ptr();
+  p.w0 = p.w_last = w.data_ptr();
+  call.o = call.o.squeeze(1);
+  return call;
+}
+
+struct PrefixAttentionBackwardCall {
+  PrefixAttentionBackwardParams params{};
+  at::Tensor dq_partial, dk, dv, dm0, dc0, dw0;
+  std::vector<at::Tensor> owned;
+  std::vector<int64_t> q_shape;
+  at::ScalarType q_dtype;
+
+  // dq: the per-sequence partials summed in a fixed order (deterministic) when one q serves
+  // several sequences, in q's shape and dtype.
+  at::Tensor dq() const {
+    at::Tensor dq = q_shape.size() == 2 || (dq_partial.size(0) != q_shape[0]) ? dq_partial.sum(0) : dq_partial;
+    return dq.reshape(q_shape).to(q_dtype);
+  }
+};
+
+inline PrefixAttentionBackwardCall prepare_prefix_attention_backward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+    const std::optional<at::Tensor>& m0, const std::optional<at::Tensor>& c0, const std::optional<at::Tensor>& w0,
+    const std::optional<at::Tensor>& cu_seqlens, const at::Tensor& o, const at::Tensor& m, const at::Tensor& c,
+    const at::Tensor& c_last, const at::Tensor& w_last, const at::Tensor& grad_o, const at::Tensor& grad_m_last,
+    const at::Tensor& grad_c_last, const at::Tensor& grad_w_last) {
+  const char* op = "scangraph::prefix_attention_backward";
+  PrefixAttentionBackwardCall call;
+  const PrefixAttentionShape s = check_prefix_attention_inputs(q, k, v, cu_seqlens, op);
+  call.owned = check_prefix_attention_state(s, m0, c0, w0, k, op);
+  const at::ScalarType acc = prefix_attention_opmath(k.scalar_type());
+  const std::vector<int64_t> o_shape{s.batch, s.seqlen, s.heads, s.dim_v}, stat_shape{s.batch, s.seqlen, s.heads},
+      last_shape{s.num_seqs, s.heads}, w_shape{s.num_seqs, s.heads, s.dim_v};
+  auto keep = [&](const at::Tensor& t, const char* name, const std::vector<int64_t>& shape, at::ScalarType dtype) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == dtype && t.device() == k.device(), op,
+                ": ", name, " must be ", dtype, " of shape ", at::IntArrayRef(shape), " on ", k.device(), ", got ",
+                t.scalar_type(), " ", t.sizes(), " on ", t.device());
+    return call.owned.emplace_back(t.contiguous()).data_ptr();
+  };
+  PrefixAttentionBackwardParams& p = call.params;
+  p.o = keep(o, "o", o_shape, v.scalar_type());
+  p.m_stats = keep(m, "m", stat_shape, acc);
+  p.c_stats = keep(c, "c", stat_shape, acc);
+  p.c_last = keep(c_last, "c_last", last_shape, acc);
+  p.w_last = keep(w_last, "w_last", w_shape, acc);
+  p.grad_o = keep(grad_o, "grad_o", o_shape, v.scalar_type());
+  p.grad_m_last = keep(grad_m_last, "grad_m_last", last_shape, acc);
+  p.grad_c_last = keep(grad_c_last, "grad_c_last", last_shape, acc);
+  p.grad_w_last = keep(grad_w_last, "grad_w_last", w_shape, acc);
+  if (m0.has_value()) {
+    p.m0 = call.owned[0].data_ptr();
+    p.c0 = call.owned[1].data_ptr();
+    p.w0 = call.owned[2].data_ptr();
+  }
+  call.owned.insert(call.owned.end(), {s.q3, s.k, s.v});
+  fill_prefix_attention_layout(p, s, scale, cu_seqlens);
+  const auto acc_options = k.options().dtype(acc);
+  call.dq_partial = at::empty({s.num_seqs, s.heads, s.dim}, acc_options);
+  call.dk = at::empty({s.batch, s.seqlen, s.heads, s.dim}, k.options().memory_format(at::MemoryFormat::Contiguous));
+  call.dv = at::empty({s.batch, s.seqlen, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  call.dm0 = at::empty({s.num_seqs, s.heads}, acc_options);
+  call.dc0 = at::empty({s.num_seqs, s.heads}, acc_options);
+  call.dw0 = at::empty({s.num_seqs, s.heads, s.dim_v}, acc_options);
+  p.dq_partial = call.dq_partial.data_ptr();
+  p.dk = call.dk.data_ptr();
+  p.dv = call.dv.data_ptr();
+  p.dm0 = call.dm0.data_ptr();
+  p.dc0 = call.dc0.data_ptr();
+  p.dw0 = call.dw0.data_ptr();
+  call.q_shape = q.sizes().vec();
+  call.q_dtype = q.scalar_type();
+  return call;
+}
+
+}  // namespace scangraph

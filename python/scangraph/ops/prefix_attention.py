@@ -1,0 +1,291 @@
+"""Prefix-scan attention (Aaren, "Attention as an RNN", Feng et al. 2024): one learned query
+attends causally over a sequence, o_t = sum_{j<=t} softmax_j(scale q . k_j) v_j for every t,
+computed as a prefix scan over the state (running max m, denominator c, numerator w).
+
+Ops (schemas in csrc/registration.cpp; `_triton` twins are Triton ops of the same schema):
+  prefix_attention            -> (o, m, c, m_last, c_last, w_last): the per-position max and
+                                 denominator (batch, L, heads) are all the backward keeps
+  prefix_attention_backward   -> (dq, dk, dv, dm0, dc0, dw0): two reverse scans with gates <= 1
+                                 (ALGORITHMS.md section 2), deterministic
+  prefix_attention_step       one streaming position, the state updated in place
+Each has a fake kernel; prefix_attention's autograd calls the backward op of its own backend.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from scangraph import backend as _backend
+from scangraph import reference
+from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _opmath(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _num_seqs(k, cu_seqlens):
+    return k.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+# ---- fake kernels: output shapes from input shapes alone -------------------------------------
+def _forward_fake(q, k, v, scale, m0, c0, w0, cu_seqlens):
+    torch._check(k.dim() == 4 and v.dim() == 4 and q.dim() in (2, 3))
+    batch, seqlen, heads, _ = k.shape
+    seqs = _num_seqs(k, cu_seqlens)
+    acc = _opmath(k.dtype)
+    o = v.new_empty((batch, seqlen, heads, v.shape[3]))
+    stats = k.new_empty((batch, seqlen, heads), dtype=acc)
+    last = k.new_empty((seqs, heads), dtype=acc)
+    return (o, stats, torch.empty_like(stats), last, torch.empty_like(last),
+            k.new_empty((seqs, heads, v.shape[3]), dtype=acc))
+
+
+def _backward_fake(q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last,
+                   grad_c_last, grad_w_last):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), c_last.new_empty(c_last.shape),
+            c_last.new_empty(c_last.shape), w_last.new_empty(w_last.shape))
+
+
+def _step_fake(m, c, w, q, k, v, scale):
+    torch._check(k.dim() == 3 and v.dim() == 3)
+    return v.new_empty(v.shape)
+
+
+# ---- autograd --------------------------------------------------------------------------------
+def _register_autograd(suffix: str):
+    """Autograd of prefix_attention<suffix>, whose backward runs prefix_attention_backward<suffix>."""
+    backward_op = getattr(torch.ops.scangraph, f"prefix_attention_backward{suffix}")
+
+    def setup(ctx, inputs, output):
+        q, k, v, scale, m0, c0, w0, cu_seqlens = inputs
+        o, m, c, _m_last, c_last, w_last = output
+        ctx.scale = scale
+        ctx.mark_non_differentiable(m, c)
+        ctx.save_for_backward(q, k, v, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last)
+
+    def backward(ctx, grad_o, _grad_m, _grad_c, grad_m_last, grad_c_last, grad_w_last):
+        q, k, v, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last = ctx.saved_tensors
+        grads = [torch.zeros_like(t) if g is None else g.contiguous()
+                 for g, t in ((grad_o, o), (grad_m_last, c_last), (grad_c_last, c_last), (grad_w_last, w_last))]
+        dq, dk, dv, dm0, dc0, dw0 = backward_op(q, k, v, ctx.scale, m0, c0, w0, cu_seqlens, o, m, c, c_last,
+                                                w_last, *grads)
+        if m0 is None:
+            dm0 = dc0 = dw0 = None
+        return dq, dk, dv, None, dm0, dc0, dw0, None
+
+    torch.library.register_autograd(f"scangraph::prefix_attention{suffix}", backward, setup_context=setup)
+
+
+def _register_cpp_ops():
+    if not hasattr(torch.ops.scangraph, "prefix_attention"):  # compiled library not loaded
+        return
+    torch.library.register_fake("scangraph::prefix_attention")(_forward_fake)
+    torch.library.register_fake("scangraph::prefix_attention_backward")(_backward_fake)
+    torch.library.register_fake("scangraph::prefix_attention_step")(_step_fake)
+    _register_autograd("")
+
+
+def _register_triton_ops():
+    if _TRITON_IMPORT_ERROR is not None:
+        return
+    from torch.library import triton_op, wrap_triton
+
+    from scangraph.triton_kernels import prefix_attention as kernels
+
+    @triton_op("scangraph::prefix_attention_triton", mutates_args=())
+    def prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                                m0: Optional[torch.Tensor], c0: Optional[torch.Tensor], w0: Optional[torch.Tensor],
+                                cu_seqlens: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor, torch.Tensor, torch.Tensor]:
+        outputs = _forward_fake(q, k, v, scale, m0, c0, w0, cu_seqlens)
+        kernels.launch_forward(wrap_triton, q, k, v, scale, m0, c0, w0, cu_seqlens, *outputs)
+        return outputs
+
+    @triton_op("scangraph::prefix_attention_backward_triton", mutates_args=())
+    def prefix_attention_backward_triton(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, m0: Optional[torch.Tensor],
+            c0: Optional[torch.Tensor], w0: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+            o: torch.Tensor, m: torch.Tensor, c: torch.Tensor, c_last: torch.Tensor, w_last: torch.Tensor,
+            grad_o: torch.Tensor, grad_m_last: torch.Tensor, grad_c_last: torch.Tensor,
+            grad_w_last: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                torch.Tensor, torch.Tensor]:
+        seqs, heads, dim = c_last.shape[0], k.shape[2], k.shape[3]
+        dq_partial = k.new_empty((seqs, heads, dim), dtype=c_last.dtype)
+        dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
+        dm0, dc0, dw0 = torch.empty_like(c_last), torch.empty_like(c_last), torch.empty_like(w_last)
+        kernels.launch_backward(wrap_triton, q, k, v, scale, m0, c0, w0, cu_seqlens, o.contiguous(), m, c, c_last,
+                                w_last, grad_o.contiguous(), grad_m_last.contiguous(), grad_c_last.contiguous(),
+                                grad_w_last.contiguous(), dq_partial, dk, dv, dm0, dc0, dw0)
+        # One partial per sequence, summed in a fixed order when one query serves several.
+        dq = dq_partial if q.dim() == 3 and q.shape[0] == seqs else dq_partial.sum(0)
+        return dq.reshape(q.shape).to(q.dtype), dk, dv, dm0, dc0, dw0
+
+    @triton_op("scangraph::prefix_attention_step_triton", mutates_args=("m", "c", "w"))
+    def prefix_attention_step_triton(m: torch.Tensor, c: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
+                                     k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        # The forward kernel with L = 1, no statistics, the final state written over the initial
+        # (indexed as contiguous tensors, like the C++ op requires).
+        for name, t in (("m", m), ("c", c), ("w", w)):
+            if not t.is_contiguous():
+                raise ValueError(f"prefix_attention_step_triton: the state tensor {name} is updated in place "
+                                 "and must be contiguous")
+        o = v.new_empty((v.shape[0], 1) + tuple(v.shape[1:]))
+        kernels.launch_forward(wrap_triton, q, k.unsqueeze(1), v.unsqueeze(1), scale, m, c, w, None,
+                               o, None, None, m, c, w)
+        return o.squeeze(1)
+
+    _register_autograd("_triton")
+
+
+_register_cpp_ops()
+_register_triton_ops()
+
+
+# ---- public functions ------------------------------------------------------------------------
+def _check_tensor(op, name, t, dims, expected):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in dims:
+        raise ValueError(f"{op}: {name} must be {expected}, got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float64, float32, float16 or bfloat16, got {t.dtype}")
+
+
+def _check_qkv(op, q, k, v, q_expected, k_dims, k_expected, v_expected):
+    _check_tensor(op, "q", q, (2, 3), q_expected)
+    _check_tensor(op, "k", k, k_dims, k_expected)
+    _check_tensor(op, "v", v, k_dims, v_expected)
+    for name, t in (("q", q), ("v", v)):
+        if t.dtype != k.dtype:
+            raise TypeError(f"{op}: {name} must have the dtype of k ({k.dtype}), got {t.dtype}")
+        if t.device != k.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but k is on {k.device}")
+    heads, dim = k.shape[-2], k.shape[-1]
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f"{op}: v must be {v_expected} with the leading sizes of k {tuple(k.shape[:-1])}, "
+                         f"got shape {tuple(v.shape)}")
+    if q.shape[-2:] != (heads, dim):
+        raise ValueError(f"{op}: q must have (heads, d) = ({heads}, {dim}) as its last two sizes (from k), "
+                         f"got shape {tuple(q.shape)}")
+    if q.dim() == 3 and q.shape[0] != k.shape[0]:
+        raise ValueError(f"{op}: a per-batch q must be (batch, heads, d) = ({k.shape[0]}, {heads}, {dim}), "
+                         f"got shape {tuple(q.shape)}")
+
+
+def _check_cu_seqlens(op, cu_seqlens, k):
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"{op}: cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"{op}: cu_seqlens must be a 1-D int32 tensor of num_seqs + 1 offsets, got "
+                         f"{cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != k.device:
+        raise ValueError(f"{op}: cu_seqlens is on {cu_seqlens.device} but k is on {k.device}")
+    if k.shape[0] != 1:
+        raise ValueError(f"{op}: cu_seqlens packs sequences along L and needs batch == 1, got k of shape "
+                         f"{tuple(k.shape)}")
+    offsets = cu_seqlens.cpu()  # nseq + 1 values: one small read, the kernels index with them
+    if int(offsets[0]) != 0:
+        raise ValueError(f"{op}: cu_seqlens must start at 0, got {int(offsets[0])}")
+    if int(offsets[-1]) != k.shape[1]:
+        raise ValueError(f"{op}: cu_seqlens must end at L = {k.shape[1]}, got {int(offsets[-1])}")
+    if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {offsets.tolist()}")
+
+
+def _check_state(op, state, seqs, heads, dim_v, k, name="initial_state"):
+    if not isinstance(state, (tuple, list)) or len(state) != 3:
+        raise TypeError(f"{op}: {name} must be a tuple (m, denom, numer), got {type(state).__name__}"
+                        + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
+    for part, t, shape in zip(("m", "denom", "numer"), state, ((seqs, heads), (seqs, heads), (seqs, heads, dim_v))):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} {part} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: {name} {part} must have shape {shape} (one per sequence and head), "
+                             f"got {tuple(t.shape)}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{op}: {name} {part} must be a float tensor, got {t.dtype}")
+        if t.device != k.device:
+            raise ValueError(f"{op}: {name} {part} is on {t.device} but k is on {k.device}")
+
+
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
+                     initial_state: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+                     return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                     backend: str = "auto"):
+    """Prefix-scan attention (Aaren): for every position t,
+    o_t = sum_{j<=t} exp(s_j - m_t) v_j / sum_{j<=t} exp(s_j - m_t), s_j = scale * q . k_j,
+    m_t the running max (started at -inf, so any finite scores are stable).
+
+    Args:
+        q: (heads, d) learned query shared by the batch, or (batch, heads, d).
+        k: (batch, L, heads, d); v: (batch, L, heads, dv), all of one dtype (float64/32/16, bf16).
+        scale: defaults to d ** -0.5.
+        initial_state: (m, denom, numer) of shapes (seqs, heads), (seqs, heads), (seqs, heads, dv)
+            (seqs = batch, or the number of packed sequences): the state of positions before
+            the first, e.g. the returned state of the previous chunk of a stream. m = -inf with
+            denom = 0 means empty. Converted to float32 (float64 for float64 inputs).
+        return_state: also return the final state (m, denom, numer), in float32 (float64).
+        cu_seqlens: int32 (nseq + 1,) offsets of packed sequences along L (batch == 1); the scan
+            restarts at each boundary; empty sequences are allowed.
+        backend: "auto" | "cpp" | "cuda" | "triton" | "reference" (see scangraph.backend).
+    Returns:
+        o (batch, L, heads, dv) in the dtype of v [, state]. Gradients reach q, k, v and the
+        three tensors of initial_state, also through the returned state; the backward keeps only
+        the per-position max and denominator and is deterministic.
+    """
+    op = "prefix_attention"
+    _check_qkv(op, q, k, v, "(heads, d) or (batch, heads, d)", (4,), "(batch, L, heads, d)",
+               "(batch, L, heads, dv)")
+    if cu_seqlens is not None:
+        _check_cu_seqlens(op, cu_seqlens, k)
+    seqs, heads, dim_v = _num_seqs(k, cu_seqlens), k.shape[2], v.shape[3]
+    acc = _opmath(k.dtype)
+    if initial_state is not None:
+        _check_state(op, initial_state, seqs, heads, dim_v, k)
+        initial_state = tuple(t.to(acc) for t in initial_state)
+    scale = k.shape[3] ** -0.5 if scale is None else float(scale)
+    name = _backend.resolve(op, backend, k.device)
+    if name == "reference":
+        o, state = reference.prefix_attention(q, k, v, scale, initial_state, cu_seqlens)
+        state = tuple(t.to(acc) for t in state)
+    else:
+        ops = torch.ops.scangraph
+        forward = ops.prefix_attention_triton if name == "triton" else ops.prefix_attention
+        m0, c0, w0 = initial_state if initial_state is not None else (None, None, None)
+        o, _, _, m, c, w = forward(q, k, v, scale, m0, c0, w0, cu_seqlens)
+        state = (m, c, w)
+    return (o, state) if return_state else o
+
+
+def prefix_attention_step(state: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], q: torch.Tensor,
+                          k_t: torch.Tensor, v_t: torch.Tensor, *, scale: Optional[float] = None,
+                          backend: str = "auto") -> torch.Tensor:
+    """One streaming position of prefix attention in constant memory: updates state = (m, denom,
+    numer) ((batch, heads), (batch, heads), (batch, heads, dv), float32 (float64 for float64
+    inputs), contiguous) in place with k_t (batch, heads, d), v_t (batch, heads, dv) and returns
+    o_t (batch, heads, dv). Start from the state prefix_attention(..., return_state=True) returns,
+    or from (-inf, 0, 0). Inference only: no gradients."""
+    op = "prefix_attention_step"
+    _check_qkv(op, q, k_t, v_t, "(heads, d) or (batch, heads, d)", (3,), "(batch, heads, d)", "(batch, heads, dv)")
+    batch, heads, dim = k_t.shape
+    _check_state(op, state, batch, heads, v_t.shape[2], k_t, name="state")
+    acc = _opmath(k_t.dtype)
+    for part, t in zip(("m", "denom", "numer"), state):
+        if t.dtype != acc or not t.is_contiguous():
+            raise ValueError(f"{op}: state {part} is updated in place and must be a contiguous {acc} tensor "
+                             f"for {k_t.dtype} inputs, got {t.dtype}{'' if t.is_contiguous() else ' (non-contiguous)'}")
+    scale = dim ** -0.5 if scale is None else float(scale)
+    name = _backend.resolve(op, backend, k_t.device)
+    m, c, w = state
+    if name == "reference":
+        with torch.no_grad():
+            o, (m1, c1, w1) = reference.prefix_attention_scan(q, k_t[:, None], v_t[:, None], scale, (m, c, w))
+            m.copy_(m1)
+            c.copy_(c1)
+            w.copy_(w1)
+        return o[:, 0]
+    ops = torch.ops.scangraph
+    step = ops.prefix_attention_step_triton if name == "triton" else ops.prefix_attention_step
+    return step(m, c, w, q, k_t, v_t, scale)
