@@ -46,6 +46,22 @@ TORCH_LIBRARY(scangraph, m) {
   // One decode step: updates state (batch, dim, N) in place, returns y (batch, dim).
   m.def("selective_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, "
         "Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor");
+
+  // Low-precision GNN matmul (symmetric quantization, fp32 scales; ALGORITHMS.md section 4).
+  // -> (data, scale): data int8 of x's shape, or for bits=4 uint8 with the last dimension packed
+  // two values per byte; scale (channels,) float32, one per index along axis (axis=None: one).
+  m.def("quantize(Tensor x, int bits, int? axis) -> (Tensor, Tensor)");
+  // act(acc * sx * w_scale + bias) with x quantized per row inside the kernel and acc the int32
+  // product with w (int8 (N, K), or packed int4 (N, ceil(K / 2)) for w_bits=4). activation:
+  // none | relu | gelu | silu; out_dtype float32 | float16 | bfloat16, or int32 for acc itself.
+  m.def("qlinear(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
+        "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
+  // qlinear on the portable scalar path of the CPU kernel (CPU only; tests compare it with AVX2).
+  m.def("qlinear_scalar(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
+        "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
+  // spmm over int8 per-row quantized features: fp32 out, dequantization fused per edge.
+  m.def("qspmm(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, "
+        "str reduce=\"sum\") -> Tensor");
 }
 
 #ifndef SCANGRAPH_NO_PYTHON_MODULE
