@@ -56,9 +56,10 @@ TORCH_LIBRARY(scangraph, m) {
   // none | relu | gelu | silu; out_dtype float32 | float16 | bfloat16, or int32 for acc itself.
   m.def("qlinear(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
         "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
-  // qlinear on the portable scalar path of the CPU kernel (CPU only; tests compare it with AVX2).
-  m.def("qlinear_scalar(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
-        "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
+  // qlinear on one named CPU path, isa = scalar | avx2 | avx512_vnni (errors where the CPU lacks
+  // it); qlinear itself picks the best the CPU has. Lets tests compare the paths bit for bit.
+  m.def("qlinear_cpu_isa(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
+        "str activation, ScalarType? out_dtype, str isa) -> Tensor");
   // spmm over int8 per-row quantized features: fp32 out, dequantization fused per edge.
   m.def("qspmm(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, "
         "str reduce=\"sum\") -> Tensor");

@@ -115,32 +115,48 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, int64_t bit
 }
 
 // ---- qlinear ------------------------------------------------------------------------------------
-// Quantizes one row of x (K values) into q (Kp bytes, zero padded); returns its scale.
-template <typename scalar_t>
-inline float quantize_row(const scalar_t* x, int64_t K, int64_t Kp, int8_t* q) {
-  const float amax = absmax(x, K);
+#define SCANGRAPH_LOWP_INLINE inline __attribute__((always_inline))
+
+// Quantizes one row of x (K values) into q (Kp bytes, zero padded) and returns its scale.
+// kOffset stores q + 128 as uint8 (the VNNI path's unsigned operand). Always inlined into the
+// ISA-specific callers so both loops vectorise for their instruction set: absmax as an integer
+// max over the sign-cleared bit patterns (monotone for floats; NaN sorts above inf, so a
+// non-finite row comes out non-finite and is reported).
+template <typename scalar_t, bool kOffset>
+SCANGRAPH_LOWP_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, int64_t Kp,
+                                         int8_t* __restrict__ q) {
+  uint32_t max_bits = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = to_float(x[k]);
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    b &= 0x7fffffffu;
+    max_bits = b > max_bits ? b : max_bits;
+  }
+  float amax;
+  std::memcpy(&amax, &max_bits, 4);
   check_finite(amax, "scangraph::qlinear");
   const float scale = amax / 127.0f;
+  const int offset = kOffset ? 128 : 0;
   if (scale > 0.0f) {
     for (int64_t k = 0; k < K; ++k) {
       float v = round_half_even(to_float(x[k]) / scale);
       v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-      q[k] = static_cast<int8_t>(v);
+      q[k] = static_cast<int8_t>(static_cast<uint8_t>(static_cast<int>(v) + offset));
     }
   } else {
-    std::memset(q, 0, K);
+    std::memset(q, offset, K);
   }
-  std::memset(q + K, 0, Kp - K);
+  std::memset(q + K, offset, Kp - K);
   return scale;
 }
 
-inline float activate(float v, Activation act) {
-  switch (act) {
-    case Activation::Relu: return v > 0.0f ? v : 0.0f;
-    case Activation::Gelu: return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
-    case Activation::Silu: return v / (1.0f + std::exp(-v));
-    default: return v;
-  }
+template <Activation kAct>
+SCANGRAPH_LOWP_INLINE float activate(float v) {
+  if constexpr (kAct == Activation::Relu) return v > 0.0f ? v : 0.0f;
+  if constexpr (kAct == Activation::Gelu) return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+  if constexpr (kAct == Activation::Silu) return v / (1.0f + std::exp(-v));
+  return v;
 }
 
 // The weight panel: rows padded to Kp values (Kp / 2 bytes for int4, still packed) and to a
@@ -170,7 +186,7 @@ WeightPanel pack_weight(const QLinearParams& p, int64_t Kp) {
 
 // acc[r][c] = dot(q rows r, weight rows n0 + c) for kRowsPerStep x kColsPerStep, scalar.
 template <bool kInt4>
-inline void dot_block_scalar(const int8_t* const* q, const int8_t* w, int64_t row_bytes, int64_t Kp,
+SCANGRAPH_LOWP_INLINE void dot_block_scalar(const int8_t* const* q, const int8_t* w, int64_t row_bytes, int64_t Kp,
                              int32_t acc[kRowsPerStep][kColsPerStep]) {
   for (int64_t c = 0; c < kColsPerStep; ++c) {
     const int8_t* wr = w + c * row_bytes;
@@ -235,66 +251,262 @@ __attribute__((target("avx2"))) void dot_block_avx2(const int8_t* const* q, cons
 }
 #endif
 
-using DotBlock = void (*)(const int8_t* const*, const int8_t*, int64_t, int64_t, int32_t[kRowsPerStep][kColsPerStep]);
+
+// ---- AVX-512 VNNI path ----------------------------------------------------------------------------
+// vpdpbusd multiplies unsigned by signed bytes and adds groups of 4 into int32 lanes without
+// intermediate saturation, 64 products per instruction. x is offset into uint8 (q + 128, exact
+// in 0..255) and the offset is removed afterwards: sum_k (q + 128) w = acc + 128 * sum_k w.
+// The weight panel is laid out [K / 4][N][4] so one 512-bit load holds 4 consecutive k of 16
+// columns: each int32 lane accumulates its own column and no horizontal sum is needed. int4
+// weights are unpacked into this int8 panel once per call (N * K bytes, L2 resident, amortised
+// over all M rows); x never leaves registers and cache in int8.
+constexpr int64_t kVnniRows = 4;      // rows per micro-kernel step
+constexpr int64_t kVnniLanes = 16;    // int32 lanes (columns) per zmm register
+constexpr int64_t kVnniBlocks = 4;    // zmm column blocks per step: 4 x 4 = 16 accumulators of 32 registers
+// Rows quantized together, which then share each column tile while it sits in L1.
+constexpr int64_t kVnniGroup = 32;
+
+struct VnniPanel {
+  std::vector<int8_t> bytes;  // [Np / 16][Kq][16][4]: each 16-column block contiguous
+  std::vector<int32_t> offset;  // 128 * sum_k w[n, k], (Np,)
+  int64_t Kq = 0, Np = 0;       // K / 4 rounded up, N rounded up to 16
+};
+
+// Each 16-column block is one contiguous stream over K (a power-of-two stride between k steps
+// would map a tile's lines onto a few cache sets).
+inline int64_t vnni_index(const VnniPanel& panel, int64_t n, int64_t k) {
+  return ((n / kVnniLanes) * panel.Kq + k / 4) * (kVnniLanes * 4) + (n % kVnniLanes) * 4 + k % 4;
+}
+
+VnniPanel pack_vnni(const QLinearParams& p) {
+  VnniPanel panel;
+  panel.Kq = (p.K + 3) / 4;
+  panel.Np = (p.N + kVnniLanes - 1) / kVnniLanes * kVnniLanes;
+  panel.bytes.assign(panel.Kq * panel.Np * 4, 0);
+  panel.offset.assign(panel.Np, 0);
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int8_t* src = p.w + n * p.w_row_stride;
+    int32_t sum = 0;
+    for (int64_t k = 0; k < p.K; ++k) {
+      const int v = p.w_bits == 4 ? unpack_nibble(static_cast<uint8_t>(src[k >> 1]), int(k & 1)) : int(src[k]);
+      panel.bytes[vnni_index(panel, n, k)] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    panel.offset[n] = 128 * sum;
+  }
+  return panel;
+}
+
+#if SCANGRAPH_LOWP_AVX2
+#define SCANGRAPH_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+// acc rows (kVnniRows x Np int32) = sum_k xu[r][k] * panel[k][n] - offset[n], for kBlocks zmm
+// column blocks starting at n0.
+template <int kBlocks>
+SCANGRAPH_VNNI_TARGET inline void vnni_tile(const uint8_t* const* xu, const VnniPanel& panel, int64_t n0,
+                                            int32_t* const* acc) {
+  __m512i a[kVnniRows][kBlocks];
+  for (int r = 0; r < kVnniRows; ++r)
+    for (int b = 0; b < kBlocks; ++b) a[r][b] = _mm512_setzero_si512();
+  const int64_t block_bytes = panel.Kq * kVnniLanes * 4;
+  const int8_t* w = panel.bytes.data() + (n0 / kVnniLanes) * block_bytes;
+  for (int64_t kq = 0; kq < panel.Kq; ++kq, w += kVnniLanes * 4) {
+    __m512i wv[kBlocks];
+    for (int b = 0; b < kBlocks; ++b) wv[b] = _mm512_loadu_si512(w + b * block_bytes);
+    for (int r = 0; r < kVnniRows; ++r) {
+      int32_t four;
+      std::memcpy(&four, xu[r] + kq * 4, 4);
+      const __m512i xb = _mm512_set1_epi32(four);
+      for (int b = 0; b < kBlocks; ++b) a[r][b] = _mm512_dpbusd_epi32(a[r][b], xb, wv[b]);
+    }
+  }
+  for (int b = 0; b < kBlocks; ++b) {
+    const __m512i off = _mm512_loadu_si512(panel.offset.data() + n0 + b * kVnniLanes);
+    for (int r = 0; r < kVnniRows; ++r)
+      _mm512_storeu_si512(acc[r] + n0 + b * kVnniLanes, _mm512_sub_epi32(a[r][b], off));
+  }
+}
+
+// Rows [0, rows) (a multiple of kVnniRows) against the whole panel, column tile outermost: a
+// tile's weights (at most 4 x 8 KiB for K = 512) stay in L1 while every row of the group uses them.
+SCANGRAPH_VNNI_TARGET void vnni_group(const uint8_t* const* xu, int64_t rows, const VnniPanel& panel,
+                                      int32_t* const* acc) {
+  int64_t n0 = 0;
+  for (; n0 + kVnniBlocks * kVnniLanes <= panel.Np; n0 += kVnniBlocks * kVnniLanes)
+    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<kVnniBlocks>(xu + r, panel, n0, acc + r);
+  for (; n0 < panel.Np; n0 += kVnniLanes)
+    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<1>(xu + r, panel, n0, acc + r);
+}
+#endif
+
+bool cpu_has_avx512_vnni() {
+#if SCANGRAPH_LOWP_AVX2
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// One output row: ((acc * sx) * sw) + bias in fp32 (the reference's order), activation, one
+// rounding to the output type; int32 output is acc itself. Compile-time activation and
+// restrict pointers so the loop vectorises (relu / none) inside each ISA's caller.
+template <typename out_t, Activation kAct>
+SCANGRAPH_LOWP_INLINE void epilogue_row(const int32_t* __restrict__ acc, float sx, const float* __restrict__ sw,
+                                        const float* __restrict__ bias, out_t* __restrict__ o, int64_t N) {
+  if constexpr (std::is_same_v<out_t, int32_t>) {
+    std::memcpy(o, acc, N * sizeof(int32_t));
+  } else if (bias) {
+    for (int64_t n = 0; n < N; ++n) o[n] = static_cast<out_t>(activate<kAct>(float(acc[n]) * sx * sw[n] + bias[n]));
+  } else {
+    for (int64_t n = 0; n < N; ++n) o[n] = static_cast<out_t>(activate<kAct>(float(acc[n]) * sx * sw[n]));
+  }
+}
+
+template <typename out_t>
+SCANGRAPH_LOWP_INLINE void qlinear_epilogue(const QLinearParams& p, const int32_t* acc, float sx, out_t* o) {
+  const float* bias = static_cast<const float*>(p.bias);
+  switch (p.activation) {
+    case Activation::Relu: return epilogue_row<out_t, Activation::Relu>(acc, sx, p.w_scale, bias, o, p.N);
+    case Activation::Gelu: return epilogue_row<out_t, Activation::Gelu>(acc, sx, p.w_scale, bias, o, p.N);
+    case Activation::Silu: return epilogue_row<out_t, Activation::Silu>(acc, sx, p.w_scale, bias, o, p.N);
+    default: return epilogue_row<out_t, Activation::None>(acc, sx, p.w_scale, bias, o, p.N);
+  }
+}
+
+#if SCANGRAPH_LOWP_AVX2
+// Row groups [g0, g1) of the VNNI path: quantize kVnniGroup rows of x (offset to uint8), the
+// VNNI product against the whole panel, the epilogue; all compiled for AVX-512.
+template <typename scalar_t, typename out_t>
+SCANGRAPH_VNNI_TARGET void qlinear_vnni_groups(const QLinearParams& p, const VnniPanel& panel, int64_t g0, int64_t g1,
+                                               int8_t* qbuf, int32_t* accbuf) {
+  const int64_t Kp = panel.Kq * 4;
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  out_t* out = static_cast<out_t*>(p.out);
+  const uint8_t* xu[kVnniGroup];
+  int32_t* acc[kVnniGroup];
+  float sx[kVnniGroup];
+  for (int64_t r = 0; r < kVnniGroup; ++r) {
+    xu[r] = reinterpret_cast<const uint8_t*>(qbuf + r * Kp);
+    acc[r] = accbuf + r * panel.Np;
+  }
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t m0 = g * kVnniGroup, rows = std::min<int64_t>(kVnniGroup, p.M - m0);
+    const int64_t padded = (rows + kVnniRows - 1) / kVnniRows * kVnniRows;
+    for (int64_t r = 0; r < padded; ++r) {
+      if (r < rows) sx[r] = quantize_row<scalar_t, true>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
+      else std::memset(qbuf + r * Kp, 128, Kp);  // a missing row computes on zeros and is not stored
+    }
+    vnni_group(xu, padded, panel, acc);
+    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, acc[r], sx[r], out + (m0 + r) * p.N);
+  }
+}
+#endif
+
+template <typename scalar_t, typename out_t>
+void qlinear_vnni_kernel(const QLinearParams& p) {
+#if SCANGRAPH_LOWP_AVX2
+  const VnniPanel panel = pack_vnni(p);
+  const int64_t groups = (p.M + kVnniGroup - 1) / kVnniGroup;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<int8_t> qbuf(kVnniGroup * panel.Kq * 4);
+    std::vector<int32_t> accbuf(kVnniGroup * panel.Np);
+    qlinear_vnni_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf.data(), accbuf.data());
+  });
+#else
+  TORCH_CHECK(false, "scangraph::qlinear: the AVX-512 VNNI path is not compiled on this platform");
+#endif
+}
+
+// Row steps [s0, s1) of the AVX2 / scalar paths: quantize two rows, dot them with every
+// weight row 2 x 4 at a time, epilogue. One always-inlined body, compiled per ISA below.
+template <typename scalar_t, typename out_t, bool kAvx2, bool kInt4>
+SCANGRAPH_LOWP_INLINE void qlinear_steps(const QLinearParams& p, const WeightPanel& panel, int64_t Kp, int64_t s0,
+                                         int64_t s1, int8_t* qbuf, int32_t* accbuf) {
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  out_t* out = static_cast<out_t*>(p.out);
+  const int8_t* q[kRowsPerStep];
+  float sx[kRowsPerStep];
+  int32_t acc[kRowsPerStep][kColsPerStep];
+  for (int64_t r = 0; r < kRowsPerStep; ++r) q[r] = qbuf + r * Kp;
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t m0 = s * kRowsPerStep, rows = std::min<int64_t>(kRowsPerStep, p.M - m0);
+    for (int64_t r = 0; r < kRowsPerStep; ++r) {
+      if (r < rows) sx[r] = quantize_row<scalar_t, false>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
+      else std::memset(qbuf + r * Kp, 0, Kp);  // a missing last row computes on zeros and is not stored
+    }
+    for (int64_t n0 = 0; n0 < panel.rows; n0 += kColsPerStep) {
+      const int8_t* w = panel.bytes.data() + n0 * panel.row_bytes;
+#if SCANGRAPH_LOWP_AVX2
+      if constexpr (kAvx2) dot_block_avx2<kInt4>(q, w, panel.row_bytes, Kp, acc);
+      else dot_block_scalar<kInt4>(q, w, panel.row_bytes, Kp, acc);
+#else
+      dot_block_scalar<kInt4>(q, w, panel.row_bytes, Kp, acc);
+#endif
+      for (int64_t r = 0; r < kRowsPerStep; ++r)
+        for (int64_t c = 0; c < kColsPerStep; ++c) accbuf[r * panel.rows + n0 + c] = acc[r][c];
+    }
+    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, accbuf + r * panel.rows, sx[r], out + (m0 + r) * p.N);
+  }
+}
+
+template <typename scalar_t, typename out_t, bool kInt4>
+void qlinear_steps_baseline(const QLinearParams& p, const WeightPanel& panel, int64_t Kp, int64_t s0, int64_t s1,
+                            int8_t* qbuf, int32_t* accbuf) {
+  qlinear_steps<scalar_t, out_t, false, kInt4>(p, panel, Kp, s0, s1, qbuf, accbuf);
+}
+
+#if SCANGRAPH_LOWP_AVX2
+template <typename scalar_t, typename out_t, bool kInt4>
+__attribute__((target("avx2"))) void qlinear_steps_avx2(const QLinearParams& p, const WeightPanel& panel, int64_t Kp,
+                                                        int64_t s0, int64_t s1, int8_t* qbuf, int32_t* accbuf) {
+  qlinear_steps<scalar_t, out_t, true, kInt4>(p, panel, Kp, s0, s1, qbuf, accbuf);
+}
+#endif
 
 template <typename scalar_t, typename out_t>
 void qlinear_kernel(const QLinearParams& p, bool use_avx2) {
   const int64_t Kp = std::max<int64_t>(kKPad, (p.K + kKPad - 1) / kKPad * kKPad);
   const WeightPanel panel = pack_weight(p, Kp);
-  DotBlock dot = p.w_bits == 4 ? &dot_block_scalar<true> : &dot_block_scalar<false>;
+  auto* steps_fn = p.w_bits == 4 ? &qlinear_steps_baseline<scalar_t, out_t, true>
+                                 : &qlinear_steps_baseline<scalar_t, out_t, false>;
 #if SCANGRAPH_LOWP_AVX2
-  if (use_avx2) dot = p.w_bits == 4 ? &dot_block_avx2<true> : &dot_block_avx2<false>;
+  if (use_avx2) steps_fn = p.w_bits == 4 ? &qlinear_steps_avx2<scalar_t, out_t, true>
+                                         : &qlinear_steps_avx2<scalar_t, out_t, false>;
 #endif
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
-  const float* bias = static_cast<const float*>(p.bias);
-  out_t* out = static_cast<out_t*>(p.out);
   const int64_t steps = (p.M + kRowsPerStep - 1) / kRowsPerStep;
   // Grain: enough row pairs per task that the weight panel's trip through L2 is amortised.
   at::parallel_for(0, steps, 16, [&](int64_t s0, int64_t s1) {
     std::vector<int8_t> qbuf(kRowsPerStep * Kp, 0);
-    const int8_t* q[kRowsPerStep];
-    float sx[kRowsPerStep];
-    int32_t acc[kRowsPerStep][kColsPerStep];
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t m0 = s * kRowsPerStep, rows = std::min<int64_t>(kRowsPerStep, p.M - m0);
-      for (int64_t r = 0; r < kRowsPerStep; ++r) {
-        q[r] = qbuf.data() + r * Kp;
-        // A missing last row computes on zeros and is not stored.
-        sx[r] = r < rows ? quantize_row(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf.data() + r * Kp) : 0.0f;
-        if (r >= rows) std::memset(qbuf.data() + r * Kp, 0, Kp);
-      }
-      for (int64_t n0 = 0; n0 < p.N; n0 += kColsPerStep) {
-        dot(q, panel.bytes.data() + n0 * panel.row_bytes, panel.row_bytes, Kp, acc);
-        const int64_t cols = std::min<int64_t>(kColsPerStep, p.N - n0);
-        for (int64_t r = 0; r < rows; ++r) {
-          out_t* o = out + (m0 + r) * p.N + n0;
-          for (int64_t c = 0; c < cols; ++c) {
-            if constexpr (std::is_same_v<out_t, int32_t>) {
-              o[c] = acc[r][c];
-            } else {
-              // ((acc * sx) * sw) + bias in fp32: the reference's order, rounded once at the end.
-              float v = float(acc[r][c]) * sx[r] * p.w_scale[n0 + c];
-              if (bias) v += bias[n0 + c];
-              o[c] = static_cast<out_t>(activate(v, p.activation));
-            }
-          }
-        }
-      }
-    }
+    std::vector<int32_t> accbuf(kRowsPerStep * panel.rows);
+    steps_fn(p, panel, Kp, s0, s1, qbuf.data(), accbuf.data());
   });
+}
+
+enum class QLinearIsa { Scalar, Avx2, Avx512Vnni };
+
+QLinearIsa best_isa() {
+  if (cpu_has_avx512_vnni()) return QLinearIsa::Avx512Vnni;
+  if (cpu_has_avx2()) return QLinearIsa::Avx2;
+  return QLinearIsa::Scalar;
 }
 
 at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
                         int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
-                        std::optional<at::ScalarType> out_dtype, bool use_avx2) {
+                        std::optional<at::ScalarType> out_dtype, QLinearIsa isa) {
   QLinearCall call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
   const at::ScalarType out_type = call.out.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qlinear_cpu", [&] {
+    auto run = [&](auto out_tag) {
+      using out_t = decltype(out_tag);
+      if (isa == QLinearIsa::Avx512Vnni) qlinear_vnni_kernel<scalar_t, out_t>(call.params);
+      else qlinear_kernel<scalar_t, out_t>(call.params, isa == QLinearIsa::Avx2);
+    };
     switch (out_type) {
-      case at::kInt: qlinear_kernel<scalar_t, int32_t>(call.params, use_avx2); break;
-      case at::kHalf: qlinear_kernel<scalar_t, at::Half>(call.params, use_avx2); break;
-      case at::kBFloat16: qlinear_kernel<scalar_t, at::BFloat16>(call.params, use_avx2); break;
-      default: qlinear_kernel<scalar_t, float>(call.params, use_avx2); break;
+      case at::kInt: run(int32_t{}); break;
+      case at::kHalf: run(at::Half{}); break;
+      case at::kBFloat16: run(at::BFloat16{}); break;
+      default: run(float{}); break;
     }
   });
   return call.out;
@@ -303,14 +515,25 @@ at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tens
 at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
                        int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
                        std::optional<at::ScalarType> out_dtype) {
-  return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, cpu_has_avx2());
+  return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, best_isa());
 }
 
-// The scalar path alone, whatever the CPU: lets tests compare both paths on one machine.
-at::Tensor qlinear_scalar_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
-                              int64_t in_features, const std::optional<at::Tensor>& bias,
-                              c10::string_view activation, std::optional<at::ScalarType> out_dtype) {
-  return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, false);
+// One named instruction-set path, whatever the CPU would pick: tests compare them bit for bit.
+at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
+                           int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
+                           std::optional<at::ScalarType> out_dtype, c10::string_view isa) {
+  const char* op = "scangraph::qlinear_cpu_isa";
+  QLinearIsa chosen = QLinearIsa::Scalar;
+  if (isa == "avx2") {
+    TORCH_CHECK(cpu_has_avx2(), op, ": this CPU has no AVX2");
+    chosen = QLinearIsa::Avx2;
+  } else if (isa == "avx512_vnni") {
+    TORCH_CHECK(cpu_has_avx512_vnni(), op, ": this CPU has no AVX-512 VNNI");
+    chosen = QLinearIsa::Avx512Vnni;
+  } else {
+    TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2' or 'avx512_vnni', got '", std::string(isa), "'");
+  }
+  return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, chosen);
 }
 
 // ---- qspmm --------------------------------------------------------------------------------------
@@ -398,7 +621,7 @@ at::Tensor qspmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const std:
 TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
   m.impl("quantize", &quantize_cpu);
   m.impl("qlinear", &qlinear_cpu);
-  m.impl("qlinear_scalar", &qlinear_scalar_cpu);
+  m.impl("qlinear_cpu_isa", &qlinear_cpu_isa);
   m.impl("qspmm", &qspmm_cpu);
 }
 

@@ -79,6 +79,10 @@ def _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation="none", o
     return x.new_empty((x.shape[0], w.shape[0]), dtype=dtype)
 
 
+def _qlinear_isa_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, isa):
+    return _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype)
+
+
 def _qspmm_fake(rowptr, col, weight, x, x_scale, reduce="sum"):
     return x.new_empty((rowptr.shape[0] - 1, x.shape[1]), dtype=torch.float32)
 
@@ -104,7 +108,7 @@ def _register_cpp_ops():
         return
     torch.library.register_fake("scangraph::quantize")(_quantize_fake)
     torch.library.register_fake("scangraph::qlinear")(_qlinear_fake)
-    torch.library.register_fake("scangraph::qlinear_scalar")(_qlinear_fake)
+    torch.library.register_fake("scangraph::qlinear_cpu_isa")(_qlinear_isa_fake)
     torch.library.register_fake("scangraph::qspmm")(_qspmm_fake)
     _register_autograd("")
 
