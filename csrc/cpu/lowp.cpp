@@ -27,6 +27,11 @@
 #define SCANGRAPH_LOWP_AVX2 0
 #endif
 
+// The epilogue computes ((acc * sx) * sw) + bias as separate fp32 roundings, as the reference
+// does; contracting it into an FMA (GCC's default under AVX-512 / FMA targets) would round
+// differently per ISA path.
+#pragma GCC optimize("fp-contract=off")
+
 namespace scangraph {
 namespace {
 
@@ -174,11 +179,6 @@ WeightPanel pack_weight(const QLinearParams& p, int64_t Kp) {
   const int64_t src_bytes = p.w_bits == 4 ? (p.K + 1) / 2 : p.K;
   for (int64_t n = 0; n < p.N; ++n) {
     const int8_t* src = p.w + n * p.w_row_stride;
-    if (p.w_bits == 8)
-      for (int64_t k = 0; k < p.K; ++k)
-        // The AVX2 sign trick negates w; -128 would wrap. quantize() never produces it.
-        TORCH_CHECK(src[k] != -128, "scangraph::qlinear: 8-bit weights must lie in [-127, 127], found -128 "
-                    "in row ", n, " (use scangraph.quantize)");
     std::memcpy(panel.bytes.data() + n * panel.row_bytes, src, src_bytes);
   }
   return panel;
@@ -496,6 +496,15 @@ at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         std::optional<at::ScalarType> out_dtype, QLinearIsa isa) {
   QLinearCall call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
   const at::ScalarType out_type = call.out.scalar_type();
+  if (w_bits == 8) {
+    // Symmetric weights lie in [-127, 127] (quantize never writes -128); the AVX2 sign trick
+    // negates w, which would wrap at -128, so every path refuses it alike. N * K bytes: cheap.
+    const QLinearParams& p = call.params;
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t k = 0; k < p.K; ++k)
+        TORCH_CHECK(p.w[n * p.w_row_stride + k] != -128, "scangraph::qlinear: 8-bit weights must lie in "
+                    "[-127, 127], found -128 in row ", n, " (quantize with scangraph.quantize)");
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qlinear_cpu", [&] {
     auto run = [&](auto out_tag) {
       using out_t = decltype(out_tag);
