@@ -546,42 +546,84 @@ at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::T
 }
 
 // ---- qspmm --------------------------------------------------------------------------------------
-// Features per register tile: 32 fp32 accumulators (4 AVX2 registers) across a row's edges.
-constexpr int64_t kQFeatureTile = 32;
+// Features per register tile: 64 int8 features are one cache line of a gathered row, and their
+// 64 fp32 sums are 8 AVX2 registers, kept in registers across all of a row's edges.
+constexpr int64_t kQFeatureTile = 64;
+
+#if defined(__GNUC__)
+typedef float qfloat8 __attribute__((vector_size(32)));
+typedef int8_t qint8x8 __attribute__((vector_size(8), aligned(1)));  // unaligned 8-byte loads
+
+// kVectors x 8 features [f0, f0 + 8 kVectors) of row i over its edges: sum (or max of the
+// sign-flipped messages) of coef_e * q[j, f], coef_e = sign * w_e * scale_j.
+template <typename index_t, bool kExtreme, int kVectors>
+SCANGRAPH_LOWP_INLINE void qspmm_tile(const QSpmmParams& p, int64_t begin, int64_t end, int64_t f0, float sign,
+                                      float* __restrict__ o) {
+  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
+  qfloat8 a[kVectors];
+  for (int v = 0; v < kVectors; ++v) a[v] = kExtreme ? qfloat8{} - __builtin_inff() : qfloat8{};
+  for (int64_t e = begin; e < end; ++e) {
+    const int64_t j = int64_t(col[e]);
+    // Dequantization folded into the edge coefficient: one multiply per edge, not per feature.
+    const float coef = sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j];
+    const qint8x8* xr = reinterpret_cast<const qint8x8*>(p.x + j * p.x_row_stride + f0);
+    for (int v = 0; v < kVectors; ++v) {
+      const qfloat8 m = coef * __builtin_convertvector(xr[v], qfloat8);
+      if constexpr (kExtreme) a[v] = m > a[v] ? m : a[v];
+      else a[v] += m;
+    }
+  }
+  for (int v = 0; v < kVectors; ++v)
+    for (int k = 0; k < 8; ++k) o[v * 8 + k] = a[v][k];
+}
+#define SCANGRAPH_QSPMM_VECTOR_TILES 1
+#else
+#define SCANGRAPH_QSPMM_VECTOR_TILES 0
+#endif
+
+// Features [f0, f0 + width) of row i, any width: the scalar form of qspmm_tile.
+template <typename index_t, bool kExtreme>
+SCANGRAPH_LOWP_INLINE void qspmm_tile_scalar(const QSpmmParams& p, int64_t begin, int64_t end, int64_t f0,
+                                             int64_t width, float sign, float* __restrict__ o) {
+  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
+  float acc[kQFeatureTile];
+  for (int64_t k = 0; k < width; ++k) acc[k] = kExtreme ? -std::numeric_limits<float>::infinity() : 0.0f;
+  for (int64_t e = begin; e < end; ++e) {
+    const int64_t j = int64_t(col[e]);
+    const float coef = sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j];
+    const int8_t* xr = p.x + j * p.x_row_stride + f0;
+    for (int64_t k = 0; k < width; ++k) {
+      const float m = coef * float(xr[k]);
+      acc[k] = kExtreme ? (m > acc[k] ? m : acc[k]) : acc[k] + m;
+    }
+  }
+  for (int64_t k = 0; k < width; ++k) o[k] = acc[k];
+}
 
 template <typename index_t, int kReduce>
-inline __attribute__((always_inline)) void qspmm_row_range(const QSpmmParams& p, int64_t r0, int64_t r1) {
-  const index_t* col = static_cast<const index_t*>(p.col);
-  const int64_t F = p.num_features;
+SCANGRAPH_LOWP_INLINE void qspmm_row_range(const QSpmmParams& p, int64_t r0, int64_t r1) {
   constexpr bool kExtreme = kReduce >= 2;
+  const int64_t F = p.num_features;
   const float sign = kReduce == 3 ? -1.0f : 1.0f;  // min = -max of the negated messages
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
     float* o = p.out + i * F;
     if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
-    for (int64_t f0 = 0; f0 < F; f0 += kQFeatureTile) {
-      const int64_t width = std::min<int64_t>(kQFeatureTile, F - f0);
-      float acc[kQFeatureTile];
-      for (int64_t k = 0; k < kQFeatureTile; ++k) acc[k] = kExtreme ? -std::numeric_limits<float>::infinity() : 0.0f;
-      for (int64_t e = begin; e < end; ++e) {
-        const int64_t j = int64_t(col[e]);
-        // Dequantization folded into the edge coefficient: one multiply per edge, not per feature.
-        const float coef = sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j];
-        const int8_t* xr = p.x + j * p.x_row_stride + f0;
-        if (width == kQFeatureTile) {
-          for (int64_t k = 0; k < kQFeatureTile; ++k) {
-            const float m = coef * float(xr[k]);
-            acc[k] = kExtreme ? (m > acc[k] ? m : acc[k]) : acc[k] + m;
-          }
-        } else {
-          for (int64_t k = 0; k < width; ++k) {
-            const float m = coef * float(xr[k]);
-            acc[k] = kExtreme ? (m > acc[k] ? m : acc[k]) : acc[k] + m;
-          }
-        }
-      }
+    for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
+      const int64_t left = F - f0;
+#if SCANGRAPH_QSPMM_VECTOR_TILES
+      width = left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left;
+      if (width == 64) qspmm_tile<index_t, kExtreme, 8>(p, begin, end, f0, sign, o + f0);
+      else if (width == 32) qspmm_tile<index_t, kExtreme, 4>(p, begin, end, f0, sign, o + f0);
+      else if (width == 16) qspmm_tile<index_t, kExtreme, 2>(p, begin, end, f0, sign, o + f0);
+      else if (width == 8) qspmm_tile<index_t, kExtreme, 1>(p, begin, end, f0, sign, o + f0);
+      else qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+#else
+      width = left >= kQFeatureTile ? kQFeatureTile : left;
+      qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+#endif
       const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
-      for (int64_t k = 0; k < width; ++k) o[f0 + k] = acc[k] * scale;
+      for (int64_t k = 0; k < width; ++k) o[f0 + k] *= scale;
     }
   }
 }
