@@ -92,8 +92,9 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_values_kernel(Quantize
 
 template <typename scalar_t>
 void launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
-  if (p.channels == 0 || p.last_dim == 0) return;
-  absmax_scale_kernel<scalar_t><<<unsigned(p.channels), kQuantThreads, 0, stream>>>(p);
+  if (p.channels == 0) return;
+  absmax_scale_kernel<scalar_t><<<unsigned(p.channels), kQuantThreads, 0, stream>>>(p);  // empty channels: 0
+  if (p.last_dim == 0) return;
   const int64_t rows = p.outer * p.channels * p.inner / p.last_dim;
   const int64_t row_bytes = p.bits == 4 ? (p.last_dim + 1) / 2 : p.last_dim;
   const int64_t total = rows * row_bytes;
