@@ -55,17 +55,24 @@ bool cpu_has_avx2() {
 template <typename scalar_t>
 inline float to_float(scalar_t v) { return static_cast<float>(v); }
 
-// max |x| of n values in fp32; NaN compares as larger than inf, so a non-finite row is seen.
+#define SCANGRAPH_LOWP_INLINE inline __attribute__((always_inline))
+
+// max |x| of n values in fp32, as an integer max over the sign-cleared bit patterns (monotone
+// for floats, and it vectorises where a float max with NaN handling does not); NaN sorts above
+// inf, so a non-finite input comes out non-finite and check_finite reports it.
 template <typename scalar_t>
-inline float absmax(const scalar_t* x, int64_t n, int64_t stride = 1) {
-  float m = 0.0f;
-  bool nan = false;
+SCANGRAPH_LOWP_INLINE float absmax(const scalar_t* __restrict__ x, int64_t n) {
+  uint32_t max_bits = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float v = std::fabs(to_float(x[i * stride]));
-    nan |= v != v;
-    m = v > m ? v : m;
+    const float v = to_float(x[i]);
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    b &= 0x7fffffffu;
+    max_bits = b > max_bits ? b : max_bits;
   }
-  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+  float m;
+  std::memcpy(&m, &max_bits, 4);
+  return m;
 }
 
 inline void check_finite(float amax, const char* op) {
@@ -83,7 +90,7 @@ void quantize_kernel(const QuantizeParams& p) {
       float m = 0.0f;
       for (int64_t o = 0; o < p.outer; ++o) {
         const float mo = absmax(x + (o * p.channels + c) * p.inner, p.inner);
-        m = (mo > m || mo != mo) ? mo : m;
+        m = (mo > m || mo != mo) ? mo : m;  // keeps a NaN once seen
       }
       check_finite(m, "scangraph::quantize");
       p.scale[c] = m / float(qmax);
@@ -120,26 +127,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, int64_t bit
 }
 
 // ---- qlinear ------------------------------------------------------------------------------------
-#define SCANGRAPH_LOWP_INLINE inline __attribute__((always_inline))
-
 // Quantizes one row of x (K values) into q (Kp bytes, zero padded) and returns its scale.
 // kOffset stores q + 128 as uint8 (the VNNI path's unsigned operand). Always inlined into the
-// ISA-specific callers so both loops vectorise for their instruction set: absmax as an integer
-// max over the sign-cleared bit patterns (monotone for floats; NaN sorts above inf, so a
-// non-finite row comes out non-finite and is reported).
+// ISA-specific callers so both loops vectorise for their instruction set.
 template <typename scalar_t, bool kOffset>
 SCANGRAPH_LOWP_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, int64_t Kp,
                                          int8_t* __restrict__ q) {
-  uint32_t max_bits = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    const float v = to_float(x[k]);
-    uint32_t b;
-    std::memcpy(&b, &v, 4);
-    b &= 0x7fffffffu;
-    max_bits = b > max_bits ? b : max_bits;
-  }
-  float amax;
-  std::memcpy(&amax, &max_bits, 4);
+  const float amax = absmax(x, K);
   check_finite(amax, "scangraph::qlinear");
   const float scale = amax / 127.0f;
   const int offset = kOffset ? 128 : 0;
