@@ -17,7 +17,7 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/csr_validate.h"
+#include "cpu/csr_rows.h"
 #include "glue/lowp_args.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -332,6 +332,15 @@ SCANGRAPH_VNNI_TARGET void vnni_group(const uint8_t* const* xu, int64_t rows, co
 }
 #endif
 
+bool cpu_has_avx512f() {
+#if SCANGRAPH_LOWP_AVX2
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
 bool cpu_has_avx512_vnni() {
 #if SCANGRAPH_LOWP_AVX2
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -544,35 +553,30 @@ at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::T
 // 64 fp32 sums are 8 AVX2 registers, kept in registers across all of a row's edges.
 constexpr int64_t kQFeatureTile = 64;
 
-#if defined(__GNUC__)
-typedef float qfloat8 __attribute__((vector_size(32)));
-typedef int8_t qint8x8 __attribute__((vector_size(8), aligned(1)));  // unaligned 8-byte loads
-
+#if SCANGRAPH_LOWP_AVX2
 // kVectors x 8 features [f0, f0 + 8 kVectors) of row i over its edges: sum (or max of the
-// sign-flipped messages) of coef_e * q[j, f], coef_e = sign * w_e * scale_j.
+// sign-flipped messages) of coef_e * q[j, f], coef_e = sign * w_e * scale_j, in fp32 registers.
+// Intrinsics: GCC scalarises a generic int8 -> float vector conversion (movsbl + cvtsi2ss per
+// element); vpmovsxbd + vcvtdq2ps widen 8 values in two instructions.
 template <typename index_t, bool kExtreme, int kVectors>
-SCANGRAPH_LOWP_INLINE void qspmm_tile(const QSpmmParams& p, int64_t begin, int64_t end, int64_t f0, float sign,
-                                      float* __restrict__ o) {
+__attribute__((target("avx2"))) void qspmm_tile_avx2(const QSpmmParams& p, int64_t begin, int64_t end, int64_t f0,
+                                                      float sign, float* __restrict__ o) {
   const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
-  qfloat8 a[kVectors];
-  for (int v = 0; v < kVectors; ++v) a[v] = kExtreme ? qfloat8{} - __builtin_inff() : qfloat8{};
+  __m256 a[kVectors];
+  for (int v = 0; v < kVectors; ++v) a[v] = _mm256_set1_ps(kExtreme ? -__builtin_inff() : 0.0f);
   for (int64_t e = begin; e < end; ++e) {
     const int64_t j = int64_t(col[e]);
     // Dequantization folded into the edge coefficient: one multiply per edge, not per feature.
-    const float coef = sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j];
-    const qint8x8* xr = reinterpret_cast<const qint8x8*>(p.x + j * p.x_row_stride + f0);
+    const __m256 coef = _mm256_set1_ps(sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j]);
+    const int8_t* xr = p.x + j * p.x_row_stride + f0;
     for (int v = 0; v < kVectors; ++v) {
-      const qfloat8 m = coef * __builtin_convertvector(xr[v], qfloat8);
-      if constexpr (kExtreme) a[v] = m > a[v] ? m : a[v];
-      else a[v] += m;
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(xr + 8 * v));
+      const __m256 m = _mm256_mul_ps(coef, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
+      a[v] = kExtreme ? _mm256_max_ps(m, a[v]) : _mm256_add_ps(a[v], m);
     }
   }
-  for (int v = 0; v < kVectors; ++v)
-    for (int k = 0; k < 8; ++k) o[v * 8 + k] = a[v][k];
+  for (int v = 0; v < kVectors; ++v) _mm256_storeu_ps(o + 8 * v, a[v]);
 }
-#define SCANGRAPH_QSPMM_VECTOR_TILES 1
-#else
-#define SCANGRAPH_QSPMM_VECTOR_TILES 0
 #endif
 
 // Features [f0, f0 + width) of row i, any width: the scalar form of qspmm_tile.
@@ -594,7 +598,58 @@ SCANGRAPH_LOWP_INLINE void qspmm_tile_scalar(const QSpmmParams& p, int64_t begin
   for (int64_t k = 0; k < width; ++k) o[k] = acc[k];
 }
 
+#if SCANGRAPH_LOWP_AVX2
+// AVX-512: 32 zmm registers hold up to 256 fp32 sums (16 accumulators), so a whole GNN-width
+// row (F <= 256) is summed in registers in one pass over the row's edges: each edge's index,
+// scale and feature row are fetched once, and 16 features cost a widening load, a convert and
+// an FMA (the FMA rounds once where the AVX2 / scalar paths round twice: within fp32 rounding).
+template <typename index_t, bool kExtreme, int kVectors>
+__attribute__((target("avx512f"))) void qspmm_tile_avx512(const QSpmmParams& p, int64_t begin, int64_t end,
+                                                           int64_t f0, float sign, float* __restrict__ o) {
+  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
+  __m512 a[kVectors];
+  for (int v = 0; v < kVectors; ++v) a[v] = _mm512_set1_ps(kExtreme ? -__builtin_inff() : 0.0f);
+  for (int64_t e = begin; e < end; ++e) {
+    const int64_t j = int64_t(col[e]);
+    const __m512 coef = _mm512_set1_ps(sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j]);
+    const int8_t* xr = p.x + j * p.x_row_stride + f0;
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512 q = _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + 16 * v))));
+      a[v] = kExtreme ? _mm512_max_ps(_mm512_mul_ps(coef, q), a[v]) : _mm512_fmadd_ps(coef, q, a[v]);
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(o + 16 * v, a[v]);
+}
+
 template <typename index_t, int kReduce>
+__attribute__((target("avx512f"))) void qspmm_range_avx512(const QSpmmParams& p, int64_t r0, int64_t r1) {
+  constexpr bool kExtreme = kReduce >= 2;
+  const int64_t F = p.num_features;
+  const float sign = kReduce == 3 ? -1.0f : 1.0f;
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
+    float* o = p.out + i * F;
+    if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
+    for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
+      const int64_t left = F - f0;
+      width = left >= 256 ? 256 : left >= 128 ? 128 : left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : left;
+      switch (width) {
+        case 256: qspmm_tile_avx512<index_t, kExtreme, 16>(p, begin, end, f0, sign, o + f0); break;
+        case 128: qspmm_tile_avx512<index_t, kExtreme, 8>(p, begin, end, f0, sign, o + f0); break;
+        case 64: qspmm_tile_avx512<index_t, kExtreme, 4>(p, begin, end, f0, sign, o + f0); break;
+        case 32: qspmm_tile_avx512<index_t, kExtreme, 2>(p, begin, end, f0, sign, o + f0); break;
+        case 16: qspmm_tile_avx512<index_t, kExtreme, 1>(p, begin, end, f0, sign, o + f0); break;
+        default: qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+      }
+      const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
+      for (int64_t k = 0; k < width; ++k) o[f0 + k] *= scale;
+    }
+  }
+}
+#endif
+
+template <typename index_t, int kReduce, bool kAvx2>
 SCANGRAPH_LOWP_INLINE void qspmm_row_range(const QSpmmParams& p, int64_t r0, int64_t r1) {
   constexpr bool kExtreme = kReduce >= 2;
   const int64_t F = p.num_features;
@@ -605,17 +660,20 @@ SCANGRAPH_LOWP_INLINE void qspmm_row_range(const QSpmmParams& p, int64_t r0, int
     if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
     for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
       const int64_t left = F - f0;
-#if SCANGRAPH_QSPMM_VECTOR_TILES
-      width = left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left;
-      if (width == 64) qspmm_tile<index_t, kExtreme, 8>(p, begin, end, f0, sign, o + f0);
-      else if (width == 32) qspmm_tile<index_t, kExtreme, 4>(p, begin, end, f0, sign, o + f0);
-      else if (width == 16) qspmm_tile<index_t, kExtreme, 2>(p, begin, end, f0, sign, o + f0);
-      else if (width == 8) qspmm_tile<index_t, kExtreme, 1>(p, begin, end, f0, sign, o + f0);
-      else qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
-#else
-      width = left >= kQFeatureTile ? kQFeatureTile : left;
-      qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+#if SCANGRAPH_LOWP_AVX2
+      if constexpr (kAvx2) {
+        width = left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left;
+        if (width == 64) qspmm_tile_avx2<index_t, kExtreme, 8>(p, begin, end, f0, sign, o + f0);
+        else if (width == 32) qspmm_tile_avx2<index_t, kExtreme, 4>(p, begin, end, f0, sign, o + f0);
+        else if (width == 16) qspmm_tile_avx2<index_t, kExtreme, 2>(p, begin, end, f0, sign, o + f0);
+        else if (width == 8) qspmm_tile_avx2<index_t, kExtreme, 1>(p, begin, end, f0, sign, o + f0);
+        else qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+      } else
 #endif
+      {
+        width = left >= kQFeatureTile ? kQFeatureTile : left;
+        qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+      }
       const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
       for (int64_t k = 0; k < width; ++k) o[f0 + k] *= scale;
     }
@@ -623,12 +681,12 @@ SCANGRAPH_LOWP_INLINE void qspmm_row_range(const QSpmmParams& p, int64_t r0, int
 }
 
 template <typename index_t, int kReduce>
-void qspmm_range_baseline(const QSpmmParams& p, int64_t r0, int64_t r1) { qspmm_row_range<index_t, kReduce>(p, r0, r1); }
+void qspmm_range_baseline(const QSpmmParams& p, int64_t r0, int64_t r1) { qspmm_row_range<index_t, kReduce, false>(p, r0, r1); }
 
 #if SCANGRAPH_LOWP_AVX2
 template <typename index_t, int kReduce>
 __attribute__((target("avx2"))) void qspmm_range_avx2(const QSpmmParams& p, int64_t r0, int64_t r1) {
-  qspmm_row_range<index_t, kReduce>(p, r0, r1);
+  qspmm_row_range<index_t, kReduce, true>(p, r0, r1);
 }
 #endif
 
@@ -637,9 +695,10 @@ void qspmm_rows(const QSpmmParams& p) {
   auto* range = &qspmm_range_baseline<index_t, kReduce>;
 #if SCANGRAPH_LOWP_AVX2
   if (cpu_has_avx2()) range = &qspmm_range_avx2<index_t, kReduce>;
+  if (cpu_has_avx512f()) range = &qspmm_range_avx512<index_t, kReduce>;
 #endif
-  // Work per row ~ degree + 1: chunks of rows small enough to balance hub rows between threads.
-  at::parallel_for(0, p.num_rows, 256, [&](int64_t r0, int64_t r1) { range(p, r0, r1); });
+  // Chunks of equal work (edges + rows), as spmm: hub rows do not leave a thread idle.
+  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) { range(p, r0, r1); });
 }
 
 template <typename index_t>

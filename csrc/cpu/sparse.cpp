@@ -16,46 +16,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/csr_validate.h"
+#include "cpu/csr_rows.h"
 #include "glue/sparse_args.h"
 
 namespace scangraph {
 namespace {
-
-// Chunks per thread: more than one so that chunks that turn out slower (cache misses on hub
-// rows) are balanced by the scheduler, few enough that per-chunk overhead stays negligible.
-constexpr int64_t kChunksPerThread = 8;
-
-// Row boundaries of chunks holding about equal (edges + rows): the work of row i is
-// deg(i) + 1, so the prefix sum of work at row i is rowptr[i] + i (monotone): binary search.
-std::vector<int64_t> balanced_row_chunks(const int64_t* rowptr, int64_t num_rows) {
-  const int64_t total = rowptr[num_rows] + num_rows;
-  const int64_t chunks = std::max<int64_t>(
-      1, std::min<int64_t>(num_rows, at::get_num_threads() * kChunksPerThread));
-  std::vector<int64_t> bounds(chunks + 1);
-  bounds[0] = 0;
-  for (int64_t c = 1; c < chunks; ++c) {
-    const int64_t target = total * c / chunks;
-    int64_t lo = bounds[c - 1], hi = num_rows;  // first row whose prefix work reaches target
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (rowptr[mid] + mid < target) lo = mid + 1; else hi = mid;
-    }
-    bounds[c] = lo;
-  }
-  bounds[chunks] = num_rows;
-  return bounds;
-}
-
-// Calls body(row_begin, row_end) on balanced chunks of rows, in parallel.
-template <typename Body>
-void for_each_row_chunk(const int64_t* rowptr, int64_t num_rows, const Body& body) {
-  if (num_rows == 0) return;
-  const std::vector<int64_t> bounds = balanced_row_chunks(rowptr, num_rows);
-  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) body(bounds[c], bounds[c + 1]);
-  });
-}
 
 // The row loop is compiled twice, for the baseline ISA and for AVX2 (chosen at run time), from
 // one always-inlined body: 8-wide float vectors on machines that have them, no -march flag.

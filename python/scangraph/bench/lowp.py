@@ -9,7 +9,7 @@ The weight's bytes (int8 / packed int4 + scales vs fp32) are a column of their o
 
 qspmm: int8 node features (per-row scales) aggregated with sum against fp32 spmm of the same
 features (our C++ / CUDA kernel and torch.sparse.mm) on email-Enron (R-MAT / karate without the
-data folder, as the sparse bench), F = 256 (quick: the --features list).
+data folder, as the sparse bench), F = 128 and 256 (quick: the --features list).
 """
 import os
 import warnings
@@ -103,6 +103,6 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
         only_graph = None if options.only is None else options.only.rsplit(" F=", 1)[0]
         for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph):
             graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
-            for f in (options.features if options.quick else (256,)):
+            for f in (options.features if options.quick else (128, 256)):
                 if options.only is None or options.only == f"{name} F={f}":
                     yield _qspmm_case(name, graph, f, device)
