@@ -1,6 +1,10 @@
 """Low-precision family: quantize / int4 packing / QTensor, qlinear (W8A8, W4A8) with its exact
 integer accumulator, qspmm, fake_quantize (STE) against reference.py on random and
-adversarial values; opcheck, torch.compile, the Triton interpreter, bad input."""
+adversarial values; opcheck, torch.compile, the Triton interpreter, bad input.
+
+The Triton kernels run here in the interpreter (TRITON_INTERPRET=1, tests/conftest.py): int8 x
+int8 `tl.dot` with an int32 accumulator works there (torch 2.14.1, triton 3.8), so the
+"triton-cpu" parameters check the very kernels a GPU compiles, bit for bit."""
 import io
 
 import pytest

@@ -8,7 +8,7 @@ import scangraph
 from scangraph import _extension
 from scangraph.backend import AUTO, triton_unavailable_reason
 
-OPS = ("spmm", "spmm_arg", "sddmm", "gat_aggregate", "common_neighbors")
+OPS = ("spmm", "spmm_arg", "sddmm", "gat_aggregate", "common_neighbors", "quantize", "qlinear", "qspmm")
 
 
 def report() -> str:
