@@ -69,7 +69,7 @@ struct QLinearParams {
   const void* x;          // (M, K) with unit inner stride
   const int8_t* w;        // (N, K) int8, or (N, ceil(K / 2)) packed int4
   const float* w_scale;   // (N,)
-  const void* bias;       // (N,) in the output dtype (fp32 for int32 output: unused), or nullptr
+  const void* bias;       // (N,) float32 (the glue converts it), or nullptr
   void* out;              // contiguous (M, N)
   int64_t M, N, K;
   int64_t x_row_stride;
