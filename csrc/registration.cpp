@@ -63,6 +63,23 @@ TORCH_LIBRARY(scangraph, m) {
   // One streaming step: k, v (batch, heads, d | dv); the state is updated in place; -> o_t.
   m.def("prefix_attention_step(Tensor(a!) m, Tensor(b!) c, Tensor(c!) w, Tensor q, Tensor k, Tensor v, "
         "float scale) -> Tensor");
+
+  // Low-precision GNN matmul (symmetric quantization, fp32 scales; ALGORITHMS.md section 4).
+  // -> (data, scale): data int8 of x's shape, or for bits=4 uint8 with the last dimension packed
+  // two values per byte; scale (channels,) float32, one per index along axis (axis=None: one).
+  m.def("quantize(Tensor x, int bits, int? axis) -> (Tensor, Tensor)");
+  // act(acc * sx * w_scale + bias) with x quantized per row inside the kernel and acc the int32
+  // product with w (int8 (N, K), or packed int4 (N, ceil(K / 2)) for w_bits=4). activation:
+  // none | relu | gelu | silu; out_dtype float32 | float16 | bfloat16, or int32 for acc itself.
+  m.def("qlinear(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
+        "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
+  // qlinear on one named CPU path, isa = scalar | avx2 | avx512_vnni (errors where the CPU lacks
+  // it); qlinear itself picks the best the CPU has. Lets tests compare the paths bit for bit.
+  m.def("qlinear_cpu_isa(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
+        "str activation, ScalarType? out_dtype, str isa) -> Tensor");
+  // spmm over int8 per-row quantized features: fp32 out, dequantization fused per edge.
+  m.def("qspmm(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, "
+        "str reduce=\"sum\") -> Tensor");
 }
 
 #ifndef SCANGRAPH_NO_PYTHON_MODULE

@@ -16,64 +16,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/csr_rows.h"
 #include "glue/sparse_args.h"
 
 namespace scangraph {
 namespace {
-
-// Chunks per thread: more than one so that chunks that turn out slower (cache misses on hub
-// rows) are balanced by the scheduler, few enough that per-chunk overhead stays negligible.
-constexpr int64_t kChunksPerThread = 8;
-
-// Row boundaries of chunks holding about equal (edges + rows): the work of row i is
-// deg(i) + 1, so the prefix sum of work at row i is rowptr[i] + i (monotone): binary search.
-std::vector<int64_t> balanced_row_chunks(const int64_t* rowptr, int64_t num_rows) {
-  const int64_t total = rowptr[num_rows] + num_rows;
-  const int64_t chunks = std::max<int64_t>(
-      1, std::min<int64_t>(num_rows, at::get_num_threads() * kChunksPerThread));
-  std::vector<int64_t> bounds(chunks + 1);
-  bounds[0] = 0;
-  for (int64_t c = 1; c < chunks; ++c) {
-    const int64_t target = total * c / chunks;
-    int64_t lo = bounds[c - 1], hi = num_rows;  // first row whose prefix work reaches target
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (rowptr[mid] + mid < target) lo = mid + 1; else hi = mid;
-    }
-    bounds[c] = lo;
-  }
-  bounds[chunks] = num_rows;
-  return bounds;
-}
-
-// Calls body(row_begin, row_end) on balanced chunks of rows, in parallel.
-template <typename Body>
-void for_each_row_chunk(const int64_t* rowptr, int64_t num_rows, const Body& body) {
-  if (num_rows == 0) return;
-  const std::vector<int64_t> bounds = balanced_row_chunks(rowptr, num_rows);
-  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) body(bounds[c], bounds[c + 1]);
-  });
-}
-
-// Values are read before any kernel runs: a bad index would read out of bounds.
-void validate_csr(const at::Tensor& rowptr, const at::Tensor& col, int64_t num_src,
-                  const char* op) {
-  const int64_t* rp = rowptr.data_ptr<int64_t>();
-  const int64_t num_rows = rowptr.numel() - 1, num_edges = col.numel();
-  TORCH_CHECK(rp[0] == 0, op, ": rowptr[0] must be 0, got ", rp[0]);
-  TORCH_CHECK(rp[num_rows] == num_edges, op, ": rowptr[-1] must equal the number of edges (",
-              num_edges, "), got ", rp[num_rows]);
-  for (int64_t i = 0; i < num_rows; ++i)
-    TORCH_CHECK(rp[i] <= rp[i + 1], op, ": rowptr must be non-decreasing, but rowptr[", i,
-                "] = ", rp[i], " > rowptr[", i + 1, "] = ", rp[i + 1]);
-  AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "validate_csr", [&] {
-    const index_t* c = col.data_ptr<index_t>();
-    for (int64_t e = 0; e < num_edges; ++e)
-      TORCH_CHECK(c[e] >= 0 && c[e] < num_src, op, ": col[", e, "] = ", c[e],
-                  " is out of range for ", num_src, " source nodes");
-  });
-}
 
 // The row loop is compiled twice, for the baseline ISA and for AVX2 (chosen at run time), from
 // one always-inlined body: 8-wide float vectors on machines that have them, no -march flag.

@@ -11,13 +11,13 @@ from scangraph.graph import CSRGraph
 from scangraph import datasets, nn, reference
 from scangraph.ops.selective_scan import selective_scan, selective_state_update
 from scangraph.ops.sparse import common_neighbor_aggregate, gat_aggregate, sddmm, spmm
+from scangraph.ops.lowp import QTensor, dequantize, fake_quantize, qlinear, qspmm, quantize
 from scangraph.ops.prefix_attention import prefix_attention, prefix_attention_step
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "CSRGraph", "common_neighbor_aggregate", "cpp_built", "cuda_built",
-    "gat_aggregate", "prefix_attention", "prefix_attention_step", "sddmm", "selective_scan",
-    "selective_state_update", "spmm",
-    "use_backend",
+    "BACKENDS", "BackendUnavailable", "CSRGraph", "QTensor", "common_neighbor_aggregate", "cpp_built",
+    "cuda_built", "dequantize", "fake_quantize", "gat_aggregate", "prefix_attention", "prefix_attention_step",
+    "qlinear", "qspmm", "quantize", "sddmm", "selective_scan", "selective_state_update", "spmm", "use_backend",
 ]

@@ -8,7 +8,9 @@ import scangraph
 from scangraph import _extension
 from scangraph.backend import AUTO, triton_unavailable_reason
 
-OPS = ("spmm", "spmm_arg", "sddmm", "gat_aggregate", "common_neighbors", "prefix_attention")
+OPS = ("spmm", "spmm_arg", "sddmm", "gat_aggregate", "common_neighbors", "selective_scan", "prefix_attention",
+       "quantize", "qlinear",
+       "qspmm")
 
 
 def report() -> str:

@@ -262,3 +262,116 @@ def prefix_attention_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
         outputs.append(torch.where(c[..., None] > 0, w / torch.where(c > 0, c, 1)[..., None], 0))
     o = torch.stack(outputs, 1) if outputs else v.new_zeros((batch, 0, heads, v.shape[-1]))
     return o.to(v.dtype), (m, c, w)
+
+
+# ---- low precision (ALGORITHMS.md section 4) ---------------------------------------------------
+def quant_max(bits: int) -> int:
+    """Largest magnitude of a symmetric `bits`-bit integer: 127 for 8 bits, 7 for 4 bits."""
+    if bits not in (8, 4):
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    return 127 if bits == 8 else 7
+
+
+def _channel_view(t: torch.Tensor, axis: Optional[int], ndim: int) -> torch.Tensor:
+    """A (channels,) tensor shaped to broadcast along `axis` of an ndim-D tensor."""
+    if axis is None:
+        return t.reshape(())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0):
+    """(q, scale): q int8 values of x's shape in [-qmax, qmax], scale float32 with one entry per
+    index along `axis` ((channels,)), or a 0-d tensor for axis=None. In fp32: scale = absmax /
+    qmax, q = clamp(round_half_even(x / scale)), 0 where scale is 0."""
+    qmax = quant_max(bits)
+    xf = x.float()
+    if axis is None:
+        amax = xf.abs().amax()
+    else:
+        axis = axis % x.dim()
+        dims = [d for d in range(x.dim()) if d != axis]
+        amax = xf.abs().amax(dim=dims) if dims else xf.abs()
+    scale = amax / qmax
+    s = _channel_view(scale, axis, x.dim())
+    q = torch.where(s > 0, torch.round(xf / torch.where(s > 0, s, torch.ones_like(s))), torch.zeros_like(xf))
+    return q.clamp(-qmax, qmax).to(torch.int8), scale
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int8 values in [-8, 7] -> uint8 with two per byte along the last dimension: element 2i in
+    the low nibble of byte i, 2i + 1 in the high nibble, odd lengths padded with 0."""
+    if q.shape[-1] % 2:
+        q = torch.cat([q, q.new_zeros(q.shape[:-1] + (1,))], dim=-1)
+    nibbles = q.to(torch.int16) & 0xF
+    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(data: torch.Tensor, length: int) -> torch.Tensor:
+    """Inverse of pack_int4: (..., ceil(length / 2)) uint8 -> (..., length) int8."""
+    b = data.to(torch.int16)
+    nibbles = torch.stack([b & 0xF, b >> 4], dim=-1).reshape(data.shape[:-1] + (2 * data.shape[-1],))
+    return ((nibbles ^ 8) - 8)[..., :length].to(torch.int8)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, axis: Optional[int], dtype=torch.float32) -> torch.Tensor:
+    return (q.float() * _channel_view(scale, None if axis is None else axis % q.dim(), q.dim())).to(dtype)
+
+
+def qlinear_accumulator(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
+    """acc[m, n] = sum_k qx[m, k] qw[n, k], exact (int64)."""
+    return qx.to(torch.int64) @ qw.to(torch.int64).t()
+
+
+def _activate(v: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
+    if activation in (None, "none"):
+        return v
+    if activation == "relu":
+        return torch.relu(v)
+    if activation == "gelu":
+        return torch.nn.functional.gelu(v)
+    if activation == "silu":
+        return torch.nn.functional.silu(v)
+    raise ValueError(f"activation must be None, 'relu', 'gelu' or 'silu', got {activation!r}")
+
+
+def qlinear(x: torch.Tensor, qw: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+            activation: Optional[str] = None, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """W8A8 / W4A8 linear: x (M, K) float quantized per row to 8 bits, qw (N, K) int8 values (4-bit
+    weights unpacked), w_scale (N,). out = act(acc * sx * sw + bias) in fp32, in the order
+    ((acc * sx) * sw) + bias; out_dtype=torch.int32 returns acc itself."""
+    qx, sx = quantize(x, 8, 0)
+    acc = qlinear_accumulator(qx, qw)
+    if out_dtype == torch.int32:
+        return acc.to(torch.int32)
+    v = acc.float() * sx[:, None] * w_scale.float()[None, :]
+    if bias is not None:
+        v = v + bias.float()
+    out_dtype = out_dtype or (torch.float32 if x.dtype == torch.float64 else x.dtype)
+    return _activate(v, activation).to(out_dtype)
+
+
+def qspmm(rowptr: torch.Tensor, col: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, reduce: str = "sum",
+          edge_weight: Optional[torch.Tensor] = None, dtype=torch.float64) -> torch.Tensor:
+    """spmm over per-row quantized features x = q * scale[:, None], evaluated in `dtype`."""
+    x = q.to(dtype) * scale.to(dtype)[:, None]
+    return spmm(rowptr, col, x, reduce, None if edge_weight is None else edge_weight.to(dtype))
+
+
+def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0,
+                  scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dequantize(quantize(x)) with a straight-through gradient: 1 where |x| <= qmax * scale
+    (inside the clamp range), 0 outside. Without `scale` the scale is absmax / qmax, whose range
+    holds every element, so the gradient passes everywhere."""
+    qmax = quant_max(bits)
+    if scale is None:
+        q, scale = quantize(x.detach(), bits, axis)
+        s = _channel_view(scale, None if axis is None else axis % x.dim(), x.dim())
+        inside = torch.ones_like(x, dtype=torch.bool)
+    else:
+        s = _channel_view(scale.float(), None if axis is None else axis % x.dim(), x.dim())
+        q = torch.round(x.detach().float() / s).clamp(-qmax, qmax)
+        inside = x.detach().abs() <= qmax * s
+    dq = (q.float() * s).to(x.dtype)
+    return dq + (x - x.detach()) * inside

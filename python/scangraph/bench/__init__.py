@@ -3,7 +3,7 @@ import importlib
 
 # One module per kernel family, each with OPS (the case names --ops accepts) and
 # cases(device, dtype, options) yielding scangraph.bench.case.Case.
-FAMILY_MODULES = ("sparse", "selective_scan", "prefix_attention")
+FAMILY_MODULES = ("sparse", "selective_scan", "prefix_attention", "lowp")
 
 
 def families():

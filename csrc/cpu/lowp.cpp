@@ -1,0 +1,740 @@
+// CPU kernels of the low-precision family: quantize, qlinear (W8A8 / W4A8) and qspmm.
+//
+// qlinear fuses the per-row quantization of x, the int8 x int8 (or int4) product with int32
+// accumulation and the fp32 epilogue: a thread quantizes two rows of x into a small int8
+// buffer, multiplies them against every weight row (the weight panel stays in L2) and writes
+// the finished outputs; x is read once and never materialised in int8 in memory.
+// The product runs on AVX2 (vpsignb / vpmaddubsw / vpmaddwd, ALGORITHMS.md section 4) when the
+// CPU has it, else on a scalar loop; both are exact integer arithmetic, so they agree bit for bit.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu/csr_rows.h"
+#include "glue/lowp_args.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define SCANGRAPH_LOWP_AVX2 1
+#else
+#define SCANGRAPH_LOWP_AVX2 0
+#endif
+
+// The epilogue computes ((acc * sx) * sw) + bias as separate fp32 roundings, as the reference
+// does; contracting it into an FMA (GCC's default under AVX-512 / FMA targets) would round
+// differently per ISA path.
+#pragma GCC optimize("fp-contract=off")
+
+namespace scangraph {
+namespace {
+
+// K is padded to a multiple of one AVX2 register of int8 (32 values) with zeros, which add
+// nothing to the integer dot products.
+constexpr int64_t kKPad = 32;
+// Output columns per micro-kernel step: 2 rows x 4 columns = 8 int32 accumulator registers,
+// which with the 4 x registers, the weight and the constant ones fits AVX2's 16.
+constexpr int64_t kRowsPerStep = 2;
+constexpr int64_t kColsPerStep = 4;
+
+bool cpu_has_avx2() {
+#if SCANGRAPH_LOWP_AVX2
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+#else
+  return false;
+#endif
+}
+
+template <typename scalar_t>
+inline float to_float(scalar_t v) { return static_cast<float>(v); }
+
+#define SCANGRAPH_LOWP_INLINE inline __attribute__((always_inline))
+
+// max |x| of n values in fp32, as an integer max over the sign-cleared bit patterns (monotone
+// for floats, and it vectorises where a float max with NaN handling does not); NaN sorts above
+// inf, so a non-finite input comes out non-finite and check_finite reports it.
+template <typename scalar_t>
+SCANGRAPH_LOWP_INLINE float absmax(const scalar_t* __restrict__ x, int64_t n) {
+  uint32_t max_bits = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = to_float(x[i]);
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    b &= 0x7fffffffu;
+    max_bits = b > max_bits ? b : max_bits;
+  }
+  float m;
+  std::memcpy(&m, &max_bits, 4);
+  return m;
+}
+
+inline void check_finite(float amax, const char* op) {
+  TORCH_CHECK(std::isfinite(amax), op, ": input holds NaN or inf, which has no symmetric quantization");
+}
+
+// ---- quantize ---------------------------------------------------------------------------------
+template <typename scalar_t>
+void quantize_kernel(const QuantizeParams& p) {
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const int qmax = quant_max(p.bits);
+  // Pass 1: absmax of every channel (elements (o, c, i) at (o * channels + c) * inner + i).
+  at::parallel_for(0, p.channels, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float m = 0.0f;
+      for (int64_t o = 0; o < p.outer; ++o) {
+        const float mo = absmax(x + (o * p.channels + c) * p.inner, p.inner);
+        m = (mo > m || mo != mo) ? mo : m;  // keeps a NaN once seen
+      }
+      check_finite(m, "scangraph::quantize");
+      p.scale[c] = m / float(qmax);
+    }
+  });
+  // Pass 2: one output row (of the last dimension) per step, packing pairs for 4 bits.
+  const int64_t L = p.last_dim, rows = L == 0 ? 0 : (p.outer * p.channels * p.inner) / L;
+  const int64_t row_bytes = p.bits == 4 ? (L + 1) / 2 : L;
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* xr = x + r * L;
+      auto q_at = [&](int64_t j) {
+        const int64_t channel = ((r * L + j) / p.inner) % p.channels;
+        return quantize_value(to_float(xr[j]), p.scale[channel], qmax);
+      };
+      int8_t* out = p.data + r * row_bytes;
+      if (p.bits == 8) {
+        for (int64_t j = 0; j < L; ++j) out[j] = static_cast<int8_t>(q_at(j));
+      } else {
+        for (int64_t b = 0; b < row_bytes; ++b) {
+          const int lo = q_at(2 * b), hi = 2 * b + 1 < L ? q_at(2 * b + 1) : 0;
+          out[b] = static_cast<int8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
+  QuantizeCall call = prepare_quantize(x, bits, axis);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_cpu",
+                                  [&] { quantize_kernel<scalar_t>(call.params); });
+  return {call.data, call.scale};
+}
+
+// ---- qlinear ------------------------------------------------------------------------------------
+// Quantizes one row of x (K values) into q (Kp bytes, zero padded) and returns its scale.
+// kOffset stores q + 128 as uint8 (the VNNI path's unsigned operand). Always inlined into the
+// ISA-specific callers so both loops vectorise for their instruction set.
+template <typename scalar_t, bool kOffset>
+SCANGRAPH_LOWP_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, int64_t Kp,
+                                         int8_t* __restrict__ q) {
+  const float amax = absmax(x, K);
+  check_finite(amax, "scangraph::qlinear");
+  const float scale = amax / 127.0f;
+  const int offset = kOffset ? 128 : 0;
+  if (scale > 0.0f) {
+    for (int64_t k = 0; k < K; ++k) {
+      float v = round_half_even(to_float(x[k]) / scale);
+      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+      q[k] = static_cast<int8_t>(static_cast<uint8_t>(static_cast<int>(v) + offset));
+    }
+  } else {
+    std::memset(q, offset, K);
+  }
+  std::memset(q + K, offset, Kp - K);
+  return scale;
+}
+
+template <Activation kAct>
+SCANGRAPH_LOWP_INLINE float activate(float v) {
+  if constexpr (kAct == Activation::Relu) return v > 0.0f ? v : 0.0f;
+  if constexpr (kAct == Activation::Gelu) return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+  if constexpr (kAct == Activation::Silu) return v / (1.0f + std::exp(-v));
+  return v;
+}
+
+// The weight panel: rows padded to Kp values (Kp / 2 bytes for int4, still packed) and to a
+// multiple of kColsPerStep rows, zero filled: the micro-kernels then need no tail cases.
+struct WeightPanel {
+  std::vector<int8_t> bytes;
+  int64_t row_bytes = 0, rows = 0;
+};
+
+WeightPanel pack_weight(const QLinearParams& p, int64_t Kp) {
+  WeightPanel panel;
+  panel.row_bytes = p.w_bits == 4 ? Kp / 2 : Kp;
+  panel.rows = (p.N + kColsPerStep - 1) / kColsPerStep * kColsPerStep;
+  panel.bytes.assign(panel.rows * panel.row_bytes, 0);
+  const int64_t src_bytes = p.w_bits == 4 ? (p.K + 1) / 2 : p.K;
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int8_t* src = p.w + n * p.w_row_stride;
+    std::memcpy(panel.bytes.data() + n * panel.row_bytes, src, src_bytes);
+  }
+  return panel;
+}
+
+// acc[r][c] = dot(q rows r, weight rows n0 + c) for kRowsPerStep x kColsPerStep, scalar.
+template <bool kInt4>
+SCANGRAPH_LOWP_INLINE void dot_block_scalar(const int8_t* const* q, const int8_t* w, int64_t row_bytes, int64_t Kp,
+                             int32_t acc[kRowsPerStep][kColsPerStep]) {
+  for (int64_t c = 0; c < kColsPerStep; ++c) {
+    const int8_t* wr = w + c * row_bytes;
+    for (int64_t r = 0; r < kRowsPerStep; ++r) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < Kp; ++k) {
+        const int wk = kInt4 ? unpack_nibble(static_cast<uint8_t>(wr[k >> 1]), int(k & 1)) : int(wr[k]);
+        s += int32_t(q[r][k]) * wk;
+      }
+      acc[r][c] = s;
+    }
+  }
+}
+
+#if SCANGRAPH_LOWP_AVX2
+// 32 weights starting at k of one panel row, as int8 lanes; int4 is unpacked here, in registers.
+template <bool kInt4>
+__attribute__((target("avx2"), always_inline)) inline __m256i load_weights(const int8_t* wr, int64_t k) {
+  if constexpr (!kInt4) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k));
+  } else {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k / 2));
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(packed, nibble);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), nibble);
+    // Element 2i is the low nibble of byte i: interleaving lo and hi restores the order.
+    const __m256i v = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    const __m256i eight = _mm256_set1_epi8(8);
+    return _mm256_sub_epi8(_mm256_xor_si256(v, eight), eight);  // 4-bit two's complement -> int8
+  }
+}
+
+// Sum of the 8 int32 lanes of each of a0..a3 -> (sum a0, sum a1, sum a2, sum a3).
+__attribute__((target("avx2"), always_inline)) inline __m128i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// vpmaddubsw multiplies unsigned by signed bytes; both sides are kept within +-127 by feeding
+// |x| and w carrying x's sign: pairs sum to at most 2 * 127 * 127 = 32258 < 2^15, so the int16
+// step never saturates, and vpmaddwd with ones widens the pairs into int32 exactly.
+template <bool kInt4>
+__attribute__((target("avx2"))) void dot_block_avx2(const int8_t* const* q, const int8_t* w, int64_t row_bytes,
+                                                     int64_t Kp, int32_t acc[kRowsPerStep][kColsPerStep]) {
+  static_assert(kRowsPerStep == 2 && kColsPerStep == 4, "the register tile below is 2 x 4");
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a[2][4];
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 4; ++c) a[r][c] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < Kp; k += 32) {
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[0] + k));
+    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[1] + k));
+    const __m256i ax0 = _mm256_sign_epi8(x0, x0), ax1 = _mm256_sign_epi8(x1, x1);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i wv = load_weights<kInt4>(w + c * row_bytes, k);
+      a[0][c] = _mm256_add_epi32(a[0][c], _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(wv, x0)), ones));
+      a[1][c] = _mm256_add_epi32(a[1][c], _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(wv, x1)), ones));
+    }
+  }
+  for (int r = 0; r < 2; ++r)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(acc[r]), hsum4(a[r][0], a[r][1], a[r][2], a[r][3]));
+}
+#endif
+
+
+// ---- AVX-512 VNNI path ----------------------------------------------------------------------------
+// vpdpbusd multiplies unsigned by signed bytes and adds groups of 4 into int32 lanes without
+// intermediate saturation, 64 products per instruction. x is offset into uint8 (q + 128, exact
+// in 0..255) and the offset is removed afterwards: sum_k (q + 128) w = acc + 128 * sum_k w.
+// The weight panel is laid out [K / 4][N][4] so one 512-bit load holds 4 consecutive k of 16
+// columns: each int32 lane accumulates its own column and no horizontal sum is needed. int4
+// weights are unpacked into this int8 panel once per call (N * K bytes, L2 resident, amortised
+// over all M rows); x never leaves registers and cache in int8.
+constexpr int64_t kVnniRows = 4;      // rows per micro-kernel step
+constexpr int64_t kVnniLanes = 16;    // int32 lanes (columns) per zmm register
+constexpr int64_t kVnniBlocks = 4;    // zmm column blocks per step: 4 x 4 = 16 accumulators of 32 registers
+// Rows quantized together, which then share each column tile while it sits in L1.
+constexpr int64_t kVnniGroup = 32;
+
+struct VnniPanel {
+  std::vector<int8_t> bytes;  // [Np / 16][Kq][16][4]: each 16-column block contiguous
+  std::vector<int32_t> offset;  // 128 * sum_k w[n, k], (Np,)
+  int64_t Kq = 0, Np = 0;       // K / 4 rounded up, N rounded up to 16
+};
+
+// Each 16-column block is one contiguous stream over K (a power-of-two stride between k steps
+// would map a tile's lines onto a few cache sets).
+inline int64_t vnni_index(const VnniPanel& panel, int64_t n, int64_t k) {
+  return ((n / kVnniLanes) * panel.Kq + k / 4) * (kVnniLanes * 4) + (n % kVnniLanes) * 4 + k % 4;
+}
+
+VnniPanel pack_vnni(const QLinearParams& p) {
+  VnniPanel panel;
+  panel.Kq = (p.K + 3) / 4;
+  panel.Np = (p.N + kVnniLanes - 1) / kVnniLanes * kVnniLanes;
+  panel.bytes.assign(panel.Kq * panel.Np * 4, 0);
+  panel.offset.assign(panel.Np, 0);
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int8_t* src = p.w + n * p.w_row_stride;
+    int32_t sum = 0;
+    for (int64_t k = 0; k < p.K; ++k) {
+      const int v = p.w_bits == 4 ? unpack_nibble(static_cast<uint8_t>(src[k >> 1]), int(k & 1)) : int(src[k]);
+      panel.bytes[vnni_index(panel, n, k)] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    panel.offset[n] = 128 * sum;
+  }
+  return panel;
+}
+
+#if SCANGRAPH_LOWP_AVX2
+#define SCANGRAPH_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+// acc rows (kVnniRows x Np int32) = sum_k xu[r][k] * panel[k][n] - offset[n], for kBlocks zmm
+// column blocks starting at n0.
+template <int kBlocks>
+SCANGRAPH_VNNI_TARGET inline void vnni_tile(const uint8_t* const* xu, const VnniPanel& panel, int64_t n0,
+                                            int32_t* const* acc) {
+  __m512i a[kVnniRows][kBlocks];
+  for (int r = 0; r < kVnniRows; ++r)
+    for (int b = 0; b < kBlocks; ++b) a[r][b] = _mm512_setzero_si512();
+  const int64_t block_bytes = panel.Kq * kVnniLanes * 4;
+  const int8_t* w = panel.bytes.data() + (n0 / kVnniLanes) * block_bytes;
+  for (int64_t kq = 0; kq < panel.Kq; ++kq, w += kVnniLanes * 4) {
+    __m512i wv[kBlocks];
+    for (int b = 0; b < kBlocks; ++b) wv[b] = _mm512_loadu_si512(w + b * block_bytes);
+    for (int r = 0; r < kVnniRows; ++r) {
+      int32_t four;
+      std::memcpy(&four, xu[r] + kq * 4, 4);
+      const __m512i xb = _mm512_set1_epi32(four);
+      for (int b = 0; b < kBlocks; ++b) a[r][b] = _mm512_dpbusd_epi32(a[r][b], xb, wv[b]);
+    }
+  }
+  for (int b = 0; b < kBlocks; ++b) {
+    const __m512i off = _mm512_loadu_si512(panel.offset.data() + n0 + b * kVnniLanes);
+    for (int r = 0; r < kVnniRows; ++r)
+      _mm512_storeu_si512(acc[r] + n0 + b * kVnniLanes, _mm512_sub_epi32(a[r][b], off));
+  }
+}
+
+// Rows [0, rows) (a multiple of kVnniRows) against the whole panel, column tile outermost: a
+// tile's weights (at most 4 x 8 KiB for K = 512) stay in L1 while every row of the group uses them.
+SCANGRAPH_VNNI_TARGET void vnni_group(const uint8_t* const* xu, int64_t rows, const VnniPanel& panel,
+                                      int32_t* const* acc) {
+  int64_t n0 = 0;
+  for (; n0 + kVnniBlocks * kVnniLanes <= panel.Np; n0 += kVnniBlocks * kVnniLanes)
+    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<kVnniBlocks>(xu + r, panel, n0, acc + r);
+  for (; n0 < panel.Np; n0 += kVnniLanes)
+    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<1>(xu + r, panel, n0, acc + r);
+}
+#endif
+
+bool cpu_has_avx512f() {
+#if SCANGRAPH_LOWP_AVX2
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512_vnni() {
+#if SCANGRAPH_LOWP_AVX2
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// One output row: ((acc * sx) * sw) + bias in fp32 (the reference's order), activation, one
+// rounding to the output type; int32 output is acc itself. Compile-time activation and
+// restrict pointers so the loop vectorises (relu / none) inside each ISA's caller.
+template <typename out_t, Activation kAct>
+SCANGRAPH_LOWP_INLINE void epilogue_row(const int32_t* __restrict__ acc, float sx, const float* __restrict__ sw,
+                                        const float* __restrict__ bias, out_t* __restrict__ o, int64_t N) {
+  if constexpr (std::is_same_v<out_t, int32_t>) {
+    std::memcpy(o, acc, N * sizeof(int32_t));
+  } else if (bias) {
+    for (int64_t n = 0; n < N; ++n) o[n] = static_cast<out_t>(activate<kAct>(float(acc[n]) * sx * sw[n] + bias[n]));
+  } else {
+    for (int64_t n = 0; n < N; ++n) o[n] = static_cast<out_t>(activate<kAct>(float(acc[n]) * sx * sw[n]));
+  }
+}
+
+template <typename out_t>
+SCANGRAPH_LOWP_INLINE void qlinear_epilogue(const QLinearParams& p, const int32_t* acc, float sx, out_t* o) {
+  const float* bias = static_cast<const float*>(p.bias);
+  switch (p.activation) {
+    case Activation::Relu: return epilogue_row<out_t, Activation::Relu>(acc, sx, p.w_scale, bias, o, p.N);
+    case Activation::Gelu: return epilogue_row<out_t, Activation::Gelu>(acc, sx, p.w_scale, bias, o, p.N);
+    case Activation::Silu: return epilogue_row<out_t, Activation::Silu>(acc, sx, p.w_scale, bias, o, p.N);
+    default: return epilogue_row<out_t, Activation::None>(acc, sx, p.w_scale, bias, o, p.N);
+  }
+}
+
+#if SCANGRAPH_LOWP_AVX2
+// Row groups [g0, g1) of the VNNI path: quantize kVnniGroup rows of x (offset to uint8), the
+// VNNI product against the whole panel, the epilogue; all compiled for AVX-512.
+template <typename scalar_t, typename out_t>
+SCANGRAPH_VNNI_TARGET void qlinear_vnni_groups(const QLinearParams& p, const VnniPanel& panel, int64_t g0, int64_t g1,
+                                               int8_t* qbuf, int32_t* accbuf) {
+  const int64_t Kp = panel.Kq * 4;
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  out_t* out = static_cast<out_t*>(p.out);
+  const uint8_t* xu[kVnniGroup];
+  int32_t* acc[kVnniGroup];
+  float sx[kVnniGroup];
+  for (int64_t r = 0; r < kVnniGroup; ++r) {
+    xu[r] = reinterpret_cast<const uint8_t*>(qbuf + r * Kp);
+    acc[r] = accbuf + r * panel.Np;
+  }
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t m0 = g * kVnniGroup, rows = std::min<int64_t>(kVnniGroup, p.M - m0);
+    const int64_t padded = (rows + kVnniRows - 1) / kVnniRows * kVnniRows;
+    for (int64_t r = 0; r < padded; ++r) {
+      if (r < rows) sx[r] = quantize_row<scalar_t, true>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
+      else std::memset(qbuf + r * Kp, 128, Kp);  // a missing row computes on zeros and is not stored
+    }
+    vnni_group(xu, padded, panel, acc);
+    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, acc[r], sx[r], out + (m0 + r) * p.N);
+  }
+}
+#endif
+
+template <typename scalar_t, typename out_t>
+void qlinear_vnni_kernel(const QLinearParams& p) {
+#if SCANGRAPH_LOWP_AVX2
+  const VnniPanel panel = pack_vnni(p);
+  const int64_t groups = (p.M + kVnniGroup - 1) / kVnniGroup;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<int8_t> qbuf(kVnniGroup * panel.Kq * 4);
+    std::vector<int32_t> accbuf(kVnniGroup * panel.Np);
+    qlinear_vnni_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf.data(), accbuf.data());
+  });
+#else
+  TORCH_CHECK(false, "scangraph::qlinear: the AVX-512 VNNI path is not compiled on this platform");
+#endif
+}
+
+// Row steps [s0, s1) of the AVX2 / scalar paths: quantize two rows, dot them with every
+// weight row 2 x 4 at a time, epilogue. One always-inlined body, compiled per ISA below.
+template <typename scalar_t, typename out_t, bool kAvx2, bool kInt4>
+SCANGRAPH_LOWP_INLINE void qlinear_steps(const QLinearParams& p, const WeightPanel& panel, int64_t Kp, int64_t s0,
+                                         int64_t s1, int8_t* qbuf, int32_t* accbuf) {
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  out_t* out = static_cast<out_t*>(p.out);
+  const int8_t* q[kRowsPerStep];
+  float sx[kRowsPerStep];
+  int32_t acc[kRowsPerStep][kColsPerStep];
+  for (int64_t r = 0; r < kRowsPerStep; ++r) q[r] = qbuf + r * Kp;
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t m0 = s * kRowsPerStep, rows = std::min<int64_t>(kRowsPerStep, p.M - m0);
+    for (int64_t r = 0; r < kRowsPerStep; ++r) {
+      if (r < rows) sx[r] = quantize_row<scalar_t, false>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
+      else std::memset(qbuf + r * Kp, 0, Kp);  // a missing last row computes on zeros and is not stored
+    }
+    for (int64_t n0 = 0; n0 < panel.rows; n0 += kColsPerStep) {
+      const int8_t* w = panel.bytes.data() + n0 * panel.row_bytes;
+#if SCANGRAPH_LOWP_AVX2
+      if constexpr (kAvx2) dot_block_avx2<kInt4>(q, w, panel.row_bytes, Kp, acc);
+      else dot_block_scalar<kInt4>(q, w, panel.row_bytes, Kp, acc);
+#else
+      dot_block_scalar<kInt4>(q, w, panel.row_bytes, Kp, acc);
+#endif
+      for (int64_t r = 0; r < kRowsPerStep; ++r)
+        for (int64_t c = 0; c < kColsPerStep; ++c) accbuf[r * panel.rows + n0 + c] = acc[r][c];
+    }
+    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, accbuf + r * panel.rows, sx[r], out + (m0 + r) * p.N);
+  }
+}
+
+template <typename scalar_t, typename out_t, bool kInt4>
+void qlinear_steps_baseline(const QLinearParams& p, const WeightPanel& panel, int64_t Kp, int64_t s0, int64_t s1,
+                            int8_t* qbuf, int32_t* accbuf) {
+  qlinear_steps<scalar_t, out_t, false, kInt4>(p, panel, Kp, s0, s1, qbuf, accbuf);
+}
+
+#if SCANGRAPH_LOWP_AVX2
+template <typename scalar_t, typename out_t, bool kInt4>
+__attribute__((target("avx2"))) void qlinear_steps_avx2(const QLinearParams& p, const WeightPanel& panel, int64_t Kp,
+                                                        int64_t s0, int64_t s1, int8_t* qbuf, int32_t* accbuf) {
+  qlinear_steps<scalar_t, out_t, true, kInt4>(p, panel, Kp, s0, s1, qbuf, accbuf);
+}
+#endif
+
+template <typename scalar_t, typename out_t>
+void qlinear_kernel(const QLinearParams& p, bool use_avx2) {
+  const int64_t Kp = std::max<int64_t>(kKPad, (p.K + kKPad - 1) / kKPad * kKPad);
+  const WeightPanel panel = pack_weight(p, Kp);
+  auto* steps_fn = p.w_bits == 4 ? &qlinear_steps_baseline<scalar_t, out_t, true>
+                                 : &qlinear_steps_baseline<scalar_t, out_t, false>;
+#if SCANGRAPH_LOWP_AVX2
+  if (use_avx2) steps_fn = p.w_bits == 4 ? &qlinear_steps_avx2<scalar_t, out_t, true>
+                                         : &qlinear_steps_avx2<scalar_t, out_t, false>;
+#endif
+  const int64_t steps = (p.M + kRowsPerStep - 1) / kRowsPerStep;
+  // Grain: enough row pairs per task that the weight panel's trip through L2 is amortised.
+  at::parallel_for(0, steps, 16, [&](int64_t s0, int64_t s1) {
+    std::vector<int8_t> qbuf(kRowsPerStep * Kp, 0);
+    std::vector<int32_t> accbuf(kRowsPerStep * panel.rows);
+    steps_fn(p, panel, Kp, s0, s1, qbuf.data(), accbuf.data());
+  });
+}
+
+enum class QLinearIsa { Scalar, Avx2, Avx512Vnni };
+
+QLinearIsa best_isa() {
+  if (cpu_has_avx512_vnni()) return QLinearIsa::Avx512Vnni;
+  if (cpu_has_avx2()) return QLinearIsa::Avx2;
+  return QLinearIsa::Scalar;
+}
+
+at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
+                        int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
+                        std::optional<at::ScalarType> out_dtype, QLinearIsa isa) {
+  QLinearCall call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
+  const at::ScalarType out_type = call.out.scalar_type();
+  if (w_bits == 8) {
+    // Symmetric weights lie in [-127, 127] (quantize never writes -128); the AVX2 sign trick
+    // negates w, which would wrap at -128, so every path refuses it alike. N * K bytes: cheap.
+    const QLinearParams& p = call.params;
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t k = 0; k < p.K; ++k)
+        TORCH_CHECK(p.w[n * p.w_row_stride + k] != -128, "scangraph::qlinear: 8-bit weights must lie in "
+                    "[-127, 127], found -128 in row ", n, " (quantize with scangraph.quantize)");
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qlinear_cpu", [&] {
+    auto run = [&](auto out_tag) {
+      using out_t = decltype(out_tag);
+      if (isa == QLinearIsa::Avx512Vnni) qlinear_vnni_kernel<scalar_t, out_t>(call.params);
+      else qlinear_kernel<scalar_t, out_t>(call.params, isa == QLinearIsa::Avx2);
+    };
+    switch (out_type) {
+      case at::kInt: run(int32_t{}); break;
+      case at::kHalf: run(at::Half{}); break;
+      case at::kBFloat16: run(at::BFloat16{}); break;
+      default: run(float{}); break;
+    }
+  });
+  return call.out;
+}
+
+at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
+                       int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
+                       std::optional<at::ScalarType> out_dtype) {
+  return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, best_isa());
+}
+
+// One named instruction-set path, whatever the CPU would pick: tests compare them bit for bit.
+at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
+                           int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
+                           std::optional<at::ScalarType> out_dtype, c10::string_view isa) {
+  const char* op = "scangraph::qlinear_cpu_isa";
+  QLinearIsa chosen = QLinearIsa::Scalar;
+  if (isa == "avx2") {
+    TORCH_CHECK(cpu_has_avx2(), op, ": this CPU has no AVX2");
+    chosen = QLinearIsa::Avx2;
+  } else if (isa == "avx512_vnni") {
+    TORCH_CHECK(cpu_has_avx512_vnni(), op, ": this CPU has no AVX-512 VNNI");
+    chosen = QLinearIsa::Avx512Vnni;
+  } else {
+    TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2' or 'avx512_vnni', got '", std::string(isa), "'");
+  }
+  return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, chosen);
+}
+
+// ---- qspmm --------------------------------------------------------------------------------------
+// Features per register tile: 64 int8 features are one cache line of a gathered row, and their
+// 64 fp32 sums are 8 AVX2 registers, kept in registers across all of a row's edges.
+constexpr int64_t kQFeatureTile = 64;
+
+#if SCANGRAPH_LOWP_AVX2
+// kVectors x 8 features [f0, f0 + 8 kVectors) of row i over its edges: sum (or max of the
+// sign-flipped messages) of coef_e * q[j, f], coef_e = sign * w_e * scale_j, in fp32 registers.
+// Intrinsics: GCC scalarises a generic int8 -> float vector conversion (movsbl + cvtsi2ss per
+// element); vpmovsxbd + vcvtdq2ps widen 8 values in two instructions.
+template <typename index_t, bool kExtreme, int kVectors>
+__attribute__((target("avx2"))) void qspmm_tile_avx2(const QSpmmParams& p, int64_t begin, int64_t end, int64_t f0,
+                                                      float sign, float* __restrict__ o) {
+  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
+  __m256 a[kVectors];
+  for (int v = 0; v < kVectors; ++v) a[v] = _mm256_set1_ps(kExtreme ? -__builtin_inff() : 0.0f);
+  for (int64_t e = begin; e < end; ++e) {
+    const int64_t j = int64_t(col[e]);
+    // Dequantization folded into the edge coefficient: one multiply per edge, not per feature.
+    const __m256 coef = _mm256_set1_ps(sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j]);
+    const int8_t* xr = p.x + j * p.x_row_stride + f0;
+    for (int v = 0; v < kVectors; ++v) {
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(xr + 8 * v));
+      const __m256 m = _mm256_mul_ps(coef, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
+      a[v] = kExtreme ? _mm256_max_ps(m, a[v]) : _mm256_add_ps(a[v], m);
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) _mm256_storeu_ps(o + 8 * v, a[v]);
+}
+#endif
+
+// Features [f0, f0 + width) of row i, any width: the scalar form of qspmm_tile.
+template <typename index_t, bool kExtreme>
+SCANGRAPH_LOWP_INLINE void qspmm_tile_scalar(const QSpmmParams& p, int64_t begin, int64_t end, int64_t f0,
+                                             int64_t width, float sign, float* __restrict__ o) {
+  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
+  float acc[kQFeatureTile];
+  for (int64_t k = 0; k < width; ++k) acc[k] = kExtreme ? -std::numeric_limits<float>::infinity() : 0.0f;
+  for (int64_t e = begin; e < end; ++e) {
+    const int64_t j = int64_t(col[e]);
+    const float coef = sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j];
+    const int8_t* xr = p.x + j * p.x_row_stride + f0;
+    for (int64_t k = 0; k < width; ++k) {
+      const float m = coef * float(xr[k]);
+      acc[k] = kExtreme ? (m > acc[k] ? m : acc[k]) : acc[k] + m;
+    }
+  }
+  for (int64_t k = 0; k < width; ++k) o[k] = acc[k];
+}
+
+#if SCANGRAPH_LOWP_AVX2
+// Edges ahead whose feature rows are prefetched: enough to cover a memory latency at a few
+// nanoseconds per edge.
+constexpr int64_t kQPrefetchDistance = 16;
+
+// AVX-512: 32 zmm registers hold up to 256 fp32 sums (16 accumulators), so a whole GNN-width
+// row (F <= 256) is summed in registers in one pass over the row's edges: each edge's index,
+// scale and feature row are fetched once, and 16 features cost a widening load, a convert and
+// an FMA (the FMA rounds once where the AVX2 / scalar paths round twice: within fp32 rounding).
+template <typename index_t, bool kExtreme, int kVectors>
+__attribute__((target("avx512f"))) void qspmm_tile_avx512(const QSpmmParams& p, int64_t begin, int64_t end,
+                                                           int64_t f0, float sign, float* __restrict__ o) {
+  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
+  __m512 a[kVectors];
+  for (int v = 0; v < kVectors; ++v) a[v] = _mm512_set1_ps(kExtreme ? -__builtin_inff() : 0.0f);
+  for (int64_t e = begin; e < end; ++e) {
+    if (e + kQPrefetchDistance < end) {  // the gathers are random: start the row a few edges ahead
+      const int8_t* ahead = p.x + int64_t(col[e + kQPrefetchDistance]) * p.x_row_stride + f0;
+      for (int v = 0; v < kVectors; v += 4) _mm_prefetch(reinterpret_cast<const char*>(ahead + 16 * v), _MM_HINT_T0);
+    }
+    const int64_t j = int64_t(col[e]);
+    const __m512 coef = _mm512_set1_ps(sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j]);
+    const int8_t* xr = p.x + j * p.x_row_stride + f0;
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512 q = _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + 16 * v))));
+      a[v] = kExtreme ? _mm512_max_ps(_mm512_mul_ps(coef, q), a[v]) : _mm512_fmadd_ps(coef, q, a[v]);
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(o + 16 * v, a[v]);
+}
+
+template <typename index_t, int kReduce>
+__attribute__((target("avx512f"))) void qspmm_range_avx512(const QSpmmParams& p, int64_t r0, int64_t r1) {
+  constexpr bool kExtreme = kReduce >= 2;
+  const int64_t F = p.num_features;
+  const float sign = kReduce == 3 ? -1.0f : 1.0f;
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
+    float* o = p.out + i * F;
+    if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
+    for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
+      const int64_t left = F - f0;
+      width = left >= 256 ? 256 : left >= 128 ? 128 : left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : left;
+      switch (width) {
+        case 256: qspmm_tile_avx512<index_t, kExtreme, 16>(p, begin, end, f0, sign, o + f0); break;
+        case 128: qspmm_tile_avx512<index_t, kExtreme, 8>(p, begin, end, f0, sign, o + f0); break;
+        case 64: qspmm_tile_avx512<index_t, kExtreme, 4>(p, begin, end, f0, sign, o + f0); break;
+        case 32: qspmm_tile_avx512<index_t, kExtreme, 2>(p, begin, end, f0, sign, o + f0); break;
+        case 16: qspmm_tile_avx512<index_t, kExtreme, 1>(p, begin, end, f0, sign, o + f0); break;
+        default: qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+      }
+      const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
+      for (int64_t k = 0; k < width; ++k) o[f0 + k] *= scale;
+    }
+  }
+}
+#endif
+
+template <typename index_t, int kReduce, bool kAvx2>
+SCANGRAPH_LOWP_INLINE void qspmm_row_range(const QSpmmParams& p, int64_t r0, int64_t r1) {
+  constexpr bool kExtreme = kReduce >= 2;
+  const int64_t F = p.num_features;
+  const float sign = kReduce == 3 ? -1.0f : 1.0f;  // min = -max of the negated messages
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
+    float* o = p.out + i * F;
+    if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
+    for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
+      const int64_t left = F - f0;
+#if SCANGRAPH_LOWP_AVX2
+      if constexpr (kAvx2) {
+        width = left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left;
+        if (width == 64) qspmm_tile_avx2<index_t, kExtreme, 8>(p, begin, end, f0, sign, o + f0);
+        else if (width == 32) qspmm_tile_avx2<index_t, kExtreme, 4>(p, begin, end, f0, sign, o + f0);
+        else if (width == 16) qspmm_tile_avx2<index_t, kExtreme, 2>(p, begin, end, f0, sign, o + f0);
+        else if (width == 8) qspmm_tile_avx2<index_t, kExtreme, 1>(p, begin, end, f0, sign, o + f0);
+        else qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+      } else
+#endif
+      {
+        width = left >= kQFeatureTile ? kQFeatureTile : left;
+        qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
+      }
+      const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
+      for (int64_t k = 0; k < width; ++k) o[f0 + k] *= scale;
+    }
+  }
+}
+
+template <typename index_t, int kReduce>
+void qspmm_range_baseline(const QSpmmParams& p, int64_t r0, int64_t r1) { qspmm_row_range<index_t, kReduce, false>(p, r0, r1); }
+
+#if SCANGRAPH_LOWP_AVX2
+template <typename index_t, int kReduce>
+__attribute__((target("avx2"))) void qspmm_range_avx2(const QSpmmParams& p, int64_t r0, int64_t r1) {
+  qspmm_row_range<index_t, kReduce, true>(p, r0, r1);
+}
+#endif
+
+template <typename index_t, int kReduce>
+void qspmm_rows(const QSpmmParams& p) {
+  auto* range = &qspmm_range_baseline<index_t, kReduce>;
+#if SCANGRAPH_LOWP_AVX2
+  if (cpu_has_avx2()) range = &qspmm_range_avx2<index_t, kReduce>;
+  if (cpu_has_avx512f()) range = &qspmm_range_avx512<index_t, kReduce>;
+#endif
+  // Chunks of equal work (edges + rows), as spmm: hub rows do not leave a thread idle.
+  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) { range(p, r0, r1); });
+}
+
+template <typename index_t>
+void qspmm_dispatch(const QSpmmParams& p) {
+  switch (p.reduce) {
+    case 0: qspmm_rows<index_t, 0>(p); break;
+    case 1: qspmm_rows<index_t, 1>(p); break;
+    case 2: qspmm_rows<index_t, 2>(p); break;
+    default: qspmm_rows<index_t, 3>(p); break;
+  }
+}
+
+at::Tensor qspmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
+                     const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
+  QSpmmCall call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
+  validate_csr(rowptr, col, x.size(0), "scangraph::qspmm");
+  if (call.params.col_is_int32) qspmm_dispatch<int32_t>(call.params);
+  else qspmm_dispatch<int64_t>(call.params);
+  return call.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
+  m.impl("quantize", &quantize_cpu);
+  m.impl("qlinear", &qlinear_cpu);
+  m.impl("qlinear_cpu_isa", &qlinear_cpu_isa);
+  m.impl("qspmm", &qspmm_cpu);
+}
+
+}  // namespace scangraph

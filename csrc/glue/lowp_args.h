@@ -1,0 +1,189 @@
+// Torch-side argument checks and parameter packing shared by the CPU and CUDA glue of the
+// low-precision ops. Kernels see only the torch-free structs of scangraph/lowp_params.h.
+#pragma once
+#include <ATen/ATen.h>
+#include <optional>
+#include <vector>
+
+#include "glue/sparse_args.h"
+#include "scangraph/lowp_params.h"
+
+namespace scangraph {
+
+inline void check_bits(int64_t bits, const char* op) {
+  TORCH_CHECK(bits == 8 || bits == 4, op, ": bits must be 8 or 4, got ", bits);
+}
+
+inline void check_float_input(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
+                  t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+              op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+}
+
+// quantize -> (data, scale): data int8 of x's shape (8 bits) or uint8 with the last dimension
+// halved, rounded up (4 bits); scale (channels,) float32.
+struct QuantizeCall {
+  QuantizeParams params{};
+  at::Tensor x, data, scale;
+};
+
+inline QuantizeCall prepare_quantize(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
+  const char* op = "scangraph::quantize";
+  check_bits(bits, op);
+  check_float_input(x, op, "x");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension, got a scalar");
+  QuantizeCall call;
+  call.x = x.contiguous();
+  int64_t outer = 1, channels = 1, inner = x.numel();
+  if (axis.has_value()) {
+    const int64_t a = *axis < 0 ? *axis + x.dim() : *axis;
+    TORCH_CHECK(a >= 0 && a < x.dim(), op, ": axis ", *axis, " is out of range for a ", x.dim(), "-D tensor");
+    outer = 1;
+    for (int64_t d = 0; d < a; ++d) outer *= x.size(d);
+    channels = x.size(a);
+    inner = 1;
+    for (int64_t d = a + 1; d < x.dim(); ++d) inner *= x.size(d);
+  }
+  const int64_t last = x.size(-1);
+  std::vector<int64_t> shape = x.sizes().vec();
+  if (bits == 4) shape.back() = (last + 1) / 2;
+  call.data = at::empty(shape, x.options().dtype(bits == 4 ? at::kByte : at::kChar));
+  call.scale = at::empty({channels}, x.options().dtype(at::kFloat));
+  QuantizeParams& p = call.params;
+  p.x = call.x.data_ptr();
+  p.data = static_cast<int8_t*>(call.data.data_ptr());
+  p.scale = call.scale.data_ptr<float>();
+  p.outer = outer;
+  p.channels = channels;
+  p.inner = inner;
+  p.last_dim = last;
+  p.bits = static_cast<int>(bits);
+  return call;
+}
+
+inline Activation parse_activation(c10::string_view name, const char* op) {
+  if (name == "none") return Activation::None;
+  if (name == "relu") return Activation::Relu;
+  if (name == "gelu") return Activation::Gelu;
+  if (name == "silu") return Activation::Silu;
+  TORCH_CHECK(false, op, ": activation must be 'none', 'relu', 'gelu' or 'silu', got '", std::string(name), "'");
+}
+
+struct QLinearCall {
+  QLinearParams params{};
+  at::Tensor out;
+  std::vector<at::Tensor> owned;
+};
+
+// x (M, K) float; w (N, K) int8 or (N, ceil(K / 2)) uint8 for 4 bits; w_scale (N,) float32;
+// bias (N,) float; out_dtype float32 | float16 | bfloat16 | int32 (raw accumulator).
+inline QLinearCall prepare_qlinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
+                                   int64_t w_bits, int64_t in_features, const std::optional<at::Tensor>& bias,
+                                   c10::string_view activation, std::optional<at::ScalarType> out_dtype) {
+  const char* op = "scangraph::qlinear";
+  check_bits(w_bits, op);
+  check_float_input(x, op, "x");
+  TORCH_CHECK(x.dim() == 2, op, ": x must be (M, K), got shape ", x.sizes());
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(in_features == K, op, ": x has K = ", K, " features but the weight was quantized with ",
+              in_features, " input features");
+  TORCH_CHECK(K <= kMaxExactK, op, ": K = ", K, " exceeds ", kMaxExactK,
+              ", beyond which the int32 accumulator could overflow");
+  TORCH_CHECK(w.dim() == 2, op, ": w must be 2-D (N, K), got shape ", w.sizes());
+  const int64_t N = w.size(0);
+  if (w_bits == 8) {
+    TORCH_CHECK(w.scalar_type() == at::kChar && w.size(1) == K, op,
+                ": an 8-bit weight must be int8 (N, K) with K = ", K, ", got ", w.scalar_type(), " ", w.sizes());
+  } else {
+    TORCH_CHECK(w.scalar_type() == at::kByte && w.size(1) == (K + 1) / 2, op,
+                ": a 4-bit weight must be packed uint8 (N, ceil(K / 2)) = (N, ", (K + 1) / 2, "), got ",
+                w.scalar_type(), " ", w.sizes());
+  }
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.size(0) == N, op,
+              ": w_scale must be float32 (N,) = (", N, ",), got ", w_scale.scalar_type(), " ", w_scale.sizes());
+  TORCH_CHECK(w.device() == x.device() && w_scale.device() == x.device(), op,
+              ": x, w and w_scale must be on one device, got ", x.device(), ", ", w.device(), ", ",
+              w_scale.device());
+  const at::ScalarType out_type =
+      out_dtype.value_or(x.scalar_type() == at::kDouble ? at::kFloat : x.scalar_type());
+  TORCH_CHECK(out_type == at::kFloat || out_type == at::kHalf || out_type == at::kBFloat16 ||
+                  out_type == at::kInt,
+              op, ": out_dtype must be float32, float16, bfloat16 or int32 (the raw accumulator), got ", out_type);
+  const Activation act = parse_activation(activation, op);
+  const bool int_output = out_type == at::kInt;
+  TORCH_CHECK(!int_output || (act == Activation::None && !bias.has_value()), op,
+              ": out_dtype=int32 returns the raw integer accumulator: bias and activation must be None");
+  QLinearCall call;
+  QLinearParams& p = call.params;
+  at::Tensor xv = x.stride(1) == 1 ? x : x.contiguous();
+  call.owned.push_back(xv);
+  const at::Tensor wc = call.owned.emplace_back(w.contiguous());
+  const at::Tensor sc = call.owned.emplace_back(w_scale.contiguous());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && at::isFloatingType(bias->scalar_type()), op,
+                ": bias must be a float (N,) = (", N, ",) tensor, got ", bias->scalar_type(), " ", bias->sizes());
+    TORCH_CHECK(bias->device() == x.device(), op, ": bias must be on ", x.device(), ", got ", bias->device());
+    // The epilogue adds the bias in fp32 (rounded once to the output at the end).
+    p.bias = call.owned.emplace_back(bias->to(at::kFloat).contiguous()).data_ptr();
+  }
+  call.out = at::empty({M, N}, x.options().dtype(out_type));
+  p.x = xv.data_ptr();
+  p.w = static_cast<const int8_t*>(wc.data_ptr());
+  p.w_scale = sc.data_ptr<float>();
+  p.out = call.out.data_ptr();
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.x_row_stride = xv.stride(0);
+  p.w_row_stride = wc.size(1);
+  p.w_bits = static_cast<int>(w_bits);
+  p.activation = act;
+  p.int_output = int_output;
+  return call;
+}
+
+struct QSpmmCall {
+  QSpmmParams params{};
+  at::Tensor out;
+  std::vector<at::Tensor> owned;
+};
+
+inline QSpmmCall prepare_qspmm(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
+                               const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
+  const char* op = "scangraph::qspmm";
+  const int64_t num_edges = check_csr(rowptr, col, x, op);
+  TORCH_CHECK(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
+              ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kChar, op,
+              ": x must be int8 (num_src, F) (8-bit per-row quantized features), got ", x.scalar_type(), " ",
+              x.sizes());
+  TORCH_CHECK(x_scale.scalar_type() == at::kFloat && x_scale.dim() == 1 && x_scale.size(0) == x.size(0), op,
+              ": x_scale must be float32 (num_src,) = (", x.size(0), ",), got ", x_scale.scalar_type(), " ",
+              x_scale.sizes());
+  TORCH_CHECK(x_scale.device() == x.device(), op, ": x_scale must be on ", x.device());
+  QSpmmCall call;
+  QSpmmParams& p = call.params;
+  if (weight.has_value()) {
+    TORCH_CHECK(weight->scalar_type() == at::kFloat && weight->dim() == 1 && weight->size(0) == num_edges, op,
+                ": edge_weight must be float32 (num_edges,) = (", num_edges, ",), got ", weight->scalar_type(), " ",
+                weight->sizes());
+    TORCH_CHECK(weight->device() == x.device(), op, ": edge_weight must be on ", x.device());
+    p.weight = call.owned.emplace_back(weight->contiguous()).data_ptr<float>();
+  }
+  const at::Tensor xv = call.owned.emplace_back(x.stride(1) == 1 ? x : x.contiguous());
+  const at::Tensor sv = call.owned.emplace_back(x_scale.contiguous());
+  call.out = at::empty({rowptr.numel() - 1, x.size(1)}, x.options().dtype(at::kFloat));
+  p.rowptr = rowptr.data_ptr<int64_t>();
+  p.col = col.data_ptr();
+  p.x = static_cast<const int8_t*>(xv.data_ptr());
+  p.x_scale = sv.data_ptr<float>();
+  p.out = call.out.data_ptr<float>();
+  p.num_rows = rowptr.numel() - 1;
+  p.num_features = x.size(1);
+  p.x_row_stride = xv.stride(0);
+  p.col_is_int32 = col.scalar_type() == at::kInt;
+  p.reduce = reduce == "sum" ? 0 : reduce == "mean" ? 1 : reduce == "max" ? 2 : 3;
+  return call;
+}
+
+}  // namespace scangraph

@@ -1,0 +1,318 @@
+"""Low-precision GNN matmul: quantize, QTensor, qlinear (W8A8 / W4A8), qspmm and fake_quantize.
+
+Symmetric quantization with fp32 scales (ALGORITHMS.md section 4). The ops
+`scangraph::quantize`, `scangraph::qlinear` and `scangraph::qspmm` have CPU and CUDA kernels
+under one name and Triton twins `<op>_triton`; all carry fake kernels (torch.compile, export).
+qlinear and qspmm are inference ops: their backward raises (train with fake_quantize, whose
+straight-through gradient is plain PyTorch autograd around the quantize op).
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from scangraph import backend as _backend
+from scangraph import reference
+from scangraph.graph import CSRGraph
+from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+
+ACTIVATIONS = (None, "none", "relu", "gelu", "silu")
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class QTensor:
+    """A symmetrically quantized tensor.
+
+    data: int8 of `shape` (8 bits), or uint8 with the last dimension packed two values per byte
+        (4 bits: element 2i in the low nibble of byte i, two's complement, odd lengths padded 0).
+    scale: float32, (shape[axis],) for a per-channel axis, 0-d for axis=None.
+    The value of element e is int(e) * scale[channel(e)]. Plain tensors and ints only, so
+    torch.save / torch.load work (with weights_only=True after add_safe_globals([QTensor])).
+    """
+    data: torch.Tensor
+    scale: torch.Tensor
+    bits: int
+    axis: Optional[int]
+    shape: Tuple[int, ...]
+
+    def int_values(self) -> torch.Tensor:
+        """The integers as int8 of `shape` (4-bit values unpacked)."""
+        if self.bits == 4:
+            return reference.unpack_int4(self.data, self.shape[-1])
+        return self.data
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return reference.dequantize(self.int_values(), self.scale, self.axis, dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def nbytes(self) -> int:
+        """Bytes of data and scales."""
+        return self.data.numel() * self.data.element_size() + self.scale.numel() * 4
+
+    def to(self, device) -> "QTensor":
+        return QTensor(self.data.to(device), self.scale.to(device), self.bits, self.axis, self.shape)
+
+
+try:  # torch.load(weights_only=True) refuses classes it was not told about
+    torch.serialization.add_safe_globals([QTensor])
+except AttributeError:  # older torch without the allow-list
+    pass
+
+
+# ---- fake kernels ------------------------------------------------------------------------------
+def _quantize_fake(x, bits, axis):
+    shape = list(x.shape)
+    if bits == 4:
+        shape[-1] = (shape[-1] + 1) // 2
+    channels = 1 if axis is None else x.shape[axis]
+    return (x.new_empty(shape, dtype=torch.uint8 if bits == 4 else torch.int8),
+            x.new_empty((channels,), dtype=torch.float32))
+
+
+def _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation="none", out_dtype=None):
+    torch._check(x.dim() == 2 and w.dim() == 2)
+    dtype = out_dtype or (torch.float32 if x.dtype == torch.float64 else x.dtype)
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=dtype)
+
+
+def _qlinear_isa_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, isa):
+    return _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype)
+
+
+def _qspmm_fake(rowptr, col, weight, x, x_scale, reduce="sum"):
+    return x.new_empty((rowptr.shape[0] - 1, x.shape[1]), dtype=torch.float32)
+
+
+def _not_differentiable(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"scangraph.{name} is an inference op and has no gradient; train with "
+                           "scangraph.fake_quantize (straight-through estimator) on float weights instead")
+
+    def setup(ctx, inputs, output):
+        pass
+    return backward, setup
+
+
+def _register_autograd(suffix: str):
+    for name in ("qlinear", "qspmm"):
+        backward, setup = _not_differentiable(name)
+        torch.library.register_autograd(f"scangraph::{name}{suffix}", backward, setup_context=setup)
+
+
+def _register_cpp_ops():
+    if not hasattr(torch.ops.scangraph, "qlinear"):  # compiled library not loaded (or too old)
+        return
+    torch.library.register_fake("scangraph::quantize")(_quantize_fake)
+    torch.library.register_fake("scangraph::qlinear")(_qlinear_fake)
+    torch.library.register_fake("scangraph::qlinear_cpu_isa")(_qlinear_isa_fake)
+    torch.library.register_fake("scangraph::qspmm")(_qspmm_fake)
+    _register_autograd("")
+
+
+def _register_triton_ops():
+    if _TRITON_IMPORT_ERROR is not None:
+        return
+    from torch.library import triton_op, wrap_triton
+
+    from scangraph.triton_kernels import lowp as kernels
+
+    @triton_op("scangraph::quantize_triton", mutates_args=())
+    def quantize_triton(x: torch.Tensor, bits: int, axis: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        data, scale = _quantize_fake(x, bits, axis)
+        kernels.launch_quantize(wrap_triton, x.contiguous(), bits, axis, data, scale)
+        return data, scale
+
+    @triton_op("scangraph::qlinear_triton", mutates_args=())
+    def qlinear_triton(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_bits: int, in_features: int,
+                       bias: Optional[torch.Tensor], activation: str = "none",
+                       out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        out = _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype)
+        kernels.launch_qlinear(wrap_triton, x if x.stride(-1) == 1 else x.contiguous(), w.contiguous(),
+                               w_scale.contiguous(), w_bits, in_features,
+                               None if bias is None else bias.float().contiguous(), activation, out)
+        return out
+
+    @triton_op("scangraph::qspmm_triton", mutates_args=())
+    def qspmm_triton(rowptr: torch.Tensor, col: torch.Tensor, weight: Optional[torch.Tensor], x: torch.Tensor,
+                     x_scale: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+        out = _qspmm_fake(rowptr, col, weight, x, x_scale, reduce)
+        kernels.launch_qspmm(wrap_triton, rowptr, col, weight, x.contiguous(), x_scale.contiguous(), reduce, out)
+        return out
+
+    _register_autograd("_triton")
+
+
+_register_cpp_ops()
+_register_triton_ops()
+
+
+# ---- public functions --------------------------------------------------------------------------
+def _check_bits(op: str, bits) -> None:
+    if bits not in (8, 4) or isinstance(bits, bool):
+        raise ValueError(f"{op}: bits must be 8 or 4, got {bits!r}")
+
+
+def _normalize_axis(op: str, axis, ndim: int) -> Optional[int]:
+    if axis is None:
+        return None
+    if not isinstance(axis, int) or not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: axis must be None or an int in [{-ndim}, {ndim}), got {axis!r}")
+    return axis % ndim
+
+
+def _suffix(op: str, backend: str, device: torch.device) -> Optional[str]:
+    """'' (C++ / CUDA op), '_triton', or None for the reference."""
+    name = _backend.resolve(op, backend, device)
+    return None if name == "reference" else ("_triton" if name == "triton" else "")
+
+
+def quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, *, backend: str = "auto") -> QTensor:
+    """Symmetric quantization: scale = absmax / qmax per index along `axis` (axis=None: one
+    scale), q = clamp(round_half_even(x / scale), -qmax, qmax) with qmax = 127 (8 bits) or 7
+    (4 bits, packed two per byte along the last dimension). A zero channel has scale 0.
+
+    Args:
+        x: float32 / float64 / float16 / bfloat16 tensor of any shape (at least 1-D), finite.
+        axis: torch's per-channel convention: for (rows, cols), axis=0 is one scale per row
+            (per-token activations; per-output-channel weights of an (out, in) weight).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"quantize: x must be a torch.Tensor, got {type(x).__name__}")
+    _check_bits("quantize", bits)
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"quantize: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("quantize: x must have at least one dimension, got a scalar")
+    axis = _normalize_axis("quantize", axis, x.dim())
+    suffix = _suffix("quantize", backend, x.device)
+    if suffix is None:
+        q, scale = reference.quantize(x, bits, axis)
+        data = reference.pack_int4(q) if bits == 4 else q
+    else:
+        data, scale = getattr(torch.ops.scangraph, f"quantize{suffix}")(x, bits, axis)
+        if axis is None:
+            scale = scale.reshape(())
+    return QTensor(data, scale, bits, axis, tuple(x.shape))
+
+
+def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return q.dequantize(dtype)
+
+
+def _check_qtensor(op: str, name: str, q) -> None:
+    if not isinstance(q, QTensor):
+        raise TypeError(f"{op}: {name} must be a scangraph.QTensor (from scangraph.quantize), got {type(q).__name__}")
+
+
+def qlinear(x: torch.Tensor, w: QTensor, bias: Optional[torch.Tensor] = None, activation: Optional[str] = None,
+            act_bits: int = 8, out_dtype: Optional[torch.dtype] = None, *, backend: str = "auto") -> torch.Tensor:
+    """out = act(x @ w.T + bias) with x quantized per row to int8 inside the kernel, an int8
+    (W8A8) or packed int4 (W4A8) weight, int32 accumulation, and dequantization, bias and
+    activation in an fp32 epilogue: out[m, n] = act(acc[m, n] * sx[m] * sw[n] + bias[n]).
+
+    Args:
+        x: (..., K) float32 / float64 / float16 / bfloat16.
+        w: QTensor of an (N, K) weight, per output channel (axis=0) or per tensor (axis=None).
+        bias: (N,) float or None. activation: None | "relu" | "gelu" | "silu".
+        act_bits: 8 (the activations' width; int8 is the only one the kernels take).
+        out_dtype: float32 | float16 | bfloat16 (default: x's dtype, float32 for float64), or
+            torch.int32 for the exact integer accumulator (bias and activation must be None).
+    Returns (..., N). Not differentiable (backward raises): use fake_quantize for training.
+    """
+    op = "qlinear"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    _check_qtensor(op, "w", w)
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{op}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if act_bits != 8:
+        raise ValueError(f"{op}: act_bits must be 8 (activations are quantized to int8), got {act_bits!r}")
+    if len(w.shape) != 2:
+        raise ValueError(f"{op}: w must quantize an (N, K) weight, got shape {w.shape}")
+    if w.axis not in (0, None):
+        raise ValueError(f"{op}: w must be quantized per output channel (axis=0) or per tensor (axis=None); "
+                         f"per-input-channel scales (axis={w.axis}) cannot be applied after the integer product")
+    if x.dim() == 0 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"{op}: x must be (..., K) with K = {w.shape[1]} (the weight's in_features), "
+                         f"got shape {tuple(x.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if out_dtype not in (None, torch.float32, torch.float16, torch.bfloat16, torch.int32):
+        raise ValueError(f"{op}: out_dtype must be None, float32, float16, bfloat16 or int32, got {out_dtype}")
+    if w.device != x.device:
+        raise ValueError(f"{op}: x is on {x.device} but w is on {w.device}")
+    if bias is not None and (bias.shape != (w.shape[0],) or not bias.is_floating_point()):
+        raise ValueError(f"{op}: bias must be a float ({w.shape[0]},) tensor, got {bias.dtype} {tuple(bias.shape)}")
+    n = w.shape[0]
+    w_scale = w.scale.float().reshape(-1).expand(n).contiguous() if w.axis is None else w.scale
+    act = "none" if activation is None else activation
+    x2 = x.reshape(-1, x.shape[-1])
+    suffix = _suffix(op, backend, x.device)
+    if suffix is None:
+        out = reference.qlinear(x2, w.int_values(), w_scale, bias, act, out_dtype)
+    else:
+        out = getattr(torch.ops.scangraph, f"qlinear{suffix}")(x2, w.data, w_scale, w.bits, w.shape[1], bias, act,
+                                                               out_dtype)
+    return out.reshape(tuple(x.shape[:-1]) + (n,))
+
+
+def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Optional[torch.Tensor] = None, *,
+          backend: str = "auto") -> torch.Tensor:
+    """Message passing over int8 node features: out[i] = reduce_{j in N(i)} w_ij * sx[j] * q[j],
+    dequantization fused per edge, fp32 accumulation (4x fewer feature bytes than fp32 spmm).
+
+    Args:
+        graph: CSRGraph. xq: QTensor of (num_cols, F) features, 8 bits, per row (axis=0) or per
+            tensor. reduce: sum | mean | max | min. edge_weight: (num_edges,) float32 or None
+            (defaults to graph.edge_weight).
+    Returns (num_rows, F) float32. Not differentiable.
+    """
+    op = "qspmm"
+    if not isinstance(graph, CSRGraph):
+        raise TypeError(f"{op}: graph must be a scangraph.CSRGraph, got {type(graph).__name__}")
+    _check_qtensor(op, "xq", xq)
+    if xq.bits != 8:
+        raise ValueError(f"{op}: xq must be 8-bit (quantize(x, bits=8, axis=0)), got {xq.bits} bits")
+    if len(xq.shape) != 2 or xq.shape[0] != graph.num_cols:
+        raise ValueError(f"{op}: xq must quantize ({graph.num_cols}, F) features (one row per source node), "
+                         f"got shape {xq.shape}")
+    if xq.axis not in (0, None):
+        raise ValueError(f"{op}: xq must be quantized per row (axis=0) or per tensor, got axis={xq.axis}")
+    if reduce not in ("sum", "mean", "max", "min"):
+        raise ValueError(f"{op}: reduce must be 'sum', 'mean', 'max' or 'min', got {reduce!r}")
+    if xq.device != graph.device:
+        raise ValueError(f"{op}: xq is on {xq.device} but the graph is on {graph.device}")
+    weight = graph.edge_weight if edge_weight is None else edge_weight
+    if weight is not None:
+        if weight.shape != (graph.num_edges,):
+            raise ValueError(f"{op}: edge_weight must be ({graph.num_edges},), got {tuple(weight.shape)}")
+        weight = weight.float()
+    scale = xq.scale.float().reshape(-1).expand(graph.num_cols).contiguous() if xq.axis is None else xq.scale
+    suffix = _suffix(op, backend, xq.device)
+    if suffix is None:
+        return reference.qspmm(graph.rowptr, graph.col, xq.data, scale, reduce, weight, torch.float32)
+    return getattr(torch.ops.scangraph, f"qspmm{suffix}")(graph.rowptr, graph.col, weight, xq.data, scale, reduce)
+
+
+def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, scale: Optional[torch.Tensor] = None,
+                  *, backend: str = "auto") -> torch.Tensor:
+    """dequantize(quantize(x)) in x's dtype with a straight-through gradient (Degree-Quant,
+    LPGNAS): the gradient passes unchanged where |x| <= qmax * scale and is 0 outside.
+
+    Without `scale`, the scale is absmax / qmax per channel (the quantize op): its range holds
+    every element, so the gradient passes everywhere. A given `scale` ((channels,) or 0-d,
+    e.g. a running calibration) clamps outliers, which then get zero gradient. The backward is
+    plain autograd (x - x.detach() masked), so torch.compile traces it.
+    """
+    _check_bits("fake_quantize", bits)
+    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOATS:
+        raise TypeError(f"fake_quantize: x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    axis = _normalize_axis("fake_quantize", axis, max(x.dim(), 1))
+    if scale is not None:
+        return reference.fake_quantize(x, bits, axis, scale)
+    q = quantize(x.detach(), bits, axis, backend=backend)
+    return q.dequantize(x.dtype) + (x - x.detach())
