@@ -371,7 +371,9 @@ def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0,
         inside = torch.ones_like(x, dtype=torch.bool)
     else:
         s = _channel_view(scale.float(), None if axis is None else axis % x.dim(), x.dim())
-        q = torch.round(x.detach().float() / s).clamp(-qmax, qmax)
+        # A zero scale (a channel calibrated on zeros) quantizes to 0, as quantize does, not 0 / 0.
+        q = torch.round(x.detach().float() / torch.where(s > 0, s, torch.ones_like(s))).clamp(-qmax, qmax)
+        q = torch.where(s > 0, q, torch.zeros_like(q))
         inside = x.detach().abs() <= qmax * s
     dq = (q.float() * s).to(x.dtype)
     return dq + (x - x.detach()) * inside

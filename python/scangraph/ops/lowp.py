@@ -245,8 +245,12 @@ def qlinear(x: torch.Tensor, w: QTensor, bias: Optional[torch.Tensor] = None, ac
         raise ValueError(f"{op}: out_dtype must be None, float32, float16, bfloat16 or int32, got {out_dtype}")
     if w.device != x.device:
         raise ValueError(f"{op}: x is on {x.device} but w is on {w.device}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{op}: bias must be a float ({w.shape[0]},) tensor or None, got {type(bias).__name__}")
     if bias is not None and (bias.shape != (w.shape[0],) or not bias.is_floating_point()):
         raise ValueError(f"{op}: bias must be a float ({w.shape[0]},) tensor, got {bias.dtype} {tuple(bias.shape)}")
+    if bias is not None and bias.device != x.device:
+        raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
     n = w.shape[0]
     w_scale = w.scale.float().reshape(-1).expand(n).contiguous() if w.axis is None else w.scale
     act = "none" if activation is None else activation
@@ -288,6 +292,11 @@ def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Option
         raise ValueError(f"{op}: xq is on {xq.device} but the graph is on {graph.device}")
     weight = graph.edge_weight if edge_weight is None else edge_weight
     if weight is not None:
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            raise TypeError(f"{op}: edge_weight must be a float ({graph.num_edges},) tensor, got "
+                            f"{getattr(weight, 'dtype', type(weight).__name__)}")
+        if weight.device != graph.device:
+            raise ValueError(f"{op}: edge_weight is on {weight.device} but the graph is on {graph.device}")
         if weight.shape != (graph.num_edges,):
             raise ValueError(f"{op}: edge_weight must be ({graph.num_edges},), got {tuple(weight.shape)}")
         weight = weight.float()
@@ -313,6 +322,16 @@ def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, scale
         raise TypeError(f"fake_quantize: x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     axis = _normalize_axis("fake_quantize", axis, max(x.dim(), 1))
     if scale is not None:
+        # Shape and dtype only: a check of the values would synchronise the device every step.
+        channels = 1 if axis is None else x.shape[axis]
+        if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
+            raise TypeError(f"fake_quantize: scale must be a float tensor, got "
+                            f"{getattr(scale, 'dtype', type(scale).__name__)}")
+        if scale.numel() != channels or scale.dim() > 1:
+            raise ValueError(f"fake_quantize: scale must hold {channels} value(s), one per index along axis "
+                             f"{axis} (axis=None: one), as a 0-d or 1-D tensor, got shape {tuple(scale.shape)}")
+        if scale.device != x.device:
+            raise ValueError(f"fake_quantize: scale is on {scale.device} but x is on {x.device}")
         return reference.fake_quantize(x, bits, axis, scale)
     q = quantize(x.detach(), bits, axis, backend=backend)
     return q.dequantize(x.dtype) + (x - x.detach())
