@@ -287,3 +287,241 @@ def test_gcn_learns_cora():
     with torch.no_grad():
         accuracy = (forward(False).argmax(1) == data.y)[data.test_mask].float().mean().item()
     assert accuracy > 0.75, accuracy
+
+
+# ---- Aaren -----------------------------------------------------------------------------------------
+def _aaren_by_formula(layer, x):
+    """Aaren's output written out in plain PyTorch: the causal softmax over j <= t of the learned
+    query's scores, materialised as an (L x L) matrix per head."""
+    batch, length, _ = x.shape
+    k = layer.k_proj(x).view(batch, length, layer.heads, layer.head_dim)
+    v = layer.v_proj(x).view(batch, length, layer.heads, layer.head_dim)
+    scores = torch.einsum("hd,bjhd->bhj", layer.query, k) * layer.head_dim ** -0.5
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    weights = torch.softmax(scores[:, :, None, :].masked_fill(~causal, float("-inf")), dim=-1)  # (b, h, t, j)
+    o = torch.einsum("bhtj,bjhd->bthd", weights, v)
+    return layer.out_proj(o.reshape(batch, length, -1))
+
+
+def test_aaren_forward_matches_formula_and_step_by_step():
+    torch.manual_seed(0)
+    layer = sgnn.Aaren(12, heads=3).double()
+    with torch.no_grad():
+        layer.query.mul_(3.0)  # sharper softmax than the init: the running max matters
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    full = layer(x)
+    assert full.shape == (2, 9, 12)
+    torch.testing.assert_close(full, _aaren_by_formula(layer, x), atol=1e-12, rtol=1e-10)
+    state = layer.init_state(2)
+    steps = torch.stack([layer.step(x[:, t], state) for t in range(9)], dim=1)
+    torch.testing.assert_close(steps, full, atol=1e-12, rtol=1e-10)
+    # A prompt through forward returns the state; streaming continues from it ((batch, 1, dim) steps).
+    prompt, state = layer(x[:, :4], return_state=True)
+    rest = torch.cat([layer.step(x[:, t:t + 1], state) for t in range(4, 9)], dim=1)
+    torch.testing.assert_close(torch.cat([prompt, rest], 1), full, atol=1e-12, rtol=1e-10)
+    # Chunks chained through the state equal one call; the last chunk's state is the final one.
+    first, mid = layer(x[:, :5], return_state=True)
+    second, last = layer(x[:, 5:], state=mid, return_state=True)
+    torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-12, rtol=1e-10)
+    for got, want in zip(last, state):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_aaren_is_causal_and_packs_sequences():
+    torch.manual_seed(1)
+    layer = sgnn.Aaren(8, heads=2).double()
+    x = torch.randn(1, 7, 8, dtype=torch.float64)
+    probe = x.clone()
+    probe[0, 4] += 1.0
+    with torch.no_grad():
+        base, moved = layer(x), layer(probe)
+    torch.testing.assert_close(moved[:, :4], base[:, :4], atol=0, rtol=0)  # the past ignores the future
+    assert (moved[:, 4:] - base[:, 4:]).abs().amin(-1).gt(0).all()
+    lengths = [3, 1, 5]
+    seqs = [torch.randn(1, n, 8, dtype=torch.float64) for n in lengths]
+    cu = torch.tensor([0, 3, 4, 9], dtype=torch.int32)
+    packed = layer(torch.cat(seqs, 1), cu_seqlens=cu)
+    torch.testing.assert_close(packed, torch.cat([layer(s) for s in seqs], 1), atol=1e-12, rtol=1e-10)
+
+
+def test_aaren_gradients_match_formula_and_layers_stack():
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(sgnn.Aaren(10, heads=2), torch.nn.GELU(), sgnn.Aaren(10, heads=5)).double()
+    x = torch.randn(3, 6, 10, dtype=torch.float64, requires_grad=True)
+    out = model(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    _assert_all_parameters_get_gradients(model)
+    ours = [x.grad] + [p.grad for p in model.parameters()]
+    model.zero_grad()
+    x2 = x.detach().clone().requires_grad_()
+    expected = _aaren_by_formula(model[2], F.gelu(_aaren_by_formula(model[0], x2)))
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    expected.backward(grad)
+    for got, want in zip(ours, [x2.grad] + [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+
+
+def test_aaren_step_keeps_float32_state_for_float32_layers():
+    layer = sgnn.Aaren(6, heads=2, head_dim=4)
+    state = layer.init_state(3)
+    assert [t.dtype for t in state] == [torch.float32] * 3 and state[2].shape == (3, 2, 4)
+    assert torch.isinf(state[0]).all() and state[0].lt(0).all()
+    x = torch.randn(3, 5, 6)
+    steps = torch.stack([layer.step(x[:, t], state) for t in range(5)], dim=1)
+    torch.testing.assert_close(steps, layer(x).detach(), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="divisible"):
+        sgnn.Aaren(10, heads=3)
+
+
+# ---- low precision: QuantLinear, QGCNConv ------------------------------------------------------------
+def _dequantized(x, bits, axis=0):
+    """dequantize(quantize(x)) from the reference (independent of the fake_quantize op)."""
+    from scangraph import reference
+    q, scale = reference.quantize(x, bits, axis)
+    return q.float() * scale.unsqueeze(1 - axis)
+
+
+def _fake_quant_linear(x, weight, bias, bits):
+    """W{bits}A8 linear written out: x quantized per row, the weight per output channel."""
+    return F.linear(_dequantized(x, 8), _dequantized(weight, bits), bias)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quant_linear_qat_then_converted(bits):
+    torch.manual_seed(bits)
+    fp32 = torch.nn.Linear(13, 7)
+    layer = sgnn.QuantLinear(13, 7, weight_bits=bits)
+    layer.load_state_dict(fp32.state_dict())  # nn.Linear's names: weight, bias
+    x = torch.randn(11, 13, requires_grad=True)
+    qat = layer(x)
+    expected = _fake_quant_linear(x.detach(), fp32.weight.detach(), fp32.bias.detach(), bits)
+    torch.testing.assert_close(qat, expected, atol=1e-5, rtol=1e-5)
+    # Quantization error bound: with |dx| <= sx / 2 and |dw| <= sw / 2 per element,
+    # |x.w - xq.wq| <= sx / 2 sum|w| + sw / 2 sum|x| + K sx sw / 4 for every output element.
+    reference_out = fp32(x.detach())
+    sx = x.detach().abs().amax(1, keepdim=True) / 127
+    sw = fp32.weight.detach().abs().amax(1) / (127 if bits == 8 else 7)
+    bound = (sx / 2 * fp32.weight.detach().abs().sum(1) + sw / 2 * x.detach().abs().sum(1, keepdim=True)
+             + 13 * sx * sw / 4)
+    error = (qat.detach() - reference_out).abs()
+    assert (error <= bound + 1e-5).all() and error.max() > 1e-4  # quantized, within the bound
+    # Straight-through gradients: those of F.linear evaluated at the quantized values.
+    grad = torch.randn_like(qat)
+    qat.backward(grad)
+    torch.testing.assert_close(x.grad, grad @ _dequantized(fp32.weight.detach(), bits), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, grad.T @ _dequantized(x.detach(), 8), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, grad.sum(0))
+
+    assert layer.convert() is layer and layer.converted
+    assert "weight" not in dict(layer.named_parameters())
+    assert layer.qweight.dtype == (torch.int8 if bits == 8 else torch.uint8)
+    assert layer.qweight.shape == ((7, 13) if bits == 8 else (7, 7)) and layer.weight_scale.shape == (7,)
+    # Same quantizer, same rounding: the integer kernel reproduces the QAT forward up to fp32
+    # summation order (int32 accumulation vs fp32 matmul of the dequantized values).
+    x3 = torch.randn(2, 5, 13)  # leading dims flatten to rows, as in QAT
+    with torch.no_grad():
+        converted = layer(x3)
+    assert converted.shape == (2, 5, 7)
+    torch.testing.assert_close(converted, _fake_quant_linear(x3.reshape(10, 13), fp32.weight.detach(),
+                                                             fp32.bias.detach(), bits).view(2, 5, 7),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="fake_quantize"):
+        layer(x3.requires_grad_()).sum().backward()  # the integer kernels are inference only
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quant_linear_state_dicts_load_in_both_phases(bits):
+    torch.manual_seed(10 + bits)
+    fp32 = torch.nn.Linear(9, 4)
+    x = torch.randn(6, 9)
+    converted = sgnn.QuantLinear.from_float(fp32, bits).convert()
+    # A float state_dict into an already converted layer: quantized on load.
+    late = sgnn.QuantLinear(9, 4, weight_bits=bits).convert()
+    late.load_state_dict(fp32.state_dict())
+    # A converted checkpoint into a converted layer: the integers copied as they are.
+    copy = sgnn.QuantLinear(9, 4, weight_bits=bits).convert()
+    copy.load_state_dict(converted.state_dict())
+    with torch.no_grad():
+        out = converted(x)
+        assert not torch.equal(out, sgnn.QuantLinear(9, 4, weight_bits=bits).convert()(x))
+        for other in (late, copy):
+            assert torch.equal(other.qweight, converted.qweight)
+            torch.testing.assert_close(other(x), out, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        late.load_state_dict(torch.nn.Linear(8, 4).state_dict())
+    with pytest.raises(ValueError, match="weight_bits"):
+        sgnn.QuantLinear(9, 4, weight_bits=2)
+
+
+def _dense_gcn_matrix(edge_index, n):
+    """D^-1/2 (A + I) D^-1/2 as a dense (n, n) matrix (row = target), duplicates summed and any
+    existing self loop replaced by one of weight 1, as PyG's gcn_norm does."""
+    a = torch.zeros(n, n, dtype=torch.float64)
+    src, dst = edge_index
+    keep = src != dst
+    a.index_put_((dst[keep], src[keep]), torch.ones(int(keep.sum()), dtype=torch.float64), accumulate=True)
+    a += torch.eye(n, dtype=torch.float64)
+    inv_sqrt = a.sum(1).rsqrt()
+    return inv_sqrt[:, None] * a * inv_sqrt[None, :]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qgcnconv_matches_formula_and_converts(bits):
+    torch.manual_seed(20 + bits)
+    edge_index = random_graph()
+    n = 23
+    fp32 = sgnn.GCNConv(7, 5)
+    torch.nn.init.normal_(fp32.bias)
+    conv = sgnn.QGCNConv(7, 5, weight_bits=bits)
+    conv.load_state_dict(fp32.state_dict())  # GCNConv's names: lin.weight, bias
+    x = torch.randn(n, 7, requires_grad=True)
+    qat = conv(x, edge_index)
+    # The formula: features per row at 8 bits, weight per channel at `bits`, the transformed
+    # features (the messages) per row at 8 bits, then the fp32 normalised propagation + bias.
+    h = _fake_quant_linear(x.detach(), fp32.lin.weight.detach(), None, bits)
+    a_hat = _dense_gcn_matrix(edge_index, n)
+    expected = (a_hat @ _dequantized(h, 8).double()).float() + fp32.bias.detach()
+    # A message whose x / scale lands within fp32 rounding of a .5 tie may round the other way
+    # (different summation order): it then moves by one step s_j, so the tolerance of row i is
+    # sum_j a_ij s_j. Almost every element must match to fp32 accuracy, though.
+    step = (a_hat.float() @ (h.abs().amax(1) / 127))[:, None]
+    error = (qat.detach() - expected).abs()
+    assert (error <= step + 1e-5).all() and (error > 1e-5).float().mean() < 0.05
+    # Gradients reach the input and both parameters (straight through the quantizers).
+    qat.square().sum().backward()
+    _assert_all_parameters_get_gradients(conv)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # Quantization moves the output a little from the fp32 layer's, not a lot.
+    with torch.no_grad():
+        reference_out = fp32(x, edge_index)
+    relative = (qat - reference_out).norm() / reference_out.norm()
+    assert 0 < relative < (0.03 if bits == 8 else 0.3), relative
+
+    conv.convert()
+    graph = CSRGraph.from_edge_index(edge_index, num_nodes=n)
+    with torch.no_grad():
+        converted = conv(x, edge_index)
+        torch.testing.assert_close(conv(x, graph), converted, atol=1e-6, rtol=1e-6)
+    error = (converted - qat.detach()).abs()
+    assert (error <= step + 1e-5).all() and (error > 1e-5).float().mean() < 0.05
+    error = (converted - expected).abs()
+    assert (error <= step + 1e-5).all() and (error > 1e-5).float().mean() < 0.05
+
+
+def test_qgcnconv_float_messages_and_convert_quantized():
+    torch.manual_seed(30)
+    edge_index = random_graph()
+    conv = sgnn.QGCNConv(6, 4, weight_bits=4, quantize_messages=False)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(23, 6)
+    h = _fake_quant_linear(x, conv.lin.weight.detach(), None, 4)
+    expected = (_dense_gcn_matrix(edge_index, 23) @ h.double()).float() + conv.bias.detach()
+    torch.testing.assert_close(conv(x, edge_index), expected, atol=1e-5, rtol=1e-5)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 6), sgnn.QuantLinear(6, 6, weight_bits=4))
+    model.add_module("conv", conv)
+    assert sgnn.convert_quantized(model) is model and model[1].converted and conv.converted
+    assert isinstance(model[0].weight, torch.nn.Parameter)  # float layers stay float
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x, edge_index), expected, atol=1e-5, rtol=1e-5)

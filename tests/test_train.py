@@ -26,7 +26,7 @@ def test_planetoid_round_trip(sbm_file):
     assert loaded.num_classes == 3
 
 
-@pytest.mark.parametrize("model", ["gcn", "gat", "dagnn", "graphmamba"])
+@pytest.mark.parametrize("model", ["gcn", "qgcn", "gat", "dagnn", "graphmamba"])
 def test_node_classification_cli(sbm_file, model, tmp_path, capsys):
     path, _ = sbm_file
     out = tmp_path / "result.json"
@@ -36,6 +36,8 @@ def test_node_classification_cli(sbm_file, model, tmp_path, capsys):
     assert "test accuracy at best validation" in capsys.readouterr().out
     assert json.loads(out.read_text())["mean"] == summary["mean"]
     assert summary["mean"] > 60, summary  # three well-separated classes: far above chance (33%)
+    if model == "qgcn":  # evaluated after conversion to the integer kernels, QAT numbers kept
+        assert summary["qat_mean"] > 60 and "qat_test_acc" in summary["runs"][0]
 
 
 def test_link_prediction_cli(sbm_file, capsys):
