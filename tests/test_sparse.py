@@ -5,7 +5,7 @@ import torch
 
 import scangraph
 from scangraph import CSRGraph, reference
-from conftest import assert_close, backend_params, real_graph_path
+from conftest import HAS_CUDA, assert_close, backend_params, real_graph_path
 from graphs import GRAPHS, make_graph
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -267,6 +267,116 @@ def test_real_graphs_triton(name):
     x = torch.randn(num_nodes, 24, dtype=torch.float64)
     out = scangraph.spmm(graph, x, "sum", backend="triton")
     assert_close(out, reference.spmm(graph.rowptr, graph.col, x, "sum"))
+
+
+# ---- skewed rows: long rows split into segments (CUDA, Triton) ------------------------------
+# Split threshold of the CUDA kernels (kSpmmSplitEdges in sparse_params.h, a compile-time
+# constant); Triton's SPLIT_EDGES is lowered to SMALL_SPLIT so the interpreter stays fast.
+CUDA_SPLIT_EDGES = 256
+SMALL_SPLIT = 16
+
+
+def _skewed_graph(split):
+    """A star plus a broadcaster: row 0 receives from every node and node 1 sends to every node
+    (so the transpose, which the backward runs on, has a long row too), both ~5x the split
+    threshold; rows 2 and 3 hold exactly split and split + 1 edges; random edges around them."""
+    n = 5 * split + 3
+    nodes = torch.arange(n)
+    src = torch.cat([nodes, torch.full((n,), 1), nodes[:split], nodes[:split + 1], torch.randint(0, n, (n,))])
+    dst = torch.cat([torch.zeros(n, dtype=torch.int64), nodes, torch.full((split,), 2),
+                     torch.full((split + 1,), 3), torch.randint(0, n, (n,))])
+    return CSRGraph.from_edge_index(torch.stack([src, dst]), n)
+
+
+def _split_threshold(backend, monkeypatch):
+    if backend == "triton":
+        from scangraph.triton_kernels import sparse as triton_sparse
+        monkeypatch.setattr(triton_sparse, "SPLIT_EDGES", SMALL_SPLIT)
+        return SMALL_SPLIT
+    return CUDA_SPLIT_EDGES if backend == "cuda" else SMALL_SPLIT  # cpp balances on its own
+
+
+def test_long_row_plan():
+    """Segments cover exactly the edges of the rows longer than the threshold, in order, at
+    most `split` edges each, within the bound that sizes the launch."""
+    pytest.importorskip("triton")
+    from scangraph.triton_kernels.sparse import long_row_plan
+    degrees = torch.tensor([0, 16, 17, 32, 33, 83, 5, 1])
+    rowptr = torch.cat([torch.zeros(1, dtype=torch.int64), degrees.cumsum(0)])
+    segment_ptr, segment_row, max_segments = long_row_plan(rowptr, int(rowptr[-1]), 16)
+    assert segment_ptr.tolist() == [0, 0, 0, 2, 4, 7, 13, 13, 13]
+    assert max_segments >= 13 and segment_row.shape == (max_segments,)
+    assert segment_row[:13].tolist() == [2, 2, 3, 3, 4, 4, 4] + [5] * 6
+    for row in (2, 3, 4, 5):
+        starts = [int(rowptr[row]) + (s - int(segment_ptr[row])) * 16
+                  for s in range(int(segment_ptr[row]), int(segment_ptr[row + 1]))]
+        ends = [min(start + 16, int(rowptr[row + 1])) for start in starts]
+        assert starts[0] == rowptr[row] and ends[-1] == rowptr[row + 1] and starts[1:] == ends[:-1]
+    assert long_row_plan(rowptr[:3], 16, 16) is None  # no row can exceed 16 edges
+    tight = torch.arange(6) * 17  # five rows of 17 edges: 2 segments each, the bound's worst case
+    segment_ptr, _, max_segments = long_row_plan(tight, 85, 16)
+    assert int(segment_ptr[-1]) == max_segments == 10
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("reduce", ("sum", "mean"))
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_spmm_splits_long_rows(backend_device, dtype, reduce, weighting, monkeypatch):
+    """Hub rows several times the split threshold, forward and backward (whose dx runs spmm on
+    the transpose, split as well) against float64, and bitwise equal on a second run."""
+    backend, device = backend_device
+    graph = _skewed_graph(_split_threshold(backend, monkeypatch)).to(device)
+    x, w = _inputs(graph, weighting, dtype, device, requires_grad=True)
+    grad = None
+    runs = []
+    for _ in range(2):
+        x.grad = None
+        if w is not None:
+            w.grad = None
+        out = scangraph.spmm(graph, x, reduce, w, backend=backend)
+        grad = torch.randn_like(out) if grad is None else grad
+        out.backward(grad)
+        runs.append([out.detach().clone(), x.grad.clone()] + ([] if w is None else [w.grad.clone()]))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+    ref, ref_dx, ref_dw = _reference_with_grads(graph.to("cpu"), x.cpu(), None if w is None else w.cpu(),
+                                                reduce, grad.cpu())
+    assert_close(runs[0][0].cpu(), ref, dtype)
+    assert_close(runs[0][1].cpu(), ref_dx, dtype)
+    if w is not None:
+        assert_close(runs[0][2].cpu(), ref_dw, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ("cuda", "triton"))
+@pytest.mark.parametrize("name", ("as-22july06", "email-Enron"))
+def test_real_skewed_graphs_cuda(backend, name):
+    """Real graphs whose hub rows hold 1-2k edges (past the 256-edge split threshold) on the
+    GPU: mean fwd + bwd with edge weights against float64, bitwise equal across runs."""
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA GPU")
+    try:
+        scangraph.backend.resolve("spmm", backend, torch.device("cuda"))
+    except scangraph.BackendUnavailable as error:
+        pytest.skip(str(error))
+    edge_index, num_nodes = scangraph.datasets.load_graph(real_graph_path(name))
+    graph = CSRGraph.from_edge_index(edge_index, num_nodes).to("cuda")
+    x = torch.randn(num_nodes, 64, device="cuda", requires_grad=True)
+    w = torch.rand(graph.num_edges, device="cuda", requires_grad=True)
+    grad = torch.randn(num_nodes, 64, device="cuda")
+    runs = []
+    for _ in range(2):
+        x.grad = w.grad = None
+        out = scangraph.spmm(graph, x, "mean", w, backend=backend)
+        out.backward(grad)
+        runs.append((out.detach().clone(), x.grad.clone(), w.grad.clone()))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+    ref, ref_dx, ref_dw = _reference_with_grads(graph.to("cpu"), x.cpu(), w.cpu(), "mean", grad.cpu())
+    assert_close(runs[0][0].cpu(), ref, torch.float32)
+    assert_close(runs[0][1].cpu(), ref_dx, torch.float32)
+    assert_close(runs[0][2].cpu(), ref_dw, torch.float32)
 
 
 def test_matches_torch_sparse_and_scatter():

@@ -3,6 +3,11 @@
 One program per (destination row, head, feature block): it walks the row's edges BLOCK_E at a
 time, gathers a (BLOCK_E, BLOCK_F) tile of source features and reduces it in registers, then
 writes its output block once. No atomics: deterministic for a given block configuration.
+
+Sum / mean balance skewed rows: a row with more than SPLIT_EDGES edges is cut into segments of
+SPLIT_EDGES edges, one program each (spmm_segment_kernel) writing an fp32 (fp64 for fp64)
+partial; the row's program in spmm_kernel then adds its partials in segment order, so a hub row
+runs in parallel and the result is still the same on every run.
 """
 import torch
 import triton
@@ -13,6 +18,11 @@ import triton.language as tl
 BLOCK_E = 32
 # Feature block: 128 fp32 values are 512 contiguous bytes per gathered row (full sectors).
 MAX_BLOCK_F = 128
+# Rows with more edges than this are split into segments of this many edges (the CUDA backend's
+# kSpmmSplitEdges, sparse_params.h, says why 256: 8 edge blocks per program hide the partial's
+# write and re-read, < 2% extra traffic, while a 10^5-edge hub row spreads over 391 programs).
+# Read at launch time, so tests may lower it to split small graphs.
+SPLIT_EDGES = 256
 
 
 def _accumulator(dtype: torch.dtype):
@@ -38,10 +48,10 @@ def _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, f
 
 
 @triton.jit
-def spmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr,
+def spmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr, segment_ptr, partial_ptr,
                 num_heads, num_features, x_row_stride, x_head_stride,
                 weight_edge_stride, weight_head_stride,
-                HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, ACC: tl.constexpr,
+                HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
                 BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -50,7 +60,16 @@ def spmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr,
     begin = tl.load(rowptr_ptr + row)
     end = tl.load(rowptr_ptr + row + 1)
     acc = tl.zeros([BLOCK_F], dtype=ACC)
-    for edge0 in range(begin, end, BLOCK_E):
+    edge_end = end
+    if SPLIT:
+        # A split row's edges were summed by spmm_segment_kernel: add its partials, in order.
+        segment0 = tl.load(segment_ptr + row)
+        segment1 = tl.load(segment_ptr + row + 1)
+        edge_end = tl.where(segment1 > segment0, begin, end)
+        for segment in range(segment0, segment1):
+            acc += tl.load(partial_ptr + (segment * num_heads + head) * num_features + features,
+                           mask=feature_mask, other=0.0)
+    for edge0 in range(begin, edge_end, BLOCK_E):
         _, _, tile = _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
                                         x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
                                         HAS_WEIGHT, ACC, BLOCK_E)
@@ -59,6 +78,31 @@ def spmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr,
         acc = acc / tl.maximum(end - begin, 1).to(ACC)
     out = out_ptr + (row * num_heads + head) * num_features + features
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=feature_mask)
+
+
+@triton.jit
+def spmm_segment_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, segment_ptr, segment_row_ptr, partial_ptr,
+                        num_rows, num_heads, num_features, x_row_stride, x_head_stride,
+                        weight_edge_stride, weight_head_stride,
+                        HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, SPLIT_EDGES: tl.constexpr,
+                        BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # One program per (segment slot, head, feature block); slots past the plan's real count
+    # (known on the device only) do nothing.
+    segment = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    if segment < tl.load(segment_ptr + num_rows):
+        row = tl.load(segment_row_ptr + segment)
+        begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
+        end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+        acc = tl.zeros([BLOCK_F], dtype=ACC)
+        for edge0 in range(begin, end, BLOCK_E):
+            _, _, tile = _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
+                                            x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
+                                            HAS_WEIGHT, ACC, BLOCK_E)
+            acc += tl.sum(tile, axis=0)
+        tl.store(partial_ptr + (segment * num_heads + head) * num_features + features, acc, mask=feature_mask)
 
 
 @triton.jit
@@ -95,6 +139,26 @@ def _node_head_feature(t: torch.Tensor) -> torch.Tensor:
     return v.contiguous() if v.shape[2] > 1 and v.stride(2) != 1 else v
 
 
+def long_row_plan(rowptr: torch.Tensor, num_edges: int, split_edges: int):
+    """The split plan of rows with more than split_edges edges, built on the device without a
+    host sync: (segment_ptr (num_rows + 1,), segment_row (max_segments,), max_segments), or None
+    when no row can be that long. Row i owns segments segment_ptr[i] .. segment_ptr[i + 1];
+    segment s of row r = segment_row[s] starts at edge rowptr[r] + (s - segment_ptr[r]) *
+    split_edges. max_segments = 2 E // (T + 1) bounds the real count segment_ptr[-1] (a row of
+    d > T edges has ceil(d / T) <= (d + T - 1) / T <= 2 d / (T + 1) segments), so the launch
+    needs no read of it."""
+    if num_edges <= split_edges or rowptr.numel() < 2:
+        return None
+    max_segments = 2 * num_edges // (split_edges + 1)
+    degree = rowptr[1:] - rowptr[:-1]
+    counts = torch.where(degree > split_edges, (degree + split_edges - 1) // split_edges, 0)
+    segment_ptr = torch.cat([rowptr.new_zeros(1), counts.cumsum(0)])
+    # right=True: the last row whose first segment is <= s, skipping rows without segments.
+    slots = torch.arange(max_segments, dtype=torch.int64, device=rowptr.device)
+    segment_row = torch.searchsorted(segment_ptr, slots, right=True) - 1
+    return segment_ptr, segment_row, max_segments
+
+
 def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
     """Fills out (contiguous, (num_rows, [heads,] F)); `wrap` is torch.library.wrap_triton."""
     xv = _node_head_feature(x)
@@ -107,11 +171,23 @@ def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
     else:
         w_edge, w_head = 0, 0
     block_f = _feature_block(features)
+    acc = _accumulator(x.dtype)
+    weight_arg = weight if weight is not None else xv
+    plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
+    segment_ptr = partial = rowptr  # placeholders: unread when there is no plan
+    if plan is not None:
+        segment_ptr, segment_row, max_segments = plan
+        partial = torch.empty((max_segments, heads, features), dtype=torch.float64 if x.dtype == torch.float64
+                              else torch.float32, device=x.device)
+        wrap(spmm_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
+            rowptr, col, weight_arg, xv, segment_ptr, segment_row, partial,
+            num_rows, heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
+            HAS_WEIGHT=weight is not None, ACC=acc, SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
     grid = (num_rows, heads, triton.cdiv(features, block_f))
     wrap(spmm_kernel)[grid](
-        rowptr, col, weight if weight is not None else xv, xv, out,
+        rowptr, col, weight_arg, xv, out, segment_ptr, partial,
         heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
-        HAS_WEIGHT=weight is not None, MEAN=reduce == "mean", ACC=_accumulator(x.dtype),
+        HAS_WEIGHT=weight is not None, MEAN=reduce == "mean", SPLIT=plan is not None, ACC=acc,
         BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 

@@ -4,7 +4,8 @@
 // indices with one coalesced load and broadcasts them with shuffles, and each lane owns
 // features lane, lane + 32, ... so the gathers of x rows are coalesced. Every output element is
 // written by exactly one lane: no atomics, deterministic. Reductions across lanes use a fixed
-// butterfly order.
+// butterfly order. Sum / mean split rows longer than kSpmmSplitEdges into segments of one warp
+// each (spmm_segment_kernel), whose partials the row's warp adds in segment order.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -55,50 +56,109 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {  // fixed butterfly order: 
   return v;
 }
 
+// Adds sum_{e in [begin, end)} w[e, h] * x[col[e], h, f] to acc[k] for the lane's features
+// f = f0 + k * kWarp + lane, edges in CSR order. Called by a whole warp (shuffles).
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ void accumulate_messages(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
+                                                    int64_t f0, int lane,
+                                                    typename Acc<scalar_t>::type (&acc)[kFeaturesPerLane]) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const int64_t F = p.num_features;
+  for (int64_t e0 = begin; e0 < end; e0 += kWarp) {
+    // Each lane loads one edge of this batch of 32; shuffles hand them to every lane.
+    const int64_t my_edge = e0 + lane;
+    int64_t my_src = 0;
+    acc_t my_w = acc_t(1);
+    if (my_edge < end) {
+      my_src = int64_t(col[my_edge]);
+      if (w) my_w = to_acc(w[my_edge * p.weight_edge_stride + h * p.weight_head_stride]);
+    }
+    const int batch = int(end - e0 < kWarp ? end - e0 : kWarp);
+    for (int j = 0; j < batch; ++j) {
+      const int64_t src = __shfl_sync(0xffffffffu, my_src, j);
+      const acc_t we = __shfl_sync(0xffffffffu, my_w, j);
+      const scalar_t* xr = x + src * p.x_row_stride + h * p.x_head_stride;
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) {
+        const int64_t f = f0 + k * kWarp + lane;
+        if (f < F) acc[k] += we * to_acc(xr[f]);
+      }
+    }
+  }
+}
+
+// Sum / mean, one warp per row. A row that the split plan cut into segments (see
+// kSpmmSplitEdges) was summed by spmm_segment_kernel: this warp adds its partials in segment
+// order, so the result is the same on every run.
 template <typename scalar_t, typename index_t>
 __global__ void spmm_kernel(SpmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t row = warp_index();
   if (row >= p.num_rows) return;
-  const index_t* col = static_cast<const index_t*>(p.col);
-  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
   scalar_t* out = static_cast<scalar_t*>(p.out);
+  const acc_t* partial = static_cast<const acc_t*>(p.partial);
   const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
+  const int64_t seg_begin = p.segment_ptr ? p.segment_ptr[row] : 0;
+  const int64_t seg_end = p.segment_ptr ? p.segment_ptr[row + 1] : 0;
   const acc_t scale = (p.reduce == Reduce::Mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
-  const int64_t F = p.num_features;
-  for (int64_t h = 0; h < p.num_heads; ++h) {
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t h = 0; h < H; ++h) {
     for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
       acc_t acc[kFeaturesPerLane];
 #pragma unroll
       for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
-      for (int64_t e0 = begin; e0 < end; e0 += kWarp) {
-        // Each lane loads one edge of this batch of 32; shuffles hand them to every lane.
-        const int64_t my_edge = e0 + lane;
-        int64_t my_src = 0;
-        acc_t my_w = acc_t(1);
-        if (my_edge < end) {
-          my_src = int64_t(col[my_edge]);
-          if (w) my_w = to_acc(w[my_edge * p.weight_edge_stride + h * p.weight_head_stride]);
-        }
-        const int batch = int(end - e0 < kWarp ? end - e0 : kWarp);
-        for (int j = 0; j < batch; ++j) {
-          const int64_t src = __shfl_sync(0xffffffffu, my_src, j);
-          const acc_t we = __shfl_sync(0xffffffffu, my_w, j);
-          const scalar_t* xr = x + src * p.x_row_stride + h * p.x_head_stride;
+      if (seg_end > seg_begin) {
+        for (int64_t s = seg_begin; s < seg_end; ++s) {
+          const acc_t* part = partial + (s * H + h) * F;
 #pragma unroll
           for (int k = 0; k < kFeaturesPerLane; ++k) {
             const int64_t f = f0 + k * kWarp + lane;
-            if (f < F) acc[k] += we * to_acc(xr[f]);
+            if (f < F) acc[k] += part[f];
           }
         }
+      } else {
+        accumulate_messages<scalar_t, index_t>(p, begin, end, h, f0, lane, acc);
       }
-      scalar_t* o = out + (row * p.num_heads + h) * F;
+      scalar_t* o = out + (row * H + h) * F;
 #pragma unroll
       for (int k = 0; k < kFeaturesPerLane; ++k) {
         const int64_t f = f0 + k * kWarp + lane;
         if (f < F) o[f] = from_acc<scalar_t>(acc[k] * scale);
+      }
+    }
+  }
+}
+
+// One warp per segment of a split row: the unscaled sum of the segment's messages, kept in the
+// accumulator type in partial[s] (spmm_kernel adds them up, scales and rounds).
+template <typename scalar_t, typename index_t>
+__global__ void spmm_segment_kernel(SpmmParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = lane_index();
+  const int64_t s = warp_index();
+  // max_segments is a bound; the plan's real count lives on the device (no host read).
+  if (s >= p.max_segments || s >= p.segment_ptr[p.num_rows]) return;
+  const int64_t row = p.segment_row[s];
+  const int64_t begin = p.rowptr[row] + (s - p.segment_ptr[row]) * kSpmmSplitEdges;
+  const int64_t row_end = p.rowptr[row + 1];
+  const int64_t end = begin + kSpmmSplitEdges < row_end ? begin + kSpmmSplitEdges : row_end;
+  acc_t* partial = static_cast<acc_t*>(p.partial);
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t acc[kFeaturesPerLane];
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
+      accumulate_messages<scalar_t, index_t>(p, begin, end, h, f0, lane, acc);
+      acc_t* part = partial + (s * H + h) * F;
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) {
+        const int64_t f = f0 + k * kWarp + lane;
+        if (f < F) part[f] = acc[k];
       }
     }
   }
@@ -388,10 +448,15 @@ inline unsigned warp_blocks(int64_t warps) {
 template <typename scalar_t, typename index_t>
 void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
   if (p.num_rows == 0) return;
-  if (p.reduce == Reduce::Max || p.reduce == Reduce::Min)
+  if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
     spmm_extreme_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
-  else
-    spmm_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    return;
+  }
+  // Segments first: the row pass reads their partials (same stream, so ordered).
+  if (p.segment_ptr && p.max_segments > 0)
+    spmm_segment_kernel<scalar_t, index_t>
+        <<<warp_blocks(p.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  spmm_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 template <typename scalar_t, typename index_t>

@@ -28,11 +28,40 @@ void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The split plan of rows longer than kSpmmSplitEdges (see sparse_params.h), built with device
+// ops from rowptr alone: per-row segment counts, their prefix sum, and a segment -> row map by
+// binary search. No host sync: the launch and scratch are sized by the bound
+// max_segments = 2 E / (T + 1) (a row of d > T edges has ceil(d / T) <= (d + T - 1) / T
+// <= 2 d / (T + 1) segments), and the kernels read the real count from segment_ptr[num_rows].
+void plan_long_rows(KernelCall<SpmmParams>& call, const at::Tensor& rowptr, const at::Tensor& col,
+                    at::ScalarType acc_dtype) {
+  SpmmParams& p = call.params;
+  if (col.numel() <= kSpmmSplitEdges || p.num_rows == 0 || p.num_heads * p.num_features == 0) return;
+  const int64_t max_segments = 2 * col.numel() / (kSpmmSplitEdges + 1);
+  const at::Tensor degree = rowptr.slice(0, 1) - rowptr.slice(0, 0, -1);
+  const at::Tensor counts =
+      at::where(degree > kSpmmSplitEdges, at::floor_divide(degree + (kSpmmSplitEdges - 1), kSpmmSplitEdges),
+                at::zeros_like(degree));
+  const at::Tensor segment_ptr = call.owned.emplace_back(at::cat({at::zeros({1}, rowptr.options()), counts.cumsum(0)}));
+  // right=True: the last row whose first segment is <= s, so rows without segments are skipped.
+  const at::Tensor segment_row = call.owned.emplace_back(
+      at::searchsorted(segment_ptr, at::arange(max_segments, rowptr.options()), /*out_int32=*/false,
+                       /*right=*/true) - 1);
+  const at::Tensor partial = call.owned.emplace_back(
+      at::empty({max_segments, p.num_heads, p.num_features}, rowptr.options().dtype(acc_dtype)));
+  p.segment_ptr = segment_ptr.data_ptr<int64_t>();
+  p.segment_row = segment_row.data_ptr<int64_t>();
+  p.partial = partial.data_ptr();
+  p.max_segments = max_segments;
+}
+
 KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
                                 const std::optional<at::Tensor>& weight, const at::Tensor& x,
                                 c10::string_view reduce) {
   const c10::cuda::CUDAGuard guard(x.device());
   KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
+  if (call.params.reduce == Reduce::Sum || call.params.reduce == Reduce::Mean)
+    plan_long_rows(call, rowptr, col, opmath_dtype(x.scalar_type()));
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
                  spmm_cuda_fp16, spmm_cuda_bf16);
   return call;

@@ -11,6 +11,16 @@ namespace scangraph {
 
 enum class Reduce : int8_t { Sum, Mean, Max, Min };
 
+// Load balance of sum / mean spmm on the GPU: a row with more than kSpmmSplitEdges edges is cut
+// into segments of kSpmmSplitEdges edges (the last one shorter), each summed by its own warp into
+// an accumulator-type partial; a second pass adds a row's partials in segment order (a fixed
+// order: deterministic, no atomics). Why 256: a segment is 8 batches of 32 gathered rows, enough
+// work per warp to hide the cost of writing and re-reading its partial (one F-vector per 256
+// gathered F-vectors: < 2% extra traffic even for bf16), while a 10^5-edge hub row becomes 391
+// warps instead of one. Rows of up to 256 edges, nearly all rows of real graphs, keep the
+// one-warp path and pay nothing.
+constexpr int64_t kSpmmSplitEdges = 256;
+
 // Sum / mean: out[i, h, :] = scale_i * sum_{e in row i} w[e, h] * x[col[e], h, :], scale_i = 1
 // (sum) or 1 / deg(i) (mean). Max / min: out[i, h, f] = max / min over the same messages, and
 // arg[i, h, f] the edge id that won (the first in CSR order, i.e. the lowest column, on ties).
@@ -31,6 +41,15 @@ struct SpmmParams {
   int64_t weight_head_stride;  // 0 when one weight per edge serves every head
   bool col_is_int32;
   Reduce reduce;
+  // The split plan of long rows (sum / mean on CUDA; segment_ptr == nullptr: no row is split).
+  // Row i owns segments segment_ptr[i] .. segment_ptr[i+1] (none when deg(i) <= kSpmmSplitEdges);
+  // segment s of row r = segment_row[s] covers edges rowptr[r] + (s - segment_ptr[r]) *
+  // kSpmmSplitEdges onwards. Only segment_ptr[num_rows] of the max_segments slots are used: the
+  // bound 2 * num_edges / (kSpmmSplitEdges + 1) needs no read of the device to size the launch.
+  const int64_t* segment_ptr;  // (num_rows + 1)
+  const int64_t* segment_row;  // (max_segments)
+  void* partial;               // (max_segments, num_heads, num_features), accumulator type
+  int64_t max_segments;
 };
 
 // Backward of max / min spmm, without atomics:
