@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "numeric.cuh"
 #include "scangraph/prefix_attention_params.h"
 
 namespace scangraph {
@@ -29,22 +30,10 @@ constexpr int kWarpsPerBlock = 4;
 constexpr int kMaxPerLane = 8;
 constexpr int64_t kMaxDim = int64_t(kWarp) * kMaxPerLane;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename A, typename T> __device__ __forceinline__ A load(const T* p) { return static_cast<A>(*p); }
-template <> __device__ __forceinline__ float load<float, __half>(const __half* p) { return __half2float(*p); }
-template <> __device__ __forceinline__ float load<float, __nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat162float(*p);
-}
-template <typename T, typename A> __device__ __forceinline__ T to_scalar(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half to_scalar<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 to_scalar<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-__device__ __forceinline__ float exp_acc(float x) { return expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
+using numeric::Acc;
+using numeric::exp_acc;
+using numeric::from_acc;
+using numeric::to_acc;
 
 template <typename acc_t> __device__ __forceinline__ acc_t neg_inf() { return -CUDART_INF_F; }
 template <> __device__ __forceinline__ double neg_inf<double>() { return -CUDART_INF; }
@@ -71,7 +60,7 @@ __device__ __forceinline__ void load_row(const scalar_t* row, int64_t n, bool va
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int64_t d = lane + int64_t(i) * kWarp;
-    out[i] = (valid && d < n) ? load<acc_t>(row + d) : acc_t(0);
+    out[i] = (valid && d < n) ? to_acc(*(row + d)) : acc_t(0);
   }
 }
 
@@ -109,7 +98,7 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock) prefix_attention_fwd_k
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int64_t d = lane + int64_t(i) * kWarp;
-    qs[i] = d < D ? acc_t(p.scale) * load<acc_t>(q + d) : acc_t(0);
+    qs[i] = d < D ? acc_t(p.scale) * to_acc(*(q + d)) : acc_t(0);
   }
   acc_t m = neg_inf<acc_t>(), c = 0;
   if (p.m0 != nullptr) {
@@ -154,7 +143,7 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock) prefix_attention_fwd_k
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + int64_t(i) * kWarp;
       w[i] = w[i] * alpha + weight * vrow[i];
-      if (d < DV) o[row * DV + d] = to_scalar<scalar_t>(w[i] * inv);
+      if (d < DV) o[row * DV + d] = from_acc<scalar_t>(w[i] * inv);
     }
     if (p.m_stats != nullptr && lane == 0) {
       static_cast<acc_t*>(p.m_stats)[row] = m;
@@ -196,7 +185,7 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int64_t d = lane + int64_t(i) * kWarp;
-    qs[i] = d < D ? acc_t(p.scale) * load<acc_t>(q + d) : acc_t(0);
+    qs[i] = d < D ? acc_t(p.scale) * to_acc(*(q + d)) : acc_t(0);
     dq[i] = 0;
     K[i] = d < DV ? grad_w_last[d] : acc_t(0);
     if (d < DV) last_dot += K[i] * w_last[d];
@@ -251,7 +240,7 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + int64_t(i) * kWarp;
-      if (d < DV) dv[row * DV + d] = to_scalar<scalar_t>(e * K[i]);
+      if (d < DV) dv[row * DV + d] = from_acc<scalar_t>(e * K[i]);
       v_dot_K += vrow[i] * K[i];
     }
     acc_t ds = e * (warp_sum(v_dot_K) - K_scalar);
@@ -263,7 +252,7 @@ __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + int64_t(i) * kWarp;
-      if (d < D) dk[row * D + d] = to_scalar<scalar_t>(ds * qs[i]);
+      if (d < D) dk[row * D + d] = from_acc<scalar_t>(ds * qs[i]);
       dq[i] += ds * krow[i];
     }
     m_next = m_t;

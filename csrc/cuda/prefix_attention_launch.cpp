@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "dispatch_dtype.h"
 #include "glue/prefix_attention_args.h"
 #include "prefix_attention.h"
 
@@ -14,21 +15,12 @@ namespace scangraph {
 namespace {
 
 template <typename Params>
-void launch(at::ScalarType dtype, const Params& p, const char* op, void (*fp64)(const Params&, cudaStream_t),
-            void (*fp32)(const Params&, cudaStream_t), void (*fp16)(const Params&, cudaStream_t),
-            void (*bf16)(const Params&, cudaStream_t)) {
+void launch(at::ScalarType dtype, const Params& p, const char* op, CudaLauncher<Params> fp64,
+            CudaLauncher<Params> fp32, CudaLauncher<Params> fp16, CudaLauncher<Params> bf16) {
   TORCH_CHECK(p.dim <= kPrefixAttentionMaxDim && p.dim_v <= kPrefixAttentionMaxDim, op,
               ": the CUDA kernel holds a row of d and dv values in one warp's registers and supports d, dv <= ",
               kPrefixAttentionMaxDim, ", got d = ", p.dim, ", dv = ", p.dim_v, " (use backend='triton')");
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  switch (dtype) {
-    case at::kDouble: fp64(p, stream); break;
-    case at::kFloat: fp32(p, stream); break;
-    case at::kHalf: fp16(p, stream); break;
-    case at::kBFloat16: bf16(p, stream); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_dtype(dtype, p, op, fp64, fp32, fp16, bf16);
 }
 
 void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype, const char* op) {

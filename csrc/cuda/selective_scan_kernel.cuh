@@ -22,6 +22,7 @@
 
 #include <cstdint>
 
+#include "numeric.cuh"
 #include "scangraph/selective_scan_params.h"
 
 namespace scangraph {
@@ -36,28 +37,11 @@ constexpr int kStatesPerLane = 8;
 constexpr int kThreads = 128;
 constexpr double kLog2e = 1.4426950408889634;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
-  return static_cast<typename Acc<T>::type>(v);
-}
-template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// Precise math in the accumulation type (no fast-math intrinsics: the tests compare with a
-// float64 reference, and the gate exp2 dominates the error budget otherwise).
-__device__ __forceinline__ float exp2_acc(float x) { return exp2f(x); }
-__device__ __forceinline__ double exp2_acc(double x) { return exp2(x); }
-__device__ __forceinline__ float exp_acc(float x) { return expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
+using numeric::Acc;
+using numeric::exp2_acc;
+using numeric::exp_acc;
+using numeric::from_acc;
+using numeric::to_acc;
 __device__ __forceinline__ float log1p_acc(float x) { return log1pf(x); }
 __device__ __forceinline__ double log1p_acc(double x) { return log1p(x); }
 

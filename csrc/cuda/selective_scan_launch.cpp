@@ -7,28 +7,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "dispatch_dtype.h"
 #include "glue/selective_scan_args.h"
 #include "selective_scan.h"
 
 namespace scangraph {
 namespace {
-
-template <typename Params>
-void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op,
-                    void (*fp64)(const Params&, cudaStream_t), void (*fp32)(const Params&, cudaStream_t),
-                    void (*fp16)(const Params&, cudaStream_t), void (*bf16)(const Params&, cudaStream_t)) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  switch (dtype) {
-    case at::kDouble: fp64(p, stream); break;
-    case at::kFloat: fp32(p, stream); break;
-    case at::kHalf: fp16(p, stream); break;
-    case at::kBFloat16: bf16(p, stream); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
-  }
-  // The launchers skip empty grids (batch, dim or the state count 0); this reports a failed
-  // launch of the ones that ran.
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cuda(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "numeric.cuh"
 #include "scangraph/sparse_params.h"
 
 namespace scangraph {
@@ -26,21 +27,9 @@ constexpr int kWarpsPerBlock = 8;
 // Features per lane held in registers at once; F is walked in tiles of kWarp * kFeaturesPerLane.
 constexpr int kFeaturesPerLane = 4;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
-  return static_cast<typename Acc<T>::type>(v);
-}
-template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using numeric::Acc;
+using numeric::from_acc;
+using numeric::to_acc;
 
 __device__ __forceinline__ int lane_index() { return threadIdx.x % kWarp; }
 

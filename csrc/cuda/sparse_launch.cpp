@@ -7,26 +7,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "dispatch_dtype.h"
 #include "glue/sparse_args.h"
 #include "sparse.h"
 
 namespace scangraph {
 namespace {
-
-template <typename Params>
-void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op,
-                    void (*fp64)(const Params&, cudaStream_t), void (*fp32)(const Params&, cudaStream_t),
-                    void (*fp16)(const Params&, cudaStream_t), void (*bf16)(const Params&, cudaStream_t)) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  switch (dtype) {
-    case at::kDouble: fp64(p, stream); break;
-    case at::kFloat: fp32(p, stream); break;
-    case at::kHalf: fp16(p, stream); break;
-    case at::kBFloat16: bf16(p, stream); break;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
 
 // The split plan of rows longer than kSpmmSplitEdges (see sparse_params.h), built with device
 // ops from rowptr alone: per-row segment counts, their prefix sum, and a segment -> row map by
