@@ -28,6 +28,7 @@ _cache: "collections.OrderedDict" = collections.OrderedDict()
 
 
 def clear_graph_cache() -> None:
+    """Forget every CSRGraph the layers derived from an edge_index (frees their memory)."""
     _cache.clear()
 
 

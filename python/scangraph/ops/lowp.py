@@ -200,6 +200,7 @@ def quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, *, backend
 
 
 def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """data * scale as a float tensor of q's logical shape (4-bit data unpacked), in `dtype`."""
     return q.dequantize(dtype)
 
 
