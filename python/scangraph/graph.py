@@ -8,6 +8,7 @@ to its column in the edge_index it was built from.
 from typing import Optional
 
 import torch
+from torch.utils import _pytree as pytree
 
 
 def csr_transpose(rowptr: torch.Tensor, col: torch.Tensor, num_cols: int):
@@ -185,3 +186,32 @@ class CSRGraph:
         return (f"CSRGraph(num_rows={self.num_rows}, num_cols={self.num_cols}, "
                 f"num_edges={self.num_edges}, col={self.col.dtype}, device={self.device}, "
                 f"weighted={self.edge_weight is not None})")
+
+
+# CSRGraph as a pytree node: torch.export takes and returns only pytrees of tensors, so a graph
+# argument is flattened into its tensors (the cached transpose included, so an exported
+# training graph does not rebuild it) with num_cols as static context. Key names are chosen so
+# that none is a prefix of another: export's guard code substitutes paths textually.
+_PYTREE_KEYS = ("rowptr", "col", "edge_weight", "edge_ids", "transpose_rowptr", "transpose_col", "transpose_perm")
+
+
+def _flatten(graph: CSRGraph):
+    transpose = graph._transpose if graph._transpose is not None else (None, None, None)
+    return [graph.rowptr, graph.col, graph.edge_weight, graph.edge_ids, *transpose], graph.num_cols
+
+
+def _flatten_with_keys(graph: CSRGraph):
+    children, context = _flatten(graph)
+    return [(pytree.GetAttrKey(key), child) for key, child in zip(_PYTREE_KEYS, children)], context
+
+
+def _unflatten(children, num_cols: int) -> CSRGraph:
+    rowptr, col, edge_weight, edge_ids, rowptr_t, col_t, perm = children
+    graph = CSRGraph(rowptr, col, edge_weight, num_cols=num_cols, edge_ids=edge_ids, validate=False)
+    if rowptr_t is not None:
+        graph._transpose = (rowptr_t, col_t, perm)
+    return graph
+
+
+pytree.register_pytree_node(CSRGraph, _flatten, _unflatten, serialized_type_name="scangraph.CSRGraph",
+                            flatten_with_keys_fn=_flatten_with_keys)
