@@ -440,11 +440,14 @@ def common_neighbor_aggregate(graph: CSRGraph, x: torch.Tensor, src: torch.Tenso
             raise ValueError(f"{op_name}: {name} must be a 1-D int64 tensor")
         if ids.device != graph.device:
             raise ValueError(f"{op_name}: {name} is on {ids.device} but the graph is on {graph.device}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= graph.num_rows):
+        # Reading the ids on the host is a device sync and, traced, a data-dependent branch: a
+        # compiled graph leaves the bound check to the kernels (they check every pair).
+        if ids.numel() and not torch.compiler.is_compiling() and (
+                int(ids.min()) < 0 or int(ids.max()) >= graph.num_rows):
             raise ValueError(f"{op_name}: {name} holds node ids outside [0, {graph.num_rows})")
     if src.shape != dst.shape:
         raise ValueError(f"{op_name}: src and dst must have one length, got {tuple(src.shape)} and {tuple(dst.shape)}")
-    if not _rows_sorted(graph):
+    if not torch.compiler.is_compiling() and not _rows_sorted(graph):
         raise ValueError(f"{op_name}: the graph's columns must ascend within each row "
                          "(CSRGraph.from_edge_index builds it so)")
     name = _backend.resolve("common_neighbors", backend, x.device)
