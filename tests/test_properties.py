@@ -5,6 +5,8 @@ Hypothesis draws the sizes, flags and a seed; the tensors come from a torch gene
 it, so a failing example is replayed exactly and shrinks towards small sizes. The reference runs in
 float64 on the inputs as rounded to the tested dtype, so only the kernel's own error is measured.
 """
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -13,7 +15,10 @@ import scangraph
 from scangraph import CSRGraph, reference
 from conftest import assert_close
 
-SETTINGS = dict(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized: CI runs the same examples every time (a red run is reproducible); set
+# SCANGRAPH_HYPOTHESIS_EXPLORE=1 to draw fresh examples on every run while developing.
+SETTINGS = dict(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+                derandomize=os.environ.get("SCANGRAPH_HYPOTHESIS_EXPLORE") != "1")
 DTYPES = st.sampled_from([torch.float64, torch.float32])
 SEEDS = st.integers(0, 2**31 - 1)
 
@@ -178,7 +183,10 @@ def test_selective_scan(case, dtype, seed):
     batch, dim, length, dstate, groups = (case[k] for k in ("batch", "dim", "length", "dstate", "groups"))
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     u = _rand(g, batch, dim, length, dtype=dtype, transposed=case["transposed"])
-    delta = (torch.rand(batch, dim, length, generator=g, dtype=torch.float64) * 1.5 - 0.5).to(dtype)
+    # Raw deltas may be negative only ahead of the softplus: a negative step makes exp(delta A) > 1,
+    # the state grows without bound, and no fp32 tolerance relative to the output holds.
+    low = -0.5 if case["softplus"] else 0.01
+    delta = (torch.rand(batch, dim, length, generator=g, dtype=torch.float64) * (1.0 - low) + low).to(dtype)
     A = (-torch.rand(dim, dstate, generator=g, dtype=torch.float64) * 2 - 0.1).to(acc)
     if groups == 0:
         B, C = _rand(g, dim, dstate, dtype=acc), _rand(g, dim, dstate, dtype=acc)

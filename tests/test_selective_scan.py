@@ -91,6 +91,20 @@ def test_float64_matches_reference(backend_device, config, reverse):
     _check_against_reference(inputs, softplus, backend, torch.float64, reverse=reverse)
 
 
+@pytest.mark.parametrize("dstate", (8, 9, 16, 33))
+@pytest.mark.parametrize("config", ("fixed_full", "groups2_z"))
+def test_cpu_vector_widths_match_reference(dstate, config):
+    # The C++ kernels run 16-lane (AVX-512) vectors above 8 states and 8-lane ones up to 8 where
+    # the CPU has them: N = 8, 9, 16 and 33 cover one full vector of each, a padded one and a
+    # multi-vector state on both sides of that switch, forward and reverse, with packed sequences.
+    groups, *flags, softplus = CONFIGS[config]
+    lengths = [30, 1, 70]
+    inputs = _inputs(1, 4, sum(lengths), dstate, groups, *flags, torch.float64, "cpu", states=len(lengths))
+    cu_seqlens = torch.tensor([0, 30, 31, 101], dtype=torch.int32)
+    for reverse in (False, True):
+        _check_against_reference(inputs, softplus, "cpp", torch.float64, cu_seqlens=cu_seqlens, reverse=reverse)
+
+
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
 @pytest.mark.parametrize("groups", (0, 2))

@@ -37,7 +37,9 @@ namespace {
 #endif
 #define SCANGRAPH_INLINE inline __attribute__((always_inline))
 
-// The kernels, compiled for the baseline ISA and for AVX2 + FMA (chosen at run time).
+// The kernels, compiled for the baseline ISA, for AVX2 + FMA and for AVX-512 (chosen at run
+// time). AVX-512 holds 16 fp32 states in one register: N = 16, Mamba's default, is one vector.
+#define SCANGRAPH_VEC_BYTES 32
 namespace baseline {
 #include "selective_scan_body.inc"
 }  // namespace baseline
@@ -48,10 +50,29 @@ namespace avx2 {
 #include "selective_scan_body.inc"
 }  // namespace avx2
 #pragma GCC pop_options
+#undef SCANGRAPH_VEC_BYTES
+#define SCANGRAPH_VEC_BYTES 64
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx2,fma")
+namespace avx512 {
+#include "selective_scan_body.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#undef SCANGRAPH_VEC_BYTES
+
 bool has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
+
+bool has_avx512() {
+  static const bool has = has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+
+// 16-lane vectors pad N up to a multiple of 16; below 9 states that would be over half padding,
+// and the 8-lane AVX2 kernels do less work.
+bool use_avx512(const SelectiveScanParams& p) { return p.dstate > 8 && has_avx512(); }
 #endif
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu(
@@ -63,6 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu(
       prepare_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_cpu", [&] {
 #if SCANGRAPH_SCAN_AVX2
+    if (use_avx512(call.in.params)) return avx512::scan_forward<scalar_t>(call.in.params);
     if (has_avx2_fma()) return avx2::scan_forward<scalar_t>(call.in.params);
 #endif
     baseline::scan_forward<scalar_t>(call.in.params);
@@ -84,6 +106,7 @@ selective_scan_backward_cpu(const at::Tensor& grad_out, const std::optional<at::
                                                           reverse, checkpoints);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_backward_cpu", [&] {
 #if SCANGRAPH_SCAN_AVX2
+    if (use_avx512(call.params.fwd)) return avx512::scan_backward<scalar_t>(call.params);
     if (has_avx2_fma()) return avx2::scan_backward<scalar_t>(call.params);
 #endif
     baseline::scan_backward<scalar_t>(call.params);
