@@ -5,6 +5,8 @@ autograd node, a cache keyed on fresh objects) grows RSS by at least the leaked 
 
 RSS is read from /proc/self/statm after gc.collect(); the allocator keeps some freed memory, so
 the slack absorbs its fluctuation. A first test shows the measurement does see a real leak."""
+import ctypes
+import ctypes.util
 import gc
 import os
 
@@ -20,6 +22,17 @@ SLACK = 8 << 20  # bytes
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 
 
+def _release_free_heap():
+    # glibc keeps freed heap pages resident; earlier tests in the same process can leave many
+    # megabytes of them, which a leak would then fill without growing RSS. malloc_trim returns
+    # them to the system, so growth after this point is new memory.
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
 def _rss():
     gc.collect()
     with open("/proc/self/statm") as f:
@@ -31,6 +44,7 @@ def _rss():
 def _growth(step):
     for _ in range(WARMUP):
         step()
+    _release_free_heap()
     before = _rss()
     for _ in range(ITERATIONS):
         step()
