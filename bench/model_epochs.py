@@ -52,7 +52,7 @@ from torch import nn
 
 from scangraph import datasets
 from scangraph.nn.graph_cache import graph_for
-from scangraph.nn.graph_mamba import neighbourhood_tokens
+from scangraph.nn.graph_mamba import GraphMamba
 from scangraph.train import MODEL_DEFAULTS, build_node_model
 
 
@@ -131,15 +131,8 @@ class PygGraphMamba(nn.Module):
         self.head = GCNConv(hidden_channels, out_channels, cached=True)
         self._eval_tokens = None
 
-    def tokens(self, graph):
-        # The same sampling as GraphMamba.tokens: fresh walks in training, one fixed draw in eval.
-        if self.training:
-            return neighbourhood_tokens(graph, self.walk_length, self.num_walks, self.repeats)
-        if self._eval_tokens is None or self._eval_tokens[0] is not graph:
-            generator = torch.Generator(device=graph.device).manual_seed(self.eval_seed)
-            self._eval_tokens = (graph,) + neighbourhood_tokens(
-                graph, self.walk_length, self.num_walks, self.repeats, generator)
-        return self._eval_tokens[1:]
+    # The same sampling as scangraph's model: fresh walks in training, one fixed draw in eval.
+    tokens = GraphMamba.tokens
 
     def forward(self, x, edge_index):
         from torch_geometric.utils import scatter
