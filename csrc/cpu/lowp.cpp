@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/cpu_features.h"
 #include "cpu/csr_rows.h"
 #include "glue/lowp_args.h"
 
@@ -42,15 +43,6 @@ constexpr int64_t kKPad = 32;
 // which with the 4 x registers, the weight and the constant ones fits AVX2's 16.
 constexpr int64_t kRowsPerStep = 2;
 constexpr int64_t kColsPerStep = 4;
-
-bool cpu_has_avx2() {
-#if SCANGRAPH_LOWP_AVX2
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-#else
-  return false;
-#endif
-}
 
 template <typename scalar_t>
 inline float to_float(scalar_t v) { return static_cast<float>(v); }
@@ -332,25 +324,6 @@ SCANGRAPH_VNNI_TARGET void vnni_group(const uint8_t* const* xu, int64_t rows, co
 }
 #endif
 
-bool cpu_has_avx512f() {
-#if SCANGRAPH_LOWP_AVX2
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-#else
-  return false;
-#endif
-}
-
-bool cpu_has_avx512_vnni() {
-#if SCANGRAPH_LOWP_AVX2
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vnni");
-  return has;
-#else
-  return false;
-#endif
-}
-
 // One output row: ((acc * sx) * sw) + bias in fp32 (the reference's order), activation, one
 // rounding to the output type; int32 output is acc itself. Compile-time activation and
 // restrict pointers so the loop vectorises (relu / none) inside each ISA's caller.
@@ -489,8 +462,8 @@ void qlinear_kernel(const QLinearParams& p, bool use_avx2) {
 enum class QLinearIsa { Scalar, Avx2, Avx512Vnni };
 
 QLinearIsa best_isa() {
-  if (cpu_has_avx512_vnni()) return QLinearIsa::Avx512Vnni;
-  if (cpu_has_avx2()) return QLinearIsa::Avx2;
+  if (cpu::has_avx512_vnni()) return QLinearIsa::Avx512Vnni;
+  if (cpu::has_avx2()) return QLinearIsa::Avx2;
   return QLinearIsa::Scalar;
 }
 
@@ -537,10 +510,10 @@ at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::T
   const char* op = "scangraph::qlinear_cpu_isa";
   QLinearIsa chosen = QLinearIsa::Scalar;
   if (isa == "avx2") {
-    TORCH_CHECK(cpu_has_avx2(), op, ": this CPU has no AVX2");
+    TORCH_CHECK(cpu::has_avx2(), op, ": this CPU has no AVX2");
     chosen = QLinearIsa::Avx2;
   } else if (isa == "avx512_vnni") {
-    TORCH_CHECK(cpu_has_avx512_vnni(), op, ": this CPU has no AVX-512 VNNI");
+    TORCH_CHECK(cpu::has_avx512_vnni(), op, ": this CPU has no AVX-512 VNNI");
     chosen = QLinearIsa::Avx512Vnni;
   } else {
     TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2' or 'avx512_vnni', got '", std::string(isa), "'");
@@ -702,8 +675,8 @@ template <typename index_t, int kReduce>
 void qspmm_rows(const QSpmmParams& p) {
   auto* range = &qspmm_range_baseline<index_t, kReduce>;
 #if SCANGRAPH_LOWP_AVX2
-  if (cpu_has_avx2()) range = &qspmm_range_avx2<index_t, kReduce>;
-  if (cpu_has_avx512f()) range = &qspmm_range_avx512<index_t, kReduce>;
+  if (cpu::has_avx2()) range = &qspmm_range_avx2<index_t, kReduce>;
+  if (cpu::has_avx512f()) range = &qspmm_range_avx512<index_t, kReduce>;
 #endif
   // Chunks of equal work (edges + rows), as spmm: hub rows do not leave a thread idle.
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) { range(p, r0, r1); });

@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/cpu_features.h"
 #include "glue/prefix_attention_args.h"
 
 namespace scangraph {
@@ -292,15 +293,6 @@ __attribute__((target("avx2,fma"))) void backward_avx2(const PrefixAttentionBack
 }
 #endif
 
-bool has_avx2_fma() {
-#if SCANGRAPH_PA_AVX2_CLONE
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
 // Values of cu_seqlens are read by the kernels as offsets: check them first.
 void validate_cu_seqlens(const std::optional<at::Tensor>& cu_seqlens, int64_t seqlen, const char* op) {
   if (!cu_seqlens.has_value()) return;
@@ -335,7 +327,7 @@ void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype) {
     run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(kMaxHeadBlock * (p.dim + p.dim_v));
 #if SCANGRAPH_PA_AVX2_CLONE
-      if (has_avx2_fma()) return forward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
+      if (cpu::has_avx2_fma()) return forward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
 #endif
       forward_baseline<scalar_t>(p, layout, begin, end, scratch.data());
     });
@@ -374,7 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(kMaxHeadBlock * (2 * p.dim + 2 * p.dim_v));
 #if SCANGRAPH_PA_AVX2_CLONE
-      if (has_avx2_fma()) return backward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
+      if (cpu::has_avx2_fma()) return backward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
 #endif
       backward_baseline<scalar_t>(p, layout, begin, end, scratch.data());
     });

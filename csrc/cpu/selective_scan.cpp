@@ -21,6 +21,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/cpu_features.h"
 #include "glue/selective_scan_args.h"
 
 namespace scangraph {
@@ -60,19 +61,9 @@ namespace avx512 {
 #pragma GCC pop_options
 #undef SCANGRAPH_VEC_BYTES
 
-bool has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
-bool has_avx512() {
-  static const bool has = has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  return has;
-}
-
 // 16-lane vectors pad N up to a multiple of 16; below 9 states that would be over half padding,
 // and the 8-lane AVX2 kernels do less work.
-bool use_avx512(const SelectiveScanParams& p) { return p.dstate > 8 && has_avx512(); }
+bool use_avx512(const SelectiveScanParams& p) { return p.dstate > 8 && cpu::has_avx512_dq(); }
 #endif
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu(
@@ -85,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_cpu", [&] {
 #if SCANGRAPH_SCAN_AVX2
     if (use_avx512(call.in.params)) return avx512::scan_forward<scalar_t>(call.in.params);
-    if (has_avx2_fma()) return avx2::scan_forward<scalar_t>(call.in.params);
+    if (cpu::has_avx2_fma()) return avx2::scan_forward<scalar_t>(call.in.params);
 #endif
     baseline::scan_forward<scalar_t>(call.in.params);
   });
@@ -107,7 +98,7 @@ selective_scan_backward_cpu(const at::Tensor& grad_out, const std::optional<at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_backward_cpu", [&] {
 #if SCANGRAPH_SCAN_AVX2
     if (use_avx512(call.params.fwd)) return avx512::scan_backward<scalar_t>(call.params);
-    if (has_avx2_fma()) return avx2::scan_backward<scalar_t>(call.params);
+    if (cpu::has_avx2_fma()) return avx2::scan_backward<scalar_t>(call.params);
 #endif
     baseline::scan_backward<scalar_t>(call.params);
   });

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/cpu_features.h"
 #include "cpu/csr_rows.h"
 #include "glue/sparse_args.h"
 
@@ -133,21 +134,12 @@ __attribute__((target("avx2"))) void spmm_row_range_avx2(const SpmmParams& p, in
 }
 #endif
 
-bool cpu_has_avx2() {
-#if SCANGRAPH_HAS_AVX2_CLONE
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-#else
-  return false;
-#endif
-}
-
 template <typename scalar_t, typename index_t, bool kWeighted>
 void spmm_rows(const SpmmParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   auto* range = &spmm_row_range_baseline<scalar_t, index_t, kWeighted>;
 #if SCANGRAPH_HAS_AVX2_CLONE
-  if (cpu_has_avx2()) range = &spmm_row_range_avx2<scalar_t, index_t, kWeighted>;
+  if (cpu::has_avx2()) range = &spmm_row_range_avx2<scalar_t, index_t, kWeighted>;
 #endif
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> scratch(kFeatureTile);
@@ -273,7 +265,7 @@ void spmm_extreme_rows(const SpmmParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   auto* range = &spmm_extreme_range_baseline<scalar_t, index_t, kWeighted>;
 #if SCANGRAPH_HAS_AVX2_CLONE
-  if (cpu_has_avx2()) range = &spmm_extreme_range_avx2<scalar_t, index_t, kWeighted>;
+  if (cpu::has_avx2()) range = &spmm_extreme_range_avx2<scalar_t, index_t, kWeighted>;
 #endif
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
     acc_t best[32];

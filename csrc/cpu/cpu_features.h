@@ -1,0 +1,43 @@
+// What the CPU running this process supports, read once per feature. The kernels compiled for
+// AVX2 / AVX-512 (per-function targets, no -march flag) run only where these say so. Off x86-64
+// or without GCC / Clang builtins every answer is false, matching the files that then compile
+// no such clones.
+#pragma once
+
+namespace scangraph {
+namespace cpu {
+
+#if defined(__GNUC__) && defined(__x86_64__)
+inline bool has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+inline bool has_avx2_fma() {
+  static const bool has = has_avx2() && __builtin_cpu_supports("fma");
+  return has;
+}
+inline bool has_avx512f() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+// F + DQ with AVX2 + FMA: what the selective scan's 16-lane build is compiled for.
+inline bool has_avx512_dq() {
+  static const bool has = has_avx2_fma() && has_avx512f() && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+// F + BW + VNNI: qlinear's vpdpbusd path.
+inline bool has_avx512_vnni() {
+  static const bool has = has_avx512f() && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+#else
+inline bool has_avx2() { return false; }
+inline bool has_avx2_fma() { return false; }
+inline bool has_avx512f() { return false; }
+inline bool has_avx512_dq() { return false; }
+inline bool has_avx512_vnni() { return false; }
+#endif
+
+}  // namespace cpu
+}  // namespace scangraph
