@@ -49,6 +49,21 @@ def _sequence(cu_ptr, seq, seqlen, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _initial_state(m0_ptr, c0_ptr, w0_ptr, state, dim_v, dvs, dv_mask, HAS_STATE: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_DV: tl.constexpr):
+    """(m, c, w) a sequence starts from: the given state, or the empty one (max -inf, no mass)."""
+    if HAS_STATE:
+        m = tl.load(m0_ptr + state).to(ACC)
+        c = tl.load(c0_ptr + state).to(ACC)
+        w = tl.load(w0_ptr + state * dim_v + dvs, mask=dv_mask, other=0.0).to(ACC)
+    else:
+        m = tl.full([], float("-inf"), ACC)
+        c = tl.zeros([], ACC)
+        w = tl.zeros([BLOCK_DV], ACC)
+    return m, c, w
+
+
+@triton.jit
 def prefix_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats_ptr, m0_ptr, c0_ptr, w0_ptr,
                                 m_last_ptr, c_last_ptr, w_last_ptr, cu_ptr,
                                 scale_ptr, seqlen, heads, dim, dim_v,
@@ -67,14 +82,7 @@ def prefix_attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats
     dv_mask = dvs < dim_v
     qs = tl.load(q_ptr + b * q_batch_stride + h * q_head_stride + dims, mask=dim_mask, other=0.0).to(ACC) * scale
     state = seq * heads + h
-    if HAS_STATE:
-        m = tl.load(m0_ptr + state).to(ACC)
-        c = tl.load(c0_ptr + state).to(ACC)
-        w = tl.load(w0_ptr + state * dim_v + dvs, mask=dv_mask, other=0.0).to(ACC)
-    else:
-        m = tl.full([], float("-inf"), ACC)
-        c = tl.zeros([], ACC)
-        w = tl.zeros([BLOCK_DV], ACC)
+    m, c, w = _initial_state(m0_ptr, c0_ptr, w0_ptr, state, dim_v, dvs, dv_mask, HAS_STATE, ACC, BLOCK_DV)
     rows = tl.arange(0, BLOCK_L)
     causal = rows[:, None] >= rows[None, :]
     k_base = k_ptr + b * k_batch_stride + h * k_head_stride
@@ -130,14 +138,7 @@ def prefix_attention_bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats
     dv_mask = dvs < dim_v
     qs = tl.load(q_ptr + b * q_batch_stride + h * q_head_stride + dims, mask=dim_mask, other=0.0).to(ACC) * scale
     state = seq * heads + h
-    if HAS_STATE:
-        m0 = tl.load(m0_ptr + state).to(ACC)
-        c0 = tl.load(c0_ptr + state).to(ACC)
-        w0 = tl.load(w0_ptr + state * dim_v + dvs, mask=dv_mask, other=0.0).to(ACC)
-    else:
-        m0 = tl.full([], float("-inf"), ACC)
-        c0 = tl.zeros([], ACC)
-        w0 = tl.zeros([BLOCK_DV], ACC)
+    m0, c0, w0 = _initial_state(m0_ptr, c0_ptr, w0_ptr, state, dim_v, dvs, dv_mask, HAS_STATE, ACC, BLOCK_DV)
     grad_w_last = tl.load(grad_w_last_ptr + state * dim_v + dvs, mask=dv_mask, other=0.0).to(ACC)
     w_last = tl.load(w_last_ptr + state * dim_v + dvs, mask=dv_mask, other=0.0).to(ACC)
     grad_c_last = tl.load(grad_c_last_ptr + state).to(ACC)
