@@ -73,7 +73,7 @@ TORCH_LIBRARY(scangraph, m) {
   // none | relu | gelu | silu; out_dtype float32 | float16 | bfloat16, or int32 for acc itself.
   m.def("qlinear(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
         "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
-  // qlinear on one named CPU path, isa = scalar | avx2 | avx512_vnni (errors where the CPU lacks
+  // qlinear on one named CPU path, isa = scalar | avx2 | avx512_vnni | amx (errors where the CPU lacks
   // it); qlinear itself picks the best the CPU has. Lets tests compare the paths bit for bit.
   m.def("qlinear_cpu_isa(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
         "str activation, ScalarType? out_dtype, str isa) -> Tensor");

@@ -43,7 +43,7 @@ def _isas():
     """The CPU qlinear paths this machine runs (the op raises for the others)."""
     x, w = torch.randn(1, 4), scangraph.quantize(torch.randn(2, 4))
     found = []
-    for isa in ("scalar", "avx2", "avx512_vnni"):
+    for isa in ("scalar", "avx2", "avx512_vnni", "amx"):
         try:
             torch.ops.scangraph.qlinear_cpu_isa(x, w.data, w.scale, 8, 4, None, "none", torch.int32, isa)
             found.append(isa)

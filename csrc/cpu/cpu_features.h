@@ -4,6 +4,11 @@
 // no such clones.
 #pragma once
 
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace scangraph {
 namespace cpu {
 
@@ -31,7 +36,24 @@ inline bool has_avx512_vnni() {
                           __builtin_cpu_supports("avx512vnni");
   return has;
 }
+#if defined(__linux__)
+// AMX-INT8 tiles: the CPU has them and Linux granted this process the tile data state, which a
+// process must request (arch_prctl ARCH_REQ_XCOMP_PERM) before its first tile instruction; a
+// kernel or hypervisor that refuses leaves AMX unused.
+inline bool has_amx_int8() {
+  static const bool has = [] {
+    if (!has_avx512_vnni() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8"))
+      return false;
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return has;
+}
 #else
+inline bool has_amx_int8() { return false; }
+#endif
+#else
+inline bool has_amx_int8() { return false; }
 inline bool has_avx2() { return false; }
 inline bool has_avx2_fma() { return false; }
 inline bool has_avx512f() { return false; }

@@ -255,7 +255,7 @@ constexpr int64_t kVnniGroup = 32;
 struct VnniPanel {
   std::vector<int8_t> bytes;  // [Np / 16][Kq][16][4]: each 16-column block contiguous
   std::vector<int32_t> offset;  // 128 * sum_k w[n, k], (Np,)
-  int64_t Kq = 0, Np = 0;       // K / 4 rounded up, N rounded up to 16
+  int64_t Kq = 0, Np = 0;       // K / 4 and N rounded up to multiples of kq_multiple, n_multiple
 };
 
 // Each 16-column block is one contiguous stream over K (a power-of-two stride between k steps
@@ -264,10 +264,10 @@ inline int64_t vnni_index(const VnniPanel& panel, int64_t n, int64_t k) {
   return ((n / kVnniLanes) * panel.Kq + k / 4) * (kVnniLanes * 4) + (n % kVnniLanes) * 4 + k % 4;
 }
 
-VnniPanel pack_vnni(const QLinearParams& p) {
+VnniPanel pack_vnni(const QLinearParams& p, int64_t kq_multiple, int64_t n_multiple) {
   VnniPanel panel;
-  panel.Kq = (p.K + 3) / 4;
-  panel.Np = (p.N + kVnniLanes - 1) / kVnniLanes * kVnniLanes;
+  panel.Kq = ((p.K + 3) / 4 + kq_multiple - 1) / kq_multiple * kq_multiple;
+  panel.Np = (p.N + n_multiple - 1) / n_multiple * n_multiple;
   panel.bytes.assign(panel.Kq * panel.Np * 4, 0);
   panel.offset.assign(panel.Np, 0);
   for (int64_t n = 0; n < p.N; ++n) {
@@ -382,7 +382,7 @@ SCANGRAPH_VNNI_TARGET void qlinear_vnni_groups(const QLinearParams& p, const Vnn
 template <typename scalar_t, typename out_t>
 void qlinear_vnni_kernel(const QLinearParams& p) {
 #if SCANGRAPH_LOWP_AVX2
-  const VnniPanel panel = pack_vnni(p);
+  const VnniPanel panel = pack_vnni(p, 1, kVnniLanes);
   const int64_t groups = (p.M + kVnniGroup - 1) / kVnniGroup;
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     std::vector<int8_t> qbuf(kVnniGroup * panel.Kq * 4);
@@ -391,6 +391,108 @@ void qlinear_vnni_kernel(const QLinearParams& p) {
   });
 #else
   TORCH_CHECK(false, "scangraph::qlinear: the AVX-512 VNNI path is not compiled on this platform");
+#endif
+}
+
+// ---- AMX path -------------------------------------------------------------------------------------
+// One AMX tdpbssd adds A (16 rows x 64 int8 k) times B (16 rows of 4 k x 16 columns, the VNNI
+// layout) into a 16 x 16 int32 tile: 16 384 signed x signed products, so no uint8 offset. The
+// quantized rows of x are the A tiles straight from the row buffer (stride Kp), and the VNNI
+// panel with K padded to 64 is, 16 columns by 64 k at a time, exactly the B tiles (stride 64
+// bytes). A 2 x 2 block of C tiles (32 rows x 32 columns) with two A and two B tiles fills the 8
+// tile registers. The product is then a small share of the time: quantizing x and the epilogue,
+// both AVX-512 here, and the memory traffic dominate.
+constexpr int64_t kAmxRows = 32, kAmxCols = 32, kAmxK = 64;
+
+#if SCANGRAPH_LOWP_AVX2
+#define SCANGRAPH_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
+
+// The palette-1 tile configuration (Intel SDM, LDTILECFG): 64 bytes, per thread.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: C (rows 0-15 / 16-31 x columns 0-15 / 16-31); 4-5: A; 6-7: B; all 16 x 64 bytes.
+SCANGRAPH_AMX_TARGET void amx_configure() {
+  AmxTileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+// acc (kAmxRows x Np int32) = q (kAmxRows x Kp int8) times the panel, 32 columns at a time.
+SCANGRAPH_AMX_TARGET void amx_group(const int8_t* q, int64_t Kp, const VnniPanel& panel, int32_t* acc) {
+  const int64_t block_bytes = panel.Kq * kVnniLanes * 4, acc_stride = panel.Np * 4;
+  for (int64_t n0 = 0; n0 < panel.Np; n0 += kAmxCols) {
+    const int8_t* b0 = panel.bytes.data() + (n0 / kVnniLanes) * block_bytes;
+    const int8_t* b1 = b0 + block_bytes;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k0 = 0; k0 < Kp; k0 += kAmxK) {
+      _tile_loadd(4, q + k0, Kp);
+      _tile_loadd(5, q + 16 * Kp + k0, Kp);
+      _tile_loadd(6, b0 + k0 * kVnniLanes, 64);  // rows k0 / 4 ... of 64 bytes
+      _tile_loadd(7, b1 + k0 * kVnniLanes, 64);
+      _tile_dpbssd(0, 4, 6);
+      _tile_dpbssd(1, 4, 7);
+      _tile_dpbssd(2, 5, 6);
+      _tile_dpbssd(3, 5, 7);
+    }
+    _tile_stored(0, acc + n0, acc_stride);
+    _tile_stored(1, acc + n0 + 16, acc_stride);
+    _tile_stored(2, acc + 16 * panel.Np + n0, acc_stride);
+    _tile_stored(3, acc + 16 * panel.Np + n0 + 16, acc_stride);
+  }
+}
+
+// Row groups [g0, g1) of kAmxRows rows: quantize (int8, no offset), tile product, epilogue.
+template <typename scalar_t, typename out_t>
+SCANGRAPH_AMX_TARGET void qlinear_amx_groups(const QLinearParams& p, const VnniPanel& panel, int64_t g0, int64_t g1,
+                                             int8_t* qbuf, int32_t* accbuf) {
+  const int64_t Kp = panel.Kq * 4;
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  out_t* out = static_cast<out_t*>(p.out);
+  float sx[kAmxRows];
+  amx_configure();
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t m0 = g * kAmxRows, rows = std::min<int64_t>(kAmxRows, p.M - m0);
+    for (int64_t r = 0; r < kAmxRows; ++r) {
+      if (r < rows) {
+        // Reading x is most of this path's time: ask for the same row of the next group now.
+        if (g + 1 < g1 && m0 + kAmxRows + r < p.M) {
+          const char* next = reinterpret_cast<const char*>(x + (m0 + kAmxRows + r) * p.x_row_stride);
+          for (int64_t b = 0; b < p.K * int64_t(sizeof(scalar_t)); b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+        }
+        sx[r] = quantize_row<scalar_t, false>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
+      } else {
+        std::memset(qbuf + r * Kp, 0, Kp);  // a missing row computes on zeros and is not stored
+      }
+    }
+    amx_group(qbuf, Kp, panel, accbuf);
+    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, accbuf + r * panel.Np, sx[r], out + (m0 + r) * p.N);
+  }
+  _tile_release();
+}
+#endif
+
+template <typename scalar_t, typename out_t>
+void qlinear_amx_kernel(const QLinearParams& p) {
+#if SCANGRAPH_LOWP_AVX2
+  const VnniPanel panel = pack_vnni(p, kAmxK / 4, kAmxCols);
+  const int64_t groups = (p.M + kAmxRows - 1) / kAmxRows;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<int8_t> qbuf(kAmxRows * panel.Kq * 4);
+    std::vector<int32_t> accbuf(kAmxRows * panel.Np);
+    qlinear_amx_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf.data(), accbuf.data());
+  });
+#else
+  TORCH_CHECK(false, "scangraph::qlinear: the AMX path is not compiled on this platform");
 #endif
 }
 
@@ -459,9 +561,10 @@ void qlinear_kernel(const QLinearParams& p, bool use_avx2) {
   });
 }
 
-enum class QLinearIsa { Scalar, Avx2, Avx512Vnni };
+enum class QLinearIsa { Scalar, Avx2, Avx512Vnni, Amx };
 
 QLinearIsa best_isa() {
+  if (cpu::has_amx_int8()) return QLinearIsa::Amx;
   if (cpu::has_avx512_vnni()) return QLinearIsa::Avx512Vnni;
   if (cpu::has_avx2()) return QLinearIsa::Avx2;
   return QLinearIsa::Scalar;
@@ -484,7 +587,8 @@ at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qlinear_cpu", [&] {
     auto run = [&](auto out_tag) {
       using out_t = decltype(out_tag);
-      if (isa == QLinearIsa::Avx512Vnni) qlinear_vnni_kernel<scalar_t, out_t>(call.params);
+      if (isa == QLinearIsa::Amx) qlinear_amx_kernel<scalar_t, out_t>(call.params);
+      else if (isa == QLinearIsa::Avx512Vnni) qlinear_vnni_kernel<scalar_t, out_t>(call.params);
       else qlinear_kernel<scalar_t, out_t>(call.params, isa == QLinearIsa::Avx2);
     };
     switch (out_type) {
@@ -515,8 +619,12 @@ at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::T
   } else if (isa == "avx512_vnni") {
     TORCH_CHECK(cpu::has_avx512_vnni(), op, ": this CPU has no AVX-512 VNNI");
     chosen = QLinearIsa::Avx512Vnni;
+  } else if (isa == "amx") {
+    TORCH_CHECK(cpu::has_amx_int8(), op, ": this CPU (or its operating system) offers no AMX-INT8");
+    chosen = QLinearIsa::Amx;
   } else {
-    TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2' or 'avx512_vnni', got '", std::string(isa), "'");
+    TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2', 'avx512_vnni' or 'amx', got '", std::string(isa),
+                "'");
   }
   return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, chosen);
 }
