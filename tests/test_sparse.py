@@ -320,11 +320,13 @@ def test_long_row_plan():
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
-@pytest.mark.parametrize("reduce", ("sum", "mean"))
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 def test_spmm_splits_long_rows(backend_device, dtype, reduce, weighting, monkeypatch):
     """Hub rows several times the split threshold, forward and backward (whose dx runs spmm on
-    the transpose, split as well) against float64, and bitwise equal on a second run."""
+    the transpose, split as well for sum / mean) against float64, and bitwise equal on a second
+    run; for max / min the combined segments must pick the very edge a single pass picks (dx
+    and dweight follow the chosen edge)."""
     backend, device = backend_device
     graph = _skewed_graph(_split_threshold(backend, monkeypatch)).to(device)
     x, w = _inputs(graph, weighting, dtype, device, requires_grad=True)
@@ -346,6 +348,22 @@ def test_spmm_splits_long_rows(backend_device, dtype, reduce, weighting, monkeyp
     assert_close(runs[0][1].cpu(), ref_dx, dtype)
     if w is not None:
         assert_close(runs[0][2].cpu(), ref_dw, dtype)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_sddmm_on_skewed_rows(backend_device, monkeypatch):
+    """sddmm's edge-parallel kernels (a block of consecutive edges per program, rows found by
+    binary search) on hub rows, empty rows and rows of one edge, multi-head."""
+    backend, device = backend_device
+    graph = _skewed_graph(_split_threshold(backend, monkeypatch))
+    n = graph.num_cols
+    # Empty rows in front, between and at the end: rows of zero edges around the hubs.
+    edge_index = graph.to_edge_index()
+    graph = CSRGraph.from_edge_index(edge_index * 2 + 1, 2 * n + 3).to(device)
+    a = torch.randn(2 * n + 3, 3, 5, dtype=torch.float64, device=device)
+    b = torch.randn(2 * n + 3, 3, 5, dtype=torch.float64, device=device)
+    out = scangraph.sddmm(graph, a, b, backend=backend)
+    assert_close(out.cpu(), reference.sddmm(graph.rowptr.cpu(), graph.col.cpu(), a.cpu(), b.cpu()), torch.float64)
 
 
 @pytest.mark.cuda

@@ -4,10 +4,13 @@ One program per (destination row, head, feature block): it walks the row's edges
 time, gathers a (BLOCK_E, BLOCK_F) tile of source features and reduces it in registers, then
 writes its output block once. No atomics: deterministic for a given block configuration.
 
-Sum / mean balance skewed rows: a row with more than SPLIT_EDGES edges is cut into segments of
-SPLIT_EDGES edges, one program each (spmm_segment_kernel) writing an fp32 (fp64 for fp64)
-partial; the row's program in spmm_kernel then adds its partials in segment order, so a hub row
-runs in parallel and the result is still the same on every run.
+spmm balances skewed rows: a row with more than SPLIT_EDGES edges is cut into segments of
+SPLIT_EDGES edges, one program each (spmm_segment_kernel, spmm_extreme_segment_kernel) writing
+an fp32 (fp64 for fp64) partial sum, or partial best and its edge for max / min; the row's
+program then combines its partials in segment order, so a hub row runs in parallel and the
+result is still the same on every run. The per-edge kernels (sddmm, dweight of max / min) give
+each program BLOCK_E consecutive edges whatever their rows (found by binary search in rowptr),
+which merges short rows and splits long ones alike.
 """
 import torch
 import triton
@@ -106,27 +109,44 @@ def spmm_segment_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, segment_ptr, seg
 
 
 @triton.jit
-def sddmm_kernel(rowptr_ptr, col_ptr, a_ptr, b_ptr, out_ptr,
+def _rows_of_edges(rowptr_ptr, num_rows, edges, search_steps):
+    """The row owning each edge: the last r in [0, num_rows) with rowptr[r] <= e (empty rows
+    before it share its rowptr value and lose), by a binary search of search_steps >=
+    log2(num_rows) + 1 halvings; once hi = lo + 1, mid = lo and nothing moves."""
+    lo = tl.zeros_like(edges)
+    hi = lo + num_rows
+    for _ in range(search_steps):
+        mid = (lo + hi) // 2
+        go = tl.load(rowptr_ptr + mid) <= edges
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid)
+    return lo
+
+
+def _search_steps(num_rows: int) -> int:
+    return max(1, int(num_rows).bit_length())
+
+
+@triton.jit
+def sddmm_kernel(rowptr_ptr, col_ptr, a_ptr, b_ptr, out_ptr, num_rows, num_edges, search_steps,
                  num_heads, num_features, a_row_stride, a_head_stride, b_row_stride, b_head_stride,
                  ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+    # One program per (BLOCK_E consecutive edges, head), whatever rows the edges belong to.
+    edges = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
     head = tl.program_id(1).to(tl.int64)
-    begin = tl.load(rowptr_ptr + row)
-    end = tl.load(rowptr_ptr + row + 1)
-    a_row = a_ptr + row * a_row_stride + head * a_head_stride
-    for edge0 in range(begin, end, BLOCK_E):
-        edges = edge0 + tl.arange(0, BLOCK_E)
-        edge_mask = edges < end
-        src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
-        dot = tl.zeros([BLOCK_E], dtype=ACC)
-        for f0 in range(0, num_features, BLOCK_F):
-            features = f0 + tl.arange(0, BLOCK_F)
-            feature_mask = features < num_features
-            a = tl.load(a_row + features, mask=feature_mask, other=0.0).to(ACC)
-            b = tl.load(b_ptr + src[:, None] * b_row_stride + head * b_head_stride + features[None, :],
-                        mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
-            dot += tl.sum(b * a[None, :], axis=1)
-        tl.store(out_ptr + edges * num_heads + head, dot.to(out_ptr.dtype.element_ty), mask=edge_mask)
+    edge_mask = edges < num_edges
+    rows = _rows_of_edges(rowptr_ptr, num_rows, edges, search_steps)
+    src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
+    dot = tl.zeros([BLOCK_E], dtype=ACC)
+    for f0 in range(0, num_features, BLOCK_F):
+        features = f0 + tl.arange(0, BLOCK_F)
+        mask = edge_mask[:, None] & (features < num_features)[None, :]
+        a = tl.load(a_ptr + rows[:, None] * a_row_stride + head * a_head_stride + features[None, :],
+                    mask=mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + src[:, None] * b_row_stride + head * b_head_stride + features[None, :],
+                    mask=mask, other=0.0).to(ACC)
+        dot += tl.sum(a * b, axis=1)
+    tl.store(out_ptr + edges * num_heads + head, dot.to(out_ptr.dtype.element_ty), mask=edge_mask)
 
 
 def _feature_block(num_features: int) -> int:
@@ -194,23 +214,47 @@ def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
 def launch_sddmm(wrap, rowptr, col, a, b, out):
     av, bv = _node_head_feature(a), _node_head_feature(b)
     num_rows, heads, features = rowptr.numel() - 1, av.shape[1], av.shape[2]
-    if num_rows == 0 or col.numel() == 0:
+    num_edges = col.numel()
+    if num_rows == 0 or num_edges == 0:
         return
-    grid = (num_rows, heads)
+    grid = (triton.cdiv(num_edges, BLOCK_E), heads)
     wrap(sddmm_kernel)[grid](
-        rowptr, col, av, bv, out, heads, features,
+        rowptr, col, av, bv, out, num_rows, num_edges, _search_steps(num_rows), heads, features,
         av.stride(0), av.stride(1), bv.stride(0), bv.stride(1),
         ACC=_accumulator(a.dtype), BLOCK_E=BLOCK_E, BLOCK_F=_feature_block(features))
 
 
 # ---- max / min and their backward -------------------------------------------------------------
 @triton.jit
-def spmm_extreme_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr, arg_ptr,
-                        num_heads, num_features, x_row_stride, x_head_stride,
+def _extreme_scan(begin, end, best, arg, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
+                  x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
+                  HAS_WEIGHT: tl.constexpr, IS_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Continues (best of sign * message, its edge) over edges [begin, end): a block replaces
+    the running best only when strictly larger, so the first edge wins ties; the first edge is
+    always taken (arg < 0). Min is max of the negated messages (negation is exact)."""
+    sign = 1.0 if IS_MAX else -1.0
+    for edge0 in range(begin, end, BLOCK_E):
+        edges, edge_mask, tile = _weighted_messages(
+            edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask, x_row_stride,
+            x_head_stride, weight_edge_stride, weight_head_stride, HAS_WEIGHT, ACC, BLOCK_E)
+        tile = tl.where(edge_mask[:, None], tile * sign, float("-inf"))
+        tile_best = tl.max(tile, axis=0)
+        # The first edge of this block reaching the block's best.
+        candidates = tl.where((tile == tile_best[None, :]) & edge_mask[:, None], edges[:, None],
+                              end + BLOCK_E)
+        tile_arg = tl.min(candidates, axis=0)
+        better = (tile_best > best) | ((arg < 0) & (tile_arg < end))
+        best = tl.where(better, tile_best, best)
+        arg = tl.where(better, tile_arg, arg)
+    return best, arg
+
+
+@triton.jit
+def spmm_extreme_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr, arg_ptr, segment_ptr, partial_ptr,
+                        partial_arg_ptr, num_heads, num_features, x_row_stride, x_head_stride,
                         weight_edge_stride, weight_head_stride,
-                        HAS_WEIGHT: tl.constexpr, IS_MAX: tl.constexpr, ACC: tl.constexpr,
+                        HAS_WEIGHT: tl.constexpr, IS_MAX: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
-    # Min is max of the negated messages (negation is exact, ties are kept).
     sign = 1.0 if IS_MAX else -1.0
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -220,23 +264,52 @@ def spmm_extreme_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr, arg_ptr
     end = tl.load(rowptr_ptr + row + 1)
     best = tl.full([BLOCK_F], float("-inf"), dtype=ACC)
     arg = tl.full([BLOCK_F], -1, dtype=tl.int64)
-    for edge0 in range(begin, end, BLOCK_E):
-        edges, edge_mask, tile = _weighted_messages(
-            edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask, x_row_stride,
-            x_head_stride, weight_edge_stride, weight_head_stride, HAS_WEIGHT, ACC, BLOCK_E)
-        tile = tl.where(edge_mask[:, None], tile * sign, float("-inf"))
-        tile_best = tl.max(tile, axis=0)
-        # The first edge of this block reaching the block's best; an earlier block keeps ties.
-        candidates = tl.where((tile == tile_best[None, :]) & edge_mask[:, None], edges[:, None],
-                              end + BLOCK_E)
-        tile_arg = tl.min(candidates, axis=0)
-        better = (tile_best > best) | ((arg < 0) & (tile_arg < end))
-        best = tl.where(better, tile_best, best)
-        arg = tl.where(better, tile_arg, arg)
+    edge_end = end
+    if SPLIT:
+        # A split row was scanned by spmm_extreme_segment_kernel: combine its segments in order
+        # with the same strict comparison, which picks the edge a single pass would.
+        segment0 = tl.load(segment_ptr + row)
+        segment1 = tl.load(segment_ptr + row + 1)
+        edge_end = tl.where(segment1 > segment0, begin, end)
+        for segment in range(segment0, segment1):
+            offsets = (segment * num_heads + head) * num_features + features
+            part = tl.load(partial_ptr + offsets, mask=feature_mask, other=float("-inf"))
+            part_arg = tl.load(partial_arg_ptr + offsets, mask=feature_mask, other=-1)
+            better = (part > best) | ((arg < 0) & (part_arg >= 0))
+            best = tl.where(better, part, best)
+            arg = tl.where(better, part_arg, arg)
+    best, arg = _extreme_scan(begin, edge_end, best, arg, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
+                              x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
+                              HAS_WEIGHT, IS_MAX, ACC, BLOCK_E)
     offsets = (row * num_heads + head) * num_features + features
     out = tl.where(arg >= 0, best * sign, 0.0)
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=feature_mask)
     tl.store(arg_ptr + offsets, arg, mask=feature_mask)
+
+
+@triton.jit
+def spmm_extreme_segment_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, segment_ptr, segment_row_ptr, partial_ptr,
+                                partial_arg_ptr, num_rows, num_heads, num_features, x_row_stride, x_head_stride,
+                                weight_edge_stride, weight_head_stride,
+                                HAS_WEIGHT: tl.constexpr, IS_MAX: tl.constexpr, ACC: tl.constexpr,
+                                SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # One program per (segment slot, head, feature block), as spmm_segment_kernel.
+    segment = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    if segment < tl.load(segment_ptr + num_rows):
+        row = tl.load(segment_row_ptr + segment)
+        begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
+        end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+        best = tl.full([BLOCK_F], float("-inf"), dtype=ACC)
+        arg = tl.full([BLOCK_F], -1, dtype=tl.int64)
+        best, arg = _extreme_scan(begin, end, best, arg, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
+                                  x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
+                                  HAS_WEIGHT, IS_MAX, ACC, BLOCK_E)
+        offsets = (segment * num_heads + head) * num_features + features
+        tl.store(partial_ptr + offsets, best, mask=feature_mask)
+        tl.store(partial_arg_ptr + offsets, arg, mask=feature_mask)
 
 
 @triton.jit
@@ -272,31 +345,27 @@ def spmm_arg_dx_kernel(rowptr_t_ptr, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr
 
 @triton.jit
 def spmm_arg_dweight_kernel(rowptr_ptr, col_ptr, x_ptr, grad_ptr, arg_ptr, dweight_ptr,
-                            num_heads, num_features, x_row_stride, x_head_stride,
+                            num_rows, num_edges, search_steps, num_heads, num_features, x_row_stride, x_head_stride,
                             ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
-    # dweight[e, h]: grad . x[col[e]] over the features where edge e won.
-    row = tl.program_id(0).to(tl.int64)
+    # dweight[e, h]: grad . x[col[e]] over the features where edge e won; one program per
+    # (BLOCK_E consecutive edges, head), as sddmm_kernel.
+    edges = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
     head = tl.program_id(1).to(tl.int64)
-    begin = tl.load(rowptr_ptr + row)
-    end = tl.load(rowptr_ptr + row + 1)
-    row_offset = (row * num_heads + head) * num_features
-    for edge0 in range(begin, end, BLOCK_E):
-        edges = edge0 + tl.arange(0, BLOCK_E)
-        edge_mask = edges < end
-        src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
-        dot = tl.zeros([BLOCK_E], dtype=ACC)
-        for f0 in range(0, num_features, BLOCK_F):
-            features = f0 + tl.arange(0, BLOCK_F)
-            feature_mask = features < num_features
-            arg = tl.load(arg_ptr + row_offset + features, mask=feature_mask, other=-1)
-            grad = tl.load(grad_ptr + row_offset + features, mask=feature_mask, other=0.0).to(ACC)
-            mask = edge_mask[:, None] & feature_mask[None, :]
-            x = tl.load(x_ptr + src[:, None] * x_row_stride + head * x_head_stride + features[None, :],
-                        mask=mask, other=0.0).to(ACC)
-            won = (arg[None, :] == edges[:, None]) & mask
-            dot += tl.sum(tl.where(won, x * grad[None, :], 0.0), axis=1)
-        tl.store(dweight_ptr + edges * num_heads + head, dot.to(dweight_ptr.dtype.element_ty),
-                 mask=edge_mask)
+    edge_mask = edges < num_edges
+    rows = _rows_of_edges(rowptr_ptr, num_rows, edges, search_steps)
+    row_offset = (rows * num_heads + head) * num_features
+    src = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
+    dot = tl.zeros([BLOCK_E], dtype=ACC)
+    for f0 in range(0, num_features, BLOCK_F):
+        features = f0 + tl.arange(0, BLOCK_F)
+        mask = edge_mask[:, None] & (features < num_features)[None, :]
+        offsets = row_offset[:, None] + features[None, :]
+        arg = tl.load(arg_ptr + offsets, mask=mask, other=-1)
+        grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        x = tl.load(x_ptr + src[:, None] * x_row_stride + head * x_head_stride + features[None, :],
+                    mask=mask, other=0.0).to(ACC)
+        dot += tl.sum(tl.where((arg == edges[:, None]) & mask, x * grad, 0.0), axis=1)
+    tl.store(dweight_ptr + edges * num_heads + head, dot.to(dweight_ptr.dtype.element_ty), mask=edge_mask)
 
 
 def _weight_strides(weight, heads):
@@ -312,11 +381,25 @@ def launch_spmm_extreme(wrap, rowptr, col, weight, x, reduce, out, arg):
     if num_rows == 0 or features == 0:
         return
     weight, w_edge, w_head = _weight_strides(weight, heads)
+    weight_arg = weight if weight is not None else xv
     block_f = _feature_block(features)
+    acc = _accumulator(x.dtype)
+    plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
+    segment_ptr = partial = partial_arg = rowptr  # placeholders: unread when there is no plan
+    if plan is not None:
+        segment_ptr, segment_row, max_segments = plan
+        partial = torch.empty((max_segments, heads, features), dtype=torch.float64 if x.dtype == torch.float64
+                              else torch.float32, device=x.device)
+        partial_arg = torch.empty((max_segments, heads, features), dtype=torch.int64, device=x.device)
+        wrap(spmm_extreme_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
+            rowptr, col, weight_arg, xv, segment_ptr, segment_row, partial, partial_arg,
+            num_rows, heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
+            HAS_WEIGHT=weight is not None, IS_MAX=reduce == "max", ACC=acc, SPLIT_EDGES=SPLIT_EDGES,
+            BLOCK_E=BLOCK_E, BLOCK_F=block_f)
     wrap(spmm_extreme_kernel)[(num_rows, heads, triton.cdiv(features, block_f))](
-        rowptr, col, weight if weight is not None else xv, xv, out, arg,
+        rowptr, col, weight_arg, xv, out, arg, segment_ptr, partial, partial_arg,
         heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
-        HAS_WEIGHT=weight is not None, IS_MAX=reduce == "max", ACC=_accumulator(x.dtype),
+        HAS_WEIGHT=weight is not None, IS_MAX=reduce == "max", SPLIT=plan is not None, ACC=acc,
         BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 
@@ -335,8 +418,10 @@ def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight,
             heads, features, w_edge, w_head,
             HAS_WEIGHT=weight is not None, ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
     if dweight is not None and rowptr.numel() > 1 and col.numel():
-        wrap(spmm_arg_dweight_kernel)[(rowptr.numel() - 1, heads)](
-            rowptr, col, xv, grad, arg, dweight, heads, features, xv.stride(0), xv.stride(1),
+        num_rows = rowptr.numel() - 1
+        wrap(spmm_arg_dweight_kernel)[(triton.cdiv(col.numel(), BLOCK_E), heads)](
+            rowptr, col, xv, grad, arg, dweight, num_rows, col.numel(), _search_steps(num_rows), heads, features,
+            xv.stride(0), xv.stride(1),
             ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 

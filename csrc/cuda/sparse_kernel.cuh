@@ -4,8 +4,10 @@
 // indices with one coalesced load and broadcasts them with shuffles, and each lane owns
 // features lane, lane + 32, ... so the gathers of x rows are coalesced. Every output element is
 // written by exactly one lane: no atomics, deterministic. Reductions across lanes use a fixed
-// butterfly order. Sum / mean split rows longer than kSpmmSplitEdges into segments of one warp
-// each (spmm_segment_kernel), whose partials the row's warp adds in segment order.
+// butterfly order. Skewed rows: spmm (every reduction) splits rows longer than kSpmmSplitEdges
+// into segments of one warp each, whose partials the row's warp combines in segment order; the
+// per-edge kernels (sddmm, dweight of max / min) give each warp 32 consecutive edges whatever
+// their rows, which merges short rows and splits long ones alike.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -36,6 +38,19 @@ __device__ __forceinline__ int lane_index() { return threadIdx.x % kWarp; }
 // The work item (row, source, ...) of this warp: kWarpsPerBlock warps per block.
 __device__ __forceinline__ int64_t warp_index() {
   return int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+}
+
+// The row of edge e: the last r in [0, num_rows) with rowptr[r] <= e, i.e. the row owning e
+// (empty rows before it share its rowptr value and lose the tie). log2(num_rows) reads of rowptr,
+// which the warps of a block share in cache.
+__device__ __forceinline__ int64_t row_of_edge(const int64_t* rowptr, int64_t num_rows, int64_t e) {
+  int64_t lo = 0, hi = num_rows;  // invariant: rowptr[lo] <= e < rowptr[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (rowptr[mid] <= e) lo = mid;
+    else hi = mid;
+  }
+  return lo;
 }
 
 template <typename acc_t>
@@ -153,46 +168,103 @@ __global__ void spmm_segment_kernel(SpmmParams p) {
   }
 }
 
-// Max / min: each lane keeps the best message of its features and the edge that produced it;
-// edges are visited in CSR order and compared strictly, so the first edge wins ties.
+// Max / min: each lane keeps the best of sign * message for its features and the edge that
+// produced it (min = -max(-v), negation is exact); edges are visited in CSR order and compared
+// strictly, so the first edge wins ties. The first edge is always taken (arg < 0), NaN or not.
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ void scan_extreme(const SpmmParams& p, int64_t begin, int64_t end, int64_t h, int64_t f0,
+                                             int lane, typename Acc<scalar_t>::type sign,
+                                             typename Acc<scalar_t>::type (&best)[kFeaturesPerLane],
+                                             int64_t (&arg)[kFeaturesPerLane]) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const int64_t F = p.num_features;
+  for (int64_t e = begin; e < end; ++e) {
+    const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride + h * p.x_head_stride;
+    const acc_t we = w ? to_acc(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1);
+#pragma unroll
+    for (int k = 0; k < kFeaturesPerLane; ++k) {
+      const int64_t f = f0 + k * kWarp + lane;
+      if (f < F) {
+        const acc_t v = sign * we * to_acc(xr[f]);
+        if (arg[k] < 0 || v > best[k]) { best[k] = v; arg[k] = e; }
+      }
+    }
+  }
+}
+
+// One warp per row. A row that the split plan cut into segments was scanned by
+// spmm_extreme_segment_kernel: this warp combines the segments' (best, arg) in segment order
+// with the same strict comparison, which picks exactly the edge a single pass would.
 template <typename scalar_t, typename index_t>
 __global__ void spmm_extreme_kernel(SpmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t row = warp_index();
   if (row >= p.num_rows) return;
-  const index_t* col = static_cast<const index_t*>(p.col);
-  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
   scalar_t* out = static_cast<scalar_t*>(p.out);
-  const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);  // min = -max(-v)
-  const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1], F = p.num_features;
-  for (int64_t h = 0; h < p.num_heads; ++h) {
+  const acc_t* partial = static_cast<const acc_t*>(p.partial);
+  const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);
+  const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1], H = p.num_heads, F = p.num_features;
+  const int64_t seg_begin = p.segment_ptr ? p.segment_ptr[row] : 0;
+  const int64_t seg_end = p.segment_ptr ? p.segment_ptr[row + 1] : 0;
+  for (int64_t h = 0; h < H; ++h) {
     for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
       acc_t best[kFeaturesPerLane];
       int64_t arg[kFeaturesPerLane];
 #pragma unroll
       for (int k = 0; k < kFeaturesPerLane; ++k) { best[k] = acc_t(0); arg[k] = -1; }
-      for (int64_t e = begin; e < end; ++e) {
-        const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride + h * p.x_head_stride;
-        const acc_t we = w ? to_acc(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1);
+      if (seg_end > seg_begin) {
+        for (int64_t s = seg_begin; s < seg_end; ++s) {
 #pragma unroll
-        for (int k = 0; k < kFeaturesPerLane; ++k) {
-          const int64_t f = f0 + k * kWarp + lane;
-          if (f < F) {
-            const acc_t v = sign * we * to_acc(xr[f]);
-            if (arg[k] < 0 || v > best[k]) { best[k] = v; arg[k] = e; }
+          for (int k = 0; k < kFeaturesPerLane; ++k) {
+            const int64_t f = f0 + k * kWarp + lane, o = (s * H + h) * F + f;
+            if (f < F && (arg[k] < 0 || partial[o] > best[k])) { best[k] = partial[o]; arg[k] = p.partial_arg[o]; }
           }
         }
+      } else {
+        scan_extreme<scalar_t, index_t>(p, begin, end, h, f0, lane, sign, best, arg);
       }
 #pragma unroll
       for (int k = 0; k < kFeaturesPerLane; ++k) {
         const int64_t f = f0 + k * kWarp + lane;
         if (f < F) {
-          const int64_t o = (row * p.num_heads + h) * F + f;
+          const int64_t o = (row * H + h) * F + f;
           out[o] = from_acc<scalar_t>(arg[k] < 0 ? acc_t(0) : sign * best[k]);
           p.arg[o] = arg[k];
         }
+      }
+    }
+  }
+}
+
+// One warp per segment of a split row: its (sign * best, arg) into partial / partial_arg.
+template <typename scalar_t, typename index_t>
+__global__ void spmm_extreme_segment_kernel(SpmmParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = lane_index();
+  const int64_t s = warp_index();
+  if (s >= p.max_segments || s >= p.segment_ptr[p.num_rows]) return;
+  const int64_t row = p.segment_row[s];
+  const int64_t begin = p.rowptr[row] + (s - p.segment_ptr[row]) * kSpmmSplitEdges;
+  const int64_t row_end = p.rowptr[row + 1];
+  const int64_t end = begin + kSpmmSplitEdges < row_end ? begin + kSpmmSplitEdges : row_end;
+  acc_t* partial = static_cast<acc_t*>(p.partial);
+  const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t best[kFeaturesPerLane];
+      int64_t arg[kFeaturesPerLane];
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) { best[k] = acc_t(0); arg[k] = -1; }
+      scan_extreme<scalar_t, index_t>(p, begin, end, h, f0, lane, sign, best, arg);
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) {
+        const int64_t f = f0 + k * kWarp + lane, o = (s * H + h) * F + f;
+        if (f < F) { partial[o] = best[k]; p.partial_arg[o] = arg[k]; }
       }
     }
   }
@@ -225,20 +297,30 @@ __global__ void spmm_arg_dx_kernel(SpmmArgBackwardParams p) {
   }
 }
 
-// dweight of max / min: one warp per destination row; lanes split F, a fixed butterfly sums.
+// dweight of max / min: one warp per 32 consecutive edges (their rows found by binary search,
+// so a hub row spreads over many warps); per edge, lanes split F and a fixed butterfly sums.
 template <typename scalar_t, typename index_t>
 __global__ void spmm_arg_dweight_kernel(SpmmArgBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
-  const int64_t row = warp_index();
-  if (row >= p.num_rows) return;
+  const int64_t e0 = warp_index() * kWarp;
+  if (e0 >= p.num_edges) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
   const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
   scalar_t* dweight = static_cast<scalar_t*>(p.dweight);
   const int64_t H = p.num_heads, F = p.num_features;
-  for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
-    const scalar_t* xr = x + int64_t(col[e]) * p.x_row_stride;
+  const int64_t my_edge = e0 + lane;
+  int64_t my_row = 0, my_src = 0;
+  if (my_edge < p.num_edges) {
+    my_row = row_of_edge(p.rowptr, p.num_rows, my_edge);
+    my_src = int64_t(col[my_edge]);
+  }
+  const int batch = int(p.num_edges - e0 < kWarp ? p.num_edges - e0 : kWarp);
+  for (int j = 0; j < batch; ++j) {
+    const int64_t e = e0 + j;
+    const int64_t row = __shfl_sync(0xffffffffu, my_row, j);
+    const scalar_t* xr = x + __shfl_sync(0xffffffffu, my_src, j) * p.x_row_stride;
     for (int64_t h = 0; h < H; ++h) {
       acc_t dot = acc_t(0);
       for (int64_t f = lane; f < F; f += kWarp) {
@@ -406,19 +488,31 @@ __global__ void common_neighbors_kernel(CommonNeighborParams p) {
   if (p.counts) p.counts[q] = count;
 }
 
+// One warp per 32 consecutive edges, whatever rows they belong to (found by binary search): a
+// hub row spreads over many warps and short rows share one. Per edge, lanes split F and a fixed
+// butterfly sums the dot product.
 template <typename scalar_t, typename index_t>
 __global__ void sddmm_kernel(SddmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
-  const int64_t row = warp_index();
-  if (row >= p.num_rows) return;
+  const int64_t e0 = warp_index() * kWarp;
+  if (e0 >= p.num_edges) return;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* a = static_cast<const scalar_t*>(p.a);
   const scalar_t* b = static_cast<const scalar_t*>(p.b);
   scalar_t* out = static_cast<scalar_t*>(p.out);
   const int64_t F = p.num_features;
-  for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
-    const int64_t src = int64_t(col[e]);
+  const int64_t my_edge = e0 + lane;
+  int64_t my_row = 0, my_src = 0;
+  if (my_edge < p.num_edges) {
+    my_row = row_of_edge(p.rowptr, p.num_rows, my_edge);
+    my_src = int64_t(col[my_edge]);
+  }
+  const int batch = int(p.num_edges - e0 < kWarp ? p.num_edges - e0 : kWarp);
+  for (int j = 0; j < batch; ++j) {
+    const int64_t e = e0 + j;
+    const int64_t row = __shfl_sync(0xffffffffu, my_row, j);
+    const int64_t src = __shfl_sync(0xffffffffu, my_src, j);
     for (int64_t h = 0; h < p.num_heads; ++h) {
       const scalar_t* ar = a + row * p.a_row_stride + h * p.a_head_stride;
       const scalar_t* br = b + src * p.b_row_stride + h * p.b_head_stride;
@@ -437,11 +531,14 @@ inline unsigned warp_blocks(int64_t warps) {
 template <typename scalar_t, typename index_t>
 void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
   if (p.num_rows == 0) return;
+  // Segments first: the row pass reads their partials (same stream, so ordered).
   if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
+    if (p.segment_ptr && p.max_segments > 0)
+      spmm_extreme_segment_kernel<scalar_t, index_t>
+          <<<warp_blocks(p.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
     spmm_extreme_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
     return;
   }
-  // Segments first: the row pass reads their partials (same stream, so ordered).
   if (p.segment_ptr && p.max_segments > 0)
     spmm_segment_kernel<scalar_t, index_t>
         <<<warp_blocks(p.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
@@ -452,9 +549,9 @@ template <typename scalar_t, typename index_t>
 void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t stream) {
   if (p.num_src > 0)
     spmm_arg_dx_kernel<scalar_t, index_t><<<warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream>>>(p);
-  if (p.dweight && p.num_rows > 0)
+  if (p.dweight && p.num_edges > 0)
     spmm_arg_dweight_kernel<scalar_t, index_t>
-        <<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+        <<<warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 template <typename scalar_t, typename index_t>
@@ -473,9 +570,9 @@ void launch_gat_backward(const GatBackwardParams& p, cudaStream_t stream) {
 
 template <typename scalar_t, typename index_t>
 void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
-  const int64_t blocks = (p.num_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  if (blocks == 0) return;
-  sddmm_kernel<scalar_t, index_t><<<unsigned(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  if (p.num_edges == 0 || p.num_rows == 0) return;
+  sddmm_kernel<scalar_t, index_t>
+      <<<warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 }  // namespace cuda

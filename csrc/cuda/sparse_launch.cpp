@@ -35,6 +35,9 @@ void plan_long_rows(KernelCall<SpmmParams>& call, const at::Tensor& rowptr, cons
                        /*right=*/true) - 1);
   const at::Tensor partial = call.owned.emplace_back(
       at::empty({max_segments, p.num_heads, p.num_features}, rowptr.options().dtype(acc_dtype)));
+  if (p.reduce == Reduce::Max || p.reduce == Reduce::Min)
+    p.partial_arg = call.owned.emplace_back(at::empty({max_segments, p.num_heads, p.num_features}, rowptr.options()))
+                        .data_ptr<int64_t>();
   p.segment_ptr = segment_ptr.data_ptr<int64_t>();
   p.segment_row = segment_row.data_ptr<int64_t>();
   p.partial = partial.data_ptr();
@@ -46,8 +49,7 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
                                 c10::string_view reduce) {
   const c10::cuda::CUDAGuard guard(x.device());
   KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
-  if (call.params.reduce == Reduce::Sum || call.params.reduce == Reduce::Mean)
-    plan_long_rows(call, rowptr, col, opmath_dtype(x.scalar_type()));
+  plan_long_rows(call, rowptr, col, opmath_dtype(x.scalar_type()));
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
                  spmm_cuda_fp16, spmm_cuda_bf16);
   return call;

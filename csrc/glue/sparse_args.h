@@ -156,6 +156,7 @@ inline KernelCall<SpmmArgBackwardParams> prepare_spmm_arg_backward(
   p.dx = call.out.data_ptr();
   p.num_rows = rowptr.numel() - 1;
   p.num_src = xv.size(0);
+  p.num_edges = num_edges;
   p.num_heads = heads;
   p.num_features = xv.size(2);
   p.x_row_stride = xv.stride(0);
@@ -192,6 +193,7 @@ inline KernelCall<SddmmParams> prepare_sddmm(const at::Tensor& rowptr, const at:
   p.b = bv.data_ptr();
   p.out = call.out.data_ptr();
   p.num_rows = num_rows;
+  p.num_edges = num_edges;
   p.num_heads = av.size(1);
   p.num_features = av.size(2);
   p.a_row_stride = av.stride(0);

@@ -11,10 +11,10 @@ namespace scangraph {
 
 enum class Reduce : int8_t { Sum, Mean, Max, Min };
 
-// Load balance of sum / mean spmm on the GPU: a row with more than kSpmmSplitEdges edges is cut
-// into segments of kSpmmSplitEdges edges (the last one shorter), each summed by its own warp into
-// an accumulator-type partial; a second pass adds a row's partials in segment order (a fixed
-// order: deterministic, no atomics). Why 256: a segment is 8 batches of 32 gathered rows, enough
+// Load balance of spmm on the GPU: a row with more than kSpmmSplitEdges edges is cut into
+// segments of kSpmmSplitEdges edges (the last one shorter), each reduced by its own warp into an
+// accumulator-type partial (sum, or best and arg for max / min); a second pass combines a row's
+// partials in segment order (a fixed order: deterministic, no atomics). Why 256: a segment is 8 batches of 32 gathered rows, enough
 // work per warp to hide the cost of writing and re-reading its partial (one F-vector per 256
 // gathered F-vectors: < 2% extra traffic even for bf16), while a 10^5-edge hub row becomes 391
 // warps instead of one. Rows of up to 256 edges, nearly all rows of real graphs, keep the
@@ -41,7 +41,7 @@ struct SpmmParams {
   int64_t weight_head_stride;  // 0 when one weight per edge serves every head
   bool col_is_int32;
   Reduce reduce;
-  // The split plan of long rows (sum / mean on CUDA; segment_ptr == nullptr: no row is split).
+  // The split plan of long rows (CUDA; segment_ptr == nullptr: no row is split).
   // Row i owns segments segment_ptr[i] .. segment_ptr[i+1] (none when deg(i) <= kSpmmSplitEdges);
   // segment s of row r = segment_row[s] covers edges rowptr[r] + (s - segment_ptr[r]) *
   // kSpmmSplitEdges onwards. Only segment_ptr[num_rows] of the max_segments slots are used: the
@@ -49,6 +49,7 @@ struct SpmmParams {
   const int64_t* segment_ptr;  // (num_rows + 1)
   const int64_t* segment_row;  // (max_segments)
   void* partial;               // (max_segments, num_heads, num_features), accumulator type
+  int64_t* partial_arg;        // max / min: the winning edge of each partial, like partial
   int64_t max_segments;
 };
 
@@ -68,7 +69,7 @@ struct SpmmArgBackwardParams {
   const int64_t* arg;        // contiguous (num_rows, heads, F)
   void* dx;                  // contiguous (num_src, heads, F)
   void* dweight;             // contiguous (num_edges, heads), or nullptr when not wanted
-  int64_t num_rows, num_src, num_heads, num_features;
+  int64_t num_rows, num_src, num_edges, num_heads, num_features;
   int64_t x_row_stride, x_head_stride;
   int64_t weight_edge_stride, weight_head_stride;
   bool col_is_int32;
@@ -82,6 +83,7 @@ struct SddmmParams {
   const void* b;             // source side, indexed by col
   void* out;                 // contiguous (num_edges, num_heads)
   int64_t num_rows;
+  int64_t num_edges;
   int64_t num_heads;
   int64_t num_features;
   int64_t a_row_stride, a_head_stride;
