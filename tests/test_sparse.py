@@ -514,6 +514,36 @@ def test_gat_aggregate_forward_backward(backend_device, dtype, heads, graph_name
 
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_gat_aggregate_splits_long_rows(backend_device, dtype, monkeypatch):
+    """Hub rows several times the split threshold: the segments' softmax sums, brought to the
+    row's max in order, give the reference forward and the backward (which recomputes the
+    probabilities from the combined max and denominator); bitwise equal on a second run."""
+    backend, device = backend_device
+    graph = _skewed_graph(_split_threshold(backend, monkeypatch)).to(device)
+    x, a_src, a_dst = _gat_inputs(graph, 2, 7, dtype, device)
+    grad = torch.randn(graph.num_rows, 2, 7, dtype=dtype).to(device)
+    runs = []
+    for _ in range(2):
+        for t in (x, a_src, a_dst):
+            t.grad = None
+        out = scangraph.gat_aggregate(graph, x, a_src, a_dst, 0.2, backend=backend)
+        out.backward(grad)
+        runs.append([out.detach().clone()] + [t.grad.clone() for t in (x, a_src, a_dst)])
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+    ref_inputs = [t.detach().cpu().double().requires_grad_() for t in (x, a_src, a_dst)]
+    cpu = graph.to("cpu")
+    ref = reference.gat_aggregate(cpu.rowptr, cpu.col, *ref_inputs, 0.2)
+    ref.backward(grad.cpu().double())
+    assert_close(runs[0][0].cpu(), ref, dtype)
+    assert_close(runs[0][1].cpu(), ref_inputs[0].grad, dtype)
+    cancel = 1.0 if dtype == torch.float32 else 4.0 * max(1.0, float(x.detach().abs().max()))
+    for mine, theirs in zip(runs[0][2:], ref_inputs[1:]):
+        assert_close(mine.cpu(), theirs.grad, dtype, scale=cancel)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 def test_gat_aggregate_gradcheck_and_determinism(backend_device):
     backend, device = backend_device
     graph = make_graph("tiny").to(device)

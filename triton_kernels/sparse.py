@@ -432,23 +432,10 @@ def _leaky_relu(v, slope):
 
 
 @triton.jit
-def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_ptr, sum_ptr,
-               num_heads, num_features, slope_ptr,
-               ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
-    # One program per (row, head, feature block), online softmax over the row's edges: when the
-    # running max grows, the sums so far are rescaled by exp(old max - new max).
-    row = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    fblock = tl.program_id(2)
-    features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
-    feature_mask = features < num_features
-    begin = tl.load(rowptr_ptr + row)
-    end = tl.load(rowptr_ptr + row + 1)
-    a_dst = tl.load(a_dst_ptr + row * num_heads + head).to(ACC)
-    negative_slope = tl.load(slope_ptr)
-    m = tl.full([1], float("-inf"), dtype=ACC)
-    c = tl.zeros([1], dtype=ACC)
-    acc = tl.zeros([BLOCK_F], dtype=ACC)
+def _gat_online(begin, end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, num_heads, num_features,
+                features, feature_mask, negative_slope, ACC: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Online softmax over edges [begin, end), continuing (max m, denominator c, sum acc): when
+    the running max grows, the sums so far are rescaled by exp(old max - new max)."""
     for edge0 in range(begin, end, BLOCK_E):
         edges = edge0 + tl.arange(0, BLOCK_E)
         edge_mask = edges < end
@@ -463,6 +450,47 @@ def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_pt
         c = c * rescale + tl.sum(w, axis=0)
         acc = acc * rescale + tl.sum(w[:, None] * tile, axis=0)
         m = m_new
+    return m, c, acc
+
+
+@triton.jit
+def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_ptr, sum_ptr,
+               segment_ptr, partial_ptr, stats_ptr, num_heads, num_features, slope_ptr,
+               SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # One program per (row, head, feature block).
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    fblock = tl.program_id(2)
+    features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    begin = tl.load(rowptr_ptr + row)
+    end = tl.load(rowptr_ptr + row + 1)
+    a_dst = tl.load(a_dst_ptr + row * num_heads + head).to(ACC)
+    negative_slope = tl.load(slope_ptr)
+    m = tl.full([1], float("-inf"), dtype=ACC)
+    c = tl.zeros([1], dtype=ACC)
+    acc = tl.zeros([BLOCK_F], dtype=ACC)
+    edge_end = end
+    if SPLIT:
+        # A split row was reduced by gat_segment_kernel: bring its segments' sums to the common
+        # max, in segment order.
+        segment0 = tl.load(segment_ptr + row)
+        segment1 = tl.load(segment_ptr + row + 1)
+        edge_end = tl.where(segment1 > segment0, begin, end)
+        for segment in range(segment0, segment1):
+            stat = (segment * num_heads + head) * 2 + tl.arange(0, 1)
+            ms = tl.load(stats_ptr + stat)
+            cs = tl.load(stats_ptr + stat + 1)
+            m_new = tl.maximum(m, ms)
+            keep = tl.exp(m - m_new)
+            take = tl.exp(ms - m_new)
+            part = tl.load(partial_ptr + (segment * num_heads + head) * num_features + features,
+                           mask=feature_mask, other=0.0)
+            c = c * keep + cs * take
+            acc = acc * keep + part * take
+            m = m_new
+    m, c, acc = _gat_online(begin, edge_end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, num_heads,
+                            num_features, features, feature_mask, negative_slope, ACC, BLOCK_E)
     out = tl.where(c > 0, acc / tl.where(c > 0, c, 1.0), 0.0)
     tl.store(out_ptr + (row * num_heads + head) * num_features + features,
              out.to(out_ptr.dtype.element_ty), mask=feature_mask)
@@ -470,6 +498,34 @@ def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_pt
         stat = row * num_heads + head + tl.arange(0, 1)
         tl.store(max_ptr + stat, m)
         tl.store(sum_ptr + stat, c)
+
+
+@triton.jit
+def gat_segment_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, segment_ptr, segment_row_ptr,
+                       partial_ptr, stats_ptr, num_rows, num_heads, num_features, slope_ptr,
+                       ACC: tl.constexpr, SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # One program per (segment slot, head, feature block): the segment's own max, denominator
+    # and unnormalised sum.
+    segment = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    fblock = tl.program_id(2)
+    features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    if segment < tl.load(segment_ptr + num_rows):
+        row = tl.load(segment_row_ptr + segment)
+        begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
+        end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+        a_dst = tl.load(a_dst_ptr + row * num_heads + head).to(ACC)
+        m = tl.full([1], float("-inf"), dtype=ACC)
+        c = tl.zeros([1], dtype=ACC)
+        acc = tl.zeros([BLOCK_F], dtype=ACC)
+        m, c, acc = _gat_online(begin, end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, num_heads,
+                                num_features, features, feature_mask, tl.load(slope_ptr), ACC, BLOCK_E)
+        tl.store(partial_ptr + (segment * num_heads + head) * num_features + features, acc, mask=feature_mask)
+        if fblock == 0:
+            stat = (segment * num_heads + head) * 2 + tl.arange(0, 1)
+            tl.store(stats_ptr + stat, m)
+            tl.store(stats_ptr + stat + 1, c)
 
 
 @triton.jit
@@ -564,9 +620,21 @@ def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, 
     if num_rows == 0 or heads == 0:
         return
     block_f = _feature_block(features)
-    wrap(gat_kernel)[(num_rows, heads, max(1, triton.cdiv(features, block_f)))](
-        rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, heads, features, _slope(negative_slope, x),
-        ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+    grid_f = max(1, triton.cdiv(features, block_f))
+    acc = _accumulator(x.dtype)
+    slope = _slope(negative_slope, x)
+    plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
+    segment_ptr = partial = stats = rowptr  # placeholders: unread when there is no plan
+    if plan is not None:
+        segment_ptr, segment_row, max_segments = plan
+        partial = torch.empty((max_segments, heads, features), dtype=row_max.dtype, device=x.device)
+        stats = torch.empty((max_segments, heads, 2), dtype=row_max.dtype, device=x.device)
+        wrap(gat_segment_kernel)[(max_segments, heads, grid_f)](
+            rowptr, col, x, alpha_src, alpha_dst, segment_ptr, segment_row, partial, stats,
+            num_rows, heads, features, slope, ACC=acc, SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+    wrap(gat_kernel)[(num_rows, heads, grid_f)](
+        rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, segment_ptr, partial, stats,
+        heads, features, slope, SPLIT=plan is not None, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 
 def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum,

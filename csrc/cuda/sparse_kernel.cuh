@@ -336,23 +336,57 @@ __global__ void spmm_arg_dweight_kernel(SpmmArgBackwardParams p) {
 template <typename acc_t>
 __device__ __forceinline__ acc_t leaky_relu(acc_t v, acc_t slope) { return v > acc_t(0) ? v : v * slope; }
 
-// GAT forward: one warp per row; every lane tracks the same online-softmax max / denominator and
-// accumulates its own features, rescaling them when the running max grows.
+// GAT forward, online softmax over edges [begin, end) of row `row`, head h, continuing (m, c,
+// acc): every lane tracks the same max m and denominator c and accumulates its own features
+// f0 + k * 32 + lane, rescaling them by exp(old max - new max) when the running max grows.
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ void gat_online(const GatParams& p, int64_t row, int64_t begin, int64_t end, int64_t h,
+                                           int64_t f0, int lane, typename Acc<scalar_t>::type& m,
+                                           typename Acc<scalar_t>::type& c,
+                                           typename Acc<scalar_t>::type (&acc)[kFeaturesPerLane]) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  const scalar_t* a_src = static_cast<const scalar_t*>(p.alpha_src);
+  const int64_t H = p.num_heads, F = p.num_features;
+  const acc_t slope = acc_t(p.negative_slope);
+  const acc_t ad = to_acc(static_cast<const scalar_t*>(p.alpha_dst)[row * H + h]);
+  for (int64_t e = begin; e < end; ++e) {
+    const int64_t j = int64_t(col[e]);
+    const acc_t score = leaky_relu(to_acc(a_src[j * H + h]) + ad, slope);
+    if (score > m) {
+      const acc_t rescale = exp(m - score);
+      c *= rescale;
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] *= rescale;
+      m = score;
+    }
+    const acc_t w = exp(score - m);
+    c += w;
+    const scalar_t* xr = x + (j * H + h) * F;
+#pragma unroll
+    for (int k = 0; k < kFeaturesPerLane; ++k) {
+      const int64_t f = f0 + k * kWarp + lane;
+      if (f < F) acc[k] += w * to_acc(xr[f]);
+    }
+  }
+}
+
+// One warp per row. A row that the split plan cut into segments was reduced by
+// gat_segment_kernel: this warp brings the segments' sums to the common max in segment order.
 template <typename scalar_t, typename index_t>
 __global__ void gat_kernel(GatParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t row = warp_index();
   if (row >= p.num_rows) return;
-  const index_t* col = static_cast<const index_t*>(p.col);
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
-  const scalar_t* a_src = static_cast<const scalar_t*>(p.alpha_src);
-  const scalar_t* a_dst = static_cast<const scalar_t*>(p.alpha_dst);
   scalar_t* out = static_cast<scalar_t*>(p.out);
+  const acc_t* partial = static_cast<const acc_t*>(p.partial);
+  const acc_t* stats = static_cast<const acc_t*>(p.partial_stats);
   const int64_t H = p.num_heads, F = p.num_features, begin = p.rowptr[row], end = p.rowptr[row + 1];
-  const acc_t slope = acc_t(p.negative_slope);
+  const int64_t seg_begin = p.segment_ptr ? p.segment_ptr[row] : 0;
+  const int64_t seg_end = p.segment_ptr ? p.segment_ptr[row + 1] : 0;
   for (int64_t h = 0; h < H; ++h) {
-    const acc_t ad = to_acc(a_dst[row * H + h]);
     acc_t m = -CUDART_INF_F, c = acc_t(0);
     for (int64_t f0 = 0; f0 == 0 || f0 < F; f0 += kWarp * kFeaturesPerLane) {
       acc_t acc[kFeaturesPerLane];
@@ -360,24 +394,21 @@ __global__ void gat_kernel(GatParams p) {
       for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
       m = -CUDART_INF_F;
       c = acc_t(0);
-      for (int64_t e = begin; e < end; ++e) {
-        const int64_t j = int64_t(col[e]);
-        const acc_t score = leaky_relu(to_acc(a_src[j * H + h]) + ad, slope);
-        if (score > m) {
-          const acc_t rescale = exp(m - score);
-          c *= rescale;
+      if (seg_end > seg_begin) {
+        for (int64_t s = seg_begin; s < seg_end; ++s) {
+          const acc_t ms = stats[(s * H + h) * 2], cs = stats[(s * H + h) * 2 + 1];
+          const acc_t m_new = ms > m ? ms : m;
+          const acc_t keep = exp(m - m_new), take = exp(ms - m_new);
+          c = c * keep + cs * take;
 #pragma unroll
-          for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] *= rescale;
-          m = score;
+          for (int k = 0; k < kFeaturesPerLane; ++k) {
+            const int64_t f = f0 + k * kWarp + lane;
+            if (f < F) acc[k] = acc[k] * keep + partial[(s * H + h) * F + f] * take;
+          }
+          m = m_new;
         }
-        const acc_t w = exp(score - m);
-        c += w;
-        const scalar_t* xr = x + (j * H + h) * F;
-#pragma unroll
-        for (int k = 0; k < kFeaturesPerLane; ++k) {
-          const int64_t f = f0 + k * kWarp + lane;
-          if (f < F) acc[k] += w * to_acc(xr[f]);
-        }
+      } else {
+        gat_online<scalar_t, index_t>(p, row, begin, end, h, f0, lane, m, c, acc);
       }
       const acc_t inv = c > acc_t(0) ? acc_t(1) / c : acc_t(0);
 #pragma unroll
@@ -389,6 +420,39 @@ __global__ void gat_kernel(GatParams p) {
     if (lane == 0) {
       static_cast<acc_t*>(p.row_max)[row * H + h] = m;
       static_cast<acc_t*>(p.row_sum)[row * H + h] = c;
+    }
+  }
+}
+
+// One warp per segment of a split row: its own max, denominator and unnormalised sum.
+template <typename scalar_t, typename index_t>
+__global__ void gat_segment_kernel(GatParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = lane_index();
+  const int64_t s = warp_index();
+  if (s >= p.max_segments || s >= p.segment_ptr[p.num_rows]) return;
+  const int64_t row = p.segment_row[s];
+  const int64_t begin = p.rowptr[row] + (s - p.segment_ptr[row]) * kSpmmSplitEdges;
+  const int64_t row_end = p.rowptr[row + 1];
+  const int64_t end = begin + kSpmmSplitEdges < row_end ? begin + kSpmmSplitEdges : row_end;
+  acc_t* partial = static_cast<acc_t*>(p.partial);
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t f0 = 0; f0 == 0 || f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t acc[kFeaturesPerLane];
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
+      acc_t m = -CUDART_INF_F, c = acc_t(0);
+      gat_online<scalar_t, index_t>(p, row, begin, end, h, f0, lane, m, c, acc);
+#pragma unroll
+      for (int k = 0; k < kFeaturesPerLane; ++k) {
+        const int64_t f = f0 + k * kWarp + lane;
+        if (f < F) partial[(s * H + h) * F + f] = acc[k];
+      }
+      if (f0 == 0 && lane == 0) {
+        static_cast<acc_t*>(p.partial_stats)[(s * H + h) * 2] = m;
+        static_cast<acc_t*>(p.partial_stats)[(s * H + h) * 2 + 1] = c;
+      }
     }
   }
 }
@@ -556,8 +620,10 @@ void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t strea
 
 template <typename scalar_t, typename index_t>
 void launch_gat(const GatParams& p, cudaStream_t stream) {
-  if (p.num_rows > 0)
-    gat_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  if (p.num_rows == 0) return;
+  if (p.segment_ptr && p.max_segments > 0)  // segments first: the row pass reads their partials
+    gat_segment_kernel<scalar_t, index_t><<<warp_blocks(p.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  gat_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 template <typename scalar_t, typename index_t>

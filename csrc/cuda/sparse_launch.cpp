@@ -19,29 +19,56 @@ namespace {
 // binary search. No host sync: the launch and scratch are sized by the bound
 // max_segments = 2 E / (T + 1) (a row of d > T edges has ceil(d / T) <= (d + T - 1) / T
 // <= 2 d / (T + 1) segments), and the kernels read the real count from segment_ptr[num_rows].
-void plan_long_rows(KernelCall<SpmmParams>& call, const at::Tensor& rowptr, const at::Tensor& col,
-                    at::ScalarType acc_dtype) {
-  SpmmParams& p = call.params;
-  if (col.numel() <= kSpmmSplitEdges || p.num_rows == 0 || p.num_heads * p.num_features == 0) return;
-  const int64_t max_segments = 2 * col.numel() / (kSpmmSplitEdges + 1);
+// Empty (max_segments == 0) when no row can be that long.
+struct LongRowPlan {
+  at::Tensor segment_ptr, segment_row;
+  int64_t max_segments = 0;
+};
+
+LongRowPlan plan_long_rows(const at::Tensor& rowptr, int64_t num_edges) {
+  LongRowPlan plan;
+  if (num_edges <= kSpmmSplitEdges || rowptr.numel() < 2) return plan;
+  plan.max_segments = 2 * num_edges / (kSpmmSplitEdges + 1);
   const at::Tensor degree = rowptr.slice(0, 1) - rowptr.slice(0, 0, -1);
   const at::Tensor counts =
       at::where(degree > kSpmmSplitEdges, at::floor_divide(degree + (kSpmmSplitEdges - 1), kSpmmSplitEdges),
                 at::zeros_like(degree));
-  const at::Tensor segment_ptr = call.owned.emplace_back(at::cat({at::zeros({1}, rowptr.options()), counts.cumsum(0)}));
+  plan.segment_ptr = at::cat({at::zeros({1}, rowptr.options()), counts.cumsum(0)});
   // right=True: the last row whose first segment is <= s, so rows without segments are skipped.
-  const at::Tensor segment_row = call.owned.emplace_back(
-      at::searchsorted(segment_ptr, at::arange(max_segments, rowptr.options()), /*out_int32=*/false,
-                       /*right=*/true) - 1);
+  plan.segment_row = at::searchsorted(plan.segment_ptr, at::arange(plan.max_segments, rowptr.options()),
+                                      /*out_int32=*/false, /*right=*/true) - 1;
+  return plan;
+}
+
+void plan_long_rows(KernelCall<SpmmParams>& call, const at::Tensor& rowptr, const at::Tensor& col,
+                    at::ScalarType acc_dtype) {
+  SpmmParams& p = call.params;
+  if (p.num_rows == 0 || p.num_heads * p.num_features == 0) return;
+  const LongRowPlan plan = plan_long_rows(rowptr, col.numel());
+  if (plan.max_segments == 0) return;
   const at::Tensor partial = call.owned.emplace_back(
-      at::empty({max_segments, p.num_heads, p.num_features}, rowptr.options().dtype(acc_dtype)));
+      at::empty({plan.max_segments, p.num_heads, p.num_features}, rowptr.options().dtype(acc_dtype)));
   if (p.reduce == Reduce::Max || p.reduce == Reduce::Min)
-    p.partial_arg = call.owned.emplace_back(at::empty({max_segments, p.num_heads, p.num_features}, rowptr.options()))
-                        .data_ptr<int64_t>();
-  p.segment_ptr = segment_ptr.data_ptr<int64_t>();
-  p.segment_row = segment_row.data_ptr<int64_t>();
+    p.partial_arg = call.owned.emplace_back(at::empty({plan.max_segments, p.num_heads, p.num_features},
+                                                      rowptr.options())).data_ptr<int64_t>();
+  p.segment_ptr = call.owned.emplace_back(plan.segment_ptr).data_ptr<int64_t>();
+  p.segment_row = call.owned.emplace_back(plan.segment_row).data_ptr<int64_t>();
   p.partial = partial.data_ptr();
-  p.max_segments = max_segments;
+  p.max_segments = plan.max_segments;
+}
+
+void plan_long_rows(KernelCall<GatParams>& call, const at::Tensor& rowptr, const at::Tensor& col,
+                    at::ScalarType acc_dtype) {
+  GatParams& p = call.params;
+  if (p.num_rows == 0 || p.num_heads == 0) return;
+  const LongRowPlan plan = plan_long_rows(rowptr, col.numel());
+  if (plan.max_segments == 0) return;
+  const at::TensorOptions acc = rowptr.options().dtype(acc_dtype);
+  p.partial = call.owned.emplace_back(at::empty({plan.max_segments, p.num_heads, p.num_features}, acc)).data_ptr();
+  p.partial_stats = call.owned.emplace_back(at::empty({plan.max_segments, p.num_heads, 2}, acc)).data_ptr();
+  p.segment_ptr = call.owned.emplace_back(plan.segment_ptr).data_ptr<int64_t>();
+  p.segment_row = call.owned.emplace_back(plan.segment_row).data_ptr<int64_t>();
+  p.max_segments = plan.max_segments;
 }
 
 KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
@@ -91,10 +118,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
     const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
     const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
+  KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
+  const at::Tensor row_sum = call.owned.back();  // before the plan adds its scratch
+  plan_long_rows(call, rowptr, col, opmath_dtype(x.scalar_type()));
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::gat_aggregate", gat_cuda_fp64, gat_cuda_fp32,
                  gat_cuda_fp16, gat_cuda_bf16);
-  return {call.out, call.out2, call.owned.back()};
+  return {call.out, call.out2, row_sum};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(

@@ -112,6 +112,14 @@ struct GatParams {
   int64_t num_rows, num_src, num_heads, num_features;
   double negative_slope;
   bool col_is_int32;
+  // The split plan of long rows, as in SpmmParams (segment_ptr == nullptr: none is split). Each
+  // segment keeps its own softmax max and denominator and its unnormalised sum; the row rescales
+  // them to the common max in segment order.
+  const int64_t* segment_ptr;  // (num_rows + 1)
+  const int64_t* segment_row;  // (max_segments)
+  void* partial;               // (max_segments, num_heads, num_features) opmath
+  void* partial_stats;         // (max_segments, num_heads, 2) opmath: max, denominator
+  int64_t max_segments;
 };
 
 // Its backward, with delta[i, h] = out[i, h, :] . grad[i, h, :] and

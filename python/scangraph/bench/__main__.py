@@ -103,7 +103,7 @@ def run(args) -> dict:
 def _options(args) -> Options:
     return Options(quick=args.quick, data_dir=args.data or datasets.shared_data_dir(),
                    features=[int(f) for f in args.features.split(",")], ops=tuple(args.ops.split(",")),
-                   large=args.large)
+                   large=args.large, graphs=None if args.graphs is None else tuple(args.graphs.split(",")))
 
 
 def _device_name(device):
@@ -160,6 +160,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
     parser.add_argument("--large", action="store_true",
                         help="also the 1M-node / 16M-edge R-MAT graph (its baselines need ~8 GB at F = 128)")
+    parser.add_argument("--graphs", default=None,
+                        help="comma-separated graph names of the sparse family (email-Enron, as-22july06, rmat-1m, ...)")
     parser.add_argument("--memory", action="store_true",
                         help="also measure each call's peak extra memory, one fresh process per call")
     parser.add_argument("--json", help="write the rows and metadata as JSON")

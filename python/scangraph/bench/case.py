@@ -19,6 +19,7 @@ class Options:
     ops: tuple = ()
     only: object = None     # a case label: build that case alone (the memory subprocess)
     large: bool = False     # also the large inputs (the sparse family's 1M-node / 16M-edge R-MAT)
+    graphs: object = None   # the sparse family's graphs by name (None: all of them)
 
 
 @dataclass

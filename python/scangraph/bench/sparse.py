@@ -20,11 +20,12 @@ from scangraph.bench.case import Case, Options, our_backends
 OPS = ("spmm_sum", "spmm_max", "gat_aggregate", "common_neighbors")
 
 
-def bench_graphs(data_dir, quick: bool, only=None, large: bool = False):
+def bench_graphs(data_dir, quick: bool, only=None, large: bool = False, names=None):
     """(name, edge_index, num_nodes): real heavy-tailed graphs when the data folder is there,
     R-MAT graphs of similar shape otherwise (the embedded default); with `large`, also an
-    R-MAT graph of 1M nodes and 16M edges (its baselines gather E x F values: 8 GB at F = 128)."""
-    wanted = (lambda name: only is None or name == only)
+    R-MAT graph of 1M nodes and 16M edges (its baselines gather E x F values: 8 GB at F = 128).
+    `only` (one name) and `names` (a collection) narrow the choice."""
+    wanted = (lambda name: (only is None or name == only) and (names is None or name in names))
     if quick:
         if wanted("karate"):
             yield ("karate", *datasets.karate())
@@ -192,7 +193,8 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
     if not ops:
         return
     only_graph = None if options.only is None else options.only.rsplit(" F=", 1)[0]
-    for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph, options.large):
+    for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph, options.large,
+                                                   options.graphs):
         graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
         graph.transpose_parts()  # cached once, as in training
         for f in options.features:
