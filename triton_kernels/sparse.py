@@ -32,6 +32,10 @@ def _accumulator(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @triton.jit
 def _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
                        x_row_stride, x_head_stride, weight_edge_stride, weight_head_stride,
@@ -179,6 +183,25 @@ def long_row_plan(rowptr: torch.Tensor, num_edges: int, split_edges: int):
     return segment_ptr, segment_row, max_segments
 
 
+@triton.jit
+def _segment_span(segment, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES: tl.constexpr):
+    """(row, begin, end) of segment slot `segment` of a split plan; a surplus slot (past the
+    plan's real count, known on the device only) gets an empty span (its row, num_rows there,
+    is clamped so that no read leaves rowptr)."""
+    row = tl.minimum(tl.load(segment_row_ptr + segment), num_rows - 1)
+    begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
+    end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+    end = tl.where(segment < tl.load(segment_ptr + num_rows), end, begin)
+    return row, begin, end
+
+
+def _split_scratch(plan, shape, dtype, device):
+    """Placeholders when there is no plan (the kernels then never read them)."""
+    if plan is None:
+        return torch.empty(0, dtype=dtype, device=device)
+    return torch.empty((plan[2],) + tuple(shape), dtype=dtype, device=device)
+
+
 def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
     """Fills out (contiguous, (num_rows, [heads,] F)); `wrap` is torch.library.wrap_triton."""
     xv = _node_head_feature(x)
@@ -313,17 +336,10 @@ def spmm_extreme_segment_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, segment_
 
 
 @triton.jit
-def spmm_arg_dx_kernel(rowptr_t_ptr, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr, arg_ptr, dx_ptr,
-                       num_heads, num_features, weight_edge_stride, weight_head_stride,
-                       HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
-    # Source j walks its out-edges on the transpose and collects the gradients it won.
-    src = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
-    feature_mask = features < num_features
-    begin = tl.load(rowptr_t_ptr + src)
-    end = tl.load(rowptr_t_ptr + src + 1)
+def _arg_dx_sum(begin, end, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr, arg_ptr, head, num_heads, num_features,
+                features, feature_mask, weight_edge_stride, weight_head_stride,
+                HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    """Sum over transpose entries [begin, end) of a source of the gradients its edges won."""
     acc = tl.zeros([BLOCK_F], dtype=ACC)
     for k0 in range(begin, end, BLOCK_E):
         ks = k0 + tl.arange(0, BLOCK_E)
@@ -339,8 +355,44 @@ def spmm_arg_dx_kernel(rowptr_t_ptr, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr
                         mask=k_mask, other=0.0).to(ACC)
             grad = grad * w[:, None]
         acc += tl.sum(tl.where(won & mask, grad, 0.0), axis=0)
-    tl.store(dx_ptr + (src * num_heads + head) * num_features + features,
-             acc.to(dx_ptr.dtype.element_ty), mask=feature_mask)
+    return acc
+
+
+@triton.jit
+def spmm_arg_dx_kernel(rowptr_t_ptr, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr, arg_ptr, dx_ptr,
+                       segment_ptr, segment_row_ptr, partial_ptr, num_src,
+                       num_heads, num_features, weight_edge_stride, weight_head_stride,
+                       SEGMENTS: tl.constexpr, SPLIT: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
+                       SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # Source j walks its out-edges on the transpose and collects the gradients it won. SEGMENTS:
+    # one program per segment of a long transpose row, into partial; SPLIT: a source with
+    # segments adds their partials in order instead.
+    item = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    if SEGMENTS:
+        _, begin, end = _segment_span(item, rowptr_t_ptr, segment_ptr, segment_row_ptr, num_src, SPLIT_EDGES)
+        acc = _arg_dx_sum(begin, end, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr, arg_ptr, head, num_heads,
+                          num_features, features, feature_mask, weight_edge_stride, weight_head_stride,
+                          HAS_WEIGHT, ACC, BLOCK_E, BLOCK_F)
+        tl.store(partial_ptr + (item * num_heads + head) * num_features + features, acc, mask=feature_mask)
+    else:
+        begin = tl.load(rowptr_t_ptr + item)
+        end = tl.load(rowptr_t_ptr + item + 1)
+        acc = tl.zeros([BLOCK_F], dtype=ACC)
+        if SPLIT:
+            segment0 = tl.load(segment_ptr + item)
+            segment1 = tl.load(segment_ptr + item + 1)
+            end = tl.where(segment1 > segment0, begin, end)
+            for segment in range(segment0, segment1):
+                acc += tl.load(partial_ptr + (segment * num_heads + head) * num_features + features,
+                               mask=feature_mask, other=0.0)
+        acc += _arg_dx_sum(begin, end, col_t_ptr, perm_t_ptr, weight_ptr, grad_ptr, arg_ptr, head, num_heads,
+                           num_features, features, feature_mask, weight_edge_stride, weight_head_stride,
+                           HAS_WEIGHT, ACC, BLOCK_E, BLOCK_F)
+        tl.store(dx_ptr + (item * num_heads + head) * num_features + features,
+                 acc.to(dx_ptr.dtype.element_ty), mask=feature_mask)
 
 
 @triton.jit
@@ -413,10 +465,18 @@ def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight,
     weight, w_edge, w_head = _weight_strides(weight, heads)
     block_f = _feature_block(features)
     if num_src:
+        plan = long_row_plan(rowptr_t, col_t.numel(), SPLIT_EDGES)
+        partial = _split_scratch(plan, (heads, features), _opmath_dtype(x.dtype), x.device)
+        segment_ptr, segment_row = (rowptr_t, rowptr_t) if plan is None else plan[:2]
+        args = (rowptr_t, col_t, perm_t, weight if weight is not None else grad, grad, arg, dx,
+                segment_ptr, segment_row, partial, num_src, heads, features, w_edge, w_head)
+        config = dict(HAS_WEIGHT=weight is not None, ACC=_accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES,
+                      BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+        if plan is not None:
+            wrap(spmm_arg_dx_kernel)[(plan[2], heads, triton.cdiv(features, block_f))](
+                *args, SEGMENTS=True, SPLIT=False, **config)
         wrap(spmm_arg_dx_kernel)[(num_src, heads, triton.cdiv(features, block_f))](
-            rowptr_t, col_t, perm_t, weight if weight is not None else grad, grad, arg, dx,
-            heads, features, w_edge, w_head,
-            HAS_WEIGHT=weight is not None, ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+            *args, SEGMENTS=False, SPLIT=plan is not None, **config)
     if dweight is not None and rowptr.numel() > 1 and col.numel():
         num_rows = rowptr.numel() - 1
         wrap(spmm_arg_dweight_kernel)[(triton.cdiv(col.numel(), BLOCK_E), heads)](
@@ -554,14 +614,10 @@ def _gat_edge_terms(i, j, head, num_heads, num_features, a_src_ptr, a_dst_ptr, m
 
 
 @triton.jit
-def gat_dst_grad_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
-                        grad_ptr, da_dst_ptr, num_heads, num_features, slope_ptr,
-                        ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
-    negative_slope = tl.load(slope_ptr)
-    row = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    begin = tl.load(rowptr_ptr + row)
-    end = tl.load(rowptr_ptr + row + 1)
+def _gat_dst_sum(row, begin, end, head, num_heads, num_features, col_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr,
+                 delta_ptr, x_ptr, grad_ptr, negative_slope,
+                 ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    """sum of ds_ij over the edges [begin, end) of row i."""
     total = tl.zeros([BLOCK_E], dtype=ACC)
     for edge0 in range(begin, end, BLOCK_E):
         edges = edge0 + tl.arange(0, BLOCK_E)
@@ -571,24 +627,46 @@ def gat_dst_grad_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_pt
         prob, ds = _gat_edge_terms(dst, src, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr,
                                    sum_ptr, delta_ptr, x_ptr, grad_ptr, mask, negative_slope, ACC, BLOCK_F)
         total += ds
-    result = tl.sum(total, axis=0)
-    tl.store(da_dst_ptr + row * num_heads + head + tl.arange(0, 1), result.to(da_dst_ptr.dtype.element_ty))
+    return tl.sum(total, axis=0)
 
 
 @triton.jit
-def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
-                        grad_ptr, dx_ptr, da_src_ptr, num_heads, num_features, slope_ptr,
-                        ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+def gat_dst_grad_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
+                        grad_ptr, da_dst_ptr, segment_ptr, segment_row_ptr, partial_ptr, num_rows,
+                        num_heads, num_features, slope_ptr,
+                        SEGMENTS: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
+                        SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # dalpha_dst[i] = sum_j ds_ij. SEGMENTS: one program per segment of a long row, into
+    # partial; SPLIT: a row with segments adds their partials in order instead.
     negative_slope = tl.load(slope_ptr)
-    # Source j walks its out-edges on the transpose: dx[j] = sum_i p_ij grad[i] for this
-    # feature block; the first feature block also sums dalpha_src[j].
-    src = tl.program_id(0).to(tl.int64)
+    item = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
-    fblock = tl.program_id(2)
-    features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
-    feature_mask = features < num_features
-    begin = tl.load(rowptr_t_ptr + src)
-    end = tl.load(rowptr_t_ptr + src + 1)
+    if SEGMENTS:
+        row, begin, end = _segment_span(item, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES)
+        result = _gat_dst_sum(row, begin, end, head, num_heads, num_features, col_ptr, a_src_ptr, a_dst_ptr,
+                              max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope, ACC, BLOCK_E, BLOCK_F)
+        tl.store(partial_ptr + item * num_heads + head + tl.arange(0, 1), result + tl.zeros([1], dtype=ACC))
+    else:
+        begin = tl.load(rowptr_ptr + item)
+        end = tl.load(rowptr_ptr + item + 1)
+        result = tl.zeros([1], dtype=ACC)
+        if SPLIT:
+            segment0 = tl.load(segment_ptr + item)
+            segment1 = tl.load(segment_ptr + item + 1)
+            end = tl.where(segment1 > segment0, begin, end)
+            for segment in range(segment0, segment1):
+                result += tl.load(partial_ptr + segment * num_heads + head + tl.arange(0, 1))
+        result += _gat_dst_sum(item, begin, end, head, num_heads, num_features, col_ptr, a_src_ptr, a_dst_ptr,
+                               max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope, ACC, BLOCK_E, BLOCK_F)
+        tl.store(da_dst_ptr + item * num_heads + head + tl.arange(0, 1), result.to(da_dst_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _gat_src_sums(src, begin, end, head, num_heads, num_features, features, feature_mask, col_t_ptr, a_src_ptr,
+                  a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope,
+                  ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    """Over transpose entries [begin, end) of source j: (sum_i p_ij grad[i] for this feature
+    block, sum_i ds_ij)."""
     acc = tl.zeros([BLOCK_F], dtype=ACC)
     total = tl.zeros([BLOCK_E], dtype=ACC)
     for k0 in range(begin, end, BLOCK_E):
@@ -602,11 +680,54 @@ def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, ma
         gv = tl.load(grad_ptr + (dst[:, None] * num_heads + head) * num_features + features[None, :],
                      mask=mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
         acc += tl.sum(prob[:, None] * gv, axis=0)
-    tl.store(dx_ptr + (src * num_heads + head) * num_features + features,
-             acc.to(dx_ptr.dtype.element_ty), mask=feature_mask)
-    if fblock == 0:
-        result = tl.sum(total, axis=0)
-        tl.store(da_src_ptr + src * num_heads + head + tl.arange(0, 1), result.to(da_src_ptr.dtype.element_ty))
+    return acc, tl.sum(total, axis=0)
+
+
+@triton.jit
+def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
+                        grad_ptr, dx_ptr, da_src_ptr, segment_ptr, segment_row_ptr, partial_ptr, partial_da_ptr,
+                        num_src, num_heads, num_features, slope_ptr,
+                        SEGMENTS: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
+                        SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    # Source j walks its out-edges on the transpose: dx[j] = sum_i p_ij grad[i] for this
+    # feature block; the first feature block also sums dalpha_src[j]. SEGMENTS / SPLIT as in
+    # gat_dst_grad_kernel, over the transpose's long rows (hub sources).
+    negative_slope = tl.load(slope_ptr)
+    item = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    fblock = tl.program_id(2)
+    features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
+    feature_mask = features < num_features
+    if SEGMENTS:
+        src, begin, end = _segment_span(item, rowptr_t_ptr, segment_ptr, segment_row_ptr, num_src, SPLIT_EDGES)
+        acc, total = _gat_src_sums(src, begin, end, head, num_heads, num_features, features, feature_mask, col_t_ptr,
+                                   a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr,
+                                   negative_slope, ACC, BLOCK_E, BLOCK_F)
+        tl.store(partial_ptr + (item * num_heads + head) * num_features + features, acc, mask=feature_mask)
+        if fblock == 0:
+            tl.store(partial_da_ptr + item * num_heads + head + tl.arange(0, 1), total + tl.zeros([1], dtype=ACC))
+    else:
+        begin = tl.load(rowptr_t_ptr + item)
+        end = tl.load(rowptr_t_ptr + item + 1)
+        acc = tl.zeros([BLOCK_F], dtype=ACC)
+        total = tl.zeros([1], dtype=ACC)
+        if SPLIT:
+            segment0 = tl.load(segment_ptr + item)
+            segment1 = tl.load(segment_ptr + item + 1)
+            end = tl.where(segment1 > segment0, begin, end)
+            for segment in range(segment0, segment1):
+                acc += tl.load(partial_ptr + (segment * num_heads + head) * num_features + features,
+                               mask=feature_mask, other=0.0)
+                total += tl.load(partial_da_ptr + segment * num_heads + head + tl.arange(0, 1))
+        more, more_total = _gat_src_sums(item, begin, end, head, num_heads, num_features, features, feature_mask,
+                                         col_t_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr,
+                                         grad_ptr, negative_slope, ACC, BLOCK_E, BLOCK_F)
+        acc += more
+        total += more_total
+        tl.store(dx_ptr + (item * num_heads + head) * num_features + features,
+                 acc.to(dx_ptr.dtype.element_ty), mask=feature_mask)
+        if fblock == 0:
+            tl.store(da_src_ptr + item * num_heads + head + tl.arange(0, 1), total.to(da_src_ptr.dtype.element_ty))
 
 
 def _slope(negative_slope, x):
@@ -643,16 +764,29 @@ def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_
     if heads == 0:
         return
     block_f = _feature_block(features)
-    acc = _accumulator(x.dtype)
+    grid_f = max(1, triton.cdiv(features, block_f))
+    config = dict(ACC=_accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
     negative_slope = _slope(negative_slope, x)
+    stats = (row_max, row_sum, delta)
     if num_rows:
-        wrap(gat_dst_grad_kernel)[(num_rows, heads)](
-            rowptr, col, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, da_dst, heads, features,
-            negative_slope, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+        plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
+        partial = _split_scratch(plan, (heads,), row_max.dtype, x.device)
+        segment_ptr, segment_row = (rowptr, rowptr) if plan is None else plan[:2]
+        args = (rowptr, col, x, alpha_src, alpha_dst, *stats, grad, da_dst, segment_ptr, segment_row, partial,
+                num_rows, heads, features, negative_slope)
+        if plan is not None:
+            wrap(gat_dst_grad_kernel)[(plan[2], heads)](*args, SEGMENTS=True, SPLIT=False, **config)
+        wrap(gat_dst_grad_kernel)[(num_rows, heads)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)
     if num_src:
-        wrap(gat_src_grad_kernel)[(num_src, heads, max(1, triton.cdiv(features, block_f)))](
-            rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, dx, da_src, heads,
-            features, negative_slope, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+        plan = long_row_plan(rowptr_t, col_t.numel(), SPLIT_EDGES)
+        partial = _split_scratch(plan, (heads, features), row_max.dtype, x.device)
+        partial_da = _split_scratch(plan, (heads,), row_max.dtype, x.device)
+        segment_ptr, segment_row = (rowptr_t, rowptr_t) if plan is None else plan[:2]
+        args = (rowptr_t, col_t, x, alpha_src, alpha_dst, *stats, grad, dx, da_src, segment_ptr, segment_row,
+                partial, partial_da, num_src, heads, features, negative_slope)
+        if plan is not None:
+            wrap(gat_src_grad_kernel)[(plan[2], heads, grid_f)](*args, SEGMENTS=True, SPLIT=False, **config)
+        wrap(gat_src_grad_kernel)[(num_src, heads, grid_f)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)
 
 
 # ---- common neighbours ------------------------------------------------------------------------

@@ -53,6 +53,24 @@ __device__ __forceinline__ int64_t row_of_edge(const int64_t* rowptr, int64_t nu
   return lo;
 }
 
+// Segment s of a split plan over rowptr: its row and edges [begin, end); false for a surplus
+// slot (the launch is sized by max_segments, the real count lives on the device).
+__device__ __forceinline__ bool segment_span(const SplitPlan& plan, const int64_t* rowptr, int64_t num_rows,
+                                             int64_t s, int64_t& row, int64_t& begin, int64_t& end) {
+  if (s >= plan.max_segments || s >= plan.segment_ptr[num_rows]) return false;
+  row = plan.segment_row[s];
+  begin = rowptr[row] + (s - plan.segment_ptr[row]) * kSpmmSplitEdges;
+  const int64_t row_end = rowptr[row + 1];
+  end = begin + kSpmmSplitEdges < row_end ? begin + kSpmmSplitEdges : row_end;
+  return true;
+}
+
+// The segments [first, last) of a row: empty when the plan is (no row split) or the row is short.
+__device__ __forceinline__ void row_segments(const SplitPlan& plan, int64_t row, int64_t& first, int64_t& last) {
+  first = plan.segment_ptr ? plan.segment_ptr[row] : 0;
+  last = plan.segment_ptr ? plan.segment_ptr[row + 1] : 0;
+}
+
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {  // fixed butterfly order: deterministic
 #pragma unroll
@@ -106,8 +124,8 @@ __global__ void spmm_kernel(SpmmParams p) {
   scalar_t* out = static_cast<scalar_t*>(p.out);
   const acc_t* partial = static_cast<const acc_t*>(p.partial);
   const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
-  const int64_t seg_begin = p.segment_ptr ? p.segment_ptr[row] : 0;
-  const int64_t seg_end = p.segment_ptr ? p.segment_ptr[row + 1] : 0;
+  int64_t seg_begin, seg_end;
+  row_segments(p.plan, row, seg_begin, seg_end);
   const acc_t scale = (p.reduce == Reduce::Mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
   const int64_t H = p.num_heads, F = p.num_features;
   for (int64_t h = 0; h < H; ++h) {
@@ -144,12 +162,8 @@ __global__ void spmm_segment_kernel(SpmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t s = warp_index();
-  // max_segments is a bound; the plan's real count lives on the device (no host read).
-  if (s >= p.max_segments || s >= p.segment_ptr[p.num_rows]) return;
-  const int64_t row = p.segment_row[s];
-  const int64_t begin = p.rowptr[row] + (s - p.segment_ptr[row]) * kSpmmSplitEdges;
-  const int64_t row_end = p.rowptr[row + 1];
-  const int64_t end = begin + kSpmmSplitEdges < row_end ? begin + kSpmmSplitEdges : row_end;
+  int64_t row, begin, end;
+  if (!segment_span(p.plan, p.rowptr, p.num_rows, s, row, begin, end)) return;
   acc_t* partial = static_cast<acc_t*>(p.partial);
   const int64_t H = p.num_heads, F = p.num_features;
   for (int64_t h = 0; h < H; ++h) {
@@ -208,8 +222,8 @@ __global__ void spmm_extreme_kernel(SpmmParams p) {
   const acc_t* partial = static_cast<const acc_t*>(p.partial);
   const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);
   const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1], H = p.num_heads, F = p.num_features;
-  const int64_t seg_begin = p.segment_ptr ? p.segment_ptr[row] : 0;
-  const int64_t seg_end = p.segment_ptr ? p.segment_ptr[row + 1] : 0;
+  int64_t seg_begin, seg_end;
+  row_segments(p.plan, row, seg_begin, seg_end);
   for (int64_t h = 0; h < H; ++h) {
     for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
       acc_t best[kFeaturesPerLane];
@@ -246,11 +260,8 @@ __global__ void spmm_extreme_segment_kernel(SpmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t s = warp_index();
-  if (s >= p.max_segments || s >= p.segment_ptr[p.num_rows]) return;
-  const int64_t row = p.segment_row[s];
-  const int64_t begin = p.rowptr[row] + (s - p.segment_ptr[row]) * kSpmmSplitEdges;
-  const int64_t row_end = p.rowptr[row + 1];
-  const int64_t end = begin + kSpmmSplitEdges < row_end ? begin + kSpmmSplitEdges : row_end;
+  int64_t row, begin, end;
+  if (!segment_span(p.plan, p.rowptr, p.num_rows, s, row, begin, end)) return;
   acc_t* partial = static_cast<acc_t*>(p.partial);
   const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);
   const int64_t H = p.num_heads, F = p.num_features;
@@ -270,31 +281,63 @@ __global__ void spmm_extreme_segment_kernel(SpmmParams p) {
   }
 }
 
-// dx of max / min: one warp per source row of the transpose; lanes own features.
+// dx of max / min at feature f of head h: the gradients that the edges of transpose entries
+// [begin, end) (out-edges of one source) won there.
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ typename Acc<scalar_t>::type arg_dx_sum(const SpmmArgBackwardParams& p, int64_t begin,
+                                                                   int64_t end, int64_t h, int64_t f) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const index_t* col_t = static_cast<const index_t*>(p.col_t);
+  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  const int64_t H = p.num_heads, F = p.num_features;
+  acc_t acc = acc_t(0);
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t e = p.perm_t[k], i = int64_t(col_t[k]);
+    const int64_t o = (i * H + h) * F + f;
+    if (p.arg[o] == e)
+      acc += (w ? to_acc(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1)) * to_acc(grad[o]);
+  }
+  return acc;
+}
+
+// dx of max / min: one warp per source row of the transpose; lanes own features. A hub source
+// split by the transpose's plan adds its segments' partials in order.
 template <typename scalar_t, typename index_t>
 __global__ void spmm_arg_dx_kernel(SpmmArgBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t src = warp_index();
   if (src >= p.num_src) return;
-  const index_t* col_t = static_cast<const index_t*>(p.col_t);
-  const scalar_t* w = static_cast<const scalar_t*>(p.weight);
-  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
   scalar_t* dx = static_cast<scalar_t*>(p.dx);
+  const acc_t* partial = static_cast<const acc_t*>(p.partial_dx);
   const int64_t H = p.num_heads, F = p.num_features;
+  int64_t seg_begin, seg_end;
+  row_segments(p.transpose_plan, src, seg_begin, seg_end);
   for (int64_t h = 0; h < H; ++h) {
     for (int64_t f = lane; f < F; f += kWarp) {
       acc_t acc = acc_t(0);
-      for (int64_t k = p.rowptr_t[src]; k < p.rowptr_t[src + 1]; ++k) {
-        const int64_t e = p.perm_t[k], i = int64_t(col_t[k]);
-        const int64_t o = (i * H + h) * F + f;
-        if (p.arg[o] == e)
-          acc += (w ? to_acc(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1)) *
-                 to_acc(grad[o]);
+      if (seg_end > seg_begin) {
+        for (int64_t s = seg_begin; s < seg_end; ++s) acc += partial[(s * H + h) * F + f];
+      } else {
+        acc = arg_dx_sum<scalar_t, index_t>(p, p.rowptr_t[src], p.rowptr_t[src + 1], h, f);
       }
       dx[(src * H + h) * F + f] = from_acc<scalar_t>(acc);
     }
   }
+}
+
+// One warp per segment of a hub source's transpose row: its partial dx.
+template <typename scalar_t, typename index_t>
+__global__ void spmm_arg_dx_segment_kernel(SpmmArgBackwardParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  int64_t src, begin, end;
+  if (!segment_span(p.transpose_plan, p.rowptr_t, p.num_src, warp_index(), src, begin, end)) return;
+  const int64_t s = warp_index(), H = p.num_heads, F = p.num_features;
+  acc_t* partial = static_cast<acc_t*>(p.partial_dx);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t f = lane_index(); f < F; f += kWarp)
+      partial[(s * H + h) * F + f] = arg_dx_sum<scalar_t, index_t>(p, begin, end, h, f);
 }
 
 // dweight of max / min: one warp per 32 consecutive edges (their rows found by binary search,
@@ -384,8 +427,8 @@ __global__ void gat_kernel(GatParams p) {
   const acc_t* partial = static_cast<const acc_t*>(p.partial);
   const acc_t* stats = static_cast<const acc_t*>(p.partial_stats);
   const int64_t H = p.num_heads, F = p.num_features, begin = p.rowptr[row], end = p.rowptr[row + 1];
-  const int64_t seg_begin = p.segment_ptr ? p.segment_ptr[row] : 0;
-  const int64_t seg_end = p.segment_ptr ? p.segment_ptr[row + 1] : 0;
+  int64_t seg_begin, seg_end;
+  row_segments(p.plan, row, seg_begin, seg_end);
   for (int64_t h = 0; h < H; ++h) {
     acc_t m = -CUDART_INF_F, c = acc_t(0);
     for (int64_t f0 = 0; f0 == 0 || f0 < F; f0 += kWarp * kFeaturesPerLane) {
@@ -430,11 +473,8 @@ __global__ void gat_segment_kernel(GatParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t s = warp_index();
-  if (s >= p.max_segments || s >= p.segment_ptr[p.num_rows]) return;
-  const int64_t row = p.segment_row[s];
-  const int64_t begin = p.rowptr[row] + (s - p.segment_ptr[row]) * kSpmmSplitEdges;
-  const int64_t row_end = p.rowptr[row + 1];
-  const int64_t end = begin + kSpmmSplitEdges < row_end ? begin + kSpmmSplitEdges : row_end;
+  int64_t row, begin, end;
+  if (!segment_span(p.plan, p.rowptr, p.num_rows, s, row, begin, end)) return;
   acc_t* partial = static_cast<acc_t*>(p.partial);
   const int64_t H = p.num_heads, F = p.num_features;
   for (int64_t h = 0; h < H; ++h) {
@@ -477,47 +517,107 @@ __device__ __forceinline__ void gat_edge_terms(const GatBackwardParams& p, int64
   ds = prob * (dot - static_cast<const acc_t*>(p.delta)[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
 }
 
+// sum of ds_ij over edges [begin, end) of row i, head h, identical in every lane.
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ typename Acc<scalar_t>::type gat_dst_sum(const GatBackwardParams& p, int64_t row,
+                                                                    int64_t begin, int64_t end, int64_t h, int lane) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const index_t* col = static_cast<const index_t*>(p.col);
+  acc_t sum = acc_t(0), prob, ds;
+  for (int64_t e = begin; e < end; ++e) {
+    gat_edge_terms<scalar_t>(p, row, int64_t(col[e]), h, lane, prob, ds);
+    sum += ds;
+  }
+  return sum;
+}
+
+// dalpha_dst: one warp per row; a split row adds its segments' partials in order.
 template <typename scalar_t, typename index_t>
 __global__ void gat_dst_grad_kernel(GatBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t row = warp_index();
   if (row >= p.num_rows) return;
-  const index_t* col = static_cast<const index_t*>(p.col);
+  const acc_t* partial = static_cast<const acc_t*>(p.partial_dalpha_dst);
+  int64_t seg_begin, seg_end;
+  row_segments(p.plan, row, seg_begin, seg_end);
   for (int64_t h = 0; h < p.num_heads; ++h) {
-    acc_t sum = acc_t(0), prob, ds;
-    for (int64_t e = p.rowptr[row]; e < p.rowptr[row + 1]; ++e) {
-      gat_edge_terms<scalar_t>(p, row, int64_t(col[e]), h, lane, prob, ds);
-      sum += ds;
+    acc_t sum = acc_t(0);
+    if (seg_end > seg_begin) {
+      for (int64_t s = seg_begin; s < seg_end; ++s) sum += partial[s * p.num_heads + h];
+    } else {
+      sum = gat_dst_sum<scalar_t, index_t>(p, row, p.rowptr[row], p.rowptr[row + 1], h, lane);
     }
     if (lane == 0) static_cast<scalar_t*>(p.dalpha_dst)[row * p.num_heads + h] = from_acc<scalar_t>(sum);
   }
 }
 
 template <typename scalar_t, typename index_t>
+__global__ void gat_dst_grad_segment_kernel(GatBackwardParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t s = warp_index();
+  int64_t row, begin, end;
+  if (!segment_span(p.plan, p.rowptr, p.num_rows, s, row, begin, end)) return;
+  for (int64_t h = 0; h < p.num_heads; ++h) {
+    const acc_t sum = gat_dst_sum<scalar_t, index_t>(p, row, begin, end, h, lane_index());
+    if (lane_index() == 0) static_cast<acc_t*>(p.partial_dalpha_dst)[s * p.num_heads + h] = sum;
+  }
+}
+
+// Over transpose entries [begin, end) of source j, head h: acc[q] += sum_i p_ij grad[i, f] for
+// the lane's features f = f0 + q * 32 + lane, and sum = sum_i ds_ij.
+template <typename scalar_t, typename index_t>
+__device__ __forceinline__ void gat_src_sums(const GatBackwardParams& p, int64_t src, int64_t begin, int64_t end,
+                                             int64_t h, int64_t f0, int lane,
+                                             typename Acc<scalar_t>::type (&acc)[kFeaturesPerLane],
+                                             typename Acc<scalar_t>::type& sum) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const index_t* col_t = static_cast<const index_t*>(p.col_t);
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  const int64_t H = p.num_heads, F = p.num_features;
+  acc_t prob, ds;
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t i = int64_t(col_t[k]);
+    gat_edge_terms<scalar_t>(p, i, src, h, lane, prob, ds);
+    sum += ds;
+#pragma unroll
+    for (int q = 0; q < kFeaturesPerLane; ++q) {
+      const int64_t f = f0 + q * kWarp + lane;
+      if (f < F) acc[q] += prob * to_acc(grad[(i * H + h) * F + f]);
+    }
+  }
+}
+
+// dx and dalpha_src: one warp per source row of the transpose; a hub source split by the
+// transpose's plan adds its segments' partials in order.
+template <typename scalar_t, typename index_t>
 __global__ void gat_src_grad_kernel(GatBackwardParams p) {
   using acc_t = typename Acc<scalar_t>::type;
   const int lane = lane_index();
   const int64_t src = warp_index();
   if (src >= p.num_src) return;
-  const index_t* col_t = static_cast<const index_t*>(p.col_t);
-  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  const acc_t* partial = static_cast<const acc_t*>(p.partial_dx);
+  const acc_t* partial_da = static_cast<const acc_t*>(p.partial_dalpha_src);
   const int64_t H = p.num_heads, F = p.num_features;
+  int64_t seg_begin, seg_end;
+  row_segments(p.transpose_plan, src, seg_begin, seg_end);
   for (int64_t h = 0; h < H; ++h) {
     for (int64_t f0 = 0; f0 == 0 || f0 < F; f0 += kWarp * kFeaturesPerLane) {
       acc_t acc[kFeaturesPerLane];
 #pragma unroll
-      for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
-      acc_t sum = acc_t(0), prob, ds;
-      for (int64_t k = p.rowptr_t[src]; k < p.rowptr_t[src + 1]; ++k) {
-        const int64_t i = int64_t(col_t[k]);
-        gat_edge_terms<scalar_t>(p, i, src, h, lane, prob, ds);
-        sum += ds;
+      for (int q = 0; q < kFeaturesPerLane; ++q) acc[q] = acc_t(0);
+      acc_t sum = acc_t(0);
+      if (seg_end > seg_begin) {
+        for (int64_t s = seg_begin; s < seg_end; ++s) {
+          sum += partial_da[s * H + h];
 #pragma unroll
-        for (int q = 0; q < kFeaturesPerLane; ++q) {
-          const int64_t f = f0 + q * kWarp + lane;
-          if (f < F) acc[q] += prob * to_acc(grad[(i * H + h) * F + f]);
+          for (int q = 0; q < kFeaturesPerLane; ++q) {
+            const int64_t f = f0 + q * kWarp + lane;
+            if (f < F) acc[q] += partial[(s * H + h) * F + f];
+          }
         }
+      } else {
+        gat_src_sums<scalar_t, index_t>(p, src, p.rowptr_t[src], p.rowptr_t[src + 1], h, f0, lane, acc, sum);
       }
 #pragma unroll
       for (int q = 0; q < kFeaturesPerLane; ++q) {
@@ -525,6 +625,32 @@ __global__ void gat_src_grad_kernel(GatBackwardParams p) {
         if (f < F) static_cast<scalar_t*>(p.dx)[(src * H + h) * F + f] = from_acc<scalar_t>(acc[q]);
       }
       if (f0 == 0 && lane == 0) static_cast<scalar_t*>(p.dalpha_src)[src * H + h] = from_acc<scalar_t>(sum);
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void gat_src_grad_segment_kernel(GatBackwardParams p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = lane_index();
+  const int64_t s = warp_index();
+  int64_t src, begin, end;
+  if (!segment_span(p.transpose_plan, p.rowptr_t, p.num_src, s, src, begin, end)) return;
+  acc_t* partial = static_cast<acc_t*>(p.partial_dx);
+  const int64_t H = p.num_heads, F = p.num_features;
+  for (int64_t h = 0; h < H; ++h) {
+    for (int64_t f0 = 0; f0 == 0 || f0 < F; f0 += kWarp * kFeaturesPerLane) {
+      acc_t acc[kFeaturesPerLane];
+#pragma unroll
+      for (int q = 0; q < kFeaturesPerLane; ++q) acc[q] = acc_t(0);
+      acc_t sum = acc_t(0);
+      gat_src_sums<scalar_t, index_t>(p, src, begin, end, h, f0, lane, acc, sum);
+#pragma unroll
+      for (int q = 0; q < kFeaturesPerLane; ++q) {
+        const int64_t f = f0 + q * kWarp + lane;
+        if (f < F) partial[(s * H + h) * F + f] = acc[q];
+      }
+      if (f0 == 0 && lane == 0) static_cast<acc_t*>(p.partial_dalpha_src)[s * H + h] = sum;
     }
   }
 }
@@ -597,20 +723,23 @@ void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
   if (p.num_rows == 0) return;
   // Segments first: the row pass reads their partials (same stream, so ordered).
   if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
-    if (p.segment_ptr && p.max_segments > 0)
+    if (p.plan.max_segments > 0)
       spmm_extreme_segment_kernel<scalar_t, index_t>
-          <<<warp_blocks(p.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+          <<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
     spmm_extreme_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
     return;
   }
-  if (p.segment_ptr && p.max_segments > 0)
+  if (p.plan.max_segments > 0)
     spmm_segment_kernel<scalar_t, index_t>
-        <<<warp_blocks(p.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+        <<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
   spmm_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t stream) {
+  if (p.transpose_plan.max_segments > 0)  // segments first: the source pass reads their partials
+    spmm_arg_dx_segment_kernel<scalar_t, index_t>
+        <<<warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
   if (p.num_src > 0)
     spmm_arg_dx_kernel<scalar_t, index_t><<<warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream>>>(p);
   if (p.dweight && p.num_edges > 0)
@@ -621,13 +750,20 @@ void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t strea
 template <typename scalar_t, typename index_t>
 void launch_gat(const GatParams& p, cudaStream_t stream) {
   if (p.num_rows == 0) return;
-  if (p.segment_ptr && p.max_segments > 0)  // segments first: the row pass reads their partials
-    gat_segment_kernel<scalar_t, index_t><<<warp_blocks(p.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  if (p.plan.max_segments > 0)  // segments first: the row pass reads their partials
+    gat_segment_kernel<scalar_t, index_t><<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
   gat_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_gat_backward(const GatBackwardParams& p, cudaStream_t stream) {
+  // Segments first: the row passes read their partials (same stream, so ordered).
+  if (p.plan.max_segments > 0)
+    gat_dst_grad_segment_kernel<scalar_t, index_t>
+        <<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  if (p.transpose_plan.max_segments > 0)
+    gat_src_grad_segment_kernel<scalar_t, index_t>
+        <<<warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
   if (p.num_rows > 0)
     gat_dst_grad_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
   if (p.num_src > 0)

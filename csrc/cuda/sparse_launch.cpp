@@ -40,35 +40,21 @@ LongRowPlan plan_long_rows(const at::Tensor& rowptr, int64_t num_edges) {
   return plan;
 }
 
-void plan_long_rows(KernelCall<SpmmParams>& call, const at::Tensor& rowptr, const at::Tensor& col,
-                    at::ScalarType acc_dtype) {
-  SpmmParams& p = call.params;
-  if (p.num_rows == 0 || p.num_heads * p.num_features == 0) return;
-  const LongRowPlan plan = plan_long_rows(rowptr, col.numel());
-  if (plan.max_segments == 0) return;
-  const at::Tensor partial = call.owned.emplace_back(
-      at::empty({plan.max_segments, p.num_heads, p.num_features}, rowptr.options().dtype(acc_dtype)));
-  if (p.reduce == Reduce::Max || p.reduce == Reduce::Min)
-    p.partial_arg = call.owned.emplace_back(at::empty({plan.max_segments, p.num_heads, p.num_features},
-                                                      rowptr.options())).data_ptr<int64_t>();
-  p.segment_ptr = call.owned.emplace_back(plan.segment_ptr).data_ptr<int64_t>();
-  p.segment_row = call.owned.emplace_back(plan.segment_row).data_ptr<int64_t>();
-  p.partial = partial.data_ptr();
-  p.max_segments = plan.max_segments;
+// The kernels' view of a plan, its tensors kept alive by `owned`; {} when no row is split.
+template <typename Params>
+SplitPlan split_plan(KernelCall<Params>& call, const at::Tensor& rowptr, int64_t num_edges) {
+  const LongRowPlan plan = plan_long_rows(rowptr, num_edges);
+  if (plan.max_segments == 0) return SplitPlan{};
+  return SplitPlan{call.owned.emplace_back(plan.segment_ptr).template data_ptr<int64_t>(),
+                   call.owned.emplace_back(plan.segment_row).template data_ptr<int64_t>(), plan.max_segments};
 }
 
-void plan_long_rows(KernelCall<GatParams>& call, const at::Tensor& rowptr, const at::Tensor& col,
-                    at::ScalarType acc_dtype) {
-  GatParams& p = call.params;
-  if (p.num_rows == 0 || p.num_heads == 0) return;
-  const LongRowPlan plan = plan_long_rows(rowptr, col.numel());
-  if (plan.max_segments == 0) return;
-  const at::TensorOptions acc = rowptr.options().dtype(acc_dtype);
-  p.partial = call.owned.emplace_back(at::empty({plan.max_segments, p.num_heads, p.num_features}, acc)).data_ptr();
-  p.partial_stats = call.owned.emplace_back(at::empty({plan.max_segments, p.num_heads, 2}, acc)).data_ptr();
-  p.segment_ptr = call.owned.emplace_back(plan.segment_ptr).data_ptr<int64_t>();
-  p.segment_row = call.owned.emplace_back(plan.segment_row).data_ptr<int64_t>();
-  p.max_segments = plan.max_segments;
+// Scratch of `count` x `inner` accumulator values (at least one, so the pointer is valid).
+template <typename Params>
+void* scratch(KernelCall<Params>& call, int64_t count, at::IntArrayRef inner, const at::TensorOptions& options) {
+  std::vector<int64_t> shape{count};
+  shape.insert(shape.end(), inner.begin(), inner.end());
+  return call.owned.emplace_back(at::empty(shape, options)).data_ptr();
 }
 
 KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
@@ -76,7 +62,17 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
                                 c10::string_view reduce) {
   const c10::cuda::CUDAGuard guard(x.device());
   KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
-  plan_long_rows(call, rowptr, col, opmath_dtype(x.scalar_type()));
+  SpmmParams& p = call.params;
+  if (p.num_rows > 0 && p.num_heads * p.num_features > 0) {
+    p.plan = split_plan(call, rowptr, col.numel());
+    if (p.plan.max_segments > 0) {
+      p.partial = scratch(call, p.plan.max_segments, {p.num_heads, p.num_features},
+                          x.options().dtype(opmath_dtype(x.scalar_type())));
+      if (p.reduce == Reduce::Max || p.reduce == Reduce::Min)
+        p.partial_arg = static_cast<int64_t*>(
+            scratch(call, p.plan.max_segments, {p.num_heads, p.num_features}, rowptr.options()));
+    }
+  }
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
                  spmm_cuda_fp16, spmm_cuda_bf16);
   return call;
@@ -105,8 +101,15 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
     const at::Tensor& perm_t, const std::optional<at::Tensor>& weight, const at::Tensor& x,
     const at::Tensor& grad, const at::Tensor& arg, bool weight_grad) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const KernelCall<SpmmArgBackwardParams> call =
+  KernelCall<SpmmArgBackwardParams> call =
       prepare_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, weight_grad);
+  SpmmArgBackwardParams& p = call.params;
+  if (p.num_src > 0 && p.num_heads * p.num_features > 0) {
+    p.transpose_plan = split_plan(call, rowptr_t, col_t.numel());
+    if (p.transpose_plan.max_segments > 0)
+      p.partial_dx = scratch(call, p.transpose_plan.max_segments, {p.num_heads, p.num_features},
+                             x.options().dtype(opmath_dtype(x.scalar_type())));
+  }
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm_arg_backward",
                  spmm_arg_backward_cuda_fp64, spmm_arg_backward_cuda_fp32,
                  spmm_arg_backward_cuda_fp16, spmm_arg_backward_cuda_bf16);
@@ -120,7 +123,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
   const at::Tensor row_sum = call.owned.back();  // before the plan adds its scratch
-  plan_long_rows(call, rowptr, col, opmath_dtype(x.scalar_type()));
+  GatParams& p = call.params;
+  if (p.num_rows > 0 && p.num_heads > 0) {
+    p.plan = split_plan(call, rowptr, col.numel());
+    const at::TensorOptions acc = x.options().dtype(opmath_dtype(x.scalar_type()));
+    if (p.plan.max_segments > 0) {
+      p.partial = scratch(call, p.plan.max_segments, {p.num_heads, p.num_features}, acc);
+      p.partial_stats = scratch(call, p.plan.max_segments, {p.num_heads, 2}, acc);
+    }
+  }
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::gat_aggregate", gat_cuda_fp64, gat_cuda_fp32,
                  gat_cuda_fp16, gat_cuda_bf16);
   return {call.out, call.out2, row_sum};
@@ -131,11 +142,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
     const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
     const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const KernelCall<GatBackwardParams> call = prepare_gat_backward(
+  KernelCall<GatBackwardParams> call = prepare_gat_backward(
       rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, negative_slope);
+  const at::Tensor dalpha_dst = call.owned.back();  // before the plans add their scratch
+  GatBackwardParams& p = call.params;
+  if (p.num_heads > 0) {
+    const at::TensorOptions acc = x.options().dtype(opmath_dtype(x.scalar_type()));
+    if (p.num_rows > 0) {
+      p.plan = split_plan(call, rowptr, col.numel());
+      if (p.plan.max_segments > 0) p.partial_dalpha_dst = scratch(call, p.plan.max_segments, {p.num_heads}, acc);
+    }
+    if (p.num_src > 0) {
+      p.transpose_plan = split_plan(call, rowptr_t, col_t.numel());
+      if (p.transpose_plan.max_segments > 0) {
+        p.partial_dx = scratch(call, p.transpose_plan.max_segments, {p.num_heads, p.num_features}, acc);
+        p.partial_dalpha_src = scratch(call, p.transpose_plan.max_segments, {p.num_heads}, acc);
+      }
+    }
+  }
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::gat_aggregate_backward", gat_backward_cuda_fp64,
                  gat_backward_cuda_fp32, gat_backward_cuda_fp16, gat_backward_cuda_bf16);
-  return {call.out, call.out2, call.owned.back()};
+  return {call.out, call.out2, dalpha_dst};
 }
 
 std::tuple<at::Tensor, at::Tensor> common_neighbors_cuda_op(const at::Tensor& rowptr, const at::Tensor& col,

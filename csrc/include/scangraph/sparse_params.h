@@ -11,15 +11,27 @@ namespace scangraph {
 
 enum class Reduce : int8_t { Sum, Mean, Max, Min };
 
-// Load balance of spmm on the GPU: a row with more than kSpmmSplitEdges edges is cut into
-// segments of kSpmmSplitEdges edges (the last one shorter), each reduced by its own warp into an
-// accumulator-type partial (sum, or best and arg for max / min); a second pass combines a row's
-// partials in segment order (a fixed order: deterministic, no atomics). Why 256: a segment is 8 batches of 32 gathered rows, enough
+// Load balance of the row reductions on the GPU (spmm, GAT and their backward passes, over the
+// CSR or its transpose): a row with more than kSpmmSplitEdges edges is cut into segments of
+// kSpmmSplitEdges edges (the last one shorter), each reduced by its own warp into an
+// accumulator-type partial (a sum; best and arg for max / min; max, denominator and sum for the
+// GAT softmax); a second pass combines a row's partials in segment order (a fixed order:
+// deterministic, no atomics). Why 256: a segment is 8 batches of 32 gathered rows, enough
 // work per warp to hide the cost of writing and re-reading its partial (one F-vector per 256
 // gathered F-vectors: < 2% extra traffic even for bf16), while a 10^5-edge hub row becomes 391
 // warps instead of one. Rows of up to 256 edges, nearly all rows of real graphs, keep the
 // one-warp path and pay nothing.
 constexpr int64_t kSpmmSplitEdges = 256;
+
+// The split plan of the long rows of one CSR (its rows, or its transpose's), see
+// kSpmmSplitEdges; segment_ptr == nullptr: no row is split. Row i owns segments segment_ptr[i] ..
+// segment_ptr[i+1]; segment s of row r = segment_row[s] starts at edge rowptr[r] + (s -
+// segment_ptr[r]) * kSpmmSplitEdges. max_segments bounds the real count segment_ptr[num_rows].
+struct SplitPlan {
+  const int64_t* segment_ptr;  // (num_rows + 1)
+  const int64_t* segment_row;  // (max_segments)
+  int64_t max_segments;
+};
 
 // Sum / mean: out[i, h, :] = scale_i * sum_{e in row i} w[e, h] * x[col[e], h, :], scale_i = 1
 // (sum) or 1 / deg(i) (mean). Max / min: out[i, h, f] = max / min over the same messages, and
@@ -41,16 +53,11 @@ struct SpmmParams {
   int64_t weight_head_stride;  // 0 when one weight per edge serves every head
   bool col_is_int32;
   Reduce reduce;
-  // The split plan of long rows (CUDA; segment_ptr == nullptr: no row is split).
-  // Row i owns segments segment_ptr[i] .. segment_ptr[i+1] (none when deg(i) <= kSpmmSplitEdges);
-  // segment s of row r = segment_row[s] covers edges rowptr[r] + (s - segment_ptr[r]) *
-  // kSpmmSplitEdges onwards. Only segment_ptr[num_rows] of the max_segments slots are used: the
-  // bound 2 * num_edges / (kSpmmSplitEdges + 1) needs no read of the device to size the launch.
-  const int64_t* segment_ptr;  // (num_rows + 1)
-  const int64_t* segment_row;  // (max_segments)
-  void* partial;               // (max_segments, num_heads, num_features), accumulator type
+  // Long rows (CUDA): each segment reduces into partial (and partial_arg for max / min), which
+  // the row's warp combines in segment order.
+  SplitPlan plan;
+  void* partial;               // (plan.max_segments, num_heads, num_features), accumulator type
   int64_t* partial_arg;        // max / min: the winning edge of each partial, like partial
-  int64_t max_segments;
 };
 
 // Backward of max / min spmm, without atomics:
@@ -73,6 +80,8 @@ struct SpmmArgBackwardParams {
   int64_t x_row_stride, x_head_stride;
   int64_t weight_edge_stride, weight_head_stride;
   bool col_is_int32;
+  SplitPlan transpose_plan;  // long rows of the transpose (hub sources), for dx
+  void* partial_dx;          // (transpose_plan.max_segments, heads, F) accumulator type
 };
 
 // out[e, h] = sum_f a[row(e), h, f] * b[col[e], h, f]
@@ -112,14 +121,11 @@ struct GatParams {
   int64_t num_rows, num_src, num_heads, num_features;
   double negative_slope;
   bool col_is_int32;
-  // The split plan of long rows, as in SpmmParams (segment_ptr == nullptr: none is split). Each
-  // segment keeps its own softmax max and denominator and its unnormalised sum; the row rescales
-  // them to the common max in segment order.
-  const int64_t* segment_ptr;  // (num_rows + 1)
-  const int64_t* segment_row;  // (max_segments)
-  void* partial;               // (max_segments, num_heads, num_features) opmath
-  void* partial_stats;         // (max_segments, num_heads, 2) opmath: max, denominator
-  int64_t max_segments;
+  // Long rows: each segment keeps its own softmax max and denominator and its unnormalised
+  // sum; the row rescales them to the common max in segment order.
+  SplitPlan plan;
+  void* partial;               // (plan.max_segments, num_heads, num_features) opmath
+  void* partial_stats;         // (plan.max_segments, num_heads, 2) opmath: max, denominator
 };
 
 // Its backward, with delta[i, h] = out[i, h, :] . grad[i, h, :] and
@@ -144,6 +150,12 @@ struct GatBackwardParams {
   int64_t num_rows, num_src, num_heads, num_features;
   double negative_slope;
   bool col_is_int32;
+  // Long rows of the CSR (dalpha_dst) and of its transpose (dx, dalpha_src): per-segment sums
+  // in opmath, added by the row's warp in segment order.
+  SplitPlan plan, transpose_plan;
+  void* partial_dalpha_dst;  // (plan.max_segments, heads)
+  void* partial_dx;          // (transpose_plan.max_segments, heads, F)
+  void* partial_dalpha_src;  // (transpose_plan.max_segments, heads)
 };
 
 }  // namespace scangraph
