@@ -78,9 +78,16 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {  // fixed butterfly order: 
   return v;
 }
 
+// The lanes of this lane's group of kGroup (a whole warp, or a slice of it owning one row).
+template <int kGroup>
+__device__ __forceinline__ unsigned group_mask(int lane) {
+  return kGroup == kWarp ? 0xffffffffu : ((1u << kGroup) - 1u) << (lane / kGroup * kGroup);
+}
+
 // Adds sum_{e in [begin, end)} w[e, h] * x[col[e], h, f] to acc[k] for the lane's features
-// f = f0 + k * kWarp + lane, edges in CSR order. Called by a whole warp (shuffles).
-template <typename scalar_t, typename index_t>
+// f = f0 + k * kGroup + glane (glane: the lane's index in its group), edges in CSR order.
+// Called by a whole group of kGroup lanes (shuffles within the group).
+template <typename scalar_t, typename index_t, int kGroup = kWarp>
 __device__ __forceinline__ void accumulate_messages(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
                                                     int64_t f0, int lane,
                                                     typename Acc<scalar_t>::type (&acc)[kFeaturesPerLane]) {
@@ -89,38 +96,42 @@ __device__ __forceinline__ void accumulate_messages(const SpmmParams& p, int64_t
   const scalar_t* w = static_cast<const scalar_t*>(p.weight);
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
   const int64_t F = p.num_features;
-  for (int64_t e0 = begin; e0 < end; e0 += kWarp) {
-    // Each lane loads one edge of this batch of 32; shuffles hand them to every lane.
-    const int64_t my_edge = e0 + lane;
+  const unsigned mask = group_mask<kGroup>(lane);
+  const int glane = lane % kGroup;
+  for (int64_t e0 = begin; e0 < end; e0 += kGroup) {
+    // Each lane loads one edge of this batch; shuffles hand them to every lane of the group.
+    const int64_t my_edge = e0 + glane;
     int64_t my_src = 0;
     acc_t my_w = acc_t(1);
     if (my_edge < end) {
       my_src = int64_t(col[my_edge]);
       if (w) my_w = to_acc(w[my_edge * p.weight_edge_stride + h * p.weight_head_stride]);
     }
-    const int batch = int(end - e0 < kWarp ? end - e0 : kWarp);
+    const int batch = int(end - e0 < kGroup ? end - e0 : kGroup);
     for (int j = 0; j < batch; ++j) {
-      const int64_t src = __shfl_sync(0xffffffffu, my_src, j);
-      const acc_t we = __shfl_sync(0xffffffffu, my_w, j);
+      const int64_t src = __shfl_sync(mask, my_src, j, kGroup);
+      const acc_t we = __shfl_sync(mask, my_w, j, kGroup);
       const scalar_t* xr = x + src * p.x_row_stride + h * p.x_head_stride;
 #pragma unroll
       for (int k = 0; k < kFeaturesPerLane; ++k) {
-        const int64_t f = f0 + k * kWarp + lane;
+        const int64_t f = f0 + k * kGroup + glane;
         if (f < F) acc[k] += we * to_acc(xr[f]);
       }
     }
   }
 }
 
-// Sum / mean, one warp per row. A row that the split plan cut into segments (see
-// kSpmmSplitEdges) was summed by spmm_segment_kernel: this warp adds its partials in segment
-// order, so the result is the same on every run.
-template <typename scalar_t, typename index_t>
+// Sum / mean, one group of kGroup lanes per row: a whole warp, or at small F (<= 16, launched
+// with kGroup = 16) two short rows per warp, so that lanes are not left without a feature. A
+// row that the split plan cut into segments (see kSpmmSplitEdges) was summed by
+// spmm_segment_kernel: its group adds the partials in segment order, so the result is the same
+// on every run.
+template <typename scalar_t, typename index_t, int kGroup>
 __global__ void spmm_kernel(SpmmParams p) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int lane = lane_index();
-  const int64_t row = warp_index();
-  if (row >= p.num_rows) return;
+  const int lane = lane_index(), glane = lane % kGroup;
+  const int64_t row = warp_index() * (kWarp / kGroup) + lane / kGroup;
+  if (row >= p.num_rows) return;  // whole groups leave: the shuffles only span a group
   scalar_t* out = static_cast<scalar_t*>(p.out);
   const acc_t* partial = static_cast<const acc_t*>(p.partial);
   const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
@@ -129,7 +140,7 @@ __global__ void spmm_kernel(SpmmParams p) {
   const acc_t scale = (p.reduce == Reduce::Mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
   const int64_t H = p.num_heads, F = p.num_features;
   for (int64_t h = 0; h < H; ++h) {
-    for (int64_t f0 = 0; f0 < F; f0 += kWarp * kFeaturesPerLane) {
+    for (int64_t f0 = 0; f0 < F; f0 += kGroup * kFeaturesPerLane) {
       acc_t acc[kFeaturesPerLane];
 #pragma unroll
       for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] = acc_t(0);
@@ -138,17 +149,17 @@ __global__ void spmm_kernel(SpmmParams p) {
           const acc_t* part = partial + (s * H + h) * F;
 #pragma unroll
           for (int k = 0; k < kFeaturesPerLane; ++k) {
-            const int64_t f = f0 + k * kWarp + lane;
+            const int64_t f = f0 + k * kGroup + glane;
             if (f < F) acc[k] += part[f];
           }
         }
       } else {
-        accumulate_messages<scalar_t, index_t>(p, begin, end, h, f0, lane, acc);
+        accumulate_messages<scalar_t, index_t, kGroup>(p, begin, end, h, f0, lane, acc);
       }
       scalar_t* o = out + (row * H + h) * F;
 #pragma unroll
       for (int k = 0; k < kFeaturesPerLane; ++k) {
-        const int64_t f = f0 + k * kWarp + lane;
+        const int64_t f = f0 + k * kGroup + glane;
         if (f < F) o[f] = from_acc<scalar_t>(acc[k] * scale);
       }
     }
@@ -732,7 +743,12 @@ void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
   if (p.plan.max_segments > 0)
     spmm_segment_kernel<scalar_t, index_t>
         <<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
-  spmm_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  // Small F: two rows per warp, 16 lanes each (F <= 16 would idle half a warp or more).
+  if (p.num_features <= kWarp / 2)
+    spmm_kernel<scalar_t, index_t, kWarp / 2>
+        <<<warp_blocks((p.num_rows + 1) / 2), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  else
+    spmm_kernel<scalar_t, index_t, kWarp><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
 }
 
 template <typename scalar_t, typename index_t>
