@@ -324,8 +324,9 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
 template <typename acc_t>
 inline acc_t leaky_relu(acc_t v, acc_t slope) { return v > acc_t(0) ? v : v * slope; }
 
-// GAT forward: one pass per (row, head) with an online softmax; when the running max grows,
-// the sums so far are rescaled by exp(old max - new max).
+// GAT forward: one pass per row with an online softmax for each head; when a head's running
+// max grows, its sums so far are rescaled by exp(old max - new max). Edges outermost, heads
+// inside: each gathered row x[j] (all heads, contiguous) is read once, not once per head.
 template <typename scalar_t, typename index_t>
 void gat_rows(const GatParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -339,35 +340,41 @@ void gat_rows(const GatParams& p) {
   const int64_t H = p.num_heads, F = p.num_features;
   const acc_t slope = acc_t(p.negative_slope);
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> acc(F);
+    std::vector<acc_t> acc(H * F), m(H), c(H), ad(H);
     for (int64_t i = r0; i < r1; ++i) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t h = 0; h < H; ++h) {
-        acc_t m = -std::numeric_limits<acc_t>::infinity(), c = 0;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        const acc_t ad = acc_t(a_dst[i * H + h]);
-        for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e) {
-          const int64_t j = int64_t(col[e]);
-          const acc_t score = leaky_relu(acc_t(a_src[j * H + h]) + ad, slope);
+        m[h] = -std::numeric_limits<acc_t>::infinity();
+        c[h] = 0;
+        ad[h] = acc_t(a_dst[i * H + h]);
+      }
+      for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e) {
+        const int64_t j = int64_t(col[e]);
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t score = leaky_relu(acc_t(a_src[j * H + h]) + ad[h], slope);
+          acc_t* acc_h = acc.data() + h * F;
           // One exp per edge: a new max rescales the sums and weighs its own edge exp(0) = 1.
           acc_t w;
-          if (score > m) {
-            const acc_t rescale = std::exp(m - score);  // exp(-inf) = 0 on the first edge
-            c *= rescale;
-            for (int64_t f = 0; f < F; ++f) acc[f] *= rescale;
-            m = score;
+          if (score > m[h]) {
+            const acc_t rescale = std::exp(m[h] - score);  // exp(-inf) = 0 on the first edge
+            c[h] *= rescale;
+            for (int64_t f = 0; f < F; ++f) acc_h[f] *= rescale;
+            m[h] = score;
             w = acc_t(1);
           } else {
-            w = std::exp(score - m);
+            w = std::exp(score - m[h]);
           }
-          c += w;
+          c[h] += w;
           const scalar_t* xr = x + (j * H + h) * F;
-          for (int64_t f = 0; f < F; ++f) acc[f] += w * acc_t(xr[f]);
+          for (int64_t f = 0; f < F; ++f) acc_h[f] += w * acc_t(xr[f]);
         }
+      }
+      for (int64_t h = 0; h < H; ++h) {
         scalar_t* o = out + (i * H + h) * F;
-        const acc_t inv = c > acc_t(0) ? acc_t(1) / c : acc_t(0);
-        for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(acc[f] * inv);
-        row_max[i * H + h] = m;
-        row_sum[i * H + h] = c;
+        const acc_t inv = c[h] > acc_t(0) ? acc_t(1) / c[h] : acc_t(0);
+        for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(acc[h * F + f] * inv);
+        row_max[i * H + h] = m[h];
+        row_sum[i * H + h] = c[h];
       }
     }
   });
@@ -400,36 +407,44 @@ void gat_backward_rows(const GatBackwardParams& p) {
     ds = prob * (dot - delta[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
   };
   scalar_t* da_dst = static_cast<scalar_t*>(p.dalpha_dst);
+  // Edges outermost, heads inside (as in the forward): each gathered row is read once.
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i)
-      for (int64_t h = 0; h < H; ++h) {
-        acc_t sum = 0, prob, ds;
-        for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e) {
+    std::vector<acc_t> sum(H);
+    for (int64_t i = r0; i < r1; ++i) {
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      acc_t prob, ds;
+      for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e)
+        for (int64_t h = 0; h < H; ++h) {
           edge_terms(i, int64_t(col[e]), h, prob, ds);
-          sum += ds;
+          sum[h] += ds;
         }
-        da_dst[i * H + h] = scalar_t(sum);
-      }
+      for (int64_t h = 0; h < H; ++h) da_dst[i * H + h] = scalar_t(sum[h]);
+    }
   });
   scalar_t* dx = static_cast<scalar_t*>(p.dx);
   scalar_t* da_src = static_cast<scalar_t*>(p.dalpha_src);
   for_each_row_chunk(p.rowptr_t, p.num_src, [&](int64_t j0, int64_t j1) {
-    std::vector<acc_t> acc(F);
-    for (int64_t j = j0; j < j1; ++j)
-      for (int64_t h = 0; h < H; ++h) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        acc_t sum = 0, prob, ds;
-        for (int64_t k = p.rowptr_t[j]; k < p.rowptr_t[j + 1]; ++k) {
-          const int64_t i = int64_t(col_t[k]);
+    std::vector<acc_t> acc(H * F), sum(H);
+    for (int64_t j = j0; j < j1; ++j) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      acc_t prob, ds;
+      for (int64_t k = p.rowptr_t[j]; k < p.rowptr_t[j + 1]; ++k) {
+        const int64_t i = int64_t(col_t[k]);
+        for (int64_t h = 0; h < H; ++h) {
           edge_terms(i, j, h, prob, ds);
-          sum += ds;
+          sum[h] += ds;
           const scalar_t* g = grad + (i * H + h) * F;
-          for (int64_t f = 0; f < F; ++f) acc[f] += prob * acc_t(g[f]);
+          acc_t* acc_h = acc.data() + h * F;
+          for (int64_t f = 0; f < F; ++f) acc_h[f] += prob * acc_t(g[f]);
         }
-        da_src[j * H + h] = scalar_t(sum);
-        scalar_t* o = dx + (j * H + h) * F;
-        for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(acc[f]);
       }
+      for (int64_t h = 0; h < H; ++h) {
+        da_src[j * H + h] = scalar_t(sum[h]);
+        scalar_t* o = dx + (j * H + h) * F;
+        for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(acc[h * F + f]);
+      }
+    }
   });
 }
 
