@@ -544,6 +544,24 @@ def test_gat_aggregate_splits_long_rows(backend_device, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_gat_aggregate_masks_minus_inf_logits(backend_device, monkeypatch):
+    """alpha_src = -inf on every third source gives its edges weight 0 (a mask), also where a
+    row, or a segment of a split row, starts with such an edge; rows with a finite score match
+    the reference, rows with none give 0 (the reference's softmax gives NaN there)."""
+    backend, device = backend_device
+    graph = _skewed_graph(_split_threshold(backend, monkeypatch)).to(device)
+    x, a_src, a_dst = (t.detach() for t in _gat_inputs(graph, 2, 5, torch.float64, device))
+    a_src[::3] = float("-inf")
+    out = scangraph.gat_aggregate(graph, x, a_src, a_dst, 0.2, backend=backend).cpu()
+    cpu = graph.to("cpu")
+    ref = reference.gat_aggregate(cpu.rowptr, cpu.col, x.cpu(), a_src.cpu(), a_dst.cpu(), 0.2)
+    finite = torch.isfinite(ref).all(dim=-1)
+    assert finite.any()
+    assert_close(out[finite], ref[finite], torch.float64)
+    assert torch.equal(out[~finite], torch.zeros_like(out[~finite]))
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 def test_gat_aggregate_gradcheck_and_determinism(backend_device):
     backend, device = backend_device
     graph = make_graph("tiny").to(device)

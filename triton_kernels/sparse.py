@@ -503,8 +503,9 @@ def _gat_online(begin, end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, n
         a_src = tl.load(a_src_ptr + src * num_heads + head, mask=edge_mask, other=0.0).to(ACC)
         scores = tl.where(edge_mask, _leaky_relu(a_src + a_dst, negative_slope), float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=0))
-        rescale = tl.exp(m - m_new)
-        w = tl.where(edge_mask, tl.exp(scores - m_new), 0.0)
+        # Scores of -inf (an alpha of -inf) weigh 0, even while the running max is -inf too.
+        rescale = tl.where(m == m_new, 1.0, tl.exp(m - m_new))
+        w = tl.where(edge_mask & (scores != float("-inf")), tl.exp(scores - m_new), 0.0)
         tile = tl.load(x_ptr + (src[:, None] * num_heads + head) * num_features + features[None, :],
                        mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
         c = c * rescale + tl.sum(w, axis=0)
@@ -542,8 +543,8 @@ def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_pt
             ms = tl.load(stats_ptr + stat)
             cs = tl.load(stats_ptr + stat + 1)
             m_new = tl.maximum(m, ms)
-            keep = tl.exp(m - m_new)
-            take = tl.exp(ms - m_new)
+            keep = tl.where(m == m_new, 1.0, tl.exp(m - m_new))
+            take = tl.where(ms == m_new, 1.0, tl.exp(ms - m_new))
             part = tl.load(partial_ptr + (segment * num_heads + head) * num_features + features,
                            mask=feature_mask, other=0.0)
             c = c * keep + cs * take

@@ -361,8 +361,8 @@ void gat_rows(const GatParams& p) {
             for (int64_t f = 0; f < F; ++f) acc_h[f] *= rescale;
             m[h] = score;
             w = acc_t(1);
-          } else {
-            w = std::exp(score - m[h]);
+          } else {  // a score of -inf (an alpha of -inf) weighs 0, even while the max is -inf too
+            w = score == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(score - m[h]);
           }
           c[h] += w;
           const scalar_t* xr = x + (j * H + h) * F;

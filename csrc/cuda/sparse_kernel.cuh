@@ -81,7 +81,8 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {  // fixed butterfly order: 
 // The lanes of this lane's group of kGroup (a whole warp, or a slice of it owning one row).
 template <int kGroup>
 __device__ __forceinline__ unsigned group_mask(int lane) {
-  return kGroup == kWarp ? 0xffffffffu : ((1u << kGroup) - 1u) << (lane / kGroup * kGroup);
+  if constexpr (kGroup == kWarp) return 0xffffffffu;
+  else return ((1u << kGroup) - 1u) << (lane / kGroup * kGroup);
 }
 
 // Adds sum_{e in [begin, end)} w[e, h] * x[col[e], h, f] to acc[k] for the lane's features
@@ -415,7 +416,8 @@ __device__ __forceinline__ void gat_online(const GatParams& p, int64_t row, int6
       for (int k = 0; k < kFeaturesPerLane; ++k) acc[k] *= rescale;
       m = score;
     }
-    const acc_t w = exp(score - m);
+    // A score of -inf (an alpha of -inf) weighs 0, even while the running max is -inf too.
+    const acc_t w = score == acc_t(-CUDART_INF_F) ? acc_t(0) : exp(score - m);
     c += w;
     const scalar_t* xr = x + (j * H + h) * F;
 #pragma unroll
@@ -452,7 +454,9 @@ __global__ void gat_kernel(GatParams p) {
         for (int64_t s = seg_begin; s < seg_end; ++s) {
           const acc_t ms = stats[(s * H + h) * 2], cs = stats[(s * H + h) * 2 + 1];
           const acc_t m_new = ms > m ? ms : m;
-          const acc_t keep = exp(m - m_new), take = exp(ms - m_new);
+          // Equal maxima weigh 1 (exp(0)), also when both are -inf.
+          const acc_t keep = m == m_new ? acc_t(1) : exp(m - m_new);
+          const acc_t take = ms == m_new ? acc_t(1) : exp(ms - m_new);
           c = c * keep + cs * take;
 #pragma unroll
           for (int k = 0; k < kFeaturesPerLane; ++k) {

@@ -49,7 +49,8 @@ SplitPlan split_plan(KernelCall<Params>& call, const at::Tensor& rowptr, int64_t
                    call.owned.emplace_back(plan.segment_row).template data_ptr<int64_t>(), plan.max_segments};
 }
 
-// Scratch of `count` x `inner` accumulator values (at least one, so the pointer is valid).
+// Scratch of shape (count, *inner); with a zero in `inner` its pointer may be null, which is
+// fine: the kernels index it only below F.
 template <typename Params>
 void* scratch(KernelCall<Params>& call, int64_t count, at::IntArrayRef inner, const at::TensorOptions& options) {
   std::vector<int64_t> shape{count};
