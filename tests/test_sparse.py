@@ -350,6 +350,31 @@ def test_spmm_splits_long_rows(backend_device, dtype, reduce, weighting, monkeyp
         assert_close(runs[0][2].cpu(), ref_dw, dtype)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=str)
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_cpu_max_backward_paths_agree_bitwise(dtype, weighting):
+    """The CPU dx of max / min scatters by feature slices when there are enough of them for the
+    threads, and walks the transpose otherwise (many threads, few features): both sum each
+    (source, feature) in increasing destination order, so they agree bit for bit."""
+    graph = _skewed_graph(SMALL_SPLIT)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 256):  # 256 threads outnumber every feature slice here: the transpose walk
+            torch.set_num_threads(count)
+            torch.manual_seed(3)
+            x, w = _inputs(graph, weighting, dtype, "cpu", requires_grad=True)
+            for reduce in ("max", "min"):
+                out = scangraph.spmm(graph, x, reduce, w, backend="cpp")
+                grads = torch.autograd.grad(out, [x] + ([] if w is None else [w]), torch.randn_like(out))
+                runs.append([t.clone() for t in grads])
+    finally:
+        torch.set_num_threads(threads)
+    half = len(runs) // 2
+    for first, second in zip(runs[:half], runs[half:]):
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 def test_sddmm_on_skewed_rows(backend_device, monkeypatch):
     """sddmm's edge-parallel kernels (a block of consecutive edges per program, rows found by

@@ -283,6 +283,46 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
   const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
   scalar_t* dx = static_cast<scalar_t*>(p.dx);
   const int64_t F = p.num_features, H = p.num_heads;
+  // dx, when the features give every thread a slice of at least a cache line: each task owns
+  // slice [f0, f1) of one head and walks the destination rows i in order, adding grad[i, f] to
+  // the winner's source row. Every (j, f) sums its terms in increasing i, as the transpose walk
+  // below does, so the two paths agree bit for bit; but this one reads arg and grad once per
+  // row instead of once per edge (E / N times less), and its scattered writes of different
+  // tasks fall on different cache lines.
+  constexpr int64_t kSlice = 64 / int64_t(sizeof(acc_t));
+  const int64_t slices = (F + kSlice - 1) / kSlice;
+  if (H * slices >= at::get_num_threads() && p.num_src > 0) {
+    std::vector<acc_t> wide;
+    acc_t* sum = reinterpret_cast<acc_t*>(dx);
+    if constexpr (!std::is_same_v<acc_t, scalar_t>) {
+      wide.assign(p.num_src * H * F, acc_t(0));
+      sum = wide.data();
+    } else {
+      std::fill(dx, dx + p.num_src * H * F, scalar_t(0));
+    }
+    at::parallel_for(0, H * slices, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t h = t / slices, f0 = (t % slices) * kSlice, f1 = std::min(F, f0 + kSlice);
+        for (int64_t i = 0; i < p.num_rows; ++i) {
+          const int64_t* arg = p.arg + (i * H + h) * F;
+          const scalar_t* g = grad + (i * H + h) * F;
+          const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
+          for (int64_t f = f0; f < f1; ++f) {
+            const int64_t e = arg[f];
+            if (e < begin || e >= end) continue;  // an empty row (-1); as the transpose walk, only
+                                                  // an edge of row i counts
+            const acc_t we = w ? acc_t(w[e * p.weight_edge_stride + h * p.weight_head_stride]) : acc_t(1);
+            sum[(int64_t(col[e]) * H + h) * F + f] += we * acc_t(g[f]);
+          }
+        }
+      }
+    });
+    if constexpr (!std::is_same_v<acc_t, scalar_t>) {
+      at::parallel_for(0, p.num_src * H * F, 4096, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) dx[k] = scalar_t(wide[k]);
+      });
+    }
+  } else {
   // dx: source j owns its row of the transpose, so it sums its winning out-edges alone.
   for_each_row_chunk(p.rowptr_t, p.num_src, [&](int64_t j0, int64_t j1) {
     std::vector<acc_t> sum(F);
@@ -302,6 +342,7 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
       }
     }
   });
+  }
   if (!p.dweight) return;
   scalar_t* dweight = static_cast<scalar_t*>(p.dweight);
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
