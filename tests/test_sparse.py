@@ -354,8 +354,8 @@ def test_spmm_splits_long_rows(backend_device, dtype, reduce, weighting, monkeyp
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 def test_cpu_max_backward_paths_agree_bitwise(dtype, weighting):
     """The CPU dx of max / min scatters by feature slices when there are enough of them for the
-    threads, and walks the transpose otherwise (many threads, few features): both sum each
-    (source, feature) in increasing destination order, so they agree bit for bit."""
+    threads (and F <= 128), and walks the transpose otherwise (many threads, few features): both
+    sum each (source, feature) in increasing destination order, so they agree bit for bit."""
     graph = _skewed_graph(SMALL_SPLIT)
     threads = torch.get_num_threads()
     runs = []

@@ -283,15 +283,19 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
   const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
   scalar_t* dx = static_cast<scalar_t*>(p.dx);
   const int64_t F = p.num_features, H = p.num_heads;
-  // dx, when the features give every thread a slice of at least a cache line: each task owns
-  // slice [f0, f1) of one head and walks the destination rows i in order, adding grad[i, f] to
-  // the winner's source row. Every (j, f) sums its terms in increasing i, as the transpose walk
-  // below does, so the two paths agree bit for bit; but this one reads arg and grad once per
-  // row instead of once per edge (E / N times less), and its scattered writes of different
-  // tasks fall on different cache lines.
-  constexpr int64_t kSlice = 64 / int64_t(sizeof(acc_t));
+  // dx, when the features give every thread a slice of at least a cache line and are at most
+  // kSliceMaxFeatures: each task owns slice [f0, f1) of one head and walks the destination rows
+  // i in order, adding grad[i, f] to the winner's source row. Every (j, f) sums its terms in
+  // increasing i, as the transpose walk below does, so the two paths agree bit for bit; this
+  // one reads arg and grad once per row instead of once per edge (E / N times less), and the
+  // scattered writes of different tasks fall on different cache lines. Measured (2-core VM,
+  // fwd+bwd of max, bench/results/cpu-2026-11-29-*max*): 1.7-1.9x faster at F = 32 on
+  // email-Enron and as-22july06, 4.9x on R-MAT 1M / 16M, 1.26x on as-22july06 at F = 128, even
+  // on email-Enron at F = 128; but 10-15 % slower at F = 512, where the walk streams 6 KB per
+  // edge and the slice tasks' writes, one float per random line, cost more.
+  constexpr int64_t kSlice = 64 / int64_t(sizeof(acc_t)), kSliceMaxFeatures = 128;
   const int64_t slices = (F + kSlice - 1) / kSlice;
-  if (H * slices >= at::get_num_threads() && p.num_src > 0) {
+  if (F <= kSliceMaxFeatures && H * slices >= at::get_num_threads() && p.num_src > 0) {
     std::vector<acc_t> wide;
     acc_t* sum = reinterpret_cast<acc_t*>(dx);
     if constexpr (!std::is_same_v<acc_t, scalar_t>) {
