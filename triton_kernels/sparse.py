@@ -55,6 +55,25 @@ def _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, f
 
 
 @triton.jit
+def _segment_span(segment, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES: tl.constexpr):
+    """(row, begin, end) of segment slot `segment` of a split plan; a surplus slot (past the
+    plan's real count, known on the device only) gets an empty span (its row, num_rows there,
+    is clamped so that no read leaves rowptr)."""
+    row = tl.minimum(tl.load(segment_row_ptr + segment), num_rows - 1)
+    begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
+    end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+    end = tl.where(segment < tl.load(segment_ptr + num_rows), end, begin)
+    return row, begin, end
+
+
+def _split_scratch(plan, shape, dtype, device):
+    """Placeholders when there is no plan (the kernels then never read them)."""
+    if plan is None:
+        return torch.empty(0, dtype=dtype, device=device)
+    return torch.empty((plan[2],) + tuple(shape), dtype=dtype, device=device)
+
+
+@triton.jit
 def spmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, out_ptr, segment_ptr, partial_ptr,
                 num_heads, num_features, x_row_stride, x_head_stride,
                 weight_edge_stride, weight_head_stride,
@@ -100,9 +119,7 @@ def spmm_segment_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, segment_ptr, seg
     features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
     feature_mask = features < num_features
     if segment < tl.load(segment_ptr + num_rows):
-        row = tl.load(segment_row_ptr + segment)
-        begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
-        end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+        row, begin, end = _segment_span(segment, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES)
         acc = tl.zeros([BLOCK_F], dtype=ACC)
         for edge0 in range(begin, end, BLOCK_E):
             _, _, tile = _weighted_messages(edge0, end, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
@@ -183,25 +200,6 @@ def long_row_plan(rowptr: torch.Tensor, num_edges: int, split_edges: int):
     return segment_ptr, segment_row, max_segments
 
 
-@triton.jit
-def _segment_span(segment, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES: tl.constexpr):
-    """(row, begin, end) of segment slot `segment` of a split plan; a surplus slot (past the
-    plan's real count, known on the device only) gets an empty span (its row, num_rows there,
-    is clamped so that no read leaves rowptr)."""
-    row = tl.minimum(tl.load(segment_row_ptr + segment), num_rows - 1)
-    begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
-    end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
-    end = tl.where(segment < tl.load(segment_ptr + num_rows), end, begin)
-    return row, begin, end
-
-
-def _split_scratch(plan, shape, dtype, device):
-    """Placeholders when there is no plan (the kernels then never read them)."""
-    if plan is None:
-        return torch.empty(0, dtype=dtype, device=device)
-    return torch.empty((plan[2],) + tuple(shape), dtype=dtype, device=device)
-
-
 def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
     """Fills out (contiguous, (num_rows, [heads,] F)); `wrap` is torch.library.wrap_triton."""
     xv = _node_head_feature(x)
@@ -217,11 +215,10 @@ def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
     acc = _accumulator(x.dtype)
     weight_arg = weight if weight is not None else xv
     plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
-    segment_ptr = partial = rowptr  # placeholders: unread when there is no plan
+    partial = _split_scratch(plan, (heads, features), _opmath_dtype(x.dtype), x.device)
+    segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
-        segment_ptr, segment_row, max_segments = plan
-        partial = torch.empty((max_segments, heads, features), dtype=torch.float64 if x.dtype == torch.float64
-                              else torch.float32, device=x.device)
+        _, segment_row, max_segments = plan
         wrap(spmm_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
             rowptr, col, weight_arg, xv, segment_ptr, segment_row, partial,
             num_rows, heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
@@ -322,9 +319,7 @@ def spmm_extreme_segment_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, segment_
     features = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
     feature_mask = features < num_features
     if segment < tl.load(segment_ptr + num_rows):
-        row = tl.load(segment_row_ptr + segment)
-        begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
-        end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+        row, begin, end = _segment_span(segment, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES)
         best = tl.full([BLOCK_F], float("-inf"), dtype=ACC)
         arg = tl.full([BLOCK_F], -1, dtype=tl.int64)
         best, arg = _extreme_scan(begin, end, best, arg, col_ptr, weight_ptr, x_ptr, head, features, feature_mask,
@@ -437,12 +432,11 @@ def launch_spmm_extreme(wrap, rowptr, col, weight, x, reduce, out, arg):
     block_f = _feature_block(features)
     acc = _accumulator(x.dtype)
     plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
-    segment_ptr = partial = partial_arg = rowptr  # placeholders: unread when there is no plan
+    partial = _split_scratch(plan, (heads, features), _opmath_dtype(x.dtype), x.device)
+    partial_arg = _split_scratch(plan, (heads, features), torch.int64, x.device)
+    segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
-        segment_ptr, segment_row, max_segments = plan
-        partial = torch.empty((max_segments, heads, features), dtype=torch.float64 if x.dtype == torch.float64
-                              else torch.float32, device=x.device)
-        partial_arg = torch.empty((max_segments, heads, features), dtype=torch.int64, device=x.device)
+        _, segment_row, max_segments = plan
         wrap(spmm_extreme_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
             rowptr, col, weight_arg, xv, segment_ptr, segment_row, partial, partial_arg,
             num_rows, heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
@@ -573,9 +567,7 @@ def gat_segment_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, segment
     features = fblock * BLOCK_F + tl.arange(0, BLOCK_F)
     feature_mask = features < num_features
     if segment < tl.load(segment_ptr + num_rows):
-        row = tl.load(segment_row_ptr + segment)
-        begin = tl.load(rowptr_ptr + row) + (segment - tl.load(segment_ptr + row)) * SPLIT_EDGES
-        end = tl.minimum(begin + SPLIT_EDGES, tl.load(rowptr_ptr + row + 1))
+        row, begin, end = _segment_span(segment, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES)
         a_dst = tl.load(a_dst_ptr + row * num_heads + head).to(ACC)
         m = tl.full([1], float("-inf"), dtype=ACC)
         c = tl.zeros([1], dtype=ACC)
@@ -733,7 +725,7 @@ def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, ma
 
 def _slope(negative_slope, x):
     # A one-element tensor in the accumulation dtype: a float kernel argument would be fp32.
-    return torch.full((1,), negative_slope, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+    return torch.full((1,), negative_slope, dtype=_opmath_dtype(x.dtype),
                       device=x.device)
 
 
@@ -746,11 +738,11 @@ def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, 
     acc = _accumulator(x.dtype)
     slope = _slope(negative_slope, x)
     plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
-    segment_ptr = partial = stats = rowptr  # placeholders: unread when there is no plan
+    partial = _split_scratch(plan, (heads, features), row_max.dtype, x.device)
+    stats = _split_scratch(plan, (heads, 2), row_max.dtype, x.device)
+    segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
-        segment_ptr, segment_row, max_segments = plan
-        partial = torch.empty((max_segments, heads, features), dtype=row_max.dtype, device=x.device)
-        stats = torch.empty((max_segments, heads, 2), dtype=row_max.dtype, device=x.device)
+        _, segment_row, max_segments = plan
         wrap(gat_segment_kernel)[(max_segments, heads, grid_f)](
             rowptr, col, x, alpha_src, alpha_dst, segment_ptr, segment_row, partial, stats,
             num_rows, heads, features, slope, ACC=acc, SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)

@@ -379,15 +379,23 @@ SCANGRAPH_VNNI_TARGET void qlinear_vnni_groups(const QLinearParams& p, const Vnn
 }
 #endif
 
+// Row groups of kRows rows in parallel, each task with its own buffers for the quantized rows
+// (kRows x Kp int8) and their accumulators (kRows x Np int32): groups(g0, g1, qbuf, accbuf).
+template <int64_t kRows, typename Groups>
+void for_each_row_group(const QLinearParams& p, const VnniPanel& panel, const Groups& groups) {
+  at::parallel_for(0, (p.M + kRows - 1) / kRows, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<int8_t> qbuf(kRows * panel.Kq * 4);
+    std::vector<int32_t> accbuf(kRows * panel.Np);
+    groups(g0, g1, qbuf.data(), accbuf.data());
+  });
+}
+
 template <typename scalar_t, typename out_t>
 void qlinear_vnni_kernel(const QLinearParams& p) {
 #if SCANGRAPH_LOWP_AVX2
   const VnniPanel panel = pack_vnni(p, 1, kVnniLanes);
-  const int64_t groups = (p.M + kVnniGroup - 1) / kVnniGroup;
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<int8_t> qbuf(kVnniGroup * panel.Kq * 4);
-    std::vector<int32_t> accbuf(kVnniGroup * panel.Np);
-    qlinear_vnni_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf.data(), accbuf.data());
+  for_each_row_group<kVnniGroup>(p, panel, [&](int64_t g0, int64_t g1, int8_t* qbuf, int32_t* accbuf) {
+    qlinear_vnni_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf, accbuf);
   });
 #else
   TORCH_CHECK(false, "scangraph::qlinear: the AVX-512 VNNI path is not compiled on this platform");
@@ -485,11 +493,8 @@ template <typename scalar_t, typename out_t>
 void qlinear_amx_kernel(const QLinearParams& p) {
 #if SCANGRAPH_LOWP_AVX2
   const VnniPanel panel = pack_vnni(p, kAmxK / 4, kAmxCols);
-  const int64_t groups = (p.M + kAmxRows - 1) / kAmxRows;
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<int8_t> qbuf(kAmxRows * panel.Kq * 4);
-    std::vector<int32_t> accbuf(kAmxRows * panel.Np);
-    qlinear_amx_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf.data(), accbuf.data());
+  for_each_row_group<kAmxRows>(p, panel, [&](int64_t g0, int64_t g1, int8_t* qbuf, int32_t* accbuf) {
+    qlinear_amx_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf, accbuf);
   });
 #else
   TORCH_CHECK(false, "scangraph::qlinear: the AMX path is not compiled on this platform");
