@@ -80,6 +80,9 @@ TORCH_LIBRARY(scangraph, m) {
   // spmm over int8 per-row quantized features: fp32 out, dequantization fused per edge.
   m.def("qspmm(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, "
         "str reduce=\"sum\") -> Tensor");
+  // qspmm on a named CPU instruction set (scalar, avx2, avx512), for tests.
+  m.def("qspmm_cpu_isa(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, str reduce, "
+        "str isa) -> Tensor");
 }
 
 #ifndef SCANGRAPH_NO_PYTHON_MODULE

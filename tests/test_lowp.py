@@ -216,6 +216,64 @@ def test_qspmm_matches_reference(backend_device, graph_name, reduce):
             torch.testing.assert_close(got.cpu().double(), want, atol=1e-5 * max(scale, 1.0), rtol=1e-5)
 
 
+def _qspmm_isas():
+    """The CPU qspmm paths this machine runs (the op raises for the others)."""
+    graph, xq = make_graph("karate"), scangraph.quantize(torch.randn(34, 4))
+    found = []
+    for isa in ("scalar", "avx2", "avx512"):
+        try:
+            torch.ops.scangraph.qspmm_cpu_isa(graph.rowptr, graph.col, None, xq.data, xq.scale, "sum", isa)
+            found.append(isa)
+        except RuntimeError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+def test_qspmm_every_cpu_isa_matches_reference(reduce):
+    """Each row loop the machine has, whatever the default picks: the hub row (300 edges) spans
+    several edge blocks of the AVX2 path, and F = 200 leaves a tail after its 64-wide tiles."""
+    assert "scalar" in _qspmm_isas()
+    graph = make_graph("hub")
+    for features in (8, 37, 200):
+        xq = scangraph.quantize(torch.randn(graph.num_cols, features), 8, 0)
+        for weight in (None, torch.rand(graph.num_edges)):
+            want = reference.qspmm(graph.rowptr, graph.col, xq.data, xq.scale, reduce, weight)
+            scale = float(xq.scale.max()) * 127
+            for isa in _qspmm_isas():
+                got = torch.ops.scangraph.qspmm_cpu_isa(graph.rowptr, graph.col, weight, xq.data, xq.scale, reduce, isa)
+                torch.testing.assert_close(got.double(), want, atol=1e-5 * scale, rtol=1e-5, msg=isa)
+
+
+def _row_slice(graph, begin, end):
+    """Rows [begin, end) of graph as a graph of their own (same sources)."""
+    rowptr = graph.rowptr[begin:end + 1]
+    return scangraph.CSRGraph(rowptr - rowptr[0], graph.col[int(rowptr[0]):int(rowptr[-1])], num_cols=graph.num_cols)
+
+
+def test_large_outputs_stream_bitwise_like_small_ones():
+    """Outputs of 16 MiB and more are written with streaming stores into huge-page backed memory:
+    the values must be those of the same rows computed into a small (cached, plainly stored) output."""
+    rows, features = 16384, 256  # 16 MiB of fp32
+    src, dst = torch.randint(0, 4000, (5 * rows,)), torch.randint(0, rows, (5 * rows,))
+    graph = scangraph.CSRGraph.from_edge_index(torch.stack([src, dst]), rows)
+    x = torch.randn(rows, features)
+    xq = scangraph.quantize(x, 8, 0)
+    weight = torch.rand(graph.num_edges)
+    for reduce in ("sum", "mean", "min"):
+        big = scangraph.qspmm(graph, xq, reduce, weight)
+        big_fp32 = scangraph.spmm(graph, x, reduce)
+        for begin, end in ((0, 97), (rows - 300, rows)):
+            part = _row_slice(graph, begin, end)
+            lo = int(graph.rowptr[begin])
+            small = scangraph.qspmm(part, xq, reduce, weight[lo:lo + part.num_edges])
+            assert torch.equal(big[begin:end], small), reduce
+            assert torch.equal(big_fp32[begin:end], scangraph.spmm(part, x, reduce)), reduce
+    want = reference.qspmm(graph.rowptr, graph.col, xq.data, xq.scale, "sum", None)
+    torch.testing.assert_close(scangraph.qspmm(graph, xq).double(), want,
+                               atol=1e-5 * float(xq.scale.max()) * 127, rtol=1e-5)
+
+
 def test_qspmm_approximates_float_spmm():
     graph = make_graph("karate")
     x = torch.randn(graph.num_cols, 64)

@@ -18,6 +18,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/csr_rows.h"
+#include "cpu/stream_output.h"
 #include "glue/sparse_args.h"
 
 namespace scangraph {
@@ -104,6 +105,7 @@ SCANGRAPH_ALWAYS_INLINE void spmm_row_range(const SpmmParams& p, int64_t row_beg
   using acc_t = at::opmath_type<scalar_t>;
   scalar_t* __restrict__ out = static_cast<scalar_t*>(p.out);
   const int64_t F = p.num_features;
+  const bool stream = stream_output(out, p.num_rows * p.num_heads, F, sizeof(scalar_t));
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t begin = p.rowptr[row], end = p.rowptr[row + 1];
     const acc_t scale = (p.reduce == Reduce::Mean && end > begin) ? acc_t(1) / acc_t(end - begin) : acc_t(1);
@@ -114,10 +116,19 @@ SCANGRAPH_ALWAYS_INLINE void spmm_row_range(const SpmmParams& p, int64_t row_beg
         const int64_t left = F - f0;
         width = left >= 32 ? 32 : left >= 16 ? 16 : left >= 8 ? 8 : left;
         accumulate_edges<scalar_t, index_t, kWeighted>(p, begin, end, h, f0, width, scratch);
+#if defined(__x86_64__)
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (stream) {  // width is a multiple of 8 here, and o + f0 32-byte aligned
+            for (int64_t k = 0; k < width; k += 8) stream_store8(o + f0 + k, scratch + k, scale);
+            continue;
+          }
+        }
+#endif
         for (int64_t k = 0; k < width; ++k) o[f0 + k] = scalar_t(scratch[k] * scale);
       }
     }
   }
+  if (stream) stream_fence();  // streamed stores are weakly ordered: drain before the join
 }
 
 template <typename scalar_t, typename index_t, bool kWeighted>

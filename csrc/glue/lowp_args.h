@@ -126,7 +126,7 @@ inline QLinearCall prepare_qlinear(const at::Tensor& x, const at::Tensor& w, con
     // The epilogue adds the bias in fp32 (rounded once to the output at the end).
     p.bias = call.owned.emplace_back(bias->to(at::kFloat).contiguous()).data_ptr();
   }
-  call.out = at::empty({M, N}, x.options().dtype(out_type));
+  call.out = empty_output({M, N}, x.options().dtype(out_type));
   p.x = xv.data_ptr();
   p.w = static_cast<const int8_t*>(wc.data_ptr());
   p.w_scale = sc.data_ptr<float>();
@@ -172,7 +172,7 @@ inline QSpmmCall prepare_qspmm(const at::Tensor& rowptr, const at::Tensor& col, 
   }
   const at::Tensor xv = call.owned.emplace_back(x.stride(1) == 1 ? x : x.contiguous());
   const at::Tensor sv = call.owned.emplace_back(x_scale.contiguous());
-  call.out = at::empty({rowptr.numel() - 1, x.size(1)}, x.options().dtype(at::kFloat));
+  call.out = empty_output({rowptr.numel() - 1, x.size(1)}, x.options().dtype(at::kFloat));
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
   p.x = static_cast<const int8_t*>(xv.data_ptr());

@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "glue/output_tensor.h"
 #include "scangraph/sparse_params.h"
 
 namespace scangraph {
@@ -89,7 +90,7 @@ inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::T
   }
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape[0] = num_rows;
-  call.out = at::empty(out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  call.out = empty_output(out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
   p.x = xv.data_ptr();
@@ -141,7 +142,7 @@ inline KernelCall<SpmmArgBackwardParams> prepare_spmm_arg_backward(
     p.weight_edge_stride = w.dim() == 1 ? 1 : heads;
     p.weight_head_stride = w.dim() == 1 ? 0 : 1;
   }
-  call.out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  call.out = empty_output(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   // dweight is (E, heads); a weight shared by all heads sums it over heads afterwards.
   call.out2 = at::empty({want_dweight ? num_edges : 0, heads}, x.options());
   if (want_dweight) p.dweight = call.out2.data_ptr();
@@ -238,7 +239,7 @@ inline KernelCall<GatParams> prepare_gat(const at::Tensor& rowptr, const at::Ten
   const at::Tensor xc = call.owned.emplace_back(x.contiguous());
   const at::Tensor as = call.owned.emplace_back(alpha_src.contiguous());
   const at::Tensor ad = call.owned.emplace_back(alpha_dst.contiguous());
-  call.out = at::empty({num_rows, x.size(1), x.size(2)}, x.options());
+  call.out = empty_output({num_rows, x.size(1), x.size(2)}, x.options());
   // Row statistics: max in out2, denominator in owned[3] (returned by the op as well).
   call.out2 = at::empty({num_rows, x.size(1)}, x.options().dtype(opmath_dtype(x.scalar_type())));
   const at::Tensor row_sum = call.owned.emplace_back(at::empty_like(call.out2));
@@ -292,7 +293,7 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
   p.row_sum = keep(row_sum);
   p.delta = keep(delta);
   p.grad = keep(grad);
-  call.out = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  call.out = empty_output({x.size(0), x.size(1), x.size(2)}, x.options());
   call.out2 = at::empty({x.size(0), x.size(1)}, x.options());
   p.dx = call.out.data_ptr();
   p.dalpha_src = call.out2.data_ptr();

@@ -87,6 +87,10 @@ def _qspmm_fake(rowptr, col, weight, x, x_scale, reduce="sum"):
     return x.new_empty((rowptr.shape[0] - 1, x.shape[1]), dtype=torch.float32)
 
 
+def _qspmm_isa_fake(rowptr, col, weight, x, x_scale, reduce, isa):
+    return _qspmm_fake(rowptr, col, weight, x, x_scale, reduce)
+
+
 def _not_differentiable(name):
     def backward(ctx, *grads):
         raise RuntimeError(f"scangraph.{name} is an inference op and has no gradient; train with "
@@ -110,6 +114,7 @@ def _register_cpp_ops():
     torch.library.register_fake("scangraph::qlinear")(_qlinear_fake)
     torch.library.register_fake("scangraph::qlinear_cpu_isa")(_qlinear_isa_fake)
     torch.library.register_fake("scangraph::qspmm")(_qspmm_fake)
+    torch.library.register_fake("scangraph::qspmm_cpu_isa")(_qspmm_isa_fake)
     _register_autograd("")
 
 
