@@ -1,11 +1,12 @@
 """The benchmark's measuring tools measure what they claim."""
 import sys
+import time
 
 import pytest
 import torch
 
 from scangraph.bench.memory import measure
-from scangraph.bench.timing import copy_bandwidth_gbs, median_ms
+from scangraph.bench.timing import copy_bandwidth_gbs, interleaved_median_ms, median_ms
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -20,6 +21,14 @@ def test_timing_and_copy_bandwidth_are_positive():
     x = torch.randn(1000)
     assert median_ms(lambda: x.sum(), torch.device("cpu"), min_runs=3, min_seconds=0.0) > 0
     assert copy_bandwidth_gbs(torch.device("cpu"), megabytes=8) > 0.1
+
+
+def test_interleaved_timing_runs_each_function_in_rounds():
+    order = []
+    fns = {"fast": lambda: order.append("fast"), "slow": lambda: (order.append("slow"), time.sleep(0.003))}
+    medians = interleaved_median_ms(fns, torch.device("cpu"), min_runs=4, min_seconds=0.0)
+    assert medians["slow"] >= 3.0 > medians["fast"] > 0
+    assert order == ["fast", "slow"] * 5  # one warm-up run each, then 4 rounds
 
 
 def test_mambapy_baseline_computes_the_selective_scan():

@@ -69,7 +69,7 @@ SCANGRAPH_LOWP_INLINE float absmax(const scalar_t* __restrict__ x, int64_t n) {
 }
 
 inline void check_finite(float amax, const char* op) {
-  TORCH_CHECK(std::isfinite(amax), op, ": input holds NaN or inf, which has no symmetric quantization");
+  TORCH_CHECK(std::isfinite(amax), op, ": x holds NaN or inf, which has no symmetric quantization");
 }
 
 // ---- quantize ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from scangraph import datasets
 from scangraph import bench
 from scangraph.bench.case import OURS, Options
 from scangraph.bench.memory import peak_mb_in_subprocess
-from scangraph.bench.timing import copy_bandwidth_gbs, median_ms
+from scangraph.bench.timing import copy_bandwidth_gbs, interleaved_median_ms
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -61,9 +61,12 @@ def run(args) -> dict:
     progress = _progress(sum(len(case.impls) for _, case, _ in passes) * (2 if args.memory else 1))
     times = {}
     for index, case, pass_name in passes:
-        for impl, fns in case.impls.items():
-            progress.set_description(f"{case.op} {case.label} {impl} {pass_name}")
-            times[index, pass_name, impl] = median_ms(fns[pass_name], device, min_seconds=0.1 if args.quick else 0.3)
+        # Every implementation of a case in the same rounds (see interleaved_median_ms).
+        progress.set_description(f"{case.op} {case.label} {pass_name}")
+        medians = interleaved_median_ms({impl: fns[pass_name] for impl, fns in case.impls.items()}, device,
+                                        min_seconds=0.1 if args.quick else 0.3)
+        for impl, ms in medians.items():
+            times[index, pass_name, impl] = ms
             progress.update()
     # Memory after every timing: the fresh processes it starts would disturb the timings.
     peaks = {}

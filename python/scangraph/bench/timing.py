@@ -2,7 +2,7 @@
 measured in the same process (the ceiling every memory-bound kernel is compared with)."""
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 
@@ -12,27 +12,43 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+def _time_once_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+    begin = time.perf_counter()
+    fn()
+    return (time.perf_counter() - begin) * 1e3
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, min_runs: int = 5,
               min_seconds: float = 0.3, max_runs: int = 200) -> float:
     """Median wall time of fn() in milliseconds after one warm-up run, repeated until both
     min_runs and min_seconds are reached. On CUDA each run is timed with events."""
-    fn()
+    return interleaved_median_ms({"fn": fn}, device, min_runs, min_seconds, max_runs)["fn"]
+
+
+def interleaved_median_ms(fns: Dict[str, Callable[[], object]], device: torch.device, min_runs: int = 5,
+                          min_seconds: float = 0.3, max_runs: int = 200) -> Dict[str, float]:
+    """Median milliseconds of each of fns, timed in rounds (one run of each per round, after one
+    warm-up run each) until every one has min_runs runs and the rounds took min_seconds per
+    function. Interleaving spreads a slow spell of a shared machine over all of them alike,
+    instead of landing it on whichever function was being timed."""
+    for fn in fns.values():
+        fn()
     _sync(device)
-    times = []
+    times = {name: [] for name in fns}
     start_all = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start_all < min_seconds):
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
+    rounds = 0
+    while rounds < max_runs and (rounds < min_runs or time.perf_counter() - start_all < min_seconds * len(fns)):
+        for name, fn in fns.items():
+            times[name].append(_time_once_ms(fn, device))
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def copy_bandwidth_gbs(device: torch.device, megabytes: int = 256) -> float:
