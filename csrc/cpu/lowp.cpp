@@ -636,8 +636,7 @@ at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::T
 }
 
 // ---- qspmm --------------------------------------------------------------------------------------
-// Features per register tile: 64 int8 features are one cache line of a gathered row, and their
-// 64 fp32 sums are 8 AVX2 registers, kept in registers across all of a row's edges.
+// Features per tile of the scalar loop: 64 int8 features are one cache line of a gathered row.
 constexpr int64_t kQFeatureTile = 64;
 
 // Features [f0, f0 + width) of row i, any width: the scalar form of qspmm_tile.
@@ -752,13 +751,12 @@ __attribute__((target("avx2,fma"))) void qspmm_range_avx2(const QSpmmParams& p, 
   }
   if (stream) stream_fence();  // the streamed stores are weakly ordered: drain them before the join
 }
-#endif
 
-#if SCANGRAPH_LOWP_AVX2
 // AVX-512: 32 zmm registers hold up to 256 fp32 sums (16 accumulators), so a whole GNN-width
 // row (F <= 256) is summed in registers in one pass over the row's edges: each edge's index,
 // scale and feature row are fetched once, and 16 features cost a widening load, a convert and
-// an FMA (like the AVX2 path, the FMA rounds once where the scalar path rounds twice: within fp32 rounding).
+// an FMA (as on the AVX2 path, the FMA rounds once where the scalar loop rounds twice: within
+// fp32 rounding).
 template <typename index_t, bool kExtreme, int kVectors>
 __attribute__((target("avx512f"))) void qspmm_tile_avx512(const QSpmmParams& p, int64_t begin, int64_t end,
                                                            int64_t f0, float sign, float* __restrict__ o) {
