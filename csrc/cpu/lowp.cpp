@@ -1,11 +1,11 @@
 // CPU kernels of the low-precision family: quantize, qlinear (W8A8 / W4A8) and qspmm.
 //
 // qlinear fuses the per-row quantization of x, the int8 x int8 (or int4) product with int32
-// accumulation and the fp32 epilogue: a thread quantizes two rows of x into a small int8
-// buffer, multiplies them against every weight row (the weight panel stays in L2) and writes
-// the finished outputs; x is read once and never materialised in int8 in memory.
-// The product runs on AVX2 (vpsignb / vpmaddubsw / vpmaddwd, ALGORITHMS.md section 4) when the
-// CPU has it, else on a scalar loop; both are exact integer arithmetic, so they agree bit for bit.
+// accumulation and the fp32 epilogue: a thread quantizes 32 rows of x into a small int8 buffer,
+// multiplies them against the weight panel (which stays in L2) and writes the finished
+// outputs; x is read once and never materialised in int8 in memory. The product runs on AMX,
+// AVX-512 VNNI, AVX2 (vpsignb / vpmaddubsw / vpmaddwd, ALGORITHMS.md section 4) or a scalar
+// loop, chosen at run time; all are exact integer arithmetic, so they agree bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -36,14 +36,6 @@
 
 namespace scangraph {
 namespace {
-
-// K is padded to a multiple of one AVX2 register of int8 (32 values) with zeros, which add
-// nothing to the integer dot products.
-constexpr int64_t kKPad = 32;
-// Output columns per micro-kernel step: 2 rows x 4 columns = 8 int32 accumulator registers,
-// which with the 4 x registers, the weight and the constant ones fits AVX2's 16.
-constexpr int64_t kRowsPerStep = 2;
-constexpr int64_t kColsPerStep = 4;
 
 template <typename scalar_t>
 inline float to_float(scalar_t v) { return static_cast<float>(v); }
@@ -143,6 +135,45 @@ SCANGRAPH_LOWP_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t
   return scale;
 }
 
+#if SCANGRAPH_LOWP_AVX2
+// quantize_row<float, false> for the AVX2 path, 32 values per step: the compiler turns the
+// generic loop's clamp and narrowing into compare-and-blend sequences. The same fp32 division;
+// the clamp is applied before rounding, which gives the same integers because rounding is
+// monotone and +-127 are integers; vpackssdw / vpacksswb narrow (their saturation never
+// applies within +-127) and vpermd restores the order the two 128-bit lanes of the packs mix.
+// A call per row (not inlined: the generic caller is not compiled for AVX2).
+__attribute__((target("avx2"))) float quantize_row_avx2(const float* __restrict__ x, int64_t K, int64_t Kp,
+                                                        int8_t* __restrict__ q) {
+  const float amax = absmax(x, K);
+  check_finite(amax, "scangraph::qlinear");
+  const float scale = amax / 127.0f;
+  if (!(scale > 0.0f)) {
+    std::memset(q, 0, Kp);
+    return scale;
+  }
+  const __m256 s = _mm256_set1_ps(scale), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m256i v[4];
+    for (int i = 0; i < 4; ++i) {
+      const __m256 d = _mm256_div_ps(_mm256_loadu_ps(x + k + 8 * i), s);
+      const __m256 c = _mm256_max_ps(_mm256_min_ps(d, hi), lo);
+      v[i] = _mm256_cvttps_epi32(_mm256_round_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k), _mm256_permutevar8x32_epi32(bytes, order));
+  }
+  for (; k < K; ++k) {
+    float v = round_half_even(x[k] / scale);
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    q[k] = static_cast<int8_t>(v);
+  }
+  std::memset(q + K, 0, Kp - K);
+  return scale;
+}
+#endif
+
 template <Activation kAct>
 SCANGRAPH_LOWP_INLINE float activate(float v) {
   if constexpr (kAct == Activation::Relu) return v > 0.0f ? v : 0.0f;
@@ -151,122 +182,32 @@ SCANGRAPH_LOWP_INLINE float activate(float v) {
   return v;
 }
 
-// The weight panel: rows padded to Kp values (Kp / 2 bytes for int4, still packed) and to a
-// multiple of kColsPerStep rows, zero filled: the micro-kernels then need no tail cases.
+// ---- the weight panel -----------------------------------------------------------------------------
+// Every path multiplies against one int8 layout, [N / 16][K / 4][16][4]: 4 consecutive k of 16
+// columns lie together, so one vector load holds 4 k of several columns and each int32 lane
+// accumulates its own column (no horizontal sums), and each 16-column block is one contiguous
+// stream over K (a power-of-two stride between k steps would map a tile's lines onto a few
+// cache sets). int4 weights are unpacked into it once per call (N * K bytes, L2 resident,
+// amortised over all M rows). K is zero padded to 4 (64 for AMX) and N to 16 (32 for AMX): zeros
+// add nothing to the integer dot products, and the micro-kernels need no tail cases.
+constexpr int64_t kPanelLanes = 16;  // columns per panel block
+// Rows quantized together, which then share each column block while it sits in L1.
+constexpr int64_t kGroupRows = 32;
+
 struct WeightPanel {
-  std::vector<int8_t> bytes;
-  int64_t row_bytes = 0, rows = 0;
-};
-
-WeightPanel pack_weight(const QLinearParams& p, int64_t Kp) {
-  WeightPanel panel;
-  panel.row_bytes = p.w_bits == 4 ? Kp / 2 : Kp;
-  panel.rows = (p.N + kColsPerStep - 1) / kColsPerStep * kColsPerStep;
-  panel.bytes.assign(panel.rows * panel.row_bytes, 0);
-  const int64_t src_bytes = p.w_bits == 4 ? (p.K + 1) / 2 : p.K;
-  for (int64_t n = 0; n < p.N; ++n) {
-    const int8_t* src = p.w + n * p.w_row_stride;
-    std::memcpy(panel.bytes.data() + n * panel.row_bytes, src, src_bytes);
-  }
-  return panel;
-}
-
-// acc[r][c] = dot(q rows r, weight rows n0 + c) for kRowsPerStep x kColsPerStep, scalar.
-template <bool kInt4>
-SCANGRAPH_LOWP_INLINE void dot_block_scalar(const int8_t* const* q, const int8_t* w, int64_t row_bytes, int64_t Kp,
-                             int32_t acc[kRowsPerStep][kColsPerStep]) {
-  for (int64_t c = 0; c < kColsPerStep; ++c) {
-    const int8_t* wr = w + c * row_bytes;
-    for (int64_t r = 0; r < kRowsPerStep; ++r) {
-      int32_t s = 0;
-      for (int64_t k = 0; k < Kp; ++k) {
-        const int wk = kInt4 ? unpack_nibble(static_cast<uint8_t>(wr[k >> 1]), int(k & 1)) : int(wr[k]);
-        s += int32_t(q[r][k]) * wk;
-      }
-      acc[r][c] = s;
-    }
-  }
-}
-
-#if SCANGRAPH_LOWP_AVX2
-// 32 weights starting at k of one panel row, as int8 lanes; int4 is unpacked here, in registers.
-template <bool kInt4>
-__attribute__((target("avx2"), always_inline)) inline __m256i load_weights(const int8_t* wr, int64_t k) {
-  if constexpr (!kInt4) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k));
-  } else {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k / 2));
-    const __m128i nibble = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(packed, nibble);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), nibble);
-    // Element 2i is the low nibble of byte i: interleaving lo and hi restores the order.
-    const __m256i v = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-    const __m256i eight = _mm256_set1_epi8(8);
-    return _mm256_sub_epi8(_mm256_xor_si256(v, eight), eight);  // 4-bit two's complement -> int8
-  }
-}
-
-// Sum of the 8 int32 lanes of each of a0..a3 -> (sum a0, sum a1, sum a2, sum a3).
-__attribute__((target("avx2"), always_inline)) inline __m128i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
-// vpmaddubsw multiplies unsigned by signed bytes; both sides are kept within +-127 by feeding
-// |x| and w carrying x's sign: pairs sum to at most 2 * 127 * 127 = 32258 < 2^15, so the int16
-// step never saturates, and vpmaddwd with ones widens the pairs into int32 exactly.
-template <bool kInt4>
-__attribute__((target("avx2"))) void dot_block_avx2(const int8_t* const* q, const int8_t* w, int64_t row_bytes,
-                                                     int64_t Kp, int32_t acc[kRowsPerStep][kColsPerStep]) {
-  static_assert(kRowsPerStep == 2 && kColsPerStep == 4, "the register tile below is 2 x 4");
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i a[2][4];
-  for (int r = 0; r < 2; ++r)
-    for (int c = 0; c < 4; ++c) a[r][c] = _mm256_setzero_si256();
-  for (int64_t k = 0; k < Kp; k += 32) {
-    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[0] + k));
-    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[1] + k));
-    const __m256i ax0 = _mm256_sign_epi8(x0, x0), ax1 = _mm256_sign_epi8(x1, x1);
-    for (int c = 0; c < 4; ++c) {
-      const __m256i wv = load_weights<kInt4>(w + c * row_bytes, k);
-      a[0][c] = _mm256_add_epi32(a[0][c], _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(wv, x0)), ones));
-      a[1][c] = _mm256_add_epi32(a[1][c], _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(wv, x1)), ones));
-    }
-  }
-  for (int r = 0; r < 2; ++r)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(acc[r]), hsum4(a[r][0], a[r][1], a[r][2], a[r][3]));
-}
-#endif
-
-
-// ---- AVX-512 VNNI path ----------------------------------------------------------------------------
-// vpdpbusd multiplies unsigned by signed bytes and adds groups of 4 into int32 lanes without
-// intermediate saturation, 64 products per instruction. x is offset into uint8 (q + 128, exact
-// in 0..255) and the offset is removed afterwards: sum_k (q + 128) w = acc + 128 * sum_k w.
-// The weight panel is laid out [K / 4][N][4] so one 512-bit load holds 4 consecutive k of 16
-// columns: each int32 lane accumulates its own column and no horizontal sum is needed. int4
-// weights are unpacked into this int8 panel once per call (N * K bytes, L2 resident, amortised
-// over all M rows); x never leaves registers and cache in int8.
-constexpr int64_t kVnniRows = 4;      // rows per micro-kernel step
-constexpr int64_t kVnniLanes = 16;    // int32 lanes (columns) per zmm register
-constexpr int64_t kVnniBlocks = 4;    // zmm column blocks per step: 4 x 4 = 16 accumulators of 32 registers
-// Rows quantized together, which then share each column tile while it sits in L1.
-constexpr int64_t kVnniGroup = 32;
-
-struct VnniPanel {
-  std::vector<int8_t> bytes;  // [Np / 16][Kq][16][4]: each 16-column block contiguous
-  std::vector<int32_t> offset;  // 128 * sum_k w[n, k], (Np,)
+  std::vector<int8_t> bytes;    // [Np / 16][Kq][16][4]
+  std::vector<int32_t> offset;  // 128 * sum_k w[n, k], (Np,): the VNNI path's uint8 correction
   int64_t Kq = 0, Np = 0;       // K / 4 and N rounded up to multiples of kq_multiple, n_multiple
+  int64_t block_bytes() const { return Kq * kPanelLanes * 4; }
+  const int8_t* block(int64_t n0) const { return bytes.data() + (n0 / kPanelLanes) * block_bytes(); }
 };
 
-// Each 16-column block is one contiguous stream over K (a power-of-two stride between k steps
-// would map a tile's lines onto a few cache sets).
-inline int64_t vnni_index(const VnniPanel& panel, int64_t n, int64_t k) {
-  return ((n / kVnniLanes) * panel.Kq + k / 4) * (kVnniLanes * 4) + (n % kVnniLanes) * 4 + k % 4;
+inline int64_t panel_index(const WeightPanel& panel, int64_t n, int64_t k) {
+  return ((n / kPanelLanes) * panel.Kq + k / 4) * (kPanelLanes * 4) + (n % kPanelLanes) * 4 + k % 4;
 }
 
-VnniPanel pack_vnni(const QLinearParams& p, int64_t kq_multiple, int64_t n_multiple) {
-  VnniPanel panel;
+WeightPanel pack_weight(const QLinearParams& p, int64_t kq_multiple, int64_t n_multiple) {
+  WeightPanel panel;
   panel.Kq = ((p.K + 3) / 4 + kq_multiple - 1) / kq_multiple * kq_multiple;
   panel.Np = (p.N + n_multiple - 1) / n_multiple * n_multiple;
   panel.bytes.assign(panel.Kq * panel.Np * 4, 0);
@@ -276,7 +217,7 @@ VnniPanel pack_vnni(const QLinearParams& p, int64_t kq_multiple, int64_t n_multi
     int32_t sum = 0;
     for (int64_t k = 0; k < p.K; ++k) {
       const int v = p.w_bits == 4 ? unpack_nibble(static_cast<uint8_t>(src[k >> 1]), int(k & 1)) : int(src[k]);
-      panel.bytes[vnni_index(panel, n, k)] = static_cast<int8_t>(v);
+      panel.bytes[panel_index(panel, n, k)] = static_cast<int8_t>(v);
       sum += v;
     }
     panel.offset[n] = 128 * sum;
@@ -284,19 +225,86 @@ VnniPanel pack_vnni(const QLinearParams& p, int64_t kq_multiple, int64_t n_multi
   return panel;
 }
 
+// ---- the products: acc (rows x Np int32, row stride Np) = q (rows x Kp int8, row stride Kp)
+// times the panel, for rows a multiple of the path's tile rows. -----------------------------------
+
+// Scalar: one row against one 16-column block at a time.
+void scalar_product(const int8_t* q, int64_t rows, const WeightPanel& panel, int32_t* acc) {
+  const int64_t Kp = panel.Kq * 4;
+  for (int64_t n0 = 0; n0 < panel.Np; n0 += kPanelLanes) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int8_t* qr = q + r * Kp;
+      const int8_t* w = panel.block(n0);
+      int32_t a[kPanelLanes] = {};
+      for (int64_t kq = 0; kq < panel.Kq; ++kq, w += kPanelLanes * 4)
+        for (int64_t c = 0; c < kPanelLanes; ++c)
+          for (int64_t j = 0; j < 4; ++j) a[c] += int32_t(qr[kq * 4 + j]) * int32_t(w[c * 4 + j]);
+      std::memcpy(acc + r * panel.Np + n0, a, sizeof(a));
+    }
+  }
+}
+
 #if SCANGRAPH_LOWP_AVX2
+// AVX2 has no int8 dot product into int32 without saturation; vpmaddubsw multiplies unsigned by
+// signed bytes into int16 pairs. Both sides are kept within +-127 by feeding |x| and w carrying
+// x's sign: pairs sum to at most 2 * 127 * 127 = 32258 < 2^15, so the int16 step never
+// saturates, and vpmaddwd with ones adds the two pairs of each 4 k into one int32 lane exactly.
+// A tile is 4 rows x one 16-column block: 8 ymm accumulators, 2 weight registers, and per row a
+// broadcast of its 4 k, their absolute values and two temporaries: 15 of the 16 registers.
+constexpr int64_t kAvx2Rows = 4;
+
+__attribute__((target("avx2"))) inline void avx2_tile(const int8_t* q, int64_t Kp, const int8_t* w, int64_t Kq,
+                                                      int32_t* acc, int64_t Np) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a[kAvx2Rows][2];
+  for (int r = 0; r < kAvx2Rows; ++r) a[r][0] = a[r][1] = _mm256_setzero_si256();
+  for (int64_t kq = 0; kq < Kq; ++kq, w += kPanelLanes * 4) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));       // columns 0-7
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));  // columns 8-15
+    for (int r = 0; r < kAvx2Rows; ++r) {
+      int32_t four;
+      std::memcpy(&four, q + r * Kp + kq * 4, 4);
+      const __m256i xb = _mm256_set1_epi32(four);
+      const __m256i ax = _mm256_sign_epi8(xb, xb);
+      a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xb)), ones));
+      a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xb)), ones));
+    }
+  }
+  for (int r = 0; r < kAvx2Rows; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * Np), a[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * Np + 8), a[r][1]);
+  }
+}
+
+// Column block outermost: a block's weights (K * 16 bytes, 8 KiB at K = 512) stay in L1 while
+// every row tile of the group uses them.
+__attribute__((target("avx2"))) void avx2_product(const int8_t* q, int64_t rows, const WeightPanel& panel,
+                                                  int32_t* acc) {
+  const int64_t Kp = panel.Kq * 4;
+  for (int64_t n0 = 0; n0 < panel.Np; n0 += kPanelLanes)
+    for (int64_t r = 0; r < rows; r += kAvx2Rows)
+      avx2_tile(q + r * Kp, Kp, panel.block(n0), panel.Kq, acc + r * panel.Np + n0, panel.Np);
+}
+
+// ---- AVX-512 VNNI ---------------------------------------------------------------------------------
+// vpdpbusd multiplies unsigned by signed bytes and adds groups of 4 into int32 lanes without
+// intermediate saturation, 64 products per instruction. x is offset into uint8 (q + 128, exact
+// in 0..255) and the offset is removed afterwards: sum_k (q + 128) w = acc + 128 * sum_k w.
+constexpr int64_t kVnniRows = 4;      // rows per micro-kernel step
+constexpr int64_t kVnniBlocks = 4;    // zmm column blocks per step: 4 x 4 = 16 accumulators of 32 registers
+
 #define SCANGRAPH_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 // acc rows (kVnniRows x Np int32) = sum_k xu[r][k] * panel[k][n] - offset[n], for kBlocks zmm
 // column blocks starting at n0.
 template <int kBlocks>
-SCANGRAPH_VNNI_TARGET inline void vnni_tile(const uint8_t* const* xu, const VnniPanel& panel, int64_t n0,
+SCANGRAPH_VNNI_TARGET inline void vnni_tile(const uint8_t* const* xu, const WeightPanel& panel, int64_t n0,
                                             int32_t* const* acc) {
   __m512i a[kVnniRows][kBlocks];
   for (int r = 0; r < kVnniRows; ++r)
     for (int b = 0; b < kBlocks; ++b) a[r][b] = _mm512_setzero_si512();
-  const int64_t block_bytes = panel.Kq * kVnniLanes * 4;
-  const int8_t* w = panel.bytes.data() + (n0 / kVnniLanes) * block_bytes;
-  for (int64_t kq = 0; kq < panel.Kq; ++kq, w += kVnniLanes * 4) {
+  const int64_t block_bytes = panel.block_bytes();
+  const int8_t* w = panel.block(n0);
+  for (int64_t kq = 0; kq < panel.Kq; ++kq, w += kPanelLanes * 4) {
     __m512i wv[kBlocks];
     for (int b = 0; b < kBlocks; ++b) wv[b] = _mm512_loadu_si512(w + b * block_bytes);
     for (int r = 0; r < kVnniRows; ++r) {
@@ -307,24 +315,87 @@ SCANGRAPH_VNNI_TARGET inline void vnni_tile(const uint8_t* const* xu, const Vnni
     }
   }
   for (int b = 0; b < kBlocks; ++b) {
-    const __m512i off = _mm512_loadu_si512(panel.offset.data() + n0 + b * kVnniLanes);
+    const __m512i off = _mm512_loadu_si512(panel.offset.data() + n0 + b * kPanelLanes);
     for (int r = 0; r < kVnniRows; ++r)
-      _mm512_storeu_si512(acc[r] + n0 + b * kVnniLanes, _mm512_sub_epi32(a[r][b], off));
+      _mm512_storeu_si512(acc[r] + n0 + b * kPanelLanes, _mm512_sub_epi32(a[r][b], off));
   }
 }
 
-// Rows [0, rows) (a multiple of kVnniRows) against the whole panel, column tile outermost: a
-// tile's weights (at most 4 x 8 KiB for K = 512) stay in L1 while every row of the group uses them.
-SCANGRAPH_VNNI_TARGET void vnni_group(const uint8_t* const* xu, int64_t rows, const VnniPanel& panel,
-                                      int32_t* const* acc) {
+// q holds q + 128 as uint8 here. Column tile outermost: a tile's weights (at most 4 x 8 KiB for
+// K = 512) stay in L1 while every row of the group uses them.
+SCANGRAPH_VNNI_TARGET void vnni_product(const int8_t* q, int64_t rows, const WeightPanel& panel, int32_t* acc) {
+  const uint8_t* xu[kGroupRows];
+  int32_t* accr[kGroupRows];
+  for (int64_t r = 0; r < rows; ++r) {
+    xu[r] = reinterpret_cast<const uint8_t*>(q + r * panel.Kq * 4);
+    accr[r] = acc + r * panel.Np;
+  }
   int64_t n0 = 0;
-  for (; n0 + kVnniBlocks * kVnniLanes <= panel.Np; n0 += kVnniBlocks * kVnniLanes)
-    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<kVnniBlocks>(xu + r, panel, n0, acc + r);
-  for (; n0 < panel.Np; n0 += kVnniLanes)
-    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<1>(xu + r, panel, n0, acc + r);
+  for (; n0 + kVnniBlocks * kPanelLanes <= panel.Np; n0 += kVnniBlocks * kPanelLanes)
+    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<kVnniBlocks>(xu + r, panel, n0, accr + r);
+  for (; n0 < panel.Np; n0 += kPanelLanes)
+    for (int64_t r = 0; r < rows; r += kVnniRows) vnni_tile<1>(xu + r, panel, n0, accr + r);
+}
+
+// ---- AMX ------------------------------------------------------------------------------------------
+// One AMX tdpbssd adds A (16 rows x 64 int8 k) times B (16 rows of 4 k x 16 columns, the panel
+// layout) into a 16 x 16 int32 tile: 16 384 signed x signed products, so no uint8 offset. The
+// quantized rows of x are the A tiles straight from the row buffer (stride Kp), and the panel
+// with K padded to 64 is, 16 columns by 64 k at a time, exactly the B tiles (stride 64 bytes).
+// A 2 x 2 block of C tiles (32 rows x 32 columns) with two A and two B tiles fills the 8 tile
+// registers. The product is then a small share of the time: quantizing x and the epilogue, both
+// AVX-512 here, and the memory traffic dominate.
+constexpr int64_t kAmxCols = 32, kAmxK = 64;
+static_assert(kGroupRows == 32, "an AMX group is two 16-row A tiles");
+
+#define SCANGRAPH_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
+
+// The palette-1 tile configuration (Intel SDM, LDTILECFG): 64 bytes, per thread.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: C (rows 0-15 / 16-31 x columns 0-15 / 16-31); 4-5: A; 6-7: B; all 16 x 64 bytes.
+SCANGRAPH_AMX_TARGET void amx_configure() {
+  AmxTileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+// All kGroupRows rows (the caller pads), 32 columns at a time.
+SCANGRAPH_AMX_TARGET void amx_product(const int8_t* q, int64_t, const WeightPanel& panel, int32_t* acc) {
+  const int64_t Kp = panel.Kq * 4, block_bytes = panel.block_bytes(), acc_stride = panel.Np * 4;
+  for (int64_t n0 = 0; n0 < panel.Np; n0 += kAmxCols) {
+    const int8_t* b0 = panel.block(n0);
+    const int8_t* b1 = b0 + block_bytes;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k0 = 0; k0 < Kp; k0 += kAmxK) {
+      _tile_loadd(4, q + k0, Kp);
+      _tile_loadd(5, q + 16 * Kp + k0, Kp);
+      _tile_loadd(6, b0 + k0 * kPanelLanes, 64);  // rows k0 / 4 ... of 64 bytes
+      _tile_loadd(7, b1 + k0 * kPanelLanes, 64);
+      _tile_dpbssd(0, 4, 6);
+      _tile_dpbssd(1, 4, 7);
+      _tile_dpbssd(2, 5, 6);
+      _tile_dpbssd(3, 5, 7);
+    }
+    _tile_stored(0, acc + n0, acc_stride);
+    _tile_stored(1, acc + n0 + 16, acc_stride);
+    _tile_stored(2, acc + 16 * panel.Np + n0, acc_stride);
+    _tile_stored(3, acc + 16 * panel.Np + n0 + 16, acc_stride);
+  }
 }
 #endif
 
+// ---- one row group after another --------------------------------------------------------------------
 // One output row: ((acc * sx) * sw) + bias in fp32 (the reference's order), activation, one
 // rounding to the output type; int32 output is acc itself. Compile-time activation and
 // restrict pointers so the loop vectorises (relu / none) inside each ISA's caller.
@@ -351,223 +422,94 @@ SCANGRAPH_LOWP_INLINE void qlinear_epilogue(const QLinearParams& p, const int32_
   }
 }
 
-#if SCANGRAPH_LOWP_AVX2
-// Row groups [g0, g1) of the VNNI path: quantize kVnniGroup rows of x (offset to uint8), the
-// VNNI product against the whole panel, the epilogue; all compiled for AVX-512.
-template <typename scalar_t, typename out_t>
-SCANGRAPH_VNNI_TARGET void qlinear_vnni_groups(const QLinearParams& p, const VnniPanel& panel, int64_t g0, int64_t g1,
-                                               int8_t* qbuf, int32_t* accbuf) {
+// Row groups [g0, g1) of kGroupRows rows: quantize them into qbuf (as uint8 q + 128 when
+// kOffset), padded with zero rows to a multiple of kTileRows; the product into accbuf; the
+// epilogue. Always inlined into one wrapper per ISA below, so that quantizing and the epilogue
+// vectorise for that ISA.
+template <typename scalar_t, typename out_t, bool kOffset, int64_t kTileRows, bool kAvx2Quantize = false,
+          typename Product>
+SCANGRAPH_LOWP_INLINE void qlinear_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
+                                          int8_t* qbuf, int32_t* accbuf, Product product) {
   const int64_t Kp = panel.Kq * 4;
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
   out_t* out = static_cast<out_t*>(p.out);
-  const uint8_t* xu[kVnniGroup];
-  int32_t* acc[kVnniGroup];
-  float sx[kVnniGroup];
-  for (int64_t r = 0; r < kVnniGroup; ++r) {
-    xu[r] = reinterpret_cast<const uint8_t*>(qbuf + r * Kp);
-    acc[r] = accbuf + r * panel.Np;
-  }
+  float sx[kGroupRows];
   for (int64_t g = g0; g < g1; ++g) {
-    const int64_t m0 = g * kVnniGroup, rows = std::min<int64_t>(kVnniGroup, p.M - m0);
-    const int64_t padded = (rows + kVnniRows - 1) / kVnniRows * kVnniRows;
+    const int64_t m0 = g * kGroupRows, rows = std::min<int64_t>(kGroupRows, p.M - m0);
+    const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;
     for (int64_t r = 0; r < padded; ++r) {
-      if (r < rows) sx[r] = quantize_row<scalar_t, true>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
-      else std::memset(qbuf + r * Kp, 128, Kp);  // a missing row computes on zeros and is not stored
-    }
-    vnni_group(xu, padded, panel, acc);
-    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, acc[r], sx[r], out + (m0 + r) * p.N);
-  }
-}
-#endif
-
-// Row groups of kRows rows in parallel, each task with its own buffers for the quantized rows
-// (kRows x Kp int8) and their accumulators (kRows x Np int32): groups(g0, g1, qbuf, accbuf).
-template <int64_t kRows, typename Groups>
-void for_each_row_group(const QLinearParams& p, const VnniPanel& panel, const Groups& groups) {
-  at::parallel_for(0, (p.M + kRows - 1) / kRows, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<int8_t> qbuf(kRows * panel.Kq * 4);
-    std::vector<int32_t> accbuf(kRows * panel.Np);
-    groups(g0, g1, qbuf.data(), accbuf.data());
-  });
-}
-
-template <typename scalar_t, typename out_t>
-void qlinear_vnni_kernel(const QLinearParams& p) {
-#if SCANGRAPH_LOWP_AVX2
-  const VnniPanel panel = pack_vnni(p, 1, kVnniLanes);
-  for_each_row_group<kVnniGroup>(p, panel, [&](int64_t g0, int64_t g1, int8_t* qbuf, int32_t* accbuf) {
-    qlinear_vnni_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf, accbuf);
-  });
-#else
-  TORCH_CHECK(false, "scangraph::qlinear: the AVX-512 VNNI path is not compiled on this platform");
-#endif
-}
-
-// ---- AMX path -------------------------------------------------------------------------------------
-// One AMX tdpbssd adds A (16 rows x 64 int8 k) times B (16 rows of 4 k x 16 columns, the VNNI
-// layout) into a 16 x 16 int32 tile: 16 384 signed x signed products, so no uint8 offset. The
-// quantized rows of x are the A tiles straight from the row buffer (stride Kp), and the VNNI
-// panel with K padded to 64 is, 16 columns by 64 k at a time, exactly the B tiles (stride 64
-// bytes). A 2 x 2 block of C tiles (32 rows x 32 columns) with two A and two B tiles fills the 8
-// tile registers. The product is then a small share of the time: quantizing x and the epilogue,
-// both AVX-512 here, and the memory traffic dominate.
-constexpr int64_t kAmxRows = 32, kAmxCols = 32, kAmxK = 64;
-
-#if SCANGRAPH_LOWP_AVX2
-#define SCANGRAPH_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
-
-// The palette-1 tile configuration (Intel SDM, LDTILECFG): 64 bytes, per thread.
-struct alignas(64) AmxTileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Tiles 0-3: C (rows 0-15 / 16-31 x columns 0-15 / 16-31); 4-5: A; 6-7: B; all 16 x 64 bytes.
-SCANGRAPH_AMX_TARGET void amx_configure() {
-  AmxTileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.colsb[t] = 64;
-    config.rows[t] = 16;
-  }
-  _tile_loadconfig(&config);
-}
-
-// acc (kAmxRows x Np int32) = q (kAmxRows x Kp int8) times the panel, 32 columns at a time.
-SCANGRAPH_AMX_TARGET void amx_group(const int8_t* q, int64_t Kp, const VnniPanel& panel, int32_t* acc) {
-  const int64_t block_bytes = panel.Kq * kVnniLanes * 4, acc_stride = panel.Np * 4;
-  for (int64_t n0 = 0; n0 < panel.Np; n0 += kAmxCols) {
-    const int8_t* b0 = panel.bytes.data() + (n0 / kVnniLanes) * block_bytes;
-    const int8_t* b1 = b0 + block_bytes;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (int64_t k0 = 0; k0 < Kp; k0 += kAmxK) {
-      _tile_loadd(4, q + k0, Kp);
-      _tile_loadd(5, q + 16 * Kp + k0, Kp);
-      _tile_loadd(6, b0 + k0 * kVnniLanes, 64);  // rows k0 / 4 ... of 64 bytes
-      _tile_loadd(7, b1 + k0 * kVnniLanes, 64);
-      _tile_dpbssd(0, 4, 6);
-      _tile_dpbssd(1, 4, 7);
-      _tile_dpbssd(2, 5, 6);
-      _tile_dpbssd(3, 5, 7);
-    }
-    _tile_stored(0, acc + n0, acc_stride);
-    _tile_stored(1, acc + n0 + 16, acc_stride);
-    _tile_stored(2, acc + 16 * panel.Np + n0, acc_stride);
-    _tile_stored(3, acc + 16 * panel.Np + n0 + 16, acc_stride);
-  }
-}
-
-// Row groups [g0, g1) of kAmxRows rows: quantize (int8, no offset), tile product, epilogue.
-template <typename scalar_t, typename out_t>
-SCANGRAPH_AMX_TARGET void qlinear_amx_groups(const QLinearParams& p, const VnniPanel& panel, int64_t g0, int64_t g1,
-                                             int8_t* qbuf, int32_t* accbuf) {
-  const int64_t Kp = panel.Kq * 4;
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
-  out_t* out = static_cast<out_t*>(p.out);
-  float sx[kAmxRows];
-  amx_configure();
-  for (int64_t g = g0; g < g1; ++g) {
-    const int64_t m0 = g * kAmxRows, rows = std::min<int64_t>(kAmxRows, p.M - m0);
-    for (int64_t r = 0; r < kAmxRows; ++r) {
       if (r < rows) {
-        // Reading x is most of this path's time: ask for the same row of the next group now.
-        if (g + 1 < g1 && m0 + kAmxRows + r < p.M) {
-          const char* next = reinterpret_cast<const char*>(x + (m0 + kAmxRows + r) * p.x_row_stride);
-          for (int64_t b = 0; b < p.K * int64_t(sizeof(scalar_t)); b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+        // Ask for the same row of the next group now: reading x is the one stream from memory.
+        if (g + 1 < g1 && m0 + kGroupRows + r < p.M) {
+          const char* next = reinterpret_cast<const char*>(x + (m0 + kGroupRows + r) * p.x_row_stride);
+          for (int64_t b = 0; b < p.K * int64_t(sizeof(scalar_t)); b += 64) __builtin_prefetch(next + b, 0, 3);
         }
-        sx[r] = quantize_row<scalar_t, false>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
+        const scalar_t* xr = x + (m0 + r) * p.x_row_stride;
+#if SCANGRAPH_LOWP_AVX2
+        if constexpr (kAvx2Quantize && std::is_same_v<scalar_t, float> && !kOffset)
+          sx[r] = quantize_row_avx2(xr, p.K, Kp, qbuf + r * Kp);
+        else
+#endif
+          sx[r] = quantize_row<scalar_t, kOffset>(xr, p.K, Kp, qbuf + r * Kp);
       } else {
-        std::memset(qbuf + r * Kp, 0, Kp);  // a missing row computes on zeros and is not stored
+        std::memset(qbuf + r * Kp, kOffset ? 128 : 0, Kp);  // a missing row computes on zeros, is not stored
       }
     }
-    amx_group(qbuf, Kp, panel, accbuf);
+    product(qbuf, padded, panel, accbuf);
     for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, accbuf + r * panel.Np, sx[r], out + (m0 + r) * p.N);
   }
+}
+
+template <typename scalar_t, typename out_t>
+void qlinear_scalar_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1, int8_t* qbuf,
+                           int32_t* accbuf) {
+  qlinear_groups<scalar_t, out_t, false, 1>(p, panel, g0, g1, qbuf, accbuf, scalar_product);
+}
+
+#if SCANGRAPH_LOWP_AVX2
+template <typename scalar_t, typename out_t>
+__attribute__((target("avx2"))) void qlinear_avx2_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0,
+                                                         int64_t g1, int8_t* qbuf, int32_t* accbuf) {
+  qlinear_groups<scalar_t, out_t, false, kAvx2Rows, true>(p, panel, g0, g1, qbuf, accbuf, avx2_product);
+}
+
+template <typename scalar_t, typename out_t>
+SCANGRAPH_VNNI_TARGET void qlinear_vnni_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
+                                               int8_t* qbuf, int32_t* accbuf) {
+  qlinear_groups<scalar_t, out_t, true, kVnniRows>(p, panel, g0, g1, qbuf, accbuf, vnni_product);
+}
+
+template <typename scalar_t, typename out_t>
+SCANGRAPH_AMX_TARGET void qlinear_amx_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
+                                             int8_t* qbuf, int32_t* accbuf) {
+  amx_configure();
+  qlinear_groups<scalar_t, out_t, false, kGroupRows>(p, panel, g0, g1, qbuf, accbuf, amx_product);
   _tile_release();
 }
 #endif
 
-template <typename scalar_t, typename out_t>
-void qlinear_amx_kernel(const QLinearParams& p) {
-#if SCANGRAPH_LOWP_AVX2
-  const VnniPanel panel = pack_vnni(p, kAmxK / 4, kAmxCols);
-  for_each_row_group<kAmxRows>(p, panel, [&](int64_t g0, int64_t g1, int8_t* qbuf, int32_t* accbuf) {
-    qlinear_amx_groups<scalar_t, out_t>(p, panel, g0, g1, qbuf, accbuf);
-  });
-#else
-  TORCH_CHECK(false, "scangraph::qlinear: the AMX path is not compiled on this platform");
-#endif
-}
-
-// Row steps [s0, s1) of the AVX2 / scalar paths: quantize two rows, dot them with every
-// weight row 2 x 4 at a time, epilogue. One always-inlined body, compiled per ISA below.
-template <typename scalar_t, typename out_t, bool kAvx2, bool kInt4>
-SCANGRAPH_LOWP_INLINE void qlinear_steps(const QLinearParams& p, const WeightPanel& panel, int64_t Kp, int64_t s0,
-                                         int64_t s1, int8_t* qbuf, int32_t* accbuf) {
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
-  out_t* out = static_cast<out_t*>(p.out);
-  const int8_t* q[kRowsPerStep];
-  float sx[kRowsPerStep];
-  int32_t acc[kRowsPerStep][kColsPerStep];
-  for (int64_t r = 0; r < kRowsPerStep; ++r) q[r] = qbuf + r * Kp;
-  for (int64_t s = s0; s < s1; ++s) {
-    const int64_t m0 = s * kRowsPerStep, rows = std::min<int64_t>(kRowsPerStep, p.M - m0);
-    for (int64_t r = 0; r < kRowsPerStep; ++r) {
-      if (r < rows) sx[r] = quantize_row<scalar_t, false>(x + (m0 + r) * p.x_row_stride, p.K, Kp, qbuf + r * Kp);
-      else std::memset(qbuf + r * Kp, 0, Kp);  // a missing last row computes on zeros and is not stored
-    }
-    for (int64_t n0 = 0; n0 < panel.rows; n0 += kColsPerStep) {
-      const int8_t* w = panel.bytes.data() + n0 * panel.row_bytes;
-#if SCANGRAPH_LOWP_AVX2
-      if constexpr (kAvx2) dot_block_avx2<kInt4>(q, w, panel.row_bytes, Kp, acc);
-      else dot_block_scalar<kInt4>(q, w, panel.row_bytes, Kp, acc);
-#else
-      dot_block_scalar<kInt4>(q, w, panel.row_bytes, Kp, acc);
-#endif
-      for (int64_t r = 0; r < kRowsPerStep; ++r)
-        for (int64_t c = 0; c < kColsPerStep; ++c) accbuf[r * panel.rows + n0 + c] = acc[r][c];
-    }
-    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, accbuf + r * panel.rows, sx[r], out + (m0 + r) * p.N);
-  }
-}
-
-template <typename scalar_t, typename out_t, bool kInt4>
-void qlinear_steps_baseline(const QLinearParams& p, const WeightPanel& panel, int64_t Kp, int64_t s0, int64_t s1,
-                            int8_t* qbuf, int32_t* accbuf) {
-  qlinear_steps<scalar_t, out_t, false, kInt4>(p, panel, Kp, s0, s1, qbuf, accbuf);
-}
-
-#if SCANGRAPH_LOWP_AVX2
-template <typename scalar_t, typename out_t, bool kInt4>
-__attribute__((target("avx2"))) void qlinear_steps_avx2(const QLinearParams& p, const WeightPanel& panel, int64_t Kp,
-                                                        int64_t s0, int64_t s1, int8_t* qbuf, int32_t* accbuf) {
-  qlinear_steps<scalar_t, out_t, true, kInt4>(p, panel, Kp, s0, s1, qbuf, accbuf);
-}
-#endif
-
-template <typename scalar_t, typename out_t>
-void qlinear_kernel(const QLinearParams& p, bool use_avx2) {
-  const int64_t Kp = std::max<int64_t>(kKPad, (p.K + kKPad - 1) / kKPad * kKPad);
-  const WeightPanel panel = pack_weight(p, Kp);
-  auto* steps_fn = p.w_bits == 4 ? &qlinear_steps_baseline<scalar_t, out_t, true>
-                                 : &qlinear_steps_baseline<scalar_t, out_t, false>;
-#if SCANGRAPH_LOWP_AVX2
-  if (use_avx2) steps_fn = p.w_bits == 4 ? &qlinear_steps_avx2<scalar_t, out_t, true>
-                                         : &qlinear_steps_avx2<scalar_t, out_t, false>;
-#endif
-  const int64_t steps = (p.M + kRowsPerStep - 1) / kRowsPerStep;
-  // Grain: enough row pairs per task that the weight panel's trip through L2 is amortised.
-  at::parallel_for(0, steps, 16, [&](int64_t s0, int64_t s1) {
-    std::vector<int8_t> qbuf(kRowsPerStep * Kp, 0);
-    std::vector<int32_t> accbuf(kRowsPerStep * panel.rows);
-    steps_fn(p, panel, Kp, s0, s1, qbuf.data(), accbuf.data());
-  });
-}
-
 enum class QLinearIsa { Scalar, Avx2, Avx512Vnni, Amx };
+
+// Groups of kGroupRows rows in parallel, each task with its own buffers for the quantized rows
+// (kGroupRows x Kp int8) and their accumulators (kGroupRows x Np int32).
+template <typename scalar_t, typename out_t>
+void qlinear_kernel(const QLinearParams& p, QLinearIsa isa) {
+  const bool amx = isa == QLinearIsa::Amx;
+  const WeightPanel panel = pack_weight(p, amx ? kAmxK / 4 : 1, amx ? kAmxCols : kPanelLanes);
+  auto* groups = &qlinear_scalar_groups<scalar_t, out_t>;
+#if SCANGRAPH_LOWP_AVX2
+  if (isa == QLinearIsa::Avx2) groups = &qlinear_avx2_groups<scalar_t, out_t>;
+  if (isa == QLinearIsa::Avx512Vnni) groups = &qlinear_vnni_groups<scalar_t, out_t>;
+  if (amx) groups = &qlinear_amx_groups<scalar_t, out_t>;
+#else
+  TORCH_CHECK(isa == QLinearIsa::Scalar, "scangraph::qlinear: only the scalar path is compiled on this platform");
+#endif
+  at::parallel_for(0, (p.M + kGroupRows - 1) / kGroupRows, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<int8_t> qbuf(kGroupRows * panel.Kq * 4);
+    std::vector<int32_t> accbuf(kGroupRows * panel.Np);
+    groups(p, panel, g0, g1, qbuf.data(), accbuf.data());
+  });
+}
 
 QLinearIsa best_isa() {
   if (cpu::has_amx_int8()) return QLinearIsa::Amx;
@@ -593,9 +535,7 @@ at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qlinear_cpu", [&] {
     auto run = [&](auto out_tag) {
       using out_t = decltype(out_tag);
-      if (isa == QLinearIsa::Amx) qlinear_amx_kernel<scalar_t, out_t>(call.params);
-      else if (isa == QLinearIsa::Avx512Vnni) qlinear_vnni_kernel<scalar_t, out_t>(call.params);
-      else qlinear_kernel<scalar_t, out_t>(call.params, isa == QLinearIsa::Avx2);
+      qlinear_kernel<scalar_t, out_t>(call.params, isa);
     };
     switch (out_type) {
       case at::kInt: run(int32_t{}); break;
