@@ -274,6 +274,20 @@ def test_large_outputs_stream_bitwise_like_small_ones():
                                atol=1e-5 * float(xq.scale.max()) * 127, rtol=1e-5)
 
 
+def test_large_qlinear_outputs_stream_bitwise_like_small_ones():
+    """A 16 MiB fp32 qlinear output is streamed from an L1 row: every path gives the rows of a small one."""
+    x = adversarial(16384, 40, "boundary")
+    w = scangraph.quantize(torch.randn(256, 40), 8, 0)
+    bias = torch.randn(256)
+    for isa in _isas():
+        big = torch.ops.scangraph.qlinear_cpu_isa(x, w.data, w.scale, 8, 40, bias, "relu", None, isa)
+        for begin, end in ((0, 33), (16384 - 70, 16384)):
+            small = torch.ops.scangraph.qlinear_cpu_isa(x[begin:end], w.data, w.scale, 8, 40, bias, "relu", None, isa)
+            assert torch.equal(big[begin:end], small), isa
+    want = reference.qlinear(x, w.int_values(), w.scale, bias, "relu")
+    assert torch.equal(scangraph.qlinear(x, w, bias, "relu"), want)
+
+
 def test_qspmm_approximates_float_spmm():
     graph = make_graph("karate")
     x = torch.randn(graph.num_cols, 64)

@@ -422,6 +422,16 @@ SCANGRAPH_LOWP_INLINE void qlinear_epilogue(const QLinearParams& p, const int32_
   }
 }
 
+// A task's scratch: its group's quantized rows (kGroupRows x Kp int8), their accumulators
+// (kGroupRows x Np int32), and one fp32 output row staged in L1 for streaming stores.
+struct GroupBuffers {
+  std::vector<int8_t> q;
+  std::vector<int32_t> acc;
+  std::vector<float> row;
+  explicit GroupBuffers(const WeightPanel& panel)
+      : q(kGroupRows * panel.Kq * 4), acc(kGroupRows * panel.Np), row(panel.Np) {}
+};
+
 // Row groups [g0, g1) of kGroupRows rows: quantize them into qbuf (as uint8 q + 128 when
 // kOffset), padded with zero rows to a multiple of kTileRows; the product into accbuf; the
 // epilogue. Always inlined into one wrapper per ISA below, so that quantizing and the epilogue
@@ -429,8 +439,13 @@ SCANGRAPH_LOWP_INLINE void qlinear_epilogue(const QLinearParams& p, const int32_
 template <typename scalar_t, typename out_t, bool kOffset, int64_t kTileRows, bool kAvx2Quantize = false,
           typename Product>
 SCANGRAPH_LOWP_INLINE void qlinear_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
-                                          int8_t* qbuf, int32_t* accbuf, Product product) {
+                                          GroupBuffers& buffers, Product product) {
   const int64_t Kp = panel.Kq * 4;
+  int8_t* qbuf = buffers.q.data();
+  int32_t* accbuf = buffers.acc.data();
+  // Large fp32 outputs are written with streaming stores (csrc/cpu/stream_output.h): each row's
+  // epilogue goes to an L1 row first, vectorised as usual, then streams out.
+  const bool stream = std::is_same_v<out_t, float> && stream_output(p.out, p.M, p.N, sizeof(out_t));
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
   out_t* out = static_cast<out_t*>(p.out);
   float sx[kGroupRows];
@@ -456,42 +471,52 @@ SCANGRAPH_LOWP_INLINE void qlinear_groups(const QLinearParams& p, const WeightPa
       }
     }
     product(qbuf, padded, panel, accbuf);
-    for (int64_t r = 0; r < rows; ++r) qlinear_epilogue(p, accbuf + r * panel.Np, sx[r], out + (m0 + r) * p.N);
+    for (int64_t r = 0; r < rows; ++r) {
+      out_t* o = out + (m0 + r) * p.N;
+      if constexpr (std::is_same_v<out_t, float>) {
+        if (stream) {
+          qlinear_epilogue(p, accbuf + r * panel.Np, sx[r], buffers.row.data());
+          stream_copy(o, buffers.row.data(), p.N);
+          continue;
+        }
+      }
+      qlinear_epilogue(p, accbuf + r * panel.Np, sx[r], o);
+    }
   }
+  if (stream) stream_fence();  // the streamed stores are weakly ordered: drain them before the join
 }
 
 template <typename scalar_t, typename out_t>
-void qlinear_scalar_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1, int8_t* qbuf,
-                           int32_t* accbuf) {
-  qlinear_groups<scalar_t, out_t, false, 1>(p, panel, g0, g1, qbuf, accbuf, scalar_product);
+void qlinear_scalar_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
+                           GroupBuffers& buffers) {
+  qlinear_groups<scalar_t, out_t, false, 1>(p, panel, g0, g1, buffers, scalar_product);
 }
 
 #if SCANGRAPH_LOWP_AVX2
 template <typename scalar_t, typename out_t>
 __attribute__((target("avx2"))) void qlinear_avx2_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0,
-                                                         int64_t g1, int8_t* qbuf, int32_t* accbuf) {
-  qlinear_groups<scalar_t, out_t, false, kAvx2Rows, true>(p, panel, g0, g1, qbuf, accbuf, avx2_product);
+                                                         int64_t g1, GroupBuffers& buffers) {
+  qlinear_groups<scalar_t, out_t, false, kAvx2Rows, true>(p, panel, g0, g1, buffers, avx2_product);
 }
 
 template <typename scalar_t, typename out_t>
 SCANGRAPH_VNNI_TARGET void qlinear_vnni_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
-                                               int8_t* qbuf, int32_t* accbuf) {
-  qlinear_groups<scalar_t, out_t, true, kVnniRows>(p, panel, g0, g1, qbuf, accbuf, vnni_product);
+                                               GroupBuffers& buffers) {
+  qlinear_groups<scalar_t, out_t, true, kVnniRows>(p, panel, g0, g1, buffers, vnni_product);
 }
 
 template <typename scalar_t, typename out_t>
 SCANGRAPH_AMX_TARGET void qlinear_amx_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
-                                             int8_t* qbuf, int32_t* accbuf) {
+                                             GroupBuffers& buffers) {
   amx_configure();
-  qlinear_groups<scalar_t, out_t, false, kGroupRows>(p, panel, g0, g1, qbuf, accbuf, amx_product);
+  qlinear_groups<scalar_t, out_t, false, kGroupRows>(p, panel, g0, g1, buffers, amx_product);
   _tile_release();
 }
 #endif
 
 enum class QLinearIsa { Scalar, Avx2, Avx512Vnni, Amx };
 
-// Groups of kGroupRows rows in parallel, each task with its own buffers for the quantized rows
-// (kGroupRows x Kp int8) and their accumulators (kGroupRows x Np int32).
+// Groups of kGroupRows rows in parallel, each task with its own buffers.
 template <typename scalar_t, typename out_t>
 void qlinear_kernel(const QLinearParams& p, QLinearIsa isa) {
   const bool amx = isa == QLinearIsa::Amx;
@@ -505,9 +530,8 @@ void qlinear_kernel(const QLinearParams& p, QLinearIsa isa) {
   TORCH_CHECK(isa == QLinearIsa::Scalar, "scangraph::qlinear: only the scalar path is compiled on this platform");
 #endif
   at::parallel_for(0, (p.M + kGroupRows - 1) / kGroupRows, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<int8_t> qbuf(kGroupRows * panel.Kq * 4);
-    std::vector<int32_t> accbuf(kGroupRows * panel.Np);
-    groups(p, panel, g0, g1, qbuf.data(), accbuf.data());
+    GroupBuffers buffers(panel);
+    groups(p, panel, g0, g1, buffers);
   });
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -32,6 +33,16 @@ inline void stream_store8(float* dst, const float* src, float scale) {
   _mm_stream_ps(dst + 4, _mm_mul_ps(_mm_loadu_ps(src + 4), s));
 }
 #endif
+
+// dst[0..n) = src[0..n) with streaming stores where stream_output allowed them (n % 8 == 0, dst
+// 32-byte aligned); a plain copy elsewhere.
+inline void stream_copy(float* dst, const float* src, int64_t n) {
+#if defined(__x86_64__)
+  for (int64_t i = 0; i < n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#else
+  std::memcpy(dst, src, n * sizeof(float));
+#endif
+}
 
 // Drains a thread's streaming stores, which are weakly ordered, before it hands its rows over.
 inline void stream_fence() {
