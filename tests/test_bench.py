@@ -28,7 +28,8 @@ def test_interleaved_timing_runs_each_function_in_rounds():
     fns = {"fast": lambda: order.append("fast"), "slow": lambda: (order.append("slow"), time.sleep(0.003))}
     medians = interleaved_median_ms(fns, torch.device("cpu"), min_runs=4, min_seconds=0.0)
     assert medians["slow"] >= 3.0 > medians["fast"] > 0
-    assert order == ["fast", "slow"] * 5  # one warm-up run each, then 4 rounds
+    # one warm-up run each, then 4 rounds in which each timed run follows an untimed one of its own
+    assert order == ["fast", "slow"] + ["fast", "fast", "slow", "slow"] * 4
 
 
 def test_mambapy_baseline_computes_the_selective_scan():

@@ -37,15 +37,23 @@ def interleaved_median_ms(fns: Dict[str, Callable[[], object]], device: torch.de
     """Median milliseconds of each of fns, timed in rounds (one run of each per round, after one
     warm-up run each) until every one has min_runs runs and the rounds took min_seconds per
     function. Interleaving spreads a slow spell of a shared machine over all of them alike,
-    instead of landing it on whichever function was being timed."""
+    instead of landing it on whichever function was being timed. On the CPU each timed run comes
+    right after an untimed run of the same function: on a VM, a call that frees a lot of memory
+    slows the page faults of the next call's fresh allocations (measured: 2.5x on a 100 MB
+    output right after torch._int_mm's CPU composition), which in rounds would be charged to
+    whichever function follows the one that frees most. CUDA's caching allocator has no such
+    carry-over."""
     for fn in fns.values():
         fn()
     _sync(device)
+    settle = device.type == "cpu"
     times = {name: [] for name in fns}
     start_all = time.perf_counter()
     rounds = 0
     while rounds < max_runs and (rounds < min_runs or time.perf_counter() - start_all < min_seconds * len(fns)):
         for name, fn in fns.items():
+            if settle:
+                fn()
             times[name].append(_time_once_ms(fn, device))
         rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}
