@@ -22,11 +22,17 @@
 #include "cpu/csr_rows.h"
 #include "glue/lowp_args.h"
 
+// The x86 paths (AVX2, AVX-512 VNNI, AMX), each chosen at run time. -DSCANGRAPH_LOWP_AVX2=0 leaves
+// the portable code alone, as on ARM: CI compiles it so (.ci/run).
+#ifndef SCANGRAPH_LOWP_AVX2
 #if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
 #define SCANGRAPH_LOWP_AVX2 1
 #else
 #define SCANGRAPH_LOWP_AVX2 0
+#endif
+#endif
+#if SCANGRAPH_LOWP_AVX2
+#include <immintrin.h>
 #endif
 
 // The epilogue computes ((acc * sx) * sw) + bias as separate fp32 roundings, as the reference
@@ -193,6 +199,9 @@ SCANGRAPH_LOWP_INLINE float activate(float v) {
 constexpr int64_t kPanelLanes = 16;  // columns per panel block
 // Rows quantized together, which then share each column block while it sits in L1.
 constexpr int64_t kGroupRows = 32;
+// AMX multiplies 64 k at a time and we take 32 columns (two B tiles) per step: its panel's
+// K and N are padded to those.
+constexpr int64_t kAmxCols = 32, kAmxK = 64;
 
 struct WeightPanel {
   std::vector<int8_t> bytes;    // [Np / 16][Kq][16][4]
@@ -345,7 +354,6 @@ SCANGRAPH_VNNI_TARGET void vnni_product(const int8_t* q, int64_t rows, const Wei
 // A 2 x 2 block of C tiles (32 rows x 32 columns) with two A and two B tiles fills the 8 tile
 // registers. The product is then a small share of the time: quantizing x and the epilogue, both
 // AVX-512 here, and the memory traffic dominate.
-constexpr int64_t kAmxCols = 32, kAmxK = 64;
 static_assert(kGroupRows == 32, "an AMX group is two 16-row A tiles");
 
 #define SCANGRAPH_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni,amx-tile,amx-int8")))
