@@ -3,18 +3,47 @@
 Environment:
   SCANGRAPH_CUDA=0|1     force the CUDA kernels off / on (default: on when both are present;
                          no GPU is needed to build them)
-  TORCH_CUDA_ARCH_LIST   CUDA architectures to build for (read by torch's build helpers)
+  TORCH_CUDA_ARCH_LIST   CUDA architectures to build for; unset: the visible GPUs', or
+                         DEFAULT_CUDA_ARCHS where none is visible (see cuda_arch_list)
   MAX_JOBS               parallel compile jobs (read by torch's ninja build)
   CUDA_HOME              the CUDA toolkit; defaults to /usr/local/cuda where it holds nvcc
 """
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The architectures of a build on a machine without a visible GPU (a Docker image, a wheel, a
+# CI runner) when TORCH_CUDA_ARCH_LIST is unset: sm_80 machine code (A100; sm_86 / sm_89 cards
+# such as A10, L4 and RTX 30 / 40 run it too), sm_90 machine code (H100 / H200), and compute_90
+# PTX that newer GPUs (Blackwell) compile when the library loads. Each added architecture costs
+# about one more pass of nvcc's device compilation over every .cu file (docs/packaging.md gives
+# the measured times).
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def cuda_arch_list(environ, capabilities, newest=None):
+    """(TORCH_CUDA_ARCH_LIST for the build, where it came from).
+
+    environ: the environment; a non-empty TORCH_CUDA_ARCH_LIST wins. capabilities: (major,
+    minor) of each visible GPU. newest: the highest (major, minor) the installed torch was built
+    for; a newer GPU gets that one (plus PTX), as torch's own helper does.
+    """
+    given = environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if given:
+        return given, "TORCH_CUDA_ARCH_LIST"
+    if capabilities:
+        found = sorted({min(tuple(c), newest) if newest else tuple(c) for c in capabilities})
+        archs = [f"{major}.{minor}" for major, minor in found]
+        archs[-1] += "+PTX"
+        return ";".join(archs), "the visible GPUs"
+    return DEFAULT_CUDA_ARCHS, "the default for a machine without a visible GPU"
 
 
 def _default_cuda_home():
@@ -25,13 +54,30 @@ def _default_cuda_home():
             os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 
-_default_cuda_home()
+def _visible_capabilities(torch):
+    try:
+        return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a driver that cannot answer counts as no GPU
+        return []
 
-import torch  # noqa: E402
-from torch.utils import cpp_extension  # noqa: E402
+
+def _newest_torch_arch(torch):
+    archs = [a for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    numbers = [int(re.sub(r"\D", "", a)) for a in archs]
+    return max(((n // 10, n % 10) for n in numbers), default=None)
 
 
-def _want_cuda():
+def _nvcc_version(cpp_extension):
+    nvcc = os.path.join(cpp_extension.CUDA_HOME or "", "bin", "nvcc")
+    try:
+        text = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"not runnable ({error})"
+    found = re.search(r"release ([\d.]+)", text)
+    return found.group(1) if found else "unknown"
+
+
+def _want_cuda(torch, cpp_extension):
     forced = os.environ.get("SCANGRAPH_CUDA")
     have_toolkit = cpp_extension.CUDA_HOME is not None and (
         shutil.which("nvcc") or os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")))
@@ -50,8 +96,7 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
-def _extension():
-    with_cuda = _want_cuda()
+def _extension(torch, cpp_extension, with_cuda):
     sources = _sources("csrc/registration.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
     # torch adds the C++ standard its headers need; -fopenmp makes at::parallel_for parallel
@@ -71,19 +116,58 @@ def _extension():
     if os.path.isdir(wheel_include):
         include_dirs.append(wheel_include)
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    print(f"scangraph: building CPU + CUDA kernels (CUDA_HOME={cpp_extension.CUDA_HOME}, "
-          f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<torch default>')})",
-          file=sys.stderr)
+    archs, origin = cuda_arch_list(os.environ, _visible_capabilities(torch), _newest_torch_arch(torch))
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by torch's helper when it compiles
+    print(f"scangraph: building CPU + CUDA kernels for TORCH_CUDA_ARCH_LIST={archs} ({origin}; "
+          f"nvcc {_nvcc_version(cpp_extension)} at CUDA_HOME={cpp_extension.CUDA_HOME}, "
+          f"torch {torch.__version__} with CUDA {torch.version.cuda}). SCANGRAPH_CUDA=0 builds the "
+          "CPU kernels only.", file=sys.stderr)
     return cpp_extension.CUDAExtension(
         "scangraph._C", sources, include_dirs=include_dirs,
         define_macros=[("SCANGRAPH_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
 
 
-setup(
-    package_dir={"scangraph": "python/scangraph",
-                 "scangraph.triton_kernels": "triton_kernels"},
-    packages=["scangraph", "scangraph.ops", "scangraph.nn", "scangraph.bench", "scangraph.triton_kernels"],
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-)
+def _build_ext_class(torch, cpp_extension, with_cuda):
+    class BuildExtension(cpp_extension.BuildExtension):
+        """torch's BuildExtension, whose failures in a CUDA build end in one message saying what
+        was found and how to build without the CUDA kernels, not a traceback from inside torch."""
+
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as error:  # compile errors, torch's architecture and version checks
+                if not with_cuda:
+                    raise
+                detail = str(error).strip().splitlines()
+                raise SystemExit(
+                    "scangraph: the CUDA kernels could not be built.\n"
+                    f"  found: nvcc {_nvcc_version(cpp_extension)} (CUDA_HOME={cpp_extension.CUDA_HOME}), "
+                    f"torch {torch.__version__} built with CUDA {torch.version.cuda}, "
+                    f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}\n"
+                    f"  error: {type(error).__name__}: {detail[-1] if detail else ''}\n"
+                    "  To build the CPU kernels only: SCANGRAPH_CUDA=0 pip install --no-build-isolation .\n"
+                    "  To pick other architectures: TORCH_CUDA_ARCH_LIST='8.0;9.0+PTX' (for example)."
+                ) from None
+
+    return BuildExtension.with_options(use_ninja=True)
+
+
+def main():
+    _default_cuda_home()
+    import torch
+    from torch.utils import cpp_extension
+
+    with_cuda = _want_cuda(torch, cpp_extension)
+    setup(
+        package_dir={"scangraph": "python/scangraph",
+                     "scangraph.triton_kernels": "triton_kernels"},
+        packages=["scangraph", "scangraph.ops", "scangraph.nn", "scangraph.bench", "scangraph.triton_kernels"],
+        ext_modules=[_extension(torch, cpp_extension, with_cuda)],
+        cmdclass={"build_ext": _build_ext_class(torch, cpp_extension, with_cuda)},
+    )
+
+
+# setuptools' build backend runs this file as __main__; tests import it for cuda_arch_list.
+if __name__ == "__main__":
+    main()

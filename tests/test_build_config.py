@@ -1,0 +1,47 @@
+"""setup.py's choice of CUDA architectures: TORCH_CUDA_ARCH_LIST, the visible GPUs, or the
+default for a machine without one (a Docker image, a wheel, a CI runner)."""
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup_py():
+    spec = importlib.util.spec_from_file_location("scangraph_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: defines the helpers, builds nothing
+    return module
+
+
+def test_variable_wins_over_gpus_and_default(setup_py):
+    archs, origin = setup_py.cuda_arch_list({"TORCH_CUDA_ARCH_LIST": "7.5;8.6"}, [(9, 0)], (12, 0))
+    assert (archs, origin) == ("7.5;8.6", "TORCH_CUDA_ARCH_LIST")
+
+
+@pytest.mark.parametrize("value", ("", "  "))
+def test_empty_variable_counts_as_unset(setup_py, value):
+    archs, _ = setup_py.cuda_arch_list({"TORCH_CUDA_ARCH_LIST": value}, [], (12, 0))
+    assert archs == setup_py.DEFAULT_CUDA_ARCHS
+
+
+def test_no_gpu_gives_the_default(setup_py):
+    archs, origin = setup_py.cuda_arch_list({}, [], (12, 0))
+    assert archs == setup_py.DEFAULT_CUDA_ARCHS == "8.0;9.0+PTX"
+    assert "without a visible GPU" in origin
+    # The default covers A100 and H100 machine code and PTX for newer GPUs.
+    assert {"8.0", "9.0+PTX"} <= set(archs.split(";"))
+
+
+def test_visible_gpus_give_their_architectures(setup_py):
+    archs, origin = setup_py.cuda_arch_list({}, [(9, 0), (8, 0), (9, 0)], (12, 0))
+    assert archs == "8.0;9.0+PTX" and origin == "the visible GPUs"
+    assert setup_py.cuda_arch_list({}, [(8, 6)], (12, 0))[0] == "8.6+PTX"
+
+
+def test_gpu_newer_than_torch_is_clamped(setup_py):
+    # As torch's helper does: a GPU newer than any architecture torch was built for gets
+    # torch's newest, whose PTX the driver compiles for the GPU.
+    assert setup_py.cuda_arch_list({}, [(13, 0)], (12, 0))[0] == "12.0+PTX"
