@@ -105,6 +105,7 @@ def _extension(torch, cpp_extension, with_cuda):
     link = ["-fopenmp"]
     if not with_cuda:
         print("scangraph: building the CPU kernels only", file=sys.stderr)
+        _write_build_info(torch, None)
         return cpp_extension.CppExtension(
             "scangraph._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
             extra_link_args=link)
@@ -118,6 +119,7 @@ def _extension(torch, cpp_extension, with_cuda):
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     archs, origin = cuda_arch_list(os.environ, _visible_capabilities(torch), _newest_torch_arch(torch))
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by torch's helper when it compiles
+    _write_build_info(torch, archs)
     print(f"scangraph: building CPU + CUDA kernels for TORCH_CUDA_ARCH_LIST={archs} ({origin}; "
           f"nvcc {_nvcc_version(cpp_extension)} at CUDA_HOME={cpp_extension.CUDA_HOME}, "
           f"torch {torch.__version__} with CUDA {torch.version.cuda}). SCANGRAPH_CUDA=0 builds the "
@@ -126,6 +128,19 @@ def _extension(torch, cpp_extension, with_cuda):
         "scangraph._C", sources, include_dirs=include_dirs,
         define_macros=[("SCANGRAPH_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
+
+
+def _write_build_info(torch, archs):
+    """python/scangraph/_build_info.py: what this build was compiled against, for
+    `python -m scangraph.info` and the import-time check of the torch version."""
+    path = os.path.join(HERE, "python", "scangraph", "_build_info.py")
+    text = ('"""Written by setup.py at build time: what the compiled library was built against."""\n'
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"TORCH_CUDA = {torch.version.cuda!r}\n"
+            f"CUDA_ARCHS = {archs!r}  # None: built without the CUDA kernels\n")
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
 
 
 def _build_ext_class(torch, cpp_extension, with_cuda):

@@ -24,7 +24,7 @@ unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA MAX_JOBS CUDA_HOME CUDA_PATH
 start=$(date +%s)
 # The build's own lines (architectures, or why the CUDA kernels are off) and errors.
 (eval "$command") > readme-install.log 2>&1 || { tail -60 readme-install.log; exit 1; }
-grep -E "^scangraph:" readme-install.log || true
+grep -E "^scangraph:" readme-install.log || true  # shown by pip only with -v
 echo "README install: $(( $(date +%s) - start )) s"
 cd /  # import the installed package, not the source tree
 python -m scangraph.info

@@ -2,8 +2,8 @@
 // tensors' dtype (one per .cu file) on the current stream, then reports a failed launch.
 #pragma once
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
+
+#include "glue/cuda_context.h"
 
 namespace scangraph {
 
@@ -13,7 +13,7 @@ using CudaLauncher = void (*)(const Params&, cudaStream_t);
 template <typename Params>
 void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op, CudaLauncher<Params> fp64,
                     CudaLauncher<Params> fp32, CudaLauncher<Params> fp16, CudaLauncher<Params> bf16) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = current_cuda_stream();
   switch (dtype) {
     case at::kDouble: fp64(p, stream); break;
     case at::kFloat: fp32(p, stream); break;
@@ -22,7 +22,7 @@ void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op, CudaL
     default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
   }
   // Launchers skip empty grids; this reports a failed launch of the ones that ran.
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_cuda_launch();
 }
 
 }  // namespace scangraph

@@ -24,6 +24,7 @@
 
 #include "lowp.h"
 #include "scangraph/lowp_params.h"
+#include "launch.cuh"
 
 namespace scangraph {
 namespace lowp_cuda {
@@ -93,7 +94,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_values_kernel(Quantize
 template <typename scalar_t>
 void launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
   if (p.channels == 0) return;
-  absmax_scale_kernel<scalar_t><<<unsigned(p.channels), kQuantThreads, 0, stream>>>(p);  // empty channels: 0
+  launch_kernel<absmax_scale_kernel<scalar_t>>(unsigned(p.channels), kQuantThreads, 0, stream, p);  // empty channels: 0
   if (p.last_dim == 0) return;
   const int64_t rows = p.outer * p.channels * p.inner / p.last_dim;
   const int64_t row_bytes = p.bits == 4 ? (p.last_dim + 1) / 2 : p.last_dim;
@@ -101,8 +102,7 @@ void launch_quantize(const QuantizeParams& p, cudaStream_t stream) {
   if (total == 0) return;
   // Grid-stride: enough blocks to fill the device, capped so the grid size stays an int.
   const int64_t blocks = (total + kQuantThreads - 1) / kQuantThreads;
-  quantize_values_kernel<scalar_t><<<unsigned(blocks < 65536 ? blocks : 65536), kQuantThreads, 0, stream>>>(
-      p, rows, row_bytes);
+  launch_kernel<quantize_values_kernel<scalar_t>>(unsigned(blocks < 65536 ? blocks : 65536), kQuantThreads, 0, stream, p, rows, row_bytes);
 }
 
 // ---- qlinear ---------------------------------------------------------------------------------------
@@ -215,8 +215,8 @@ template <typename scalar_t, typename out_t>
 void launch_qlinear(const QLinearParams& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return;
   const dim3 grid(unsigned((p.M + kTileM - 1) / kTileM), unsigned((p.N + kTileN - 1) / kTileN));
-  if (p.w_bits == 4) qlinear_wmma_kernel<scalar_t, out_t, true><<<grid, kLinearThreads, 0, stream>>>(p);
-  else qlinear_wmma_kernel<scalar_t, out_t, false><<<grid, kLinearThreads, 0, stream>>>(p);
+  if (p.w_bits == 4) launch_kernel<qlinear_wmma_kernel<scalar_t, out_t, true>>(grid, kLinearThreads, 0, stream, p);
+  else launch_kernel<qlinear_wmma_kernel<scalar_t, out_t, false>>(grid, kLinearThreads, 0, stream, p);
 }
 
 template <typename scalar_t>
@@ -293,8 +293,8 @@ void qspmm_cuda(const QSpmmParams& p, cudaStream_t stream) {
   if (p.num_rows == 0 || p.num_features == 0) return;
   const unsigned blocks = unsigned((p.num_rows + lowp_cuda::kSpmmWarps - 1) / lowp_cuda::kSpmmWarps);
   const unsigned threads = lowp_cuda::kSpmmWarps * lowp_cuda::kWarp;
-  if (p.col_is_int32) lowp_cuda::qspmm_kernel<int32_t><<<blocks, threads, 0, stream>>>(p);
-  else lowp_cuda::qspmm_kernel<int64_t><<<blocks, threads, 0, stream>>>(p);
+  if (p.col_is_int32) launch_kernel<lowp_cuda::qspmm_kernel<int32_t>>(blocks, threads, 0, stream, p);
+  else launch_kernel<lowp_cuda::qspmm_kernel<int64_t>>(blocks, threads, 0, stream, p);
 }
 
 }  // namespace scangraph

@@ -2,10 +2,9 @@
 // device guard, current stream, dtype mapping, launch check. Index values of qspmm's graph are
 // validated by CSRGraph on construction (a check here would synchronise the device).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "glue/cuda_context.h"
 
 #include "glue/lowp_args.h"
 #include "lowp.h"
@@ -25,43 +24,43 @@ LowpType lowp_type(at::ScalarType t) {
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_cuda_op(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   QuantizeCall call = prepare_quantize(x, bits, axis);
   TORCH_CHECK(call.params.channels < (int64_t(1) << 31), "scangraph::quantize: at most 2^31 - 1 channels on CUDA");
-  quantize_cuda(call.params, lowp_type(x.scalar_type()), at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  quantize_cuda(call.params, lowp_type(x.scalar_type()), current_cuda_stream());
+  check_cuda_launch();
   return {call.data, call.scale};
 }
 
 at::Tensor qlinear_cuda_op(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
                            int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
                            std::optional<at::ScalarType> out_dtype) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   QLinearCall call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
   // Output tiles of 64: grid.y (N) is limited to 65535 blocks.
   TORCH_CHECK(call.params.N <= int64_t(65535) * 64, "scangraph::qlinear: N = ", call.params.N,
               " exceeds the CUDA kernel's limit of ", int64_t(65535) * 64);
   qlinear_cuda(call.params, lowp_type(x.scalar_type()), lowp_type(call.out.scalar_type()),
-               at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+               current_cuda_stream());
+  check_cuda_launch();
   return call.out;
 }
 
 at::Tensor qspmm_cuda_op(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
                          const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   QSpmmCall call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
-  qspmm_cuda(call.params, at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  qspmm_cuda(call.params, current_cuda_stream());
+  check_cuda_launch();
   return call.out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
-  m.impl("quantize", &quantize_cuda_op);
-  m.impl("qlinear", &qlinear_cuda_op);
-  m.impl("qspmm", &qspmm_cuda_op);
+SCANGRAPH_CUDA_KERNELS(m) {
+  SCANGRAPH_CUDA_IMPL(m, "quantize", &quantize_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "qlinear", &qlinear_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "qspmm", &qspmm_cuda_op);
 }
 
 }  // namespace scangraph

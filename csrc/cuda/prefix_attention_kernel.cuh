@@ -18,6 +18,7 @@
 
 #include "numeric.cuh"
 #include "scangraph/prefix_attention_params.h"
+#include "launch.cuh"
 
 namespace scangraph {
 namespace cuda {
@@ -297,10 +298,10 @@ void launch_forward(const PrefixAttentionParams& p, cudaStream_t stream) {
   if (blocks == 0) return;
   const unsigned threads = kWarp * kWarpsPerBlock;
   switch (per_lane(p.dim, p.dim_v)) {
-    case 1: prefix_attention_fwd_kernel<scalar_t, 1><<<blocks, threads, 0, stream>>>(p); break;
-    case 2: prefix_attention_fwd_kernel<scalar_t, 2><<<blocks, threads, 0, stream>>>(p); break;
-    case 4: prefix_attention_fwd_kernel<scalar_t, 4><<<blocks, threads, 0, stream>>>(p); break;
-    default: prefix_attention_fwd_kernel<scalar_t, 8><<<blocks, threads, 0, stream>>>(p); break;
+    case 1: launch_kernel<prefix_attention_fwd_kernel<scalar_t, 1>>(blocks, threads, 0, stream, p); break;
+    case 2: launch_kernel<prefix_attention_fwd_kernel<scalar_t, 2>>(blocks, threads, 0, stream, p); break;
+    case 4: launch_kernel<prefix_attention_fwd_kernel<scalar_t, 4>>(blocks, threads, 0, stream, p); break;
+    default: launch_kernel<prefix_attention_fwd_kernel<scalar_t, 8>>(blocks, threads, 0, stream, p); break;
   }
 }
 
@@ -310,10 +311,10 @@ void launch_backward(const PrefixAttentionBackwardParams& p, cudaStream_t stream
   if (blocks == 0) return;
   const unsigned threads = kWarp * kWarpsPerBlock;
   switch (per_lane(p.dim, p.dim_v)) {
-    case 1: prefix_attention_bwd_kernel<scalar_t, 1><<<blocks, threads, 0, stream>>>(p); break;
-    case 2: prefix_attention_bwd_kernel<scalar_t, 2><<<blocks, threads, 0, stream>>>(p); break;
-    case 4: prefix_attention_bwd_kernel<scalar_t, 4><<<blocks, threads, 0, stream>>>(p); break;
-    default: prefix_attention_bwd_kernel<scalar_t, 8><<<blocks, threads, 0, stream>>>(p); break;
+    case 1: launch_kernel<prefix_attention_bwd_kernel<scalar_t, 1>>(blocks, threads, 0, stream, p); break;
+    case 2: launch_kernel<prefix_attention_bwd_kernel<scalar_t, 2>>(blocks, threads, 0, stream, p); break;
+    case 4: launch_kernel<prefix_attention_bwd_kernel<scalar_t, 4>>(blocks, threads, 0, stream, p); break;
+    default: launch_kernel<prefix_attention_bwd_kernel<scalar_t, 8>>(blocks, threads, 0, stream, p); break;
   }
 }
 

@@ -2,9 +2,6 @@
 // stream, dtype dispatch, launch check. cu_seqlens values are validated by the public Python
 // function (a check here would synchronise the device on every call).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "dispatch_dtype.h"
@@ -32,7 +29,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, const std::optional<at::Tensor>& m0,
     const std::optional<at::Tensor>& c0, const std::optional<at::Tensor>& w0,
     const std::optional<at::Tensor>& cu_seqlens) {
-  const c10::cuda::CUDAGuard guard(k.device());
+  const CudaDeviceGuard guard(k.device());
   const PrefixAttentionCall call = prepare_prefix_attention(q, k, v, scale, m0, c0, w0, cu_seqlens);
   run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention");
   return {call.o, call.m, call.c, call.m_last, call.c_last, call.w_last};
@@ -40,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 at::Tensor prefix_attention_step_cuda(const at::Tensor& m, const at::Tensor& c, const at::Tensor& w,
                                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
-  const c10::cuda::CUDAGuard guard(k.device());
+  const CudaDeviceGuard guard(k.device());
   const PrefixAttentionCall call = prepare_prefix_attention_step(m, c, w, q, k, v, scale);
   run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention_step");
   return call.o;
@@ -52,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& cu_seqlens, const at::Tensor& o, const at::Tensor& m, const at::Tensor& c,
     const at::Tensor& c_last, const at::Tensor& w_last, const at::Tensor& grad_o, const at::Tensor& grad_m_last,
     const at::Tensor& grad_c_last, const at::Tensor& grad_w_last) {
-  const c10::cuda::CUDAGuard guard(k.device());
+  const CudaDeviceGuard guard(k.device());
   const PrefixAttentionBackwardCall call = prepare_prefix_attention_backward(
       q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last, grad_c_last, grad_w_last);
   launch(k.scalar_type(), call.params, "scangraph::prefix_attention_backward", prefix_attention_bwd_cuda_fp64,
@@ -62,10 +59,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
-  m.impl("prefix_attention", &prefix_attention_cuda);
-  m.impl("prefix_attention_backward", &prefix_attention_backward_cuda);
-  m.impl("prefix_attention_step", &prefix_attention_step_cuda);
+SCANGRAPH_CUDA_KERNELS(m) {
+  SCANGRAPH_CUDA_IMPL(m, "prefix_attention", &prefix_attention_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "prefix_attention_backward", &prefix_attention_backward_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "prefix_attention_step", &prefix_attention_step_cuda);
 }
 
 }  // namespace scangraph

@@ -24,6 +24,7 @@
 
 #include "numeric.cuh"
 #include "scangraph/selective_scan_params.h"
+#include "launch.cuh"
 
 namespace scangraph {
 // A namespace of its own: sparse_kernel.cuh defines helpers of the same names in
@@ -586,7 +587,7 @@ void launch_selective_scan(const SelectiveScanParams& p, cudaStream_t stream) {
   const int64_t units = p.batch * p.dim;
   if (units == 0) return;
   const int lanes = scan_lanes(p.dstate);
-  scan_forward_kernel<T><<<scan_blocks(units * lanes, kThreads), kThreads, 0, stream>>>(p, lanes);
+  launch_kernel<scan_forward_kernel<T>>(scan_blocks(units * lanes, kThreads), kThreads, 0, stream, p, lanes);
 }
 
 template <typename T>
@@ -598,14 +599,14 @@ void launch_selective_scan_backward(const SelectiveScanBackwardParams& q, cudaSt
   const int lanes = scan_lanes(p.dstate);
   if (units > 0) {
     const int64_t threads = units * (varying ? kWarp : lanes);
-    scan_backward_kernel<T><<<scan_blocks(threads, kThreads), kThreads, 0, stream>>>(q, lanes, parts);
+    launch_kernel<scan_backward_kernel<T>>(scan_blocks(threads, kThreads), kThreads, 0, stream, q, lanes, parts);
   }
   // Runs even for batch 0: the parameter gradients are then sums over nothing, zeros.
   const int64_t params = p.dim * (3 * p.dstate + 2);
-  if (params > 0) scan_param_reduce_kernel<T><<<stride_blocks(params), 256, 0, stream>>>(q);
+  if (params > 0) launch_kernel<scan_param_reduce_kernel<T>>(stride_blocks(params), 256, 0, stream, q);
   if (varying) {
     const int64_t slice = p.batch * p.groups * 2 * p.dstate * p.length;
-    if (slice > 0) scan_bc_reduce_kernel<T><<<stride_blocks(slice), 256, 0, stream>>>(q, parts);
+    if (slice > 0) launch_kernel<scan_bc_reduce_kernel<T>>(stride_blocks(slice), 256, 0, stream, q, parts);
   }
 }
 
@@ -614,7 +615,7 @@ void launch_selective_state_update(const SelectiveStateUpdateParams& q, cudaStre
   const int64_t units = q.batch * q.dim;
   if (units == 0) return;
   const int lanes = scan_lanes(q.dstate);
-  state_update_kernel<T><<<scan_blocks(units * lanes, kThreads), kThreads, 0, stream>>>(q, lanes);
+  launch_kernel<state_update_kernel<T>>(scan_blocks(units * lanes, kThreads), kThreads, 0, stream, q, lanes);
 }
 
 }  // namespace scan_cuda

@@ -2,9 +2,6 @@
 // glue/selective_scan_args.h, device guard, current stream, dtype dispatch, launch check.
 // cu_seqlens on the GPU is validated by the Python layer (a check here would synchronise).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "dispatch_dtype.h"
@@ -19,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cuda(
     const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse) {
-  const c10::cuda::CUDAGuard guard(u.device());
+  const CudaDeviceGuard guard(u.device());
   ScanForwardCall call =
       prepare_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse);
   dispatch_dtype(u.scalar_type(), call.in.params, "scangraph::selective_scan", selective_scan_cuda_fp64,
@@ -36,7 +33,7 @@ selective_scan_backward_cuda(const at::Tensor& grad_out, const std::optional<at:
                              bool delta_softplus, const std::optional<at::Tensor>& initial_state,
                              const std::optional<at::Tensor>& cu_seqlens, bool reverse,
                              const at::Tensor& checkpoints) {
-  const c10::cuda::CUDAGuard guard(u.device());
+  const CudaDeviceGuard guard(u.device());
   ScanBackwardCall call = prepare_selective_scan_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z,
                                                           delta_bias, delta_softplus, initial_state, cu_seqlens,
                                                           reverse, checkpoints);
@@ -50,7 +47,7 @@ at::Tensor selective_state_update_cuda(const at::Tensor& state, const at::Tensor
                                        const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
                                        const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                                        const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   StateUpdateCall call = prepare_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus);
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::selective_state_update",
                  selective_state_update_cuda_fp64, selective_state_update_cuda_fp32,
@@ -63,10 +60,10 @@ at::Tensor selective_state_update_cuda(const at::Tensor& state, const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
-  m.impl("selective_scan", &selective_scan_cuda);
-  m.impl("selective_scan_backward", &selective_scan_backward_cuda);
-  m.impl("selective_state_update", &selective_state_update_cuda);
+SCANGRAPH_CUDA_KERNELS(m) {
+  SCANGRAPH_CUDA_IMPL(m, "selective_scan", &selective_scan_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "selective_scan_backward", &selective_scan_backward_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "selective_state_update", &selective_state_update_cuda);
 }
 
 }  // namespace scangraph

@@ -18,6 +18,7 @@
 
 #include "numeric.cuh"
 #include "scangraph/sparse_params.h"
+#include "launch.cuh"
 
 namespace scangraph {
 namespace cuda {
@@ -739,62 +740,54 @@ void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
   // Segments first: the row pass reads their partials (same stream, so ordered).
   if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
     if (p.plan.max_segments > 0)
-      spmm_extreme_segment_kernel<scalar_t, index_t>
-          <<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
-    spmm_extreme_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+      launch_kernel<spmm_extreme_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_kernel<spmm_extreme_kernel<scalar_t, index_t>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
     return;
   }
   if (p.plan.max_segments > 0)
-    spmm_segment_kernel<scalar_t, index_t>
-        <<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<spmm_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
   // Small F: two rows per warp, 16 lanes each (F <= 16 would idle half a warp or more).
   if (p.num_features <= kWarp / 2)
-    spmm_kernel<scalar_t, index_t, kWarp / 2>
-        <<<warp_blocks((p.num_rows + 1) / 2), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<spmm_kernel<scalar_t, index_t, kWarp / 2>>(warp_blocks((p.num_rows + 1) / 2), kWarp * kWarpsPerBlock, 0, stream, p);
   else
-    spmm_kernel<scalar_t, index_t, kWarp><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<spmm_kernel<scalar_t, index_t, kWarp>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t stream) {
   if (p.transpose_plan.max_segments > 0)  // segments first: the source pass reads their partials
-    spmm_arg_dx_segment_kernel<scalar_t, index_t>
-        <<<warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<spmm_arg_dx_segment_kernel<scalar_t, index_t>>(warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
   if (p.num_src > 0)
-    spmm_arg_dx_kernel<scalar_t, index_t><<<warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<spmm_arg_dx_kernel<scalar_t, index_t>>(warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream, p);
   if (p.dweight && p.num_edges > 0)
-    spmm_arg_dweight_kernel<scalar_t, index_t>
-        <<<warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<spmm_arg_dweight_kernel<scalar_t, index_t>>(warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_gat(const GatParams& p, cudaStream_t stream) {
   if (p.num_rows == 0) return;
   if (p.plan.max_segments > 0)  // segments first: the row pass reads their partials
-    gat_segment_kernel<scalar_t, index_t><<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
-  gat_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<gat_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
+  launch_kernel<gat_kernel<scalar_t, index_t>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_gat_backward(const GatBackwardParams& p, cudaStream_t stream) {
   // Segments first: the row passes read their partials (same stream, so ordered).
   if (p.plan.max_segments > 0)
-    gat_dst_grad_segment_kernel<scalar_t, index_t>
-        <<<warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<gat_dst_grad_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
   if (p.transpose_plan.max_segments > 0)
-    gat_src_grad_segment_kernel<scalar_t, index_t>
-        <<<warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<gat_src_grad_segment_kernel<scalar_t, index_t>>(warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
   if (p.num_rows > 0)
-    gat_dst_grad_kernel<scalar_t, index_t><<<warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<gat_dst_grad_kernel<scalar_t, index_t>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
   if (p.num_src > 0)
-    gat_src_grad_kernel<scalar_t, index_t><<<warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+    launch_kernel<gat_src_grad_kernel<scalar_t, index_t>>(warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
   if (p.num_edges == 0 || p.num_rows == 0) return;
-  sddmm_kernel<scalar_t, index_t>
-      <<<warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream>>>(p);
+  launch_kernel<sddmm_kernel<scalar_t, index_t>>(warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream, p);
 }
 
 }  // namespace cuda
@@ -807,8 +800,8 @@ inline void launch_common_neighbors(const CommonNeighborParams& p, cudaStream_t 
   constexpr int kThreads = 256;
   if (p.num_pairs == 0) return;
   const unsigned blocks = unsigned((p.num_pairs + kThreads - 1) / kThreads);
-  if (p.col_is_int32) common_neighbors_kernel<int32_t><<<blocks, kThreads, 0, stream>>>(p);
-  else common_neighbors_kernel<int64_t><<<blocks, kThreads, 0, stream>>>(p);
+  if (p.col_is_int32) launch_kernel<common_neighbors_kernel<int32_t>>(blocks, kThreads, 0, stream, p);
+  else launch_kernel<common_neighbors_kernel<int64_t>>(blocks, kThreads, 0, stream, p);
 }
 }  // namespace cuda
 }  // namespace scangraph

@@ -2,9 +2,6 @@
 // dtype dispatch, launch check. Index values are validated by CSRGraph on construction (a
 // check here would synchronise the device on every call).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "dispatch_dtype.h"
@@ -55,13 +52,13 @@ template <typename Params>
 void* scratch(KernelCall<Params>& call, int64_t count, at::IntArrayRef inner, const at::TensorOptions& options) {
   std::vector<int64_t> shape{count};
   shape.insert(shape.end(), inner.begin(), inner.end());
-  return call.owned.emplace_back(at::empty(shape, options)).data_ptr();
+  return call.owned.emplace_back(empty_output(shape, options)).data_ptr();
 }
 
 KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
                                 const std::optional<at::Tensor>& weight, const at::Tensor& x,
                                 c10::string_view reduce) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
   SpmmParams& p = call.params;
   if (p.num_rows > 0 && p.num_heads * p.num_features > 0) {
@@ -101,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
     const at::Tensor& perm_t, const std::optional<at::Tensor>& weight, const at::Tensor& x,
     const at::Tensor& grad, const at::Tensor& arg, bool weight_grad) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   KernelCall<SpmmArgBackwardParams> call =
       prepare_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, weight_grad);
   SpmmArgBackwardParams& p = call.params;
@@ -121,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x, const at::Tensor& alpha_src,
     const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
     const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
   const at::Tensor row_sum = call.owned.back();  // before the plan adds its scratch
   GatParams& p = call.params;
@@ -142,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
     const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
     const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const CudaDeviceGuard guard(x.device());
   KernelCall<GatBackwardParams> call = prepare_gat_backward(
       rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, negative_slope);
   const at::Tensor dalpha_dst = call.owned.back();  // before the plans add their scratch
@@ -168,21 +165,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
 
 std::tuple<at::Tensor, at::Tensor> common_neighbors_cuda_op(const at::Tensor& rowptr, const at::Tensor& col,
                                                             const at::Tensor& src, const at::Tensor& dst) {
-  const c10::cuda::CUDAGuard guard(src.device());
+  const CudaDeviceGuard guard(src.device());
   CommonNeighborParams p = prepare_common_neighbors(rowptr, col, src, dst);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor counts = at::empty({p.num_pairs}, src.options());
+  cudaStream_t stream = current_cuda_stream();
+  at::Tensor counts = empty_output({p.num_pairs}, src.options());
   p.counts = counts.data_ptr<int64_t>();
   common_neighbors_cuda(p, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_cuda_launch();
   at::Tensor ptr = at::cat({at::zeros({1}, src.options()), counts.cumsum(0)});
   // The output size is data-dependent: one device-to-host read of the total.
-  at::Tensor neighbors = at::empty({ptr[-1].item<int64_t>()}, col.options());
+  at::Tensor neighbors = empty_output({ptr[-1].item<int64_t>()}, col.options());
   p.counts = nullptr;
   p.offsets = ptr.data_ptr<int64_t>();
   p.neighbors = neighbors.data_ptr();
   common_neighbors_cuda(p, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_cuda_launch();
   return {ptr, neighbors};
 }
 
@@ -191,7 +188,7 @@ at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at:
                      const std::optional<at::Tensor>& /*rowptr_t*/,
                      const std::optional<at::Tensor>& /*col_t*/,
                      const std::optional<at::Tensor>& /*perm_t*/) {
-  const c10::cuda::CUDAGuard guard(a.device());
+  const CudaDeviceGuard guard(a.device());
   const KernelCall<SddmmParams> call = prepare_sddmm(rowptr, col, a, b);
   const SddmmParams& p = call.params;
   dispatch_dtype(a.scalar_type(), p, "scangraph::sddmm", sddmm_cuda_fp64, sddmm_cuda_fp32,
@@ -201,14 +198,14 @@ at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CUDA, m) {
-  m.impl("spmm", &spmm_cuda);
-  m.impl("spmm_arg", &spmm_arg_cuda);
-  m.impl("spmm_arg_backward", &spmm_arg_backward_cuda);
-  m.impl("sddmm", &sddmm_cuda);
-  m.impl("common_neighbors", &common_neighbors_cuda_op);
-  m.impl("gat_aggregate", &gat_aggregate_cuda);
-  m.impl("gat_aggregate_backward", &gat_aggregate_backward_cuda);
+SCANGRAPH_CUDA_KERNELS(m) {
+  SCANGRAPH_CUDA_IMPL(m, "spmm", &spmm_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "spmm_arg", &spmm_arg_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "spmm_arg_backward", &spmm_arg_backward_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "sddmm", &sddmm_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "common_neighbors", &common_neighbors_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "gat_aggregate", &gat_aggregate_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "gat_aggregate_backward", &gat_aggregate_backward_cuda);
 }
 
 }  // namespace scangraph

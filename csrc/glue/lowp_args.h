@@ -7,6 +7,7 @@
 
 #include "glue/sparse_args.h"
 #include "scangraph/lowp_params.h"
+#include "glue/output_tensor.h"
 
 namespace scangraph {
 
@@ -47,8 +48,8 @@ inline QuantizeCall prepare_quantize(const at::Tensor& x, int64_t bits, std::opt
   const int64_t last = x.size(-1);
   std::vector<int64_t> shape = x.sizes().vec();
   if (bits == 4) shape.back() = (last + 1) / 2;
-  call.data = at::empty(shape, x.options().dtype(bits == 4 ? at::kByte : at::kChar));
-  call.scale = at::empty({channels}, x.options().dtype(at::kFloat));
+  call.data = empty_output(shape, x.options().dtype(bits == 4 ? at::kByte : at::kChar));
+  call.scale = empty_output({channels}, x.options().dtype(at::kFloat));
   QuantizeParams& p = call.params;
   p.x = call.x.data_ptr();
   p.data = static_cast<int8_t*>(call.data.data_ptr());

@@ -1,6 +1,9 @@
-// Allocation of the ops' large outputs.
+// Allocation of the ops' outputs and scratch: every tensor a kernel writes comes from here.
 #pragma once
 #include <ATen/ATen.h>
+
+#include <cstring>
+#include <limits>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -20,6 +23,15 @@ constexpr int64_t kHugePageOutputBytes = int64_t(8) << 20;
 // before anything touches it. Only a hint: where THP is off (or not Linux) nothing changes.
 inline at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& options) {
   at::Tensor out = at::empty(shape, options);
+#ifdef SCANGRAPH_CUDA_EMULATION
+  // The emulated CUDA kernels (tests only) must write every element they own: NaN, or 0xA5 bytes
+  // for integers, makes an element that no thread wrote fail the tests.
+  if (out.is_floating_point()) {
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+  } else if (out.numel() > 0) {
+    std::memset(out.data_ptr(), 0xA5, out.nbytes());
+  }
+#endif
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const int64_t bytes = out.numel() * int64_t(out.element_size());
   if (out.device().is_cpu() && bytes >= kHugePageOutputBytes) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "scangraph/prefix_attention_params.h"
+#include "glue/output_tensor.h"
 
 namespace scangraph {
 
@@ -144,12 +145,12 @@ inline PrefixAttentionCall prepare_prefix_attention(const at::Tensor& q, const a
   PrefixAttentionParams& p = call.params;
   fill_prefix_attention_layout(p, s, scale, cu_seqlens);
   const auto acc = k.options().dtype(prefix_attention_opmath(k.scalar_type()));
-  call.o = at::empty({s.batch, s.seqlen, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
-  call.m = at::empty({s.batch, s.seqlen, s.heads}, acc);
-  call.c = at::empty({s.batch, s.seqlen, s.heads}, acc);
-  call.m_last = at::empty({s.num_seqs, s.heads}, acc);
-  call.c_last = at::empty({s.num_seqs, s.heads}, acc);
-  call.w_last = at::empty({s.num_seqs, s.heads, s.dim_v}, acc);
+  call.o = empty_output({s.batch, s.seqlen, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  call.m = empty_output({s.batch, s.seqlen, s.heads}, acc);
+  call.c = empty_output({s.batch, s.seqlen, s.heads}, acc);
+  call.m_last = empty_output({s.num_seqs, s.heads}, acc);
+  call.c_last = empty_output({s.num_seqs, s.heads}, acc);
+  call.w_last = empty_output({s.num_seqs, s.heads, s.dim_v}, acc);
   p.o = call.o.data_ptr();
   p.m_stats = call.m.data_ptr();
   p.c_stats = call.c.data_ptr();
@@ -180,7 +181,7 @@ inline PrefixAttentionCall prepare_prefix_attention_step(const at::Tensor& m, co
   call.owned = {s.q3, s.k, s.v};
   PrefixAttentionParams& p = call.params;
   fill_prefix_attention_layout(p, s, scale, std::nullopt);
-  call.o = at::empty({s.batch, 1, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  call.o = empty_output({s.batch, 1, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
   p.o = call.o.data_ptr();
   p.m0 = p.m_last = m.data_ptr();
   p.c0 = p.c_last = c.data_ptr();
@@ -241,12 +242,12 @@ inline PrefixAttentionBackwardCall prepare_prefix_attention_backward(
   call.owned.insert(call.owned.end(), {s.q3, s.k, s.v});
   fill_prefix_attention_layout(p, s, scale, cu_seqlens);
   const auto acc_options = k.options().dtype(acc);
-  call.dq_partial = at::empty({s.num_seqs, s.heads, s.dim}, acc_options);
-  call.dk = at::empty({s.batch, s.seqlen, s.heads, s.dim}, k.options().memory_format(at::MemoryFormat::Contiguous));
-  call.dv = at::empty({s.batch, s.seqlen, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
-  call.dm0 = at::empty({s.num_seqs, s.heads}, acc_options);
-  call.dc0 = at::empty({s.num_seqs, s.heads}, acc_options);
-  call.dw0 = at::empty({s.num_seqs, s.heads, s.dim_v}, acc_options);
+  call.dq_partial = empty_output({s.num_seqs, s.heads, s.dim}, acc_options);
+  call.dk = empty_output({s.batch, s.seqlen, s.heads, s.dim}, k.options().memory_format(at::MemoryFormat::Contiguous));
+  call.dv = empty_output({s.batch, s.seqlen, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
+  call.dm0 = empty_output({s.num_seqs, s.heads}, acc_options);
+  call.dc0 = empty_output({s.num_seqs, s.heads}, acc_options);
+  call.dw0 = empty_output({s.num_seqs, s.heads, s.dim_v}, acc_options);
   p.dq_partial = call.dq_partial.data_ptr();
   p.dk = call.dk.data_ptr();
   p.dv = call.dv.data_ptr();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "scangraph/selective_scan_params.h"
+#include "glue/output_tensor.h"
 
 namespace scangraph {
 
@@ -169,9 +170,9 @@ inline ScanForwardCall prepare_selective_scan(
                                            cu_seqlens, reverse, "scangraph::selective_scan")};
   SelectiveScanParams& p = call.in.params;
   const auto acc = u.options().dtype(scan_acc_type(u.scalar_type()));
-  call.out = at::empty(u.sizes(), u.options());
-  call.last_state = at::empty({p.num_sequences, p.dim, p.dstate}, acc);
-  call.checkpoints = at::empty({p.batch, p.dim, p.num_chunks, p.dstate}, acc);
+  call.out = empty_output(u.sizes(), u.options());
+  call.last_state = empty_output({p.num_sequences, p.dim, p.dstate}, acc);
+  call.checkpoints = empty_output({p.batch, p.dim, p.num_chunks, p.dstate}, acc);
   p.out = call.out.data_ptr();
   p.last_state = call.last_state.data_ptr();
   p.checkpoints = call.checkpoints.data_ptr();
@@ -212,23 +213,23 @@ inline ScanBackwardCall prepare_selective_scan_backward(
               ", ", f.dim, ", ", f.num_chunks, ", ", f.dstate, ") ", acc_type, " tensor, got ",
               checkpoints.sizes(), " ", checkpoints.scalar_type());
   call.checkpoints = checkpoints.contiguous();
-  call.du = at::empty(u.sizes(), u.options());
-  call.ddelta = at::empty(u.sizes(), u.options());
-  call.dz = call.in.z.defined() ? at::empty(u.sizes(), u.options()) : at::empty({0}, u.options());
-  call.dA = at::empty({f.dim, f.dstate}, acc);
+  call.du = empty_output(u.sizes(), u.options());
+  call.ddelta = empty_output(u.sizes(), u.options());
+  call.dz = call.in.z.defined() ? empty_output(u.sizes(), u.options()) : empty_output({0}, u.options());
+  call.dA = empty_output({f.dim, f.dstate}, acc);
   if (f.groups == 0) {
-    call.dB = at::empty({f.dim, f.dstate}, acc);
-    call.dC = at::empty({f.dim, f.dstate}, acc);
-    call.bc_partial = at::empty({0}, acc);
+    call.dB = empty_output({f.dim, f.dstate}, acc);
+    call.dC = empty_output({f.dim, f.dstate}, acc);
+    call.bc_partial = empty_output({0}, acc);
   } else {
-    call.dB = at::empty(call.in.B.sizes(), u.options());
-    call.dC = at::empty(call.in.C.sizes(), u.options());
+    call.dB = empty_output(call.in.B.sizes(), u.options());
+    call.dC = empty_output(call.in.C.sizes(), u.options());
     call.bc_partial = at::zeros({scan_partitions(f.dim / f.groups), f.batch, f.groups, 2, f.dstate, f.length}, acc);
   }
-  call.dD = call.in.D.defined() ? at::empty({f.dim}, acc) : at::empty({0}, acc);
-  call.ddelta_bias = call.in.delta_bias.defined() ? at::empty({f.dim}, acc) : at::empty({0}, acc);
-  call.dinitial_state = call.in.initial_state.defined() ? at::empty({f.num_sequences, f.dim, f.dstate}, acc)
-                                                        : at::empty({0}, acc);
+  call.dD = call.in.D.defined() ? empty_output({f.dim}, acc) : empty_output({0}, acc);
+  call.ddelta_bias = call.in.delta_bias.defined() ? empty_output({f.dim}, acc) : empty_output({0}, acc);
+  call.dinitial_state = call.in.initial_state.defined() ? empty_output({f.num_sequences, f.dim, f.dstate}, acc)
+                                                        : empty_output({0}, acc);
   call.param_partial = at::zeros({f.batch, f.dim, 3 * f.dstate + 2}, acc);
   SelectiveScanBackwardParams& p = call.params;
   p.fwd = f;
@@ -323,7 +324,7 @@ inline StateUpdateCall prepare_state_update(const at::Tensor& state, const at::T
   }
   call.copy_back = state.scalar_type() != acc || !state.is_contiguous();
   call.state_acc = call.copy_back ? state.to(acc).contiguous() : state;
-  call.out = at::empty(x.sizes(), x.options());
+  call.out = empty_output(x.sizes(), x.options());
   SelectiveStateUpdateParams& p = call.params;
   p.batch = batch;
   p.dim = dim;

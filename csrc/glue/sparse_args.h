@@ -104,7 +104,7 @@ inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::T
   p.reduce = reduce == "sum" ? Reduce::Sum : reduce == "mean" ? Reduce::Mean
              : reduce == "max" ? Reduce::Max : Reduce::Min;
   if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
-    call.out2 = at::empty(out_shape, x.options().dtype(at::kLong));
+    call.out2 = empty_output(out_shape, x.options().dtype(at::kLong));
     p.arg = call.out2.data_ptr<int64_t>();
   }
   return call;
@@ -144,7 +144,7 @@ inline KernelCall<SpmmArgBackwardParams> prepare_spmm_arg_backward(
   }
   call.out = empty_output(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   // dweight is (E, heads); a weight shared by all heads sums it over heads afterwards.
-  call.out2 = at::empty({want_dweight ? num_edges : 0, heads}, x.options());
+  call.out2 = empty_output({want_dweight ? num_edges : 0, heads}, x.options());
   if (want_dweight) p.dweight = call.out2.data_ptr();
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
@@ -186,8 +186,8 @@ inline KernelCall<SddmmParams> prepare_sddmm(const at::Tensor& rowptr, const at:
   SddmmParams& p = call.params;
   const at::Tensor av = call.owned.emplace_back(as_node_head_feature(a, op, "a"));
   const at::Tensor bv = call.owned.emplace_back(as_node_head_feature(b, op, "b"));
-  call.out = a.dim() == 2 ? at::empty({num_edges}, a.options())
-                          : at::empty({num_edges, a.size(1)}, a.options());
+  call.out = a.dim() == 2 ? empty_output({num_edges}, a.options())
+                          : empty_output({num_edges, a.size(1)}, a.options());
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
   p.a = av.data_ptr();
@@ -241,8 +241,8 @@ inline KernelCall<GatParams> prepare_gat(const at::Tensor& rowptr, const at::Ten
   const at::Tensor ad = call.owned.emplace_back(alpha_dst.contiguous());
   call.out = empty_output({num_rows, x.size(1), x.size(2)}, x.options());
   // Row statistics: max in out2, denominator in owned[3] (returned by the op as well).
-  call.out2 = at::empty({num_rows, x.size(1)}, x.options().dtype(opmath_dtype(x.scalar_type())));
-  const at::Tensor row_sum = call.owned.emplace_back(at::empty_like(call.out2));
+  call.out2 = empty_output({num_rows, x.size(1)}, x.options().dtype(opmath_dtype(x.scalar_type())));
+  const at::Tensor row_sum = call.owned.emplace_back(empty_output(call.out2.sizes(), call.out2.options()));
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
   p.x = xc.data_ptr();
@@ -294,10 +294,10 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
   p.delta = keep(delta);
   p.grad = keep(grad);
   call.out = empty_output({x.size(0), x.size(1), x.size(2)}, x.options());
-  call.out2 = at::empty({x.size(0), x.size(1)}, x.options());
+  call.out2 = empty_output({x.size(0), x.size(1)}, x.options());
   p.dx = call.out.data_ptr();
   p.dalpha_src = call.out2.data_ptr();
-  p.dalpha_dst = call.owned.emplace_back(at::empty({num_rows, x.size(1)}, x.options())).data_ptr();
+  p.dalpha_dst = call.owned.emplace_back(empty_output({num_rows, x.size(1)}, x.options())).data_ptr();
   p.num_rows = num_rows;
   p.num_src = x.size(0);
   p.num_heads = x.size(1);

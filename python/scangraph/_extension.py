@@ -9,6 +9,15 @@ except ImportError as error:  # a source checkout without a build, or an ABI mis
     LOAD_ERROR = error
 
 
+def build_info():
+    """The module setup.py wrote at build time (torch version, CUDA architectures), or None."""
+    try:
+        from scangraph import _build_info
+    except ImportError:  # a build from before the file existed, or a source tree
+        return None
+    return _build_info
+
+
 def cpp_built() -> bool:
     """True when the C++ op library is loaded (its CPU kernels are always part of it)."""
     return LOAD_ERROR is None

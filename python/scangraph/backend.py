@@ -1,4 +1,6 @@
-"""Which implementation runs an op: "auto" | "cpp" | "cuda" | "triton" | "reference".
+"""Which implementation runs an op: "auto" | "cpp" | "cuda" | "triton" | "reference", and, for
+tests, "cuda_emulated" (the CUDA kernels run on CPU tensors under csrc/testing's emulation of the
+execution model; tests/cuda_emulation.py builds and loads it).
 
 Precedence: a `backend=` argument other than "auto", then the innermost `use_backend(...)`
 context, then the SCANGRAPH_BACKEND environment variable, then "auto". A backend that is not
@@ -12,7 +14,10 @@ import torch
 
 from scangraph import _extension
 
-BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
+BACKENDS = ("auto", "cpp", "cuda", "triton", "reference", "cuda_emulated")
+
+# The op of each compiled backend: scangraph::<op><suffix>, one schema for all (csrc/schemas.h).
+_OP_SUFFIX = {"cpp": "", "cuda": "", "triton": "_triton", "cuda_emulated": "_cuda_emulated"}
 
 # What "auto" runs, per device type. On CPU the C++ kernels beat the alternatives (see
 # bench/results/). On CUDA no GPU measurement exists yet: the CUDA kernels are the default
@@ -88,8 +93,21 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
                 f"{op}: backend 'cuda' is not built: scangraph was compiled without this CUDA kernel "
                 "(no nvcc or a CPU build of torch at install time, or SCANGRAPH_CUDA=0). Reinstall "
                 "with CUDA_HOME pointing at the toolkit, or use backend='triton'.")
+    elif name == "cuda_emulated":
+        if device.type != "cpu":
+            raise BackendUnavailable(f"{op}: backend 'cuda_emulated' runs the CUDA kernels on CPU tensors, got {device}")
+        if not hasattr(torch.ops.scangraph, f"{op}_cuda_emulated"):
+            raise BackendUnavailable(
+                f"{op}: backend 'cuda_emulated' is not loaded: it is a test-only build of the CUDA kernels for the "
+                "CPU (tests/cuda_emulation.py builds and loads it)")
     elif name == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:
             raise BackendUnavailable(f"{op}: backend 'triton' is unavailable: {reason}")
     return name
+
+
+def op_for(op: str, name: str):
+    """The op `scangraph::<op>` that the concrete backend `name` (from resolve) runs: the C++ /
+    CUDA op, its Triton twin `<op>_triton`, or the emulated CUDA twin `<op>_cuda_emulated`."""
+    return getattr(torch.ops.scangraph, op + _OP_SUFFIX[name])

@@ -107,15 +107,21 @@ def _register_autograd(suffix: str):
         torch.library.register_autograd(f"scangraph::{name}{suffix}", backward, setup_context=setup)
 
 
+def register_compiled_ops(suffix: str = ""):
+    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
+    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
+    torch.library.register_fake(f"scangraph::quantize{suffix}")(_quantize_fake)
+    torch.library.register_fake(f"scangraph::qlinear{suffix}")(_qlinear_fake)
+    torch.library.register_fake(f"scangraph::qspmm{suffix}")(_qspmm_fake)
+    _register_autograd(suffix)
+
+
 def _register_cpp_ops():
     if not hasattr(torch.ops.scangraph, "qlinear"):  # compiled library not loaded (or too old)
         return
-    torch.library.register_fake("scangraph::quantize")(_quantize_fake)
-    torch.library.register_fake("scangraph::qlinear")(_qlinear_fake)
+    register_compiled_ops("")
     torch.library.register_fake("scangraph::qlinear_cpu_isa")(_qlinear_isa_fake)
-    torch.library.register_fake("scangraph::qspmm")(_qspmm_fake)
     torch.library.register_fake("scangraph::qspmm_cpu_isa")(_qspmm_isa_fake)
-    _register_autograd("")
 
 
 def _register_triton_ops():
@@ -169,10 +175,10 @@ def _normalize_axis(op: str, axis, ndim: int) -> Optional[int]:
     return axis % ndim
 
 
-def _suffix(op: str, backend: str, device: torch.device) -> Optional[str]:
-    """'' (C++ / CUDA op), '_triton', or None for the reference."""
+def _compiled_op(op: str, backend: str, device: torch.device):
+    """The op of the chosen backend, or None for the reference."""
     name = _backend.resolve(op, backend, device)
-    return None if name == "reference" else ("_triton" if name == "triton" else "")
+    return None if name == "reference" else _backend.op_for(op, name)
 
 
 def quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, *, backend: str = "auto") -> QTensor:
@@ -193,12 +199,12 @@ def quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, *, backend
     if x.dim() == 0:
         raise ValueError("quantize: x must have at least one dimension, got a scalar")
     axis = _normalize_axis("quantize", axis, x.dim())
-    suffix = _suffix("quantize", backend, x.device)
-    if suffix is None:
+    compiled = _compiled_op("quantize", backend, x.device)
+    if compiled is None:
         q, scale = reference.quantize(x, bits, axis)
         data = reference.pack_int4(q) if bits == 4 else q
     else:
-        data, scale = getattr(torch.ops.scangraph, f"quantize{suffix}")(x, bits, axis)
+        data, scale = compiled(x, bits, axis)
         if axis is None:
             scale = scale.reshape(())
     return QTensor(data, scale, bits, axis, tuple(x.shape))
@@ -261,12 +267,11 @@ def qlinear(x: torch.Tensor, w: QTensor, bias: Optional[torch.Tensor] = None, ac
     w_scale = w.scale.float().reshape(-1).expand(n).contiguous() if w.axis is None else w.scale
     act = "none" if activation is None else activation
     x2 = x.reshape(-1, x.shape[-1])
-    suffix = _suffix(op, backend, x.device)
-    if suffix is None:
+    compiled = _compiled_op(op, backend, x.device)
+    if compiled is None:
         out = reference.qlinear(x2, w.int_values(), w_scale, bias, act, out_dtype)
     else:
-        out = getattr(torch.ops.scangraph, f"qlinear{suffix}")(x2, w.data, w_scale, w.bits, w.shape[1], bias, act,
-                                                               out_dtype)
+        out = compiled(x2, w.data, w_scale, w.bits, w.shape[1], bias, act, out_dtype)
     return out.reshape(tuple(x.shape[:-1]) + (n,))
 
 
@@ -307,10 +312,10 @@ def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Option
             raise ValueError(f"{op}: edge_weight must be ({graph.num_edges},), got {tuple(weight.shape)}")
         weight = weight.float()
     scale = xq.scale.float().reshape(-1).expand(graph.num_cols).contiguous() if xq.axis is None else xq.scale
-    suffix = _suffix(op, backend, xq.device)
-    if suffix is None:
+    compiled = _compiled_op(op, backend, xq.device)
+    if compiled is None:
         return reference.qspmm(graph.rowptr, graph.col, xq.data, scale, reduce, weight, torch.float32)
-    return getattr(torch.ops.scangraph, f"qspmm{suffix}")(graph.rowptr, graph.col, weight, xq.data, scale, reduce)
+    return compiled(graph.rowptr, graph.col, weight, xq.data, scale, reduce)
 
 
 def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, scale: Optional[torch.Tensor] = None,

@@ -78,13 +78,18 @@ def _register_autograd(suffix: str):
     torch.library.register_autograd(f"scangraph::prefix_attention{suffix}", backward, setup_context=setup)
 
 
+def register_compiled_ops(suffix: str = ""):
+    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
+    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
+    torch.library.register_fake(f"scangraph::prefix_attention{suffix}")(_forward_fake)
+    torch.library.register_fake(f"scangraph::prefix_attention_backward{suffix}")(_backward_fake)
+    torch.library.register_fake(f"scangraph::prefix_attention_step{suffix}")(_step_fake)
+    _register_autograd(suffix)
+
+
 def _register_cpp_ops():
-    if not hasattr(torch.ops.scangraph, "prefix_attention"):  # compiled library not loaded
-        return
-    torch.library.register_fake("scangraph::prefix_attention")(_forward_fake)
-    torch.library.register_fake("scangraph::prefix_attention_backward")(_backward_fake)
-    torch.library.register_fake("scangraph::prefix_attention_step")(_step_fake)
-    _register_autograd("")
+    if hasattr(torch.ops.scangraph, "prefix_attention"):  # else the compiled library is not loaded
+        register_compiled_ops("")
 
 
 def _register_triton_ops():
@@ -251,8 +256,7 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         o, state = reference.prefix_attention(q, k, v, scale, initial_state, cu_seqlens)
         state = tuple(t.to(acc) for t in state)
     else:
-        ops = torch.ops.scangraph
-        forward = ops.prefix_attention_triton if name == "triton" else ops.prefix_attention
+        forward = _backend.op_for("prefix_attention", name)
         m0, c0, w0 = initial_state if initial_state is not None else (None, None, None)
         o, _, _, m, c, w = forward(q, k, v, scale, m0, c0, w0, cu_seqlens)
         state = (m, c, w)
@@ -286,6 +290,4 @@ def prefix_attention_step(state: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
             c.copy_(c1)
             w.copy_(w1)
         return o[:, 0]
-    ops = torch.ops.scangraph
-    step = ops.prefix_attention_step_triton if name == "triton" else ops.prefix_attention_step
-    return step(m, c, w, q, k_t, v_t, scale)
+    return _backend.op_for("prefix_attention_step", name)(m, c, w, q, k_t, v_t, scale)

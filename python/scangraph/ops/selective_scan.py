@@ -85,13 +85,18 @@ def _register_autograd(suffix: str):
     torch.library.register_autograd(f"scangraph::selective_scan{suffix}", backward, setup_context=setup)
 
 
+def register_compiled_ops(suffix: str = ""):
+    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
+    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
+    torch.library.register_fake(f"scangraph::selective_scan{suffix}")(_scan_fake)
+    torch.library.register_fake(f"scangraph::selective_scan_backward{suffix}")(_scan_backward_fake)
+    torch.library.register_fake(f"scangraph::selective_state_update{suffix}")(_state_update_fake)
+    _register_autograd(suffix)
+
+
 def _register_cpp_ops():
-    if not hasattr(torch.ops.scangraph, "selective_scan"):  # compiled library not loaded
-        return
-    torch.library.register_fake("scangraph::selective_scan")(_scan_fake)
-    torch.library.register_fake("scangraph::selective_scan_backward")(_scan_backward_fake)
-    torch.library.register_fake("scangraph::selective_state_update")(_state_update_fake)
-    _register_autograd("")
+    if hasattr(torch.ops.scangraph, "selective_scan"):  # else the compiled library is not loaded
+        register_compiled_ops("")
 
 
 def _triton_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens):
@@ -303,8 +308,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                                                    initial_state, cu_seqlens, reverse)
         last_state = last_state.to(_acc(u.dtype))
     else:
-        scan = torch.ops.scangraph.selective_scan_triton if name == "triton" else torch.ops.scangraph.selective_scan
-        out, last_state, _ = scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
+        out, last_state, _ = _backend.op_for("selective_scan", name)(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
                                   cu_seqlens, bool(reverse))
     return (out, last_state) if return_last_state else out
 
@@ -337,6 +341,4 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         y, new_state = reference.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
         state.copy_(new_state)
         return y
-    step = (torch.ops.scangraph.selective_state_update_triton if name == "triton"
-            else torch.ops.scangraph.selective_state_update)
-    return step(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    return _backend.op_for("selective_state_update", name)(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))

@@ -172,17 +172,19 @@ def _register_autograd(suffix: str):
     torch.library.register_autograd(f"scangraph::{sddmm_name}", sddmm_backward, setup_context=sddmm_setup)
 
 
+def register_compiled_ops(suffix: str = ""):
+    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
+    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
+    for name, fake in (("spmm", _spmm_fake), ("sddmm", _sddmm_fake), ("spmm_arg", _spmm_arg_fake),
+                       ("spmm_arg_backward", _spmm_arg_backward_fake), ("gat_aggregate", _gat_fake),
+                       ("common_neighbors", _common_neighbors_fake), ("gat_aggregate_backward", _gat_backward_fake)):
+        torch.library.register_fake(f"scangraph::{name}{suffix}")(fake)
+    _register_autograd(suffix)
+
+
 def _register_cpp_ops():
-    if not hasattr(torch.ops.scangraph, "spmm"):  # compiled library not loaded
-        return
-    torch.library.register_fake("scangraph::spmm")(_spmm_fake)
-    torch.library.register_fake("scangraph::sddmm")(_sddmm_fake)
-    torch.library.register_fake("scangraph::spmm_arg")(_spmm_arg_fake)
-    torch.library.register_fake("scangraph::spmm_arg_backward")(_spmm_arg_backward_fake)
-    torch.library.register_fake("scangraph::gat_aggregate")(_gat_fake)
-    torch.library.register_fake("scangraph::common_neighbors")(_common_neighbors_fake)
-    torch.library.register_fake("scangraph::gat_aggregate_backward")(_gat_backward_fake)
-    _register_autograd("")
+    if hasattr(torch.ops.scangraph, "spmm"):  # else the compiled library is not loaded
+        register_compiled_ops("")
 
 
 def _register_triton_ops():
@@ -332,12 +334,9 @@ def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
     if name == "reference":
         return reference.spmm(graph.rowptr, graph.col, x, reduce, weight)
     transpose = graph.transpose_parts() if _needs_transpose(x, weight) else (None, None, None)
-    suffix = "_triton" if name == "triton" else ""
     if reduce in ("max", "min"):
-        op = getattr(torch.ops.scangraph, f"spmm_arg{suffix}")
-        return op(graph.rowptr, graph.col, weight, x, reduce, *transpose)[0]
-    op = getattr(torch.ops.scangraph, f"spmm{suffix}")
-    return op(graph.rowptr, graph.col, weight, x, reduce, *transpose)
+        return _backend.op_for("spmm_arg", name)(graph.rowptr, graph.col, weight, x, reduce, *transpose)[0]
+    return _backend.op_for("spmm", name)(graph.rowptr, graph.col, weight, x, reduce, *transpose)
 
 
 def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -359,8 +358,7 @@ def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "
     if name == "reference":
         return reference.sddmm(graph.rowptr, graph.col, a, b)
     transpose = graph.transpose_parts() if _needs_transpose(a, b) else (None, None, None)
-    op = torch.ops.scangraph.sddmm_triton if name == "triton" else torch.ops.scangraph.sddmm
-    return op(graph.rowptr, graph.col, a, b, *transpose)
+    return _backend.op_for("sddmm", name)(graph.rowptr, graph.col, a, b, *transpose)
 
 
 def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alpha_dst: torch.Tensor,
@@ -399,8 +397,7 @@ def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alp
     else:
         transpose = (graph.transpose_parts() if _needs_transpose(x, alpha_src, alpha_dst)
                      else (None, None, None))
-        op = torch.ops.scangraph.gat_aggregate_triton if name == "triton" else torch.ops.scangraph.gat_aggregate
-        out = op(graph.rowptr, graph.col, x, alpha_src, alpha_dst, float(negative_slope), *transpose)[0]
+        out = _backend.op_for("gat_aggregate", name)(graph.rowptr, graph.col, x, alpha_src, alpha_dst, float(negative_slope), *transpose)[0]
     return out.squeeze(1) if single_head else out
 
 
@@ -453,7 +450,6 @@ def common_neighbor_aggregate(graph: CSRGraph, x: torch.Tensor, src: torch.Tenso
     name = _backend.resolve("common_neighbors", backend, x.device)
     if name == "reference":
         return reference.common_neighbor_aggregate(graph.rowptr, graph.col, x, src, dst)
-    op = torch.ops.scangraph.common_neighbors_triton if name == "triton" else torch.ops.scangraph.common_neighbors
-    ptr, neighbors = op(graph.rowptr, graph.col, src.contiguous(), dst.contiguous())
+    ptr, neighbors = _backend.op_for("common_neighbors", name)(graph.rowptr, graph.col, src.contiguous(), dst.contiguous())
     pairs = CSRGraph(ptr, neighbors, num_cols=graph.num_rows, validate=False)
     return spmm(pairs, x, "sum", backend=name)
