@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The one device check, for a lent GPU machine (H100 / H200, torch 2.11 + triton 3.6, no
 # network), run in ONE call from the repository root:
-#   bash bench/gpu_check.sh            (results under $OUT, a short table printed last)
-# It builds the CUDA extension for sm_90 only with 16 jobs, runs every `cuda`-marked test with
-# Triton compiled (not interpreted), then the GPU benchmarks. Every step gets what is left of
-# BUDGET_S (default 560 s, under the device tool's 600 s per call), so a slow step shortens the
-# later ones instead of losing the whole call.
+#   bash bench/gpu_check.sh            (results under $OUT, a short summary printed last)
+# Every step gets what is left of one budget (BUDGET_S, default 560 s, under the device tool's
+# 600 s per call), so a slow step shortens the later ones instead of losing the whole call:
+#   1. build the extension (sm_90 + PTX, 16 jobs) and print `python -m scangraph.info`;
+#   2. the `cuda`-marked tests: the op samples on the `cuda` and `triton` backends (fp32 / fp16 /
+#      bf16 / fp64, forward, backward, determinism, opcheck), CUDA graphs, bad input across
+#      devices; --maxfail, not -x, so one failure does not hide the others;
+#   3. small shapes once under compute-sanitizer (memcheck, racecheck, synccheck, initcheck);
+#      where the machine refuses the sanitizer, that is recorded and the check goes on;
+#   4. the GPU benchmarks, next to the launch plan's predictions.
 set -uo pipefail
 deadline=$(( $(date +%s) + ${BUDGET_S:-560} ))
 left() {  # seconds for the next step: its own cap, or what is left of the budget (at least 10)
@@ -15,7 +20,7 @@ left() {  # seconds for the next step: its own cap, or what is left of the budge
 }
 OUT="${OUT:-$(pwd)/bench/out}"
 mkdir -p "$OUT"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS=16 SCANGRAPH_CUDA=1
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TORCH_CUDA_ARCH_LIST="9.0+PTX" MAX_JOBS=16 SCANGRAPH_CUDA=1
 export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 {
@@ -24,24 +29,43 @@ PY="${PYTHON:-python3}"
   "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-# Editable install without network or build isolation: builds scangraph._C for sm_90 and maps
-# triton_kernels/ into the package exactly as a user's install does.
+# 1. Editable install without network or build isolation: builds scangraph._C for sm_90 + PTX
+# and maps triton_kernels/ into the package exactly as a user's install does.
 start=$(date +%s)
 timeout "$(left 240)" "$PY" -m pip install -v --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1
 build_rc=$?
 echo "build rc=$build_rc in $(( $(date +%s) - start ))s" | tee -a "$OUT/env.txt"
 "$PY" -m scangraph.info 2>&1 | tee -a "$OUT/env.txt"
 
-# --maxfail, not -x: one failure should not hide the others, yet a broken build stops early.
-timeout "$(left 300)" "$PY" -m pytest tests -m cuda -q -p no:cacheprovider --maxfail=25 --junitxml="$OUT/cuda-tests.xml" \
-  > "$OUT/cuda-tests.log" 2>&1
+# 2. Every cuda-marked test: the sample table's GPU parameters, CUDA graphs, device mismatches.
+timeout "$(left 240)" "$PY" -m pytest tests -m cuda -q -p no:cacheprovider --maxfail=25 \
+  --junitxml="$OUT/cuda-tests.xml" > "$OUT/cuda-tests.log" 2>&1
 test_rc=$?
 
-timeout "$(left 180)" "$PY" -m scangraph.bench --device cuda --dtype float32 --features 32,128,512 \
+# 3. compute-sanitizer on small shapes: one float32 sample per family on the CUDA backend.
+SMALL='test_op_samples.py::test_forward_backward and gpu and float32 and (spmm-hub-max-per_head or gat_aggregate-hub or sddmm-hub or selective_scan-varlen or selective_scan-fixed-full or prefix_attention-varlen or qlinear-w4a8-relu or qspmm-hub-sum) and not triton'
+sanitizer_rc=""
+if command -v compute-sanitizer > /dev/null 2>&1; then
+  for tool in memcheck racecheck synccheck initcheck; do
+    timeout "$(left 60)" compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      "$PY" -m pytest tests/test_op_samples.py -q -p no:cacheprovider -k "$SMALL" > "$OUT/sanitizer-$tool.log" 2>&1
+    rc=$?
+    sanitizer_rc="$sanitizer_rc $tool=$rc"
+    # A machine that refuses the sanitizer (no permission, unsupported driver) says so in the log.
+    grep -qiE "not supported|permission|unable to|failed to initialize" "$OUT/sanitizer-$tool.log" \
+      && echo "compute-sanitizer $tool refused on this machine (see sanitizer-$tool.log)" | tee -a "$OUT/env.txt"
+  done
+else
+  sanitizer_rc=" not installed"
+fi
+
+# 4. The GPU benchmarks of every family, next to the launch plan's predictions.
+timeout "$(left 180)" "$PY" -m scangraph.bench --device cuda --dtype float32 --full \
   --json "$OUT/bench-cuda-fp32.json" --csv "$OUT/bench-cuda-fp32.csv" > "$OUT/bench-cuda-fp32.txt" 2>&1
-timeout "$(left 120)" "$PY" -m scangraph.bench --device cuda --dtype bfloat16 --features 128 \
+timeout "$(left 60)" "$PY" -m scangraph.bench --plan > "$OUT/plan.txt" 2>&1
+timeout "$(left 120)" "$PY" -m scangraph.bench --device cuda --dtype bfloat16 \
   --json "$OUT/bench-cuda-bf16.json" > "$OUT/bench-cuda-bf16.txt" 2>&1
 
-echo "== build rc=$build_rc, cuda tests rc=$test_rc"
+echo "== build rc=$build_rc, cuda tests rc=$test_rc, compute-sanitizer:$sanitizer_rc"
 tail -n 3 "$OUT/cuda-tests.log"
 cat "$OUT/bench-cuda-fp32.txt" "$OUT/bench-cuda-bf16.txt" | grep -v "%|"

@@ -9,7 +9,6 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import scangraph  # noqa: E402
 from scangraph import datasets  # noqa: E402
 from scangraph.backend import BackendUnavailable, resolve  # noqa: E402
 

@@ -15,7 +15,7 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(ROOT, "build", "cuda_emulated")
+BUILD = os.environ.get("SCANGRAPH_EMULATION_BUILD", os.path.join(ROOT, "build", "cuda_emulated"))
 NAME = "scangraph_cuda_emulated"
 # Every family's kernels, through their own glue; each family registers its ops' twins.
 FAMILIES = ("sparse", "selective_scan", "prefix_attention", "lowp")
@@ -62,11 +62,13 @@ def _sources():
 
 def build(verbose=False):
     """Compiles (or finds up to date) the emulated library; returns its path."""
+    include = cuda_include_dir()
+    if include is not None and not os.environ.get("CUDA_HOME"):  # quiets torch's guess from PATH
+        os.environ["CUDA_HOME"] = os.path.dirname(include)
     from torch.utils import cpp_extension
 
     import scangraph  # noqa: F401  (defines the scangraph op namespace that the library extends)
 
-    include = cuda_include_dir()
     if include is None:
         raise RuntimeError("the CUDA headers (cuda_runtime.h, cuda_fp16.h, cuda_bf16.h) were not found: set "
                            "CUDA_HOME to a CUDA toolkit, or install a CUDA build of torch")
@@ -106,5 +108,6 @@ if __name__ == "__main__":
     if error:
         sys.exit(error)
     import torch
-    ops = sorted(n for n in dir(torch.ops.scangraph) if n.endswith("_cuda_emulated"))
+    ops = sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                 if n.startswith("scangraph::") and n.endswith("_cuda_emulated"))
     print(f"{path}: {len(ops)} ops: {', '.join(ops)}")

@@ -659,3 +659,119 @@ def test_prefix_attention_nan_propagates_from_its_position():
     torch.testing.assert_close(o[1, :4], want[1, :4], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(o[1, :, 1], want[1, :, 1], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(o[0], want[0], atol=1e-10, rtol=1e-10)
+
+
+# ---- the raw ops guard themselves: a direct call gets the glue's checks, never a crash ---------
+def test_state_update_zero_groups_raises_not_sigfpe():
+    """The glue checked dim % groups before groups >= 1: B of shape (batch, 0, N) died of SIGFPE."""
+    args = _step()
+    bc = torch.randn(2, 0, 3)
+    with pytest.raises(RuntimeError, match="divisible by the groups of B"):
+        torch.ops.scangraph.selective_state_update(args["state"], args["x"], args["dt"], args["A"], bc, bc,
+                                                   None, None, None, False)
+
+
+def test_state_update_checks_d_z_dt_bias():
+    """The Python wrapper checks D, z and dt_bias like the glue does."""
+    for name, bad, pattern in (("D", torch.randn(5), r"\bD must have shape"),
+                               ("dt_bias", torch.randn(4, 1), r"\bdt_bias must have shape"),
+                               ("z", torch.randn(2, 4, dtype=torch.float64), r"\bz must be one of")):
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            ssu(**_step(**{name: bad}))
+
+
+def test_spmm_arg_backward_rejects_weight_heads_mismatch():
+    """A 2-D weight whose second dimension is not heads would be read out of bounds."""
+    g = _graph()
+    x = torch.randn(g.num_cols, 2, 3)
+    out, arg = torch.ops.scangraph.spmm_arg(g.rowptr, g.col, None, x, "max")
+    rowptr_t, col_t, perm_t = g.transpose_parts()
+    with pytest.raises(RuntimeError, match="edge_weight must be"):
+        torch.ops.scangraph.spmm_arg_backward(g.rowptr, g.col, rowptr_t, col_t, perm_t,
+                                              torch.rand(g.num_edges, 3), x, torch.randn_like(out), arg, True)
+
+
+def _common_neighbor_backends():
+    import cuda_emulation
+    backends = ["triton"] if _available("triton", "cpu") else []
+    if cuda_emulation.load() is None:
+        backends.append("cuda_emulated")
+    return backends
+
+
+@pytest.mark.parametrize("backend", ("triton", "cuda_emulated"))
+def test_common_neighbors_kernels_read_nothing_for_ids_out_of_range(backend):
+    """What a traced call hands the CUDA and Triton kernels unchecked: a pair naming a node past
+    the graph reads no memory and counts no common neighbour."""
+    if backend not in _common_neighbor_backends():
+        pytest.skip(f"backend {backend} is unavailable")
+    g = _graph()
+    op = scangraph.backend.op_for("common_neighbors", backend)
+    src = torch.tensor([0, g.num_rows + 1000, -7, 3])
+    dst = torch.tensor([1, 2, 5, 10 ** 12])
+    ptr, neighbors = op(g.rowptr, g.col, src, dst)
+    counts = ptr.diff()
+    assert counts[1:].tolist() == [0, 0, 0]
+    want = reference.common_neighbor_aggregate(g.rowptr, g.col, torch.ones(g.num_rows, 1, dtype=torch.float64),
+                                               src[:1], dst[:1])
+    assert counts[0].item() == int(want.item())
+
+
+def test_common_neighbor_aggregate_compiled_checks_ids():
+    """Traced, the ids are checked by an async assert in the graph (no host read)."""
+    g = make_graph("karate")
+    fn = torch.compile(lambda x, s, d: scangraph.common_neighbor_aggregate(g, x, s, d), fullgraph=True)
+    x = torch.randn(g.num_rows, 3)
+    ok = fn(x, torch.tensor([0, 1]), torch.tensor([2, 3]))
+    torch.testing.assert_close(ok, scangraph.common_neighbor_aggregate(g, x, torch.tensor([0, 1]),
+                                                                       torch.tensor([2, 3])))
+    with pytest.raises(RuntimeError, match="outside"):
+        fn(x, torch.tensor([0, g.num_rows]), torch.tensor([2, 3]))
+
+
+def _raw_device_cases():
+    """Raw-op calls with one tensor left on the CPU while the others are on the GPU."""
+    g = _graph().to("cuda")
+    x = torch.randn(g.num_cols, 2, 3, device="cuda")
+    rowptr_t, col_t, perm_t = g.transpose_parts()
+    out, arg = torch.ops.scangraph.spmm_arg(g.rowptr, g.col, None, x, "max")
+    a_src, a_dst = torch.randn(g.num_cols, 2, device="cuda"), torch.randn(g.num_rows, 2, device="cuda")
+    gat_out, row_max, row_sum = torch.ops.scangraph.gat_aggregate(g.rowptr, g.col, x, a_src, a_dst, 0.2)
+    delta = (gat_out * gat_out).sum(-1).float()
+    s = {k: v.cuda() for k, v in _step().items()}
+    u = {k: v.cuda() for k, v in _scan().items()}
+    scan_out, last, checkpoints = torch.ops.scangraph.selective_scan(
+        u["u"], u["delta"], u["A"], u["B"], u["C"], None, None, None, False, None, None, False)
+    return {
+        "selective_state_update z": (lambda: torch.ops.scangraph.selective_state_update(
+            s["state"], s["x"], s["dt"], s["A"], s["B"], s["C"], None, s["x"].cpu(), None, False), r"\bz is on"),
+        "spmm_arg_backward grad": (lambda: torch.ops.scangraph.spmm_arg_backward(
+            g.rowptr, g.col, rowptr_t, col_t, perm_t, None, x, out.cpu(), arg, False), "grad"),
+        "spmm_arg_backward arg": (lambda: torch.ops.scangraph.spmm_arg_backward(
+            g.rowptr, g.col, rowptr_t, col_t, perm_t, None, x, out, arg.cpu(), False), "arg"),
+        "gat_aggregate_backward row_max": (lambda: torch.ops.scangraph.gat_aggregate_backward(
+            g.rowptr, g.col, rowptr_t, col_t, x, a_src, a_dst, row_max.cpu(), row_sum, delta, gat_out, 0.2),
+            "row statistics"),
+        "gat_aggregate_backward grad": (lambda: torch.ops.scangraph.gat_aggregate_backward(
+            g.rowptr, g.col, rowptr_t, col_t, x, a_src, a_dst, row_max, row_sum, delta, gat_out.cpu(), 0.2), "grad"),
+        "selective_scan_backward grad_out": (lambda: torch.ops.scangraph.selective_scan_backward(
+            scan_out.cpu(), None, u["u"], u["delta"], u["A"], u["B"], u["C"], None, None, None, False, None, None,
+            False, checkpoints), "grad_out"),
+        "selective_scan_backward checkpoints": (lambda: torch.ops.scangraph.selective_scan_backward(
+            scan_out, None, u["u"], u["delta"], u["A"], u["B"], u["C"], None, None, None, False, None, None,
+            False, checkpoints.cpu()), "checkpoints"),
+    }
+
+
+RAW_DEVICE_CASES = ("selective_state_update z", "spmm_arg_backward grad", "spmm_arg_backward arg",
+                    "gat_aggregate_backward row_max", "gat_aggregate_backward grad",
+                    "selective_scan_backward grad_out", "selective_scan_backward checkpoints")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", RAW_DEVICE_CASES)
+def test_raw_ops_check_devices(case):
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA GPU: a second device")
+    call, pattern = _raw_device_cases()[case]
+    _check_raises(call, RuntimeError, pattern)

@@ -7,7 +7,6 @@ float64 on the inputs as rounded to the tested dtype, so only the kernel's own e
 """
 import os
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 

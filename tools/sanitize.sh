@@ -25,19 +25,22 @@ ROOT=$(pwd)
 OUT=${SANITIZE_DIR:-/tmp/scangraph-sanitize}
 LOG="$OUT/pytest.log"
 # Default subset: bad input (index checks, empty and strided tensors), property tests (random
-# graphs and shapes through every C++ kernel, forward and backward) and determinism (two threads).
-# Not the memory-growth test: ASan's quarantine keeps freed memory resident by design.
+# graphs and shapes through every C++ kernel, forward and backward), determinism (two threads),
+# and the op-sample table on the C++ kernels and on the CUDA kernels under the CPU emulation
+# (tests/cuda_emulation.py; its library is built here with the same sanitizers, into
+# $OUT/emulation). Not the memory-growth test: ASan's quarantine keeps freed memory resident.
 TESTS=(tests/test_bad_input.py tests/test_properties.py tests/test_determinism.py)
-if [ "$#" -gt 0 ]; then TESTS=("$@"); fi
+SAMPLES=(tests/test_op_samples.py -k "cpp or cuda_emulated")
+if [ "$#" -gt 0 ]; then TESTS=("$@"); SAMPLES=(); fi
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
 [ -f "$LIBASAN" ] || { echo "sanitize: libasan.so not found (gcc -print-file-name)"; exit 2; }
 
 mkdir -p "$OUT"
+SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g"
 if [ "${KEEP_BUILD:-0}" != 1 ] || ! ls "$OUT"/lib/scangraph/_C*.so > /dev/null 2>&1; then
   echo "=== building the sanitized CPU extension into $OUT (not in place)"
   rm -rf "$OUT/lib" "$OUT/tmp"
-  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g"
   # distutils appends CFLAGS / LDFLAGS to the compile and link lines of the extension. The
   # extension's own -O3 comes later on the line and wins: the kernels run as they ship.
   SCANGRAPH_CUDA=0 CFLAGS="$SAN" LDFLAGS="$SAN" MAX_JOBS="${MAX_JOBS:-2}" \
@@ -62,6 +65,8 @@ ln -sfn "$ROOT/triton_kernels" "$OUT/lib/scangraph/triton_kernels"
 LIBSTDCXX=$(gcc -print-file-name=libstdc++.so)
 export PYTHONPATH="$OUT/lib${PYTHONPATH:+:$PYTHONPATH}" LD_PRELOAD="$LIBASAN $LIBSTDCXX" PYTHONMALLOC=malloc
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:print_stacktrace=1"
+# The emulated CUDA kernels, built with the sanitizers into a folder of their own.
+export SCANGRAPH_EMULATION_BUILD="$OUT/emulation" SCANGRAPH_EMULATION_CFLAGS="$SAN"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 # The tests must load the sanitized library, not the in-place one.
 loaded=$(cd "$OUT" && python -c "import scangraph._C as c; print(c.__file__)")
@@ -70,6 +75,11 @@ echo "=== pytest ${TESTS[*]} against $SO"
 set +e
 python -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
+if [ "${#SAMPLES[@]}" -gt 0 ] && [ "$status" -eq 0 ]; then
+  echo "=== pytest ${SAMPLES[*]} (the CUDA kernels under the emulation, built with the sanitizers)"
+  python -m pytest -q -p no:cacheprovider "${SAMPLES[@]}" 2>&1 | tee -a "$LOG"
+  status=${PIPESTATUS[0]}
+fi
 set -e
 if grep -qE "ERROR: AddressSanitizer|runtime error:" "$LOG"; then
   echo "sanitize: sanitizer reports in $LOG"

@@ -785,15 +785,20 @@ def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_
 # ---- common neighbours ------------------------------------------------------------------------
 @triton.jit
 def common_neighbors_kernel(rowptr_ptr, col_ptr, src_ptr, dst_ptr, counts_ptr, offsets_ptr, neighbors_ptr,
-                            WRITE: tl.constexpr):
+                            num_rows, WRITE: tl.constexpr):
     # One program per pair: a scalar sorted merge of the two rows (pass 1 counts, pass 2 writes).
+    # An id outside [0, num_rows) reads nothing and leaves the pair empty (a traced call checks
+    # the ids with an async assert, ops/sparse.py).
     pair = tl.program_id(0).to(tl.int64)
     a = tl.load(src_ptr + pair)
     b = tl.load(dst_ptr + pair)
+    valid = (a >= 0) & (a < num_rows) & (b >= 0) & (b < num_rows)
+    a = tl.where(valid, a, 0)
+    b = tl.where(valid, b, 0)
     i = tl.load(rowptr_ptr + a)
-    end_a = tl.load(rowptr_ptr + a + 1)
+    end_a = tl.where(valid, tl.load(rowptr_ptr + a + 1), i)
     j = tl.load(rowptr_ptr + b)
-    end_b = tl.load(rowptr_ptr + b + 1)
+    end_b = tl.where(valid, tl.load(rowptr_ptr + b + 1), j)
     count = tl.zeros([], dtype=tl.int64)
     out = tl.zeros([], dtype=tl.int64)
     if WRITE:
@@ -817,4 +822,4 @@ def launch_common_neighbors(wrap, rowptr, col, src, dst, counts, offsets, neighb
     write = offsets is not None
     wrap(common_neighbors_kernel)[(src.numel(),)](
         rowptr, col, src, dst, counts if counts is not None else src, offsets if write else src,
-        neighbors if write else col, WRITE=write)
+        neighbors if write else col, rowptr.numel() - 1, WRITE=write)

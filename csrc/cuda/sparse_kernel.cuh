@@ -678,8 +678,12 @@ __global__ void common_neighbors_kernel(CommonNeighborParams p) {
   const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (q >= p.num_pairs) return;
   const index_t* col = static_cast<const index_t*>(p.col);
-  int64_t i = p.rowptr[p.src[q]], j = p.rowptr[p.dst[q]];
-  const int64_t end_a = p.rowptr[p.src[q] + 1], end_b = p.rowptr[p.dst[q] + 1];
+  const int64_t a = p.src[q], b = p.dst[q];
+  // The host checks the ids where it can read them; a traced call checks them with an async
+  // assert (ops/sparse.py). Here an id out of range reads nothing and the pair stays empty.
+  const bool valid = a >= 0 && a < p.num_rows && b >= 0 && b < p.num_rows;
+  int64_t i = valid ? p.rowptr[a] : 0, j = valid ? p.rowptr[b] : 0;
+  const int64_t end_a = valid ? p.rowptr[a + 1] : 0, end_b = valid ? p.rowptr[b + 1] : 0;
   index_t* out = p.counts ? nullptr : static_cast<index_t*>(p.neighbors) + p.offsets[q];
   int64_t count = 0;
   while (i < end_a && j < end_b) {

@@ -201,6 +201,9 @@ inline ScanBackwardCall prepare_selective_scan_backward(
   const auto acc = u.options().dtype(acc_type);
   TORCH_CHECK(grad_out.sizes() == u.sizes(), op, ": grad_out must have u's shape ", u.sizes(), ", got ",
               grad_out.sizes());
+  check_same_device(grad_out, u, op, "grad_out");
+  if (grad_last_state.has_value()) check_same_device(*grad_last_state, u, op, "grad_last_state");
+  check_same_device(checkpoints, u, op, "checkpoints");
   call.grad_out = grad_out.to(u.scalar_type()).contiguous();
   if (grad_last_state.has_value()) {
     TORCH_CHECK(grad_last_state->sizes() == at::IntArrayRef({f.num_sequences, f.dim, f.dstate}), op,
@@ -301,7 +304,7 @@ inline StateUpdateCall prepare_state_update(const at::Tensor& state, const at::T
     TORCH_CHECK((v.dim() == 2 || v.dim() == 3) && v.size(0) == batch && v.size(-1) == dstate, op, ": ", name,
                 " must be (batch, N) or (batch, groups, N), got shape ", v.sizes());
     const at::Tensor g = v.dim() == 2 ? v.unsqueeze(1) : v;
-    TORCH_CHECK(dim % g.size(1) == 0, op, ": dim (", dim, ") must be divisible by the groups of ", name, " (",
+    TORCH_CHECK(g.size(1) >= 1 && dim % g.size(1) == 0, op, ": dim (", dim, ") must be divisible by the groups of ", name, " (",
                 g.size(1), ")");
     TORCH_CHECK(v.scalar_type() == t, op, ": ", name, " must have x's dtype (", t, "), got ", v.scalar_type());
     return g.contiguous();
@@ -320,6 +323,7 @@ inline StateUpdateCall prepare_state_update(const at::Tensor& state, const at::T
   if (z.has_value()) {
     TORCH_CHECK(z->sizes() == x.sizes() && z->scalar_type() == t, op, ": z must match x (", x.sizes(), ", ", t,
                 "), got ", z->sizes(), ", ", z->scalar_type());
+    check_same_device(*z, x, op, "z");
     call.z = z->contiguous();
   }
   call.copy_back = state.scalar_type() != acc || !state.is_contiguous();

@@ -132,12 +132,17 @@ inline KernelCall<SpmmArgBackwardParams> prepare_spmm_arg_backward(
   TORCH_CHECK(grad.scalar_type() == x.scalar_type() && gv.size(0) == rowptr.numel() - 1 &&
                   gv.size(1) == xv.size(1) && gv.size(2) == xv.size(2),
               op, ": grad must be (num_rows, [heads,] F) in the dtype of x, got ", grad.sizes());
+  TORCH_CHECK(grad.device() == x.device() && arg.device() == x.device() && perm_t.device() == x.device(), op,
+              ": grad, arg and perm_t must be on the device of x (", x.device(), "), got ", grad.device(), ", ",
+              arg.device(), ", ", perm_t.device());
   const at::Tensor av = call.owned.emplace_back(arg.contiguous());
   const int64_t heads = xv.size(1);
   if (weight.has_value()) {
     const at::Tensor w = call.owned.emplace_back(weight->contiguous());
-    TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.size(0) == num_edges, op,
-                ": edge_weight must be (num_edges[, heads]) in the dtype of x");
+    TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.size(0) == num_edges &&
+                    (w.dim() == 1 || (w.dim() == 2 && w.size(1) == heads)),
+                op, ": edge_weight must be (num_edges[, heads]) = (", num_edges, "[, ", heads,
+                "]) in the dtype and on the device of x, got ", w.sizes(), " ", w.scalar_type(), " on ", w.device());
     p.weight = w.data_ptr();
     p.weight_edge_stride = w.dim() == 1 ? 1 : heads;
     p.weight_head_stride = w.dim() == 1 ? 0 : 1;
@@ -274,8 +279,12 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
   check_gat_features(x, alpha_src, alpha_dst, num_rows, op);
   const at::ScalarType acc = opmath_dtype(x.scalar_type());
   for (const at::Tensor* t : {&row_max, &row_sum, &delta})
-    TORCH_CHECK(t->scalar_type() == acc && t->dim() == 2 && t->size(0) == num_rows && t->size(1) == x.size(1), op,
-                ": row statistics must be (num_rows, heads) ", acc, ", got ", t->sizes(), " ", t->scalar_type());
+    TORCH_CHECK(t->scalar_type() == acc && t->dim() == 2 && t->size(0) == num_rows && t->size(1) == x.size(1) &&
+                    t->device() == x.device(),
+                op, ": row statistics must be (num_rows, heads) ", acc, " on ", x.device(), ", got ", t->sizes(),
+                " ", t->scalar_type(), " on ", t->device());
+  TORCH_CHECK(grad.device() == x.device(), op, ": grad must be on the device of x (", x.device(), "), got ",
+              grad.device());
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({num_rows, x.size(1), x.size(2)}) &&
                   grad.scalar_type() == x.scalar_type(),
               op, ": grad must be (num_rows, heads, F) in the dtype of x, got ", grad.sizes());
@@ -326,6 +335,7 @@ inline CommonNeighborParams prepare_common_neighbors(const at::Tensor& rowptr, c
   p.src = src.data_ptr<int64_t>();
   p.dst = dst.data_ptr<int64_t>();
   p.num_pairs = src.numel();
+  p.num_rows = rowptr.numel() - 1;
   p.col_is_int32 = col.scalar_type() == at::kInt;
   return p;
 }

@@ -171,6 +171,7 @@ struct CommonNeighborParams {
   const int64_t* src;
   const int64_t* dst;
   int64_t num_pairs;
+  int64_t num_rows;          // a pair naming a node outside [0, num_rows) has no common neighbours
   int64_t* counts;           // pass 1 output (nullptr in pass 2)
   const int64_t* offsets;    // pass 2 input (num_pairs + 1)
   void* neighbors;           // pass 2 output, the dtype of col

@@ -336,6 +336,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         if t.dim() not in (2, 3) or t.shape[0] != batch or t.shape[-1] != dstate or dim % groups:
             raise ValueError(f"{op}: {name} must be (batch, N) or (batch, groups, N) with groups dividing dim, "
                              f"got {tuple(t.shape)}")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        if t is not None:
+            _check_tensor(op, name, t, (dim,), device=x.device)
+    if z is not None:
+        _check_tensor(op, "z", z, x.shape, (x.dtype,), x.device)
     name = _backend.resolve(op, backend, x.device)
     if name == "reference":
         y, new_state = reference.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -437,11 +437,13 @@ def common_neighbor_aggregate(graph: CSRGraph, x: torch.Tensor, src: torch.Tenso
             raise ValueError(f"{op_name}: {name} must be a 1-D int64 tensor")
         if ids.device != graph.device:
             raise ValueError(f"{op_name}: {name} is on {ids.device} but the graph is on {graph.device}")
-        # Reading the ids on the host is a device sync and, traced, a data-dependent branch: a
-        # compiled graph leaves the bound check to the kernels (they check every pair).
-        if ids.numel() and not torch.compiler.is_compiling() and (
-                int(ids.min()) < 0 or int(ids.max()) >= graph.num_rows):
-            raise ValueError(f"{op_name}: {name} holds node ids outside [0, {graph.num_rows})")
+        message = f"{op_name}: {name} holds node ids outside [0, {graph.num_rows})"
+        if torch.compiler.is_compiling():
+            # Traced, a host read of the ids would be a data-dependent branch: the check runs as
+            # an async assert in the graph (and the kernels read nothing for such a pair).
+            torch._assert_async(((ids >= 0) & (ids < graph.num_rows)).all(), message)
+        elif ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= graph.num_rows):
+            raise ValueError(message)
     if src.shape != dst.shape:
         raise ValueError(f"{op_name}: src and dst must have one length, got {tuple(src.shape)} and {tuple(dst.shape)}")
     if not torch.compiler.is_compiling() and not _rows_sorted(graph):
