@@ -33,16 +33,17 @@ def assert_close(actual, expected, dtype=None, scale=1.0):
 
 def _available(backend, device):
     try:
-        resolve("test", backend, torch.device(device))
+        resolve("spmm", backend, torch.device(device))
         return True
     except BackendUnavailable:
         return False
 
 
 def backend_params():
-    """(backend, device) pairs: every compiled backend on CPU and, with a GPU, on CUDA."""
+    """(backend, device) pairs: every compiled backend on CPU (the CUDA kernels under the CPU
+    emulation among them) and, with a GPU, on CUDA."""
     params = []
-    for backend in ("cpp", "triton"):
+    for backend in ("cpp", "cuda_emulated", "triton"):
         params.append(pytest.param((backend, "cpu"), id=f"{backend}-cpu"))
     for backend in ("cuda", "triton"):
         params.append(pytest.param((backend, "cuda"), id=f"{backend}-cuda", marks=pytest.mark.cuda))
@@ -54,6 +55,11 @@ def backend_device(request):
     backend, device = request.param
     if device == "cuda" and not HAS_CUDA:
         pytest.skip("needs a CUDA GPU")
+    if backend == "cuda_emulated":
+        import cuda_emulation  # the CUDA kernels on CPU tensors (tests/cuda_emulation.py)
+        reason = cuda_emulation.load()
+        if reason:
+            pytest.skip(reason)
     if not _available(backend, device):
         pytest.skip(f"backend {backend!r} is unavailable on {device}")
     return backend, device

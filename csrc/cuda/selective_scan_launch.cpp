@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "dispatch_dtype.h"
+#include "glue/output_tensor.h"
 #include "glue/selective_scan_args.h"
 #include "selective_scan.h"
 
@@ -19,6 +20,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cuda(
   const CudaDeviceGuard guard(u.device());
   ScanForwardCall call =
       prepare_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse);
+  SelectiveScanParams& p = call.in.params;
+  const ScanCudaShape shape = scan_cuda_shape(false, p.batch, p.dim, p.groups, p.length, cuda_target_warps());
+  p.segments = shape.segments;
+  p.segment_tiles = shape.segment_tiles;
+  at::Tensor segment_state;  // the segments' maps, then their starting states
+  if (p.segments > 1) {
+    segment_state = empty_output({3, p.batch * p.dim, p.segments, p.dstate}, call.last_state.options());
+    p.segment_state = segment_state.data_ptr();
+  }
   dispatch_dtype(u.scalar_type(), call.in.params, "scangraph::selective_scan", selective_scan_cuda_fp64,
                  selective_scan_cuda_fp32, selective_scan_cuda_fp16, selective_scan_cuda_bf16);
   return {call.out, call.last_state, call.checkpoints};
@@ -36,7 +46,23 @@ selective_scan_backward_cuda(const at::Tensor& grad_out, const std::optional<at:
   const CudaDeviceGuard guard(u.device());
   ScanBackwardCall call = prepare_selective_scan_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z,
                                                           delta_bias, delta_softplus, initial_state, cu_seqlens,
-                                                          reverse, checkpoints);
+                                                          reverse, checkpoints, /*cpu_partials=*/false);
+  // The CUDA kernels' own partials (selective_scan_params.h): per (b, d, segment), and per slab.
+  SelectiveScanBackwardParams& q = call.params;
+  const SelectiveScanParams& f = q.fwd;
+  q.shape = scan_cuda_shape(true, f.batch, f.dim, f.groups, f.length, cuda_target_warps());
+  const at::TensorOptions acc = call.dA.options();
+  call.param_partial = at::zeros({f.batch, f.dim, q.shape.segments, 3 * f.dstate + 2}, acc);
+  q.param_partial = call.param_partial.data_ptr();
+  if (f.groups != 0) {
+    call.bc_partial = at::zeros({q.shape.slabs, f.batch, f.groups, 2, f.dstate, f.length}, acc);
+    q.bc_partial = call.bc_partial.data_ptr();
+  }
+  at::Tensor segment_flow;
+  if (q.shape.segments > 1) {
+    segment_flow = empty_output({3, f.batch * f.dim, q.shape.segments, f.dstate}, acc);
+    q.segment_flow = segment_flow.data_ptr();
+  }
   dispatch_dtype(u.scalar_type(), call.params, "scangraph::selective_scan_backward",
                  selective_scan_backward_cuda_fp64, selective_scan_backward_cuda_fp32,
                  selective_scan_backward_cuda_fp16, selective_scan_backward_cuda_bf16);

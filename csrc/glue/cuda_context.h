@@ -12,6 +12,7 @@
 #ifdef SCANGRAPH_CUDA_EMULATION
 #include "schemas.h"
 #else
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -24,6 +25,9 @@ struct CudaDeviceGuard {
   explicit CudaDeviceGuard(const at::Device&) {}
 };
 inline cudaStream_t current_cuda_stream() { return nullptr; }
+// Warps that fill the device, for the launch rules (SMs x 32): an H100 / H200's 132 SMs, so that
+// the emulation runs the launch shapes of the GPU the project targets.
+inline int64_t cuda_target_warps() { return int64_t(132) * 32; }
 // The emulator reports a breach by throwing, at the launch itself.
 inline void check_cuda_launch() {}
 #define SCANGRAPH_CUDA_KERNELS(m) TORCH_LIBRARY_FRAGMENT(scangraph, m)
@@ -33,6 +37,8 @@ inline void check_cuda_launch() {}
 #else
 using CudaDeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_cuda_stream() { return at::cuda::getCurrentCUDAStream(); }
+// Warps that fill the device, for the launch rules: SMs x 32 (half of an SM's resident warps).
+inline int64_t cuda_target_warps() { return int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32; }
 inline void check_cuda_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 #define SCANGRAPH_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(scangraph, CUDA, m)
 #define SCANGRAPH_CUDA_IMPL(m, name, fn) (m).impl(name, fn)

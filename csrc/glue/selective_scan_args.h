@@ -192,7 +192,8 @@ inline ScanBackwardCall prepare_selective_scan_backward(
     const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse,
-    const at::Tensor& checkpoints) {
+    const at::Tensor& checkpoints, bool cpu_partials = true) {
+  // cpu_partials: the partial buffers in the CPU kernel's layout (the CUDA glue makes its own).
   const char* op = "scangraph::selective_scan_backward";
   ScanBackwardCall call{prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                             cu_seqlens, reverse, op)};
@@ -227,13 +228,15 @@ inline ScanBackwardCall prepare_selective_scan_backward(
   } else {
     call.dB = empty_output(call.in.B.sizes(), u.options());
     call.dC = empty_output(call.in.C.sizes(), u.options());
-    call.bc_partial = at::zeros({scan_partitions(f.dim / f.groups), f.batch, f.groups, 2, f.dstate, f.length}, acc);
+    call.bc_partial = cpu_partials ? at::zeros({scan_partitions(f.dim / f.groups), f.batch, f.groups, 2, f.dstate,
+                                                f.length}, acc)
+                                   : empty_output({0}, acc);
   }
   call.dD = call.in.D.defined() ? empty_output({f.dim}, acc) : empty_output({0}, acc);
   call.ddelta_bias = call.in.delta_bias.defined() ? empty_output({f.dim}, acc) : empty_output({0}, acc);
   call.dinitial_state = call.in.initial_state.defined() ? empty_output({f.num_sequences, f.dim, f.dstate}, acc)
                                                         : empty_output({0}, acc);
-  call.param_partial = at::zeros({f.batch, f.dim, 3 * f.dstate + 2}, acc);
+  call.param_partial = cpu_partials ? at::zeros({f.batch, f.dim, 3 * f.dstate + 2}, acc) : empty_output({0}, acc);
   SelectiveScanBackwardParams& p = call.params;
   p.fwd = f;
   p.fwd.checkpoints = call.checkpoints.data_ptr();

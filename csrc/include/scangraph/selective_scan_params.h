@@ -37,6 +37,56 @@ inline int64_t scan_partitions(int64_t channels_per_group) {
   return p;
 }
 
+// ---- the CUDA kernels' launch shape (csrc/cuda/selective_scan_kernel.cuh) -------------------
+// A warp owns one (batch, channel) and one segment of the scan order, all N states, and walks the
+// segment in tiles of kScanTile positions (32 lanes x 4 consecutive positions). When the
+// channels alone leave the GPU short of work, the scan order is cut into segments: a summary
+// pass, a short composition of the segments' maps, and the full pass from each segment's true
+// state. target_warps is what fills the device (SMs x 32 resident warps: 4224 on an H100 /
+// H200 of 132 SMs).
+constexpr int64_t kScanTile = 128;
+// Backward warps per block: consecutive channels of one group, whose varying dB / dC the block
+// sums in warp order before adding them to its partial (no atomics).
+constexpr int64_t kScanBlockChannels = 8;
+// At most this many partials of a varying dB / dC (batch, groups, N, L) are summed at the end;
+// a block walks several rounds of channels when a group has more.
+constexpr int64_t kScanMaxSlabs = 16;
+
+struct ScanCudaShape {
+  int64_t segments = 1;       // segments per channel
+  int64_t segment_tiles = 1;  // tiles of kScanTile positions per segment (the last may be shorter)
+  int64_t slabs = 1;          // backward, varying B / C: channel slabs per group (partials)
+  int64_t rounds = 1;         // backward, varying: channels each warp walks, one after another
+};
+
+inline int64_t scan_cuda_segments(int64_t warps, int64_t length, int64_t target_warps, int64_t& segment_tiles) {
+  const int64_t tiles = (length + kScanTile - 1) / kScanTile;
+  int64_t want = warps > 0 ? (target_warps + warps - 1) / warps : 1;
+  if (want > tiles) want = tiles;
+  if (want < 1) want = 1;
+  segment_tiles = tiles > 0 ? (tiles + want - 1) / want : 1;
+  return tiles > 0 ? (tiles + segment_tiles - 1) / segment_tiles : 1;
+}
+
+// groups: 0 for fixed B / C. The forward's warps are the batch x dim channels; the backward's,
+// with varying B / C, batch x groups x slabs x kScanBlockChannels (each walking `rounds`).
+inline ScanCudaShape scan_cuda_shape(bool backward, int64_t batch, int64_t dim, int64_t groups, int64_t length,
+                                     int64_t target_warps) {
+  ScanCudaShape s;
+  int64_t warps = batch * dim;
+  if (backward && groups > 0) {
+    const int64_t per_group = dim / groups;
+    const int64_t blocks = (per_group + kScanBlockChannels - 1) / kScanBlockChannels;
+    s.slabs = blocks < kScanMaxSlabs ? blocks : kScanMaxSlabs;
+    if (s.slabs < 1) s.slabs = 1;
+    s.rounds = (per_group + s.slabs * kScanBlockChannels - 1) / (s.slabs * kScanBlockChannels);
+    if (s.rounds < 1) s.rounds = 1;
+    warps = batch * groups * s.slabs * kScanBlockChannels;
+  }
+  s.segments = scan_cuda_segments(warps, length, target_warps, s.segment_tiles);
+  return s;
+}
+
 struct SelectiveScanParams {
   int64_t batch, dim, length, dstate;
   int64_t groups;           // varying B / C; 0 when B / C are fixed (dim, N)
@@ -57,6 +107,11 @@ struct SelectiveScanParams {
   void* out;                // (batch, dim, length) T
   void* last_state;         // (num_sequences, dim, N) acc
   void* checkpoints;        // (batch, dim, num_chunks, N) acc: the state entering each chunk
+  // CUDA only (scan_cuda_shape): segments of the scan order and their scratch, (3, batch * dim,
+  // segments, N) acc: each segment's map (P, Q) from the summary pass, then its starting state.
+  int64_t segments;
+  int64_t segment_tiles;
+  void* segment_state;
 };
 
 // Backward (ALGORITHMS.md section 1). The forward's fields are its inputs; checkpoints is read.
@@ -83,6 +138,12 @@ struct SelectiveScanBackwardParams {
   void* dinitial_state;     // (num_sequences, dim, N) acc, or nullptr without initial_state
   void* param_partial;
   void* bc_partial;
+  // CUDA only: the backward's own segments (scan_cuda_shape(true, ...)); param_partial is then
+  // (batch, dim, segments, 3 N + 2), bc_partial (slabs, batch, groups, 2, N, length), and
+  // segment_flow (3, batch * dim, segments, N) acc holds each segment's map of the adjoint flow
+  // and the flow entering it from the right.
+  ScanCudaShape shape;
+  void* segment_flow;
 };
 
 // One decode step, the scan with length 1 starting from `state` (updated in place):
