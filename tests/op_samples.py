@@ -226,6 +226,10 @@ PREFIX = [
     Sample("prefix_attention", "varlen", _prefix(1, 40, 2, 4, 6, True, True, varlen=[0, 13, 13, 40]),
            grads=PREFIX_GRADS, grad_tol=4.0, core=True),
     Sample("prefix_attention", "L1", _prefix(3, 1, 1, 2, 3), grads=PREFIX_GRADS),
+    # Few (sequence, head) pairs over a long L: the CUDA kernels cut it into segments of 32,
+    # which straddle the packed sequences.
+    Sample("prefix_attention", "segments-varlen", _prefix(1, 300, 1, 8, 40, True, True, varlen=[0, 5, 5, 170, 300]),
+           grads=PREFIX_GRADS, grad_tol=4.0, core=True),
     Sample("prefix_attention_step", "step", _prefix_step(2, 3, 8, 5), mutated=("state",), core=True),
 ]
 

@@ -4,25 +4,55 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <type_traits>
+#include <vector>
+
 #include "dispatch_dtype.h"
+#include "glue/output_tensor.h"
 #include "glue/prefix_attention_args.h"
 #include "prefix_attention.h"
 
 namespace scangraph {
 namespace {
 
+// Cuts L into segments where the (sequence, head) pairs alone leave the GPU short of warps, with
+// the scratch the segmented passes need (prefix_attention_params.h); `options` in opmath.
 template <typename Params>
-void launch(at::ScalarType dtype, const Params& p, const char* op, CudaLauncher<Params> fp64,
-            CudaLauncher<Params> fp32, CudaLauncher<Params> fp16, CudaLauncher<Params> bf16) {
+std::vector<at::Tensor> plan_segments(Params& p, const at::TensorOptions& options) {
+  p.segment_length = prefix_attention_segment_length(p.num_seqs * p.heads, p.seqlen, cuda_target_warps());
+  p.segments = p.seqlen > 0 ? (p.seqlen + p.segment_length - 1) / p.segment_length : 1;
+  std::vector<at::Tensor> scratch;
+  if (p.segments > 1) {
+    scratch.push_back(empty_output({2, p.num_seqs, p.heads, p.segments, 2 + p.dim_v}, options));
+    p.segment_state = scratch.back().data_ptr();
+  }
+  return scratch;
+}
+
+template <typename Params>
+void launch(at::ScalarType dtype, Params p, const char* op, CudaLauncher<Params> fp64, CudaLauncher<Params> fp32,
+            CudaLauncher<Params> fp16, CudaLauncher<Params> bf16, const at::TensorOptions& opmath) {
   TORCH_CHECK(p.dim <= kPrefixAttentionMaxDim && p.dim_v <= kPrefixAttentionMaxDim, op,
               ": the CUDA kernel holds a row of d and dv values in one warp's registers and supports d, dv <= ",
               kPrefixAttentionMaxDim, ", got d = ", p.dim, ", dv = ", p.dim_v, " (use backend='triton')");
+  std::vector<at::Tensor> scratch = plan_segments(p, opmath);
+  if constexpr (std::is_same<Params, PrefixAttentionBackwardParams>::value) {
+    if (p.segments > 1) {
+      scratch.push_back(empty_output({p.num_seqs, p.heads, p.segments, p.dim}, opmath));
+      p.dq_segments = scratch.back().data_ptr();
+    }
+  }
   dispatch_dtype(dtype, p, op, fp64, fp32, fp16, bf16);
 }
 
-void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype, const char* op) {
+at::TensorOptions opmath_of(const at::Tensor& k) {
+  return k.options().dtype(k.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+}
+
+void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype, const char* op,
+                 const at::TensorOptions& opmath) {
   launch(dtype, p, op, prefix_attention_fwd_cuda_fp64, prefix_attention_fwd_cuda_fp32, prefix_attention_fwd_cuda_fp16,
-         prefix_attention_fwd_cuda_bf16);
+         prefix_attention_fwd_cuda_bf16, opmath);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prefix_attention_cuda(
@@ -31,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& cu_seqlens) {
   const CudaDeviceGuard guard(k.device());
   const PrefixAttentionCall call = prepare_prefix_attention(q, k, v, scale, m0, c0, w0, cu_seqlens);
-  run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention");
+  run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention", opmath_of(k));
   return {call.o, call.m, call.c, call.m_last, call.c_last, call.w_last};
 }
 
@@ -39,7 +69,7 @@ at::Tensor prefix_attention_step_cuda(const at::Tensor& m, const at::Tensor& c, 
                                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   const CudaDeviceGuard guard(k.device());
   const PrefixAttentionCall call = prepare_prefix_attention_step(m, c, w, q, k, v, scale);
-  run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention_step");
+  run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention_step", opmath_of(k));
   return call.o;
 }
 
@@ -53,7 +83,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const PrefixAttentionBackwardCall call = prepare_prefix_attention_backward(
       q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last, grad_c_last, grad_w_last);
   launch(k.scalar_type(), call.params, "scangraph::prefix_attention_backward", prefix_attention_bwd_cuda_fp64,
-         prefix_attention_bwd_cuda_fp32, prefix_attention_bwd_cuda_fp16, prefix_attention_bwd_cuda_bf16);
+         prefix_attention_bwd_cuda_fp32, prefix_attention_bwd_cuda_fp16, prefix_attention_bwd_cuda_bf16,
+         opmath_of(k));
   return {call.dq(), call.dk, call.dv, call.dm0, call.dc0, call.dw0};
 }
 

@@ -20,6 +20,21 @@
 
 namespace scangraph {
 
+// The CUDA kernels' launch shape. A warp owns one (sequence, head) and one segment of at most
+// segment_length positions. When the (sequence, head) pairs leave the GPU short of warps
+// (target_warps: SMs x 32), L is cut into segments: each computes its summary state from the
+// empty one, a short pass combines them in order (the combine of (m, c, w) is associative), and
+// every segment runs from its true state. The backward does the same for its reverse scans.
+constexpr int64_t kPrefixMinSegment = 32;  // shorter segments would cost more in passes than they save
+
+inline int64_t prefix_attention_segment_length(int64_t tasks, int64_t seqlen, int64_t target_warps) {
+  if (tasks <= 0 || seqlen <= kPrefixMinSegment) return seqlen > 0 ? seqlen : 1;
+  const int64_t want = (target_warps + tasks - 1) / tasks;  // segments per (sequence, head)
+  int64_t length = (seqlen + want - 1) / want;
+  if (length < kPrefixMinSegment) length = kPrefixMinSegment;
+  return length;
+}
+
 struct PrefixAttentionParams {
   const void* q;
   const void* k;
@@ -41,6 +56,12 @@ struct PrefixAttentionParams {
   int64_t k_batch_stride, k_pos_stride, k_head_stride;
   int64_t v_batch_stride, v_pos_stride, v_head_stride;
   double scale;
+  // CUDA only: segments of at most segment_length positions (segments = ceil(seqlen / length);
+  // shorter packed sequences use fewer), and their scratch (2, num_seqs, heads, segments, 2 + dv)
+  // opmath: each segment's summary (m, c, w), then the state entering it.
+  int64_t segment_length;
+  int64_t segments;
+  void* segment_state;
 };
 
 // Backward, given grad_o and the gradients reaching the final state (grad_m_last, grad_c_last,
@@ -82,6 +103,13 @@ struct PrefixAttentionBackwardParams {
   int64_t k_batch_stride, k_pos_stride, k_head_stride;
   int64_t v_batch_stride, v_pos_stride, v_head_stride;
   double scale;
+  // CUDA only, as in the forward: the reverse scans' segments, their scratch (2, num_seqs,
+  // heads, segments, 2 + dv): each segment's map (gate product, K, K') and then (K, K') entering
+  // it from the right; and dq per segment (num_seqs, heads, segments, d), summed in order.
+  int64_t segment_length;
+  int64_t segments;
+  void* segment_state;
+  void* dq_segments;
 };
 
 }  // namespace scangraph
