@@ -5,6 +5,12 @@
 #include <cstring>
 #include <limits>
 
+#ifdef SCANGRAPH_CUDA_EMULATION
+namespace cuda_emu {
+bool recording();  // csrc/testing/cuda_emulation.cpp
+}
+#endif
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -25,8 +31,11 @@ inline at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& o
   at::Tensor out = at::empty(shape, options);
 #ifdef SCANGRAPH_CUDA_EMULATION
   // The emulated CUDA kernels (tests only) must write every element they own: NaN, or 0xA5 bytes
-  // for integers, makes an element that no thread wrote fail the tests.
-  if (out.is_floating_point()) {
+  // for integers, makes an element that no thread wrote fail the tests. Recording a launch plan,
+  // nothing runs: zeros keep data-dependent sizes (common neighbours) at zero.
+  if (cuda_emu::recording()) {
+    out.zero_();
+  } else if (out.is_floating_point()) {
     out.fill_(std::numeric_limits<double>::quiet_NaN());
   } else if (out.numel() > 0) {
     std::memset(out.data_ptr(), 0xA5, out.nbytes());

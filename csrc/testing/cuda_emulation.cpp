@@ -68,6 +68,10 @@ struct Grid {
 };
 
 thread_local Grid* g_grid = nullptr;
+// Record-only mode (the launch plan, python -m scangraph.bench --plan): launches are checked and
+// listed, not run.
+bool g_record = false;
+std::string g_recorded;
 std::mutex g_launch_mutex;  // __shared__ is static storage: one launch at a time
 std::vector<char*> g_stacks;  // reused between launches (under g_launch_mutex)
 const size_t g_page = size_t(sysconf(_SC_PAGESIZE));
@@ -399,10 +403,19 @@ uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg
   return f.result;
 }
 
+bool recording() { return g_record; }
+
 void run_grid(const char* kernel_name, dim3 grid, dim3 block, size_t dynamic_shared, KernelBody body,
               const void* closure) {
   check_launch(kernel_name, grid, block, dynamic_shared);
   std::lock_guard<std::mutex> lock(g_launch_mutex);
+  if (g_record) {
+    std::ostringstream line;
+    line << kernel_name << '\t' << grid.x << ' ' << grid.y << ' ' << grid.z << '\t' << block.x << ' ' << block.y
+         << ' ' << block.z << '\n';
+    g_recorded += line.str();
+    return;
+  }
   if (g_grid != nullptr) throw std::runtime_error("cuda emulation: a kernel launched another kernel");
   Grid g;
   g.name = kernel_name;
@@ -427,3 +440,18 @@ void run_grid(const char* kernel_name, dim3 grid, dim3 block, size_t dynamic_sha
 }
 
 }  // namespace cuda_emu
+
+// For Python (ctypes): switch record-only mode, and take the recorded launches, one per line:
+// "<kernel>\t<grid x y z>\t<block x y z>". Returns the bytes needed; copies when they fit.
+extern "C" void scangraph_emulation_record(int on) {
+  std::lock_guard<std::mutex> lock(cuda_emu::g_launch_mutex);
+  cuda_emu::g_record = on != 0;
+  cuda_emu::g_recorded.clear();
+}
+
+extern "C" long long scangraph_emulation_recorded(char* buffer, long long size) {
+  std::lock_guard<std::mutex> lock(cuda_emu::g_launch_mutex);
+  const long long needed = (long long)cuda_emu::g_recorded.size() + 1;
+  if (buffer != nullptr && size >= needed) std::memcpy(buffer, cuda_emu::g_recorded.c_str(), size_t(needed));
+  return needed;
+}

@@ -59,6 +59,9 @@ uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg
 // Stops the launch with an error (reported by cuda_emu::launch's caller as an exception).
 [[noreturn]] void fail_in_kernel(const char* file, int line, const char* what);
 
+// Record-only mode: launches are checked and listed, not run (the launch plan).
+bool recording();
+
 using KernelBody = void (*)(const void* closure);
 // Runs body(closure) once per thread of the grid; throws std::runtime_error on any breach.
 void run_grid(const char* kernel_name, dim3 grid, dim3 block, size_t dynamic_shared, KernelBody body,
