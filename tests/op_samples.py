@@ -164,10 +164,6 @@ SCAN = [
            grads=SCAN_GRADS, tol=4.0, grad_tol=8.0, core=True),
     Sample("selective_scan", "segments-fixed", _scan(2, 1, 300, 3, 0, True), grads=SCAN_GRADS, tol=4.0,
            grad_tol=8.0),
-    # More channels per group than a CUDA backward block's 16 slabs of 8: warps walk two rounds.
-    Sample("selective_scan", "rounds-varying", _scan(1, 136, 9, 2, 1, False), grads=SCAN_GRADS, tol=4.0,
-           grad_tol=8.0, skip={"triton": "a case of the CUDA backward's layout; its 136 channels take 35 s "
-                                         "per dtype in the interpreter"}),
 ]
 
 

@@ -290,3 +290,16 @@ def test_cpp_op_checks_its_own_input():
     with pytest.raises(RuntimeError, match="end at L"):
         torch.ops.scangraph.selective_scan(u, delta, A, B[:, :1], B[:, :1], None, None, None, False, None,
                                            torch.tensor([0, 5], dtype=torch.int32), False)
+
+
+def test_cuda_backward_walks_rounds_of_channels(monkeypatch):
+    """The CUDA backward's blocks take 8 channels of a group; when a group has more channels than
+    its slabs hold (a GPU already full), each warp walks several in turn. A small target of warps
+    reaches that branch at a test's size: 136 channels, 16 slabs of 8, two rounds."""
+    import cuda_emulation
+    reason = cuda_emulation.load()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setenv("SCANGRAPH_EMULATION_TARGET_WARPS", "64")
+    inputs = _inputs(1, 136, 9, 2, None, False, False, False, torch.float32, "cpu")
+    _check_against_reference(inputs, False, "cuda_emulated", torch.float32, scale=4)

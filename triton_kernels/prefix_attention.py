@@ -336,9 +336,9 @@ def _layout(q, k, v):
     return q3, (0 if q3.shape[0] == 1 else q3.stride(0)), k, v
 
 
-# Warps that fill the GPU (SMs x 32 on an H100 / H200: 132 x 32), as in the CUDA launch rule.
-TARGET_WARPS = 132 * 32
-MIN_SEGMENT = 32  # kPrefixMinSegment of prefix_attention_params.h
+# Warps that fill the GPU (SMs x 64 on an H100 / H200: 132 x 64), as in the CUDA launch rule.
+TARGET_WARPS = 132 * 64
+MIN_SEGMENT = 16  # kPrefixMinSegment of prefix_attention_params.h
 NUM_WARPS = 4     # Triton's default per program
 
 

@@ -10,6 +10,8 @@
 #include <torch/library.h>
 
 #ifdef SCANGRAPH_CUDA_EMULATION
+#include <cstdlib>
+
 #include "schemas.h"
 #else
 #include <ATen/cuda/CUDAContext.h>
@@ -25,9 +27,13 @@ struct CudaDeviceGuard {
   explicit CudaDeviceGuard(const at::Device&) {}
 };
 inline cudaStream_t current_cuda_stream() { return nullptr; }
-// Warps that fill the device, for the launch rules (SMs x 32): an H100 / H200's 132 SMs, so that
-// the emulation runs the launch shapes of the GPU the project targets.
-inline int64_t cuda_target_warps() { return int64_t(132) * 32; }
+// Warps that fill the device, for the launch rules (SMs x 64): an H100 / H200's 132 SMs, so that
+// the emulation runs the launch shapes of the GPU the project targets. Tests may set another
+// (SCANGRAPH_EMULATION_TARGET_WARPS) to reach the rules' other branches at small sizes.
+inline int64_t cuda_target_warps() {
+  const char* given = std::getenv("SCANGRAPH_EMULATION_TARGET_WARPS");
+  return given != nullptr ? std::atoll(given) : int64_t(132) * 64;
+}
 // The emulator reports a breach by throwing, at the launch itself.
 inline void check_cuda_launch() {}
 #define SCANGRAPH_CUDA_KERNELS(m) TORCH_LIBRARY_FRAGMENT(scangraph, m)
@@ -37,8 +43,8 @@ inline void check_cuda_launch() {}
 #else
 using CudaDeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_cuda_stream() { return at::cuda::getCurrentCUDAStream(); }
-// Warps that fill the device, for the launch rules: SMs x 32 (half of an SM's resident warps).
-inline int64_t cuda_target_warps() { return int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32; }
+// Warps that fill the device, for the launch rules: SMs x 64 (the most warps an SM holds).
+inline int64_t cuda_target_warps() { return int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 64; }
 inline void check_cuda_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 #define SCANGRAPH_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(scangraph, CUDA, m)
 #define SCANGRAPH_CUDA_IMPL(m, name, fn) (m).impl(name, fn)

@@ -22,10 +22,10 @@ namespace scangraph {
 
 // The CUDA kernels' launch shape. A warp owns one (sequence, head) and one segment of at most
 // segment_length positions. When the (sequence, head) pairs leave the GPU short of warps
-// (target_warps: SMs x 32), L is cut into segments: each computes its summary state from the
+// (target_warps: SMs x 64), L is cut into segments: each computes its summary state from the
 // empty one, a short pass combines them in order (the combine of (m, c, w) is associative), and
 // every segment runs from its true state. The backward does the same for its reverse scans.
-constexpr int64_t kPrefixMinSegment = 32;  // shorter segments would cost more in passes than they save
+constexpr int64_t kPrefixMinSegment = 16;  // shorter segments would cost more in passes than they save
 
 inline int64_t prefix_attention_segment_length(int64_t tasks, int64_t seqlen, int64_t target_warps) {
   if (tasks <= 0 || seqlen <= kPrefixMinSegment) return seqlen > 0 ? seqlen : 1;

@@ -42,14 +42,16 @@ inline int64_t scan_partitions(int64_t channels_per_group) {
 // segment in tiles of kScanTile positions (32 lanes x 4 consecutive positions). When the
 // channels alone leave the GPU short of work, the scan order is cut into segments: a summary
 // pass, a short composition of the segments' maps, and the full pass from each segment's true
-// state. target_warps is what fills the device (SMs x 32 resident warps: 4224 on an H100 /
-// H200 of 132 SMs).
+// state. target_warps is what fills the device: SMs x 64, the most warps an SM holds (8448 on an
+// H100 / H200 of 132 SMs), so a launch is at least one full wave whatever its occupancy.
 constexpr int64_t kScanTile = 128;
 // Backward warps per block: consecutive channels of one group, whose varying dB / dC the block
 // sums in warp order before adding them to its partial (no atomics).
 constexpr int64_t kScanBlockChannels = 8;
-// At most this many partials of a varying dB / dC (batch, groups, N, L) are summed at the end;
-// a block walks several rounds of channels when a group has more.
+// Partials of a varying dB / dC (batch, groups, N, L) summed at the end: at most this many, or
+// as many as filling the GPU takes when batch x groups is small (their memory is then at most
+// target_warps / kScanBlockChannels / tiles x (2, N, L) per (batch, group), small); a block
+// walks several rounds of channels when a group has more.
 constexpr int64_t kScanMaxSlabs = 16;
 
 struct ScanCudaShape {
@@ -77,7 +79,11 @@ inline ScanCudaShape scan_cuda_shape(bool backward, int64_t batch, int64_t dim, 
   if (backward && groups > 0) {
     const int64_t per_group = dim / groups;
     const int64_t blocks = (per_group + kScanBlockChannels - 1) / kScanBlockChannels;
-    s.slabs = blocks < kScanMaxSlabs ? blocks : kScanMaxSlabs;
+    const int64_t tiles = (length + kScanTile - 1) / kScanTile > 0 ? (length + kScanTile - 1) / kScanTile : 1;
+    const int64_t per_slab = batch * groups * kScanBlockChannels * tiles;  // warps of one slab, all segments
+    int64_t cap = per_slab > 0 ? (target_warps + per_slab - 1) / per_slab : 1;
+    if (cap < kScanMaxSlabs) cap = kScanMaxSlabs;
+    s.slabs = blocks < cap ? blocks : cap;
     if (s.slabs < 1) s.slabs = 1;
     s.rounds = (per_group + s.slabs * kScanBlockChannels - 1) / (s.slabs * kScanBlockChannels);
     if (s.rounds < 1) s.rounds = 1;

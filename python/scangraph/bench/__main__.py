@@ -170,7 +170,13 @@ def main(argv=None):
     parser.add_argument("--json", help="write the rows and metadata as JSON")
     parser.add_argument("--csv", help="write the rows as CSV")
     parser.add_argument("--plot", help="write a speedup plot (needs matplotlib)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the GPU launch plan at the GPU bench shapes, without a GPU (docs/plan.md)")
     args = parser.parse_args(argv)
+    if args.plan:
+        from scangraph.bench import plan
+        plan.main(args)
+        return 0
     result = run(args)
     if args.json:
         with open(args.json, "w") as f:

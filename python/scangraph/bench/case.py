@@ -20,6 +20,12 @@ class Options:
     only: object = None     # a case label: build that case alone (the memory subprocess)
     large: bool = False     # also the large inputs (the sparse family's 1M-node / 16M-edge R-MAT)
     graphs: object = None   # the sparse family's graphs by name (None: all of them)
+    gpu_shapes: bool = False   # the shapes of a GPU run whatever the device (the launch plan)
+    backends: object = None    # our backends to build, instead of the device's (the launch plan)
+
+    def gpu(self, device) -> bool:
+        """Whether cases take the GPU's shapes."""
+        return device.type == "cuda" or self.gpu_shapes
 
 
 @dataclass
@@ -34,11 +40,12 @@ class Case:
     # impls[name][pass] with pass in ("fwd", "fwd+bwd"); our backends are named "scangraph.<backend>"
 
 
-def our_backends(op: str, device: torch.device) -> List[str]:
+def our_backends(op: str, device: torch.device, options: Options) -> List[str]:
     """The compiled backends that run `op` on `device`; on CPU the Triton interpreter is a
-    correctness tool, not a speed contender, so it is left out."""
+    correctness tool, not a speed contender, so it is left out. options.backends overrides."""
     names = []
-    for backend in (("cpp",) if device.type == "cpu" else ("cuda", "triton")):
+    wanted = options.backends or (("cpp",) if device.type == "cpu" else ("cuda", "triton"))
+    for backend in wanted:
         try:
             resolve(op, backend, device)
             names.append(backend)

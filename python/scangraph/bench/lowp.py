@@ -25,10 +25,10 @@ from scangraph.bench.sparse import bench_graphs
 OPS = ("qlinear_w8a8", "qlinear_w4a8", "qspmm")
 
 
-def _rows(device: torch.device, quick: bool) -> int:
-    if quick:
+def _rows(device: torch.device, options: Options) -> int:
+    if options.quick:
         return 2048
-    large = device.type == "cuda" or os.environ.get("SCANGRAPH_BENCH_LARGE") == "1"
+    large = options.gpu(device) or os.environ.get("SCANGRAPH_BENCH_LARGE") == "1"
     return 1_000_000 if large else 100_000
 
 
@@ -43,7 +43,7 @@ def int_mm_baseline(x: torch.Tensor, wq_t: torch.Tensor, w_scale: torch.Tensor, 
     return torch.relu(acc.float() * scale * w_scale + bias)
 
 
-def _qlinear_case(M: int, K: int, bits: int, dtype: torch.dtype, device: torch.device) -> Case:
+def _qlinear_case(M: int, K: int, bits: int, dtype: torch.dtype, device: torch.device, options: Options) -> Case:
     N = K
     element = torch.empty((), dtype=dtype).element_size()
     x = torch.randn(M, K, dtype=dtype, device=device)
@@ -53,7 +53,7 @@ def _qlinear_case(M: int, K: int, bits: int, dtype: torch.dtype, device: torch.d
     case = Case(op=f"qlinear_w{bits}a8", label=f"M={M} K=N={K}", dtype=dtype, device=device,
                 bytes_fwd=M * K * element + N * K * bits // 8 + 4 * N + M * N * element,
                 columns={"M": M, "K": K, "N": N, "weight_bytes": wq.nbytes(), "fp32_weight_bytes": 4 * N * K})
-    for backend in our_backends("qlinear", device):
+    for backend in our_backends("qlinear", device, options):
         case.impls[f"scangraph.{backend}"] = {
             "fwd": lambda b=backend: scangraph.qlinear(x, wq, bias, "relu", backend=b)}
     wf = w.to(dtype)
@@ -65,7 +65,7 @@ def _qlinear_case(M: int, K: int, bits: int, dtype: torch.dtype, device: torch.d
     return case
 
 
-def _qspmm_case(name: str, graph: CSRGraph, f: int, device: torch.device) -> Case:
+def _qspmm_case(name: str, graph: CSRGraph, f: int, device: torch.device, options: Options) -> Case:
     x = torch.randn(graph.num_cols, f, device=device)
     xq = scangraph.quantize(x, 8, 0)
     csr_bytes = 8 * (graph.num_rows + 1) + graph.col.element_size() * graph.num_edges
@@ -77,9 +77,9 @@ def _qspmm_case(name: str, graph: CSRGraph, f: int, device: torch.device) -> Cas
                 bytes_fwd=csr_bytes + graph.num_cols * (f + 4) + 4 * f * graph.num_rows,
                 columns={"graph": name, "nodes": graph.num_rows, "edges": graph.num_edges, "F": f,
                          "gathered_bytes": f * graph.num_edges, "fp32_gathered_bytes": 4 * f * graph.num_edges})
-    for backend in our_backends("qspmm", device):
+    for backend in our_backends("qspmm", device, options):
         case.impls[f"scangraph.{backend}"] = {"fwd": lambda b=backend: scangraph.qspmm(graph, xq, "sum", backend=b)}
-    fp32_backend = "cpp" if device.type == "cpu" else "cuda"
+    fp32_backend = "cuda" if options.gpu(device) else "cpp"
     case.impls[f"fp32_spmm_{fp32_backend}"] = {"fwd": lambda: scangraph.spmm(graph, x, "sum", backend=fp32_backend)}
     case.impls["fp32_torch.sparse.mm"] = {"fwd": lambda: torch.sparse.mm(matrix, x)}
     return case
@@ -91,18 +91,18 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
         return
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return
-    M = _rows(device, options.quick)
+    M = _rows(device, options)
     for bits in (8, 4):
         if f"qlinear_w{bits}a8" not in ops:
             continue
         for K in ((64,) if options.quick else (128, 256, 512)):
             case_label = f"M={M} K=N={K}"
             if options.only is None or options.only == case_label:
-                yield _qlinear_case(M, K, bits, dtype, device)
+                yield _qlinear_case(M, K, bits, dtype, device, options)
     if "qspmm" in ops:
         only_graph = None if options.only is None else options.only.rsplit(" F=", 1)[0]
         for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph):
             graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
             for f in (options.features if options.quick else (128, 256)):
                 if options.only is None or options.only == f"{name} F={f}":
-                    yield _qspmm_case(name, graph, f, device)
+                    yield _qspmm_case(name, graph, f, device, options)

@@ -43,7 +43,7 @@ def sdpa_causal(q, k, v, scale):
     return out.transpose(1, 2)
 
 
-def _case(shape, dtype: torch.device, device: torch.device) -> Case:
+def _case(shape, dtype: torch.device, device: torch.device, options: Options) -> Case:
     batch, heads, dim, dim_v, seqlen = shape
     element = torch.empty((), dtype=dtype).element_size()
     scale = dim ** -0.5
@@ -63,7 +63,7 @@ def _case(shape, dtype: torch.device, device: torch.device) -> Case:
             forward(*leaves).backward(grad)
         case.impls[impl] = {"fwd": lambda: forward(q, k, v), "fwd+bwd": fwd_bwd}
 
-    for backend in our_backends("prefix_attention", device):
+    for backend in our_backends("prefix_attention", device, options):
         add(f"scangraph.{backend}", lambda q, k, v, b=backend: scangraph.prefix_attention(q, k, v, backend=b))
     add("sdpa_causal", lambda q, k, v: sdpa_causal(q, k, v, scale))
     add("torch_cumsum", lambda q, k, v: torch_cumsum(q, k, v, scale))
@@ -77,4 +77,4 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
     shape = QUICK if options.quick else FULL
     if options.only is not None and options.only != _label(*shape):
         return
-    yield _case(shape, dtype, device)
+    yield _case(shape, dtype, device, options)

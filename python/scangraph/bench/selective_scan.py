@@ -86,7 +86,8 @@ def _mambapy_package_scan():
     return scan
 
 
-def _scan_case(batch, dim, length, dstate, dtype, device, quick):
+def _scan_case(batch, dim, length, dstate, dtype, device, options):
+    quick = options.quick
     element = torch.empty((), dtype=dtype).element_size()
     u = torch.randn(batch, dim, length, dtype=dtype, device=device)
     delta = (torch.rand(batch, dim, length, device=device) * 0.1 + 0.001).to(dtype)
@@ -109,7 +110,7 @@ def _scan_case(batch, dim, length, dstate, dtype, device, quick):
             forward(*leaves).backward(grad)
         case.impls[impl] = {"fwd": lambda: forward(*inputs), "fwd+bwd": fwd_bwd}
 
-    for backend in our_backends("selective_scan", device):
+    for backend in our_backends("selective_scan", device, options):
         add(f"scangraph.{backend}", lambda *t, b=backend: scangraph.selective_scan(*t, backend=b))
     package_scan = _mambapy_package_scan()
     if package_scan is not None:
@@ -130,7 +131,7 @@ def _scan_case(batch, dim, length, dstate, dtype, device, quick):
     else:  # the same formulation written out here
         add("mambapy_formulation",
             lambda u, delta, A, B, C, D, z: mambapy_scan(u, delta, A.to(dtype), B, C, D.to(dtype), z))
-    if quick or device.type == "cpu":  # the sequential reference: L Python steps
+    if quick or not options.gpu(device):  # the sequential reference: L Python steps
         add("reference", lambda u, delta, A, B, C, D, z: reference.selective_scan(u, delta, A, B, C, D, z)[0])
     return case
 
@@ -140,10 +141,10 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
         return
     if options.quick:
         shape = (1, 16, 128, 16)
-    elif device.type == "cuda":
+    elif options.gpu(device):
         shape = (8, 2048, 4096, 16)   # the GPU case of the issue
     else:
         shape = (2, 512, 2048, 16)    # the CPU case of the issue
     label = "b{} d{} L{} N{}".format(*shape)
     if options.only is None or options.only == label:
-        yield _scan_case(*shape, dtype, device, options.quick)
+        yield _scan_case(*shape, dtype, device, options)

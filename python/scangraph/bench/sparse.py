@@ -82,7 +82,7 @@ def _feature_case(op: str, name: str, graph: CSRGraph, f: int, dtype: torch.dtyp
     return case, add
 
 
-def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device) -> Case:
+def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, options: Options) -> Case:
     """One (graph, F) case; a function of its own so every closure binds this case's tensors."""
     element = torch.empty((), dtype=dtype).element_size()
     src, dst = graph.to_edge_index()
@@ -95,7 +95,7 @@ def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: t
         "spmm_sum", name, graph, f, dtype, device,
         bytes_fwd=_csr_bytes(graph) + element * f * (graph.num_cols + graph.num_rows),
         gathered_fwd=element * f * graph.num_edges, grad_rows=graph.num_rows)
-    for backend in our_backends("spmm", device):
+    for backend in our_backends("spmm", device, options):
         add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "sum", backend=b))
     add("torch.sparse.mm", lambda t: torch.sparse.mm(matrix, t))
     add("pyg_scatter", lambda t: torch.zeros(graph.num_rows, f, dtype=t.dtype, device=t.device)
@@ -104,7 +104,7 @@ def _spmm_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: t
     return case
 
 
-def _spmm_max_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device) -> Case:
+def _spmm_max_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, options: Options) -> Case:
     element = torch.empty((), dtype=dtype).element_size()
     src, dst = graph.to_edge_index()
     index = dst.view(-1, 1).expand(-1, f)
@@ -113,14 +113,14 @@ def _spmm_max_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, devic
         # out and the int64 arg written, besides what sum moves
         bytes_fwd=_csr_bytes(graph) + element * f * (graph.num_cols + graph.num_rows) + 8 * f * graph.num_rows,
         gathered_fwd=element * f * graph.num_edges, grad_rows=graph.num_rows)
-    for backend in our_backends("spmm", device):
+    for backend in our_backends("spmm", device, options):
         add(f"scangraph.{backend}", lambda t, b=backend: scangraph.spmm(graph, t, "max", backend=b))
     add("pyg_scatter", lambda t: torch.zeros(graph.num_rows, f, dtype=t.dtype, device=t.device)
         .scatter_reduce(0, index, t.index_select(0, src), "amax", include_self=False))
     return case
 
 
-def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, heads: int = 4) -> Case:
+def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, options: Options, heads: int = 4) -> Case:
     """GAT aggregation, F features split over `heads` heads, against PyG's GATConv propagate
     formula written out in torch (gather logits per edge, scatter softmax, scatter_add)."""
     element = torch.empty((), dtype=dtype).element_size()
@@ -155,13 +155,13 @@ def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: to
             forward(*inputs).backward(grad)
         case.impls[impl] = {"fwd": lambda: forward(x, a_src, a_dst), "fwd+bwd": fwd_bwd}
 
-    for backend in our_backends("gat_aggregate", device):
+    for backend in our_backends("gat_aggregate", device, options):
         add(f"scangraph.{backend}", lambda *t, b=backend: scangraph.gat_aggregate(graph, *t, backend=b))
     add("pyg_gat_propagate", pyg)
     return case
 
 
-def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device,
+def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, options: Options,
                           num_pairs: int = 20_000) -> Case:
     """Common-neighbour sums of target edges (the link-prediction setting of NCN) against the
     sparse-product formulation: rows of A for both endpoints multiplied, then A_pairs @ x."""
@@ -179,7 +179,7 @@ def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype
         "common_neighbors", name, graph, f, dtype, device,
         bytes_fwd=_csr_bytes(graph) + 16 * src.numel() + element * f * (graph.num_cols + src.numel()),
         gathered_fwd=0, grad_rows=src.numel())
-    for backend in our_backends("common_neighbors", device):
+    for backend in our_backends("common_neighbors", device, options):
         add(f"scangraph.{backend}",
             lambda t, b=backend: scangraph.common_neighbor_aggregate(graph, t, src, dst, backend=b))
     add("sparse_product", lambda t: torch.sparse.mm(
@@ -201,10 +201,10 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
             if options.only is not None and _label(name, f) != options.only:
                 continue
             if "spmm_sum" in ops:
-                yield _spmm_case(name, graph, f, dtype, device)
+                yield _spmm_case(name, graph, f, dtype, device, options)
             if "spmm_max" in ops:
-                yield _spmm_max_case(name, graph, f, dtype, device)
+                yield _spmm_max_case(name, graph, f, dtype, device, options)
             if "gat_aggregate" in ops:
-                yield _gat_case(name, graph, f, dtype, device)
+                yield _gat_case(name, graph, f, dtype, device, options)
             if "common_neighbors" in ops:
-                yield _common_neighbor_case(name, graph, f, dtype, device)
+                yield _common_neighbor_case(name, graph, f, dtype, device, options)
