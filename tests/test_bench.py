@@ -47,3 +47,24 @@ def test_mambapy_baseline_computes_the_selective_scan():
         torch.testing.assert_close(got, want)
         for a, b in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), leaves)):
             torch.testing.assert_close(a, b)
+
+
+def test_quick_run_prints_a_table_that_fits_and_writes_every_file(tmp_path):
+    """The first run a user sees: one table of at most 100 columns, a closing line naming the
+    copy bandwidth and the results files, which exist (the PNG where matplotlib is installed)."""
+    import subprocess
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "scangraph.bench", "--quick", "--ops",
+                             "spmm_sum,selective_scan,prefix_attention,qlinear_w8a8", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert all(len(line) <= 100 for line in lines[:-1]), max(lines[:-1], key=len)
+    assert len(lines) >= 8 and "fastest alternative" in lines[1]
+    assert "copy bandwidth" in lines[-1] and str(out) + ".json" in lines[-1]
+    assert (tmp_path / "run.json").exists() and (tmp_path / "run.csv").exists()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "run.png").stat().st_size > 10_000

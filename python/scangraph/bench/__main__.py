@@ -1,8 +1,11 @@
 """python -m scangraph.bench: time every kernel against what users would otherwise use.
 
-For each op, graph, size, backend and pass it prints the median time, the achieved GB/s of the
-op's compulsory bytes, that rate as a fraction of the copy bandwidth measured in this run, and
-the speedup over each baseline. --json / --csv write the rows; --plot draws speedups.
+The default run times each family once at its headline shape (about 2 minutes on a 2-core
+CPU); --full runs every shape and baseline. For each op, case, backend and pass it prints the
+median time, the achieved GB/s of the op's compulsory bytes, that rate as a fraction of the copy
+bandwidth measured in this run, and the speedup over the strongest alternative. Every baseline's
+time and speedup go to the results files (JSON and CSV), and a PNG plots the speedups and the
+fractions of copy bandwidth (with matplotlib).
 """
 import argparse
 import csv
@@ -52,6 +55,7 @@ def run(args) -> dict:
     unknown = set(options.ops) - set(bench.all_ops())
     if unknown:
         raise SystemExit(f"unknown --ops {sorted(unknown)}; choose from {bench.all_ops()}")
+    print(f"# {_expected(args)}", file=sys.stderr, flush=True)
     copy_gbs = copy_bandwidth_gbs(device, megabytes=64 if args.quick else 256)
     cases = list(bench.cases(device, dtype, options))
     # Cases are unhashable dataclasses: results are keyed by the case's position.
@@ -104,9 +108,21 @@ def run(args) -> dict:
 
 
 def _options(args) -> Options:
-    return Options(quick=args.quick, data_dir=args.data or datasets.shared_data_dir(),
-                   features=[int(f) for f in args.features.split(",")], ops=tuple(args.ops.split(",")),
-                   large=args.large, graphs=None if args.graphs is None else tuple(args.graphs.split(",")))
+    return Options(quick=args.quick, full=args.full, data_dir=args.data or datasets.shared_data_dir(),
+                   features=[int(f) for f in args.features.split(",")] if args.features else None,
+                   ops=tuple(args.ops.split(",")), large=args.large,
+                   graphs=None if args.graphs is None else tuple(args.graphs.split(",")))
+
+
+def _expected(args) -> str:
+    """What the run will take, as measured on the 2-core development VM (CPU, all ops)."""
+    if args.device != "cpu":
+        return "timing on the GPU (a few minutes with --full)"
+    if args.quick:
+        return "a smoke run: about 30 s"
+    if args.full:
+        return "every shape and baseline: about 40 minutes on a 2-core CPU (--memory adds a process per call)"
+    return "each family at its headline shape: about 2 minutes on a 2-core CPU (--full: every shape)"
 
 
 def _device_name(device):
@@ -115,61 +131,109 @@ def _device_name(device):
     return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
-def print_table(result, file=sys.stdout):
+def strongest(row):
+    """(name, speedup) of the fastest alternative that is not one of our backends, or (None, None)."""
+    speedups = {k[5:]: v for k, v in row.items() if k.startswith("x_vs_") and v is not None}
+    if not speedups:
+        return None, None
+    name = min(speedups, key=speedups.get)
+    return name, speedups[name]
+
+
+TABLE_WIDTH = 100
+# The baselines' names as the table prints them (the results files keep the full names).
+SHORT_NAMES = {"torch.sparse.mm": "torch.sparse.mm", "pyg_scatter": "PyG scatter", "sparse_product": "sparse A*A",
+               "pyg_gat_propagate": "PyG GATConv math", "mambapy": "mambapy", "mambapy_formulation": "mambapy math",
+               "reference": "reference", "sdpa_causal": "causal SDPA", "torch_cumsum": "cumsum formula",
+               "fp32_linear_relu": "fp32 linear+relu", "linear_relu": "linear+relu",
+               "torch._int_mm+quant+epilogue": "_int_mm+quant", "fp32_spmm_cpp": "fp32 spmm (ours)",
+               "fp32_spmm_cuda": "fp32 spmm (ours)", "fp32_torch.sparse.mm": "torch.sparse.mm"}
+
+
+def format_table(result) -> str:
+    """One line per (op, case, backend, pass), at most TABLE_WIDTH characters."""
     meta, rows = result["meta"], result["rows"]
-    print(f"# {meta['device']}, torch {meta['torch']}, copy bandwidth {meta['copy_GB/s']} GB/s, "
-          f"{meta['date']}", file=file)
+    lines = [f"# {meta['device']}, torch {meta['torch']}, {meta['date']}"[:TABLE_WIDTH]]
     if not rows:
-        print("(no rows)", file=file)
-        return
-    baseline_cols = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
-    memory_cols = sorted({k for r in rows for k in r if k.startswith("peak_MB")})
-    header = ["op", "pass", "case", "backend", "ms", "GB/s", "of_copy"] + baseline_cols + memory_cols
-    widths = [max(len(h), *(len(str(r.get(h, ""))) for r in rows)) for h in header]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=file)
+        return "\n".join(lines + ["(no rows)"])
+    lines.append(f"{'op':16} {'case':20} {'impl':6} {'pass':7} {'ms':>8} {'GB/s':>5} {'copy':>4}  "
+                 "vs the fastest alternative")
     for r in rows:
-        print("  ".join(str(r.get(h, "")).ljust(w) for h, w in zip(header, widths)), file=file)
+        name, speedup = strongest(r)
+        versus = "-" if name is None else f"{speedup:6.2f}x {SHORT_NAMES.get(name, name)}"
+        line = (f"{r['op'][:16]:16} {r['case'][:20]:20} {r['backend'][:6]:6} {r['pass']:7} {r['ms']:8.3f} "
+                f"{r['GB/s']:5.1f} {r['of_copy']:4.2f}  {versus}")
+        lines.append(line[:TABLE_WIDTH].rstrip())
+    return "\n".join(lines)
 
 
-def _plot(result, path):
+FAMILIES = {"spmm_sum": "sparse", "spmm_max": "sparse", "gat_aggregate": "sparse", "common_neighbors": "sparse",
+            "selective_scan": "selective scan", "prefix_attention": "prefix attention",
+            "qlinear_w8a8": "low precision", "qlinear_w4a8": "low precision", "qspmm": "low precision"}
+
+
+def plot(result, path):
+    """One PNG: per row, the speedup over the strongest alternative (log scale) and the fraction
+    of copy bandwidth, grouped and coloured by family."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
-    baselines = sorted({k for r in rows for k in r if k.startswith("x_vs_")})
-    labels = [f"{r['op']} {r['case']} {r['pass']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
-    width = 0.8 / len(baselines)
-    for i, b in enumerate(baselines):
-        ax.bar([j + i * width for j in range(len(rows))], [r.get(b, 0) for r in rows], width, label=b[5:])
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, rotation=60, ha="right")
-    ax.set_ylabel("speedup of scangraph (x)")
-    ax.set_title(result["meta"]["device"])
-    ax.legend()
+    rows = [r for r in result["rows"] if strongest(r)[0] is not None]
+    if not rows:
+        return None
+    families = list(dict.fromkeys(FAMILIES.get(r["op"], "other") for r in rows))
+    colours = dict(zip(families, plt.get_cmap("tab10").colors))
+    labels = [f"{r['op']} {r['pass']} ({r['backend']}), {r['case']}" for r in rows]
+    positions = list(range(len(rows)))[::-1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.32 * len(rows)), sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    for r, y in zip(rows, positions):
+        name, speedup = strongest(r)
+        colour = colours[FAMILIES.get(r["op"], "other")]
+        left.barh(y, speedup, color=colour)
+        left.text(speedup * 1.05, y, f"{speedup:.1f}x {SHORT_NAMES.get(name, name)}", va="center", fontsize=7)
+        right.barh(y, r["of_copy"], color=colour)
+    left.set_xscale("log")
+    left.axvline(1.0, color="black", linewidth=0.8)
+    left.set_yticks(positions, labels, fontsize=7)
+    left.set_xlabel("speedup over the fastest alternative (log scale)")
+    right.set_xlabel("fraction of copy bandwidth (same run)")
+    right.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+    left.set_xlim(right=max(strongest(r)[1] for r in rows) * 8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[f]) for f in families]
+    right.legend(handles, families, fontsize=7, loc="lower right")
+    meta = result["meta"]
+    fig.suptitle(f"scangraph on {meta['device']}, copy bandwidth {meta['copy_GB/s']} GB/s, {meta['date']}",
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m scangraph.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--features", default="32,128", help="comma-separated feature sizes (sparse family)")
+    parser.add_argument("--full", action="store_true", help="every shape and baseline (about 40 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
+    parser.add_argument("--features", default=None, help="comma-separated feature sizes of the sparse family")
     parser.add_argument("--ops", default=",".join(bench.all_ops()),
                         help=f"comma-separated cases (default: all of {', '.join(bench.all_ops())})")
     parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
-    parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
     parser.add_argument("--large", action="store_true",
                         help="also the 1M-node / 16M-edge R-MAT graph (its baselines need ~8 GB at F = 128)")
     parser.add_argument("--graphs", default=None,
                         help="comma-separated graph names of the sparse family (email-Enron, as-22july06, rmat-1m, ...)")
     parser.add_argument("--memory", action="store_true",
                         help="also measure each call's peak extra memory, one fresh process per call")
-    parser.add_argument("--json", help="write the rows and metadata as JSON")
-    parser.add_argument("--csv", help="write the rows as CSV")
-    parser.add_argument("--plot", help="write a speedup plot (needs matplotlib)")
+    parser.add_argument("--out", default="scangraph-bench",
+                        help="results files: OUT.json, OUT.csv and (with matplotlib) OUT.png (default: %(default)s)")
+    parser.add_argument("--json", help="write the JSON here instead of OUT.json")
+    parser.add_argument("--csv", help="write the CSV here instead of OUT.csv")
+    parser.add_argument("--plot", help="write the PNG here instead of OUT.png")
+    parser.add_argument("--no-plot", action="store_true", help="no PNG")
     parser.add_argument("--plan", action="store_true",
                         help="print the GPU launch plan at the GPU bench shapes, without a GPU (docs/plan.md)")
     args = parser.parse_args(argv)
@@ -178,18 +242,25 @@ def main(argv=None):
         plan.main(args)
         return 0
     result = run(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    if args.csv and result["rows"]:
-        with open(args.csv, "w", newline="") as f:
+    json_path, csv_path = args.json or f"{args.out}.json", args.csv or f"{args.out}.csv"
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    if result["rows"]:
+        with open(csv_path, "w", newline="") as f:
             fields = list(dict.fromkeys(k for r in result["rows"] for k in r))
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(result["rows"])
-    if args.plot and result["rows"]:
-        _plot(result, args.plot)
-    print_table(result)
+    png = None
+    if not args.no_plot:
+        try:
+            png = plot(result, args.plot or f"{args.out}.png")
+        except ImportError:
+            png = None  # matplotlib is optional
+    print(format_table(result))
+    files = ", ".join(p for p in (json_path, csv_path if result["rows"] else None, png) if p)
+    print(f"# copy bandwidth of this machine, measured in this run: {result['meta']['copy_GB/s']} GB/s; "
+          f"every baseline in {files}")
     return 0
 
 

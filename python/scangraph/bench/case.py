@@ -13,9 +13,10 @@ OURS = "scangraph."
 @dataclass
 class Options:
     """What the command line asked for, as every family's case generator sees it."""
-    quick: bool = False
+    quick: bool = False     # tiny inputs, short timings (a smoke test)
+    full: bool = False      # every shape and baseline (--full); the default is one headline case per op
     data_dir: object = None
-    features: List[int] = field(default_factory=lambda: [32, 128])
+    features: object = None  # the sparse family's F (None: the mode's default)
     ops: tuple = ()
     only: object = None     # a case label: build that case alone (the memory subprocess)
     large: bool = False     # also the large inputs (the sparse family's 1M-node / 16M-edge R-MAT)

@@ -50,7 +50,8 @@ def kernel_name(text: str) -> str:
             cut = i
             break
     text = text[:cut]
-    return re.sub(r"\b(scangraph|scan_cuda|cuda|prefix|lowp_cuda)::", "", text).strip()
+    text = re.sub(r"\b(scangraph|scan_cuda|cuda|prefix|lowp_cuda)::", "", text)
+    return text.replace("long int", "long").replace("unsigned int", "unsigned").strip()
 
 
 @contextlib.contextmanager

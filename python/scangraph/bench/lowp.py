@@ -28,6 +28,8 @@ OPS = ("qlinear_w8a8", "qlinear_w4a8", "qspmm")
 def _rows(device: torch.device, options: Options) -> int:
     if options.quick:
         return 2048
+    if not options.full:
+        return 20_000  # the default run: the _int_mm composition takes about 1 s per call here
     large = options.gpu(device) or os.environ.get("SCANGRAPH_BENCH_LARGE") == "1"
     return 1_000_000 if large else 100_000
 
@@ -95,14 +97,17 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
     for bits in (8, 4):
         if f"qlinear_w{bits}a8" not in ops:
             continue
-        for K in ((64,) if options.quick else (128, 256, 512)):
+        for K in ((64,) if options.quick else (128, 256, 512) if options.full else (256,)):
             case_label = f"M={M} K=N={K}"
             if options.only is None or options.only == case_label:
                 yield _qlinear_case(M, K, bits, dtype, device, options)
     if "qspmm" in ops:
         only_graph = None if options.only is None else options.only.rsplit(" F=", 1)[0]
-        for name, edge_index, num_nodes in bench_graphs(options.data_dir, options.quick, only_graph):
+        graphs = list(bench_graphs(options.data_dir, options.quick, only_graph))
+        if not (options.full or options.quick or options.only):
+            graphs = graphs[:1]
+        for name, edge_index, num_nodes in graphs:
             graph = CSRGraph.from_edge_index(edge_index, num_nodes).to(device)
-            for f in (options.features if options.quick else (128, 256)):
+            for f in (options.features or [32, 128]) if options.quick else (128, 256) if options.full else (256,):
                 if options.only is None or options.only == f"{name} F={f}":
                     yield _qspmm_case(name, graph, f, device, options)

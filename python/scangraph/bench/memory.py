@@ -44,7 +44,11 @@ def measure(fn, device: torch.device) -> float:
 def peak_mb_in_subprocess(case, impl, pass_name, device, options: Options):
     """Runs this module in a fresh interpreter; None when the measurement is unavailable."""
     command = [sys.executable, "-m", "scangraph.bench.memory", case.op, case.label, impl, pass_name,
-               "--device", str(device), "--features", ",".join(map(str, options.features))]
+               "--device", str(device)]
+    if options.features:
+        command += ["--features", ",".join(map(str, options.features))]
+    if options.full:
+        command.append("--full")
     if options.data_dir:
         command += ["--data", str(options.data_dir)]
     if options.large:
@@ -62,16 +66,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m scangraph.bench.memory")
     for name in ("op", "label", "impl", "pass_name"):
         parser.add_argument(name)
-    parser.add_argument("--features", default="32,128")
+    parser.add_argument("--features", default=None)
+    parser.add_argument("--full", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--large", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    options = Options(quick=args.quick, data_dir=args.data or datasets.shared_data_dir(),
-                      features=[int(f) for f in args.features.split(",")], ops=(args.op,), only=args.label,
-                      large=args.large)
+    options = Options(quick=args.quick, full=args.full, data_dir=args.data or datasets.shared_data_dir(),
+                      features=[int(f) for f in args.features.split(",")] if args.features else None,
+                      ops=(args.op,), only=args.label, large=args.large)
     # Only the measured case is built: tensors built and freed before the call would stay
     # resident and hide part of its peak.
     for case in bench.cases(device, torch.float32, options):

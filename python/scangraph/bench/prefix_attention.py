@@ -19,13 +19,16 @@ from scangraph.bench.case import Case, Options, our_backends
 
 OPS = ("prefix_attention",)
 
-# (batch, heads, d, dv, L): the CPU size, and a tiny one for --quick
+# (batch, heads, d, dv, L): the CPU size, and a tiny one for --quick. The causal-SDPA
+# baseline (one query repeated L times: L^2 work) takes about 16 s per forward + backward at
+# L = 4096 on a 2-core CPU: the default run times it at L = 1024 (SDPA_SHAPE), --full at both.
 FULL = (4, 8, 64, 64, 4096)
+SDPA_SHAPE = (4, 8, 64, 64, 1024)
 QUICK = (2, 2, 16, 16, 128)
 
 
 def _label(batch, heads, dim, dim_v, seqlen):
-    return f"b={batch} h={heads} d={dim} dv={dim_v} L={seqlen}"
+    return f"b{batch} h{heads} d{dim}" + ("" if dim_v == dim else f" dv{dim_v}") + f" L{seqlen}"
 
 
 def torch_cumsum(q, k, v, scale):
@@ -43,7 +46,8 @@ def sdpa_causal(q, k, v, scale):
     return out.transpose(1, 2)
 
 
-def _case(shape, dtype: torch.device, device: torch.device, options: Options) -> Case:
+def _case(shape, dtype: torch.device, device: torch.device, options: Options, sdpa: bool = True,
+          cumsum: bool = True) -> Case:
     batch, heads, dim, dim_v, seqlen = shape
     element = torch.empty((), dtype=dtype).element_size()
     scale = dim ** -0.5
@@ -65,16 +69,24 @@ def _case(shape, dtype: torch.device, device: torch.device, options: Options) ->
 
     for backend in our_backends("prefix_attention", device, options):
         add(f"scangraph.{backend}", lambda q, k, v, b=backend: scangraph.prefix_attention(q, k, v, backend=b))
-    add("sdpa_causal", lambda q, k, v: sdpa_causal(q, k, v, scale))
-    add("torch_cumsum", lambda q, k, v: torch_cumsum(q, k, v, scale))
-    add("reference", lambda q, k, v: reference.prefix_attention(q, k, v, scale)[0])
+    if sdpa:
+        add("sdpa_causal", lambda q, k, v: sdpa_causal(q, k, v, scale))
+    if cumsum:
+        add("torch_cumsum", lambda q, k, v: torch_cumsum(q, k, v, scale))
+    if options.full or options.quick:
+        add("reference", lambda q, k, v: reference.prefix_attention(q, k, v, scale)[0])
     return case
 
 
 def cases(device: torch.device, dtype: torch.dtype, options: Options):
     if "prefix_attention" not in options.ops:
         return
-    shape = QUICK if options.quick else FULL
-    if options.only is not None and options.only != _label(*shape):
-        return
-    yield _case(shape, dtype, device, options)
+    if options.quick:
+        shapes = [(QUICK, True, True)]
+    elif options.full or options.gpu(device):
+        shapes = [(FULL, True, True)]
+    else:  # the headline against the cumsum formulation, and causal SDPA where it runs in seconds
+        shapes = [(FULL, False, True), (SDPA_SHAPE, True, False)]
+    for shape, sdpa, cumsum in shapes:
+        if options.only is None or options.only == _label(*shape):
+            yield _case(shape, dtype, device, options, sdpa, cumsum)
