@@ -228,14 +228,14 @@ __device__ __forceinline__ void position_maps(const SelectiveScanParams& p, cons
                                               const StateConsts<acc_t>& c, const VaryingRows<T>& rows, int64_t d,
                                               int64_t n, acc_t (&decay)[kItems], acc_t (&h0)[kItems],
                                               Map<acc_t> (&maps)[kItems]) {
+  // Branch-free, so that the two states the forward takes at a time can interleave: a position
+  // past the segment has dt = 0, so its map is the identity (a = 1, b = 0) without a test.
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    decay[i] = h0[i] = acc_t(0);
-    maps[i] = identity<acc_t>();
-    if (!x.valid[i]) continue;
     decay[i] = exp2_acc(x.dt[i] * c.A2);
-    const acc_t Bt = rows.B != nullptr ? to_acc(rows.B[n * p.length + x.t[i]]) : c.B;
+    const acc_t Bt = rows.B != nullptr ? (x.valid[i] ? to_acc(rows.B[n * p.length + x.t[i]]) : acc_t(0)) : c.B;
     maps[i] = {decay[i], x.dtu[i] * Bt};
+    h0[i] = acc_t(0);
     if (x.starts[i]) {
       if (p.initial_state) h0[i] = static_cast<const acc_t*>(p.initial_state)[(x.row[i] * p.dim + d) * p.dstate + n];
       maps[i] = {acc_t(0), decay[i] * h0[i] + maps[i].b};
@@ -323,13 +323,12 @@ __global__ void __launch_bounds__(kForwardWarps * kWarp) scan_forward_kernel(con
         acc_t h = state_entering_lane(fold(maps), entering, lane, total);
         if (!kSummary) {
 #pragma unroll
-          for (int i = 0; i < kItems; ++i) {
-            if (!x.valid[i]) continue;
+          for (int i = 0; i < kItems; ++i) {  // past the segment: identity maps, nothing stored
             const int64_t s = tile + int64_t(lane) * kItems + i;
             // The carried state entering every chunk, before a reset there (the CPU's convention).
-            if (s % kScanChunk == 0) checkpoints[(s / kScanChunk) * N + n] = h;
+            if (x.valid[i] && s % kScanChunk == 0) checkpoints[(s / kScanChunk) * N + n] = h;
             h = maps[i].a * h + maps[i].b;
-            const acc_t Ct = rows.C != nullptr ? to_acc(rows.C[n * L + x.t[i]]) : c.C;
+            const acc_t Ct = rows.C != nullptr ? (x.valid[i] ? to_acc(rows.C[n * L + x.t[i]]) : acc_t(0)) : c.C;
             y[i] += Ct * h;
             if (x.ends[i]) last_state[(x.row[i] * p.dim + d) * N + n] = h;
           }
