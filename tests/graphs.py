@@ -1,4 +1,8 @@
-"""Small graphs that exercise the edge cases of CSR kernels (tests import these by name)."""
+"""Small graphs that exercise the edge cases of CSR kernels (tests import these by name).
+
+They are CSR graphs built from their CSR parts (edge_ids None), so a per-edge tensor's order is
+the CSR order the references take; test_sparse.py's edge-order tests use graphs built from a
+shuffled edge_index."""
 import torch
 
 from scangraph import CSRGraph, datasets
@@ -6,7 +10,11 @@ from scangraph import CSRGraph, datasets
 
 def _from_pairs(src, dst, num_nodes, index_dtype):
     edge_index = torch.stack([torch.as_tensor(src), torch.as_tensor(dst)]).to(torch.int64)
-    return CSRGraph.from_edge_index(edge_index, num_nodes, index_dtype=index_dtype)
+    return _csr(CSRGraph.from_edge_index(edge_index, num_nodes, index_dtype=index_dtype))
+
+
+def _csr(graph):
+    return CSRGraph(graph.rowptr, graph.col, num_cols=graph.num_cols, validate=False)
 
 
 def make_graph(name: str, index_dtype=torch.int64) -> CSRGraph:
@@ -26,7 +34,7 @@ def make_graph(name: str, index_dtype=torch.int64) -> CSRGraph:
         return _from_pairs(src, dst, 70, index_dtype)
     if name == "karate":
         edge_index, n = datasets.karate()
-        return CSRGraph.from_edge_index(edge_index, n, index_dtype=index_dtype)
+        return _csr(CSRGraph.from_edge_index(edge_index, n, index_dtype=index_dtype))
     if name == "bipartite":  # 12 destinations, 25 sources
         rowptr = torch.cat([torch.zeros(1, dtype=torch.int64),
                             torch.randint(0, 6, (12,)).cumsum(0)])

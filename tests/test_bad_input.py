@@ -87,6 +87,9 @@ CASES = {
     ("selective_scan", "A wrong dim"): (lambda: ss(**_scan(A=-torch.rand(5, 3))), ValueError, r"\bA must be"),
     ("selective_scan", "A int"): (lambda: ss(**_scan(A=-torch.ones(4, 3, dtype=torch.int64))), TypeError,
                                   r"\bA must be"),
+    ("selective_scan", "A complex"): (lambda: ss(**_scan(A=-torch.rand(4, 3, dtype=torch.complex64))), TypeError,
+                                      "complex A"),
+    ("selective_scan", "B fixed, C varying"): (lambda: ss(**_scan(B=torch.randn(4, 3))), ValueError, "each vary alone"),
     ("selective_scan", "N = 0"): (lambda: ss(**_scan(A=-torch.rand(4, 0), B=torch.randn(1, 2, 0, 8),
                                                      C=torch.randn(1, 2, 0, 8))), ValueError, r"A\.shape"),
     ("selective_scan", "B rank 5"): (lambda: ss(**_scan(B=torch.randn(1, 1, 2, 3, 8))), ValueError, r"\bB must be"),
@@ -136,7 +139,8 @@ CASES = {
                                               TypeError, r"\bstate must"),
     ("selective_state_update", "B wrong N"): (lambda: ssu(**_step(B=torch.randn(2, 4))), ValueError, r"\bB must"),
     ("selective_state_update", "C groups"): (lambda: ssu(**_step(C=torch.randn(2, 3, 3))), ValueError, r"\bC must"),
-    ("selective_state_update", "C dtype"): (lambda: ssu(**_step(C=torch.randn(2, 3).double())), TypeError, r"\bC must"),
+    ("selective_state_update", "C int"): (lambda: ssu(**_step(C=torch.ones(2, 3, dtype=torch.int32))), TypeError,
+                                          r"\bC must"),
     ("selective_state_update", "D shape"): (lambda: ssu(**_step(D=torch.randn(3))), (ValueError, RuntimeError),
                                             r"\bD must"),
     ("selective_state_update", "z shape"): (lambda: ssu(**_step(z=torch.randn(2, 3))), (ValueError, RuntimeError),
@@ -195,9 +199,6 @@ CASES = {
     ("spmm", "edge_weight dtype"): (
         lambda: scangraph.spmm(_graph(), torch.randn(40, 3), "sum", torch.rand(200).double()), ValueError,
         "edge_weight"),
-    ("spmm", "graph edge_weight dtype"): (
-        lambda: scangraph.spmm(CSRGraph(_graph().rowptr, _graph().col, torch.rand(200).double()), torch.randn(40, 3)),
-        ValueError, "edge_weight"),
     # -- sddmm --------------------------------------------------------------------------------
     ("sddmm", "a rows"): (lambda: scangraph.sddmm(_graph(), torch.randn(39, 3), torch.randn(40, 3)), ValueError,
                           r"\ba must have"),

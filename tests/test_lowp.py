@@ -218,7 +218,8 @@ def test_large_outputs_stream_bitwise_like_small_ones():
     the values must be those of the same rows computed into a small (cached, plainly stored) output."""
     rows, features = 16384, 256  # 16 MiB of fp32
     src, dst = torch.randint(0, 4000, (5 * rows,)), torch.randint(0, rows, (5 * rows,))
-    graph = scangraph.CSRGraph.from_edge_index(torch.stack([src, dst]), rows)
+    built = scangraph.CSRGraph.from_edge_index(torch.stack([src, dst]), rows)
+    graph = scangraph.CSRGraph(built.rowptr, built.col, num_cols=rows, validate=False)  # weights in CSR order
     x = torch.randn(rows, features)
     xq = scangraph.quantize(x, 8, 0)
     weight = torch.rand(graph.num_edges)

@@ -139,13 +139,40 @@ def test_mamba_step_equals_forward():
     with torch.no_grad():
         full = block(x)
         conv_state, ssm_state = block.allocate_inference_cache(3)
-        steps = torch.stack([block.step(x[:, t], conv_state, ssm_state) for t in range(11)], dim=1)
-        torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
+        steps = []
+        for t in range(11):  # mamba_ssm's convention: (out, conv_state, ssm_state), states in place
+            out, conv_next, ssm_next = block.step(x[:, t:t + 1], conv_state, ssm_state)
+            assert out.shape == (3, 1, 12) and conv_next is conv_state and ssm_next is ssm_state
+            steps.append(out[:, 0])
+        torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-4)
         # A prompt through forward fills the caches; decoding continues from there.
         cache = block.allocate_inference_cache(3)
         prompt = block(x[:, :6], inference_cache=cache)
-        rest = torch.stack([block.step(x[:, t:t + 1], *cache)[:, 0] for t in range(6, 11)], dim=1)
+        rest = torch.stack([block.step(x[:, t:t + 1], *cache)[0][:, 0] for t in range(6, 11)], dim=1)
         torch.testing.assert_close(torch.cat([prompt, rest], 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_mamba_decodes_with_inference_params_as_mamba_ssm():
+    """forward(hidden_states, inference_params): the prompt fills key_value_memory_dict[layer_idx],
+    later one-token calls (seqlen_offset > 0) step; cu_seqlens is keyword-only."""
+    torch.manual_seed(0)
+    blocks = [sgnn.Mamba(12, d_state=6, layer_idx=i).eval() for i in range(2)]
+    x = torch.randn(2, 9, 12)
+    with torch.no_grad():
+        full = blocks[1](blocks[0](x))
+        params = sgnn.InferenceParams(max_seqlen=9, max_batch_size=2)
+        outs = [blocks[1](blocks[0](x[:, :5], params), params)]
+        assert sorted(params.key_value_memory_dict) == [0, 1]
+        for t in range(5, 9):
+            params.seqlen_offset = t
+            outs.append(blocks[1](blocks[0](x[:, t:t + 1], params), params))
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+    with pytest.raises(TypeError, match="cu_seqlens= by keyword"):
+        blocks[0](x[:1], torch.tensor([0, 9], dtype=torch.int32))
+    with pytest.raises(ValueError, match="layer_idx"):
+        sgnn.Mamba(12)(x, sgnn.InferenceParams(max_seqlen=9, max_batch_size=2))
+    with pytest.raises(ValueError, match="one token"):
+        blocks[0].step(x[:, :2], *blocks[0].allocate_inference_cache(2))
 
 
 def test_reverse_mamba_is_the_flipped_causal_block_and_packing_restarts():
@@ -525,3 +552,30 @@ def test_qgcnconv_float_messages_and_convert_quantized():
     assert isinstance(model[0].weight, torch.nn.Parameter)  # float layers stay float
     with torch.no_grad():
         torch.testing.assert_close(conv(x, edge_index), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ("coo", "csr"))
+def test_convs_take_a_torch_sparse_adj_t(layout):
+    """PyG's adj_t (row i = target i, values = edge weights): every conv gives what it gives for
+    the same edges as an edge_index (unit weights), and GCNConv matches PyG's on adj_t."""
+    torch.manual_seed(0)
+    n = 20
+    pairs = torch.randperm(n * n)[:90]  # distinct (dst, src) pairs: coalescing sums nothing
+    pairs = pairs[pairs // n != pairs % n][:70]  # no loops: PyG adds loops to adj_t without removing any
+    dst, src = pairs // n, pairs % n
+    edge_index = torch.stack([src, dst])
+    adj_t = torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones(70), (n, n)).coalesce()
+    adj_t = adj_t if layout == "coo" else adj_t.to_sparse_csr()
+    x = torch.randn(n, 6)
+    layers = [sgnn.GCNConv(6, 4), sgnn.SAGEConv(6, 4), sgnn.GINConv(torch.nn.Linear(6, 4)),
+              sgnn.GATConv(6, 4, heads=2)]
+    for layer in layers:
+        torch.testing.assert_close(layer(x, adj_t), layer(x, edge_index), msg=type(layer).__name__)
+    assert graph_for(adj_t, n, "raw", lambda g: g) is graph_for(adj_t, n, "raw", lambda g: g)  # built once
+    with pytest.raises(TypeError, match="adj_t"):
+        layers[0](x, [edge_index])
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    pyg = pyg_nn.GCNConv(6, 4)
+    pyg.lin.weight.data.copy_(layers[0].lin.weight.data)
+    pyg.bias.data.copy_(layers[0].bias.data)
+    torch.testing.assert_close(layers[0](x, adj_t), pyg(x, adj_t), atol=1e-5, rtol=1e-5)

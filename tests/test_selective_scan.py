@@ -194,6 +194,25 @@ def test_state_update_bf16_state_is_updated_in_place(backend_device):
 
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_state_update_takes_fp32_b_c_with_half_x(backend_device, dtype):
+    """Autocast's mix (x, dt, z in fp16 / bf16, B / C from fp32 projections): the float64
+    reference on the same values, y in x's dtype."""
+    backend, device = backend_device
+    x, dt, z = (torch.randn(2, 4, device=device).to(dtype) for _ in range(3))
+    dt = dt.abs()
+    A, B, C = -torch.rand(4, 3, device=device), torch.randn(2, 3, device=device), torch.randn(2, 3, device=device)
+    state = torch.randn(2, 4, 3, device=device)
+    before = state.clone()
+    y = scangraph.selective_state_update(state, x, dt, A, B, C, z=z, dt_softplus=True, backend=backend)
+    assert y.dtype == dtype
+    want_y, want_state = reference.selective_state_update(before.double(), x.double(), dt.double(), A.double(),
+                                                          B.double(), C.double(), z=z.double(), dt_softplus=True)
+    assert_close(y.cpu().double(), want_y.cpu(), dtype)
+    assert_close(state.cpu().double(), want_state.cpu(), torch.float32)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 def test_gradcheck(backend_device):
     backend, device = backend_device
     inputs = _inputs(1, 2, 9, 3, 1, True, True, True, torch.float64, device)

@@ -170,7 +170,8 @@ def _skewed_graph(split):
     src = torch.cat([nodes, torch.full((n,), 1), nodes[:split], nodes[:split + 1], torch.randint(0, n, (n,))])
     dst = torch.cat([torch.zeros(n, dtype=torch.int64), nodes, torch.full((split,), 2),
                      torch.full((split + 1,), 3), torch.randint(0, n, (n,))])
-    return CSRGraph.from_edge_index(torch.stack([src, dst]), n)
+    built = CSRGraph.from_edge_index(torch.stack([src, dst]), n)
+    return CSRGraph(built.rowptr, built.col, num_cols=n, validate=False)  # weights in CSR order
 
 
 def _runs_to_compare(backend, device):
@@ -522,3 +523,128 @@ def test_common_neighbor_bad_input():
     with pytest.raises(ValueError, match="square"):
         scangraph.common_neighbor_aggregate(make_graph("bipartite"), torch.randn(25, 3), pairs, pairs)
 
+
+# ---- per-edge tensors follow the caller's edge order ------------------------------------------
+def _shuffled_edges(num_nodes=30, num_edges=150):
+    """An edge list in no particular order (duplicates and self loops included)."""
+    return torch.randint(0, num_nodes, (2, num_edges)), num_nodes
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("reduce", ("sum", "mean", "max", "min"))
+def test_edge_weight_follows_the_edge_list(backend_device, reduce):
+    """Built from a shuffled edge_index, the graph takes edge_weight[e] for edge e of that list
+    (PyG's and DGL's convention), for spmm and its edge-weight gradient: against a reference
+    written directly on the edge list."""
+    backend, device = backend_device
+    edge_index, n = _shuffled_edges()
+    graph = CSRGraph.from_edge_index(edge_index, n).to(device)
+    x = torch.randn(n, 7, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.rand(edge_index.shape[1], dtype=torch.float64, device=device, requires_grad=True)
+    out = scangraph.spmm(graph, x, reduce, w, backend=backend)
+    grad = torch.randn_like(out)
+    dx, dw = torch.autograd.grad(out, (x, w), grad)
+    x64, w64 = x.detach().cpu().requires_grad_(), w.detach().cpu().requires_grad_()
+    src, dst = edge_index
+    messages = x64[src] * w64[:, None]
+    if reduce in ("sum", "mean"):
+        want = torch.zeros(n, 7, dtype=torch.float64).index_add(0, dst, messages)
+        if reduce == "mean":
+            want = want / torch.bincount(dst, minlength=n).clamp(min=1)[:, None]
+    else:  # ties cannot happen with random doubles
+        fill = float("-inf") if reduce == "max" else float("inf")
+        want = torch.full((n, 7), fill, dtype=torch.float64).scatter_reduce(
+            0, dst[:, None].expand(-1, 7), messages, "amax" if reduce == "max" else "amin")
+        want = torch.where(torch.isinf(want), torch.zeros_like(want), want)
+    want_dx, want_dw = torch.autograd.grad(want, (x64, w64), grad.cpu())
+    torch.testing.assert_close(out.cpu(), want.detach())
+    torch.testing.assert_close(dx.cpu(), want_dx)
+    torch.testing.assert_close(dw.cpu(), want_dw)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_sddmm_output_follows_the_edge_list(backend_device):
+    backend, device = backend_device
+    edge_index, n = _shuffled_edges()
+    graph = CSRGraph.from_edge_index(edge_index, n).to(device)
+    a = torch.randn(n, 2, 5, dtype=torch.float64, device=device)
+    b = torch.randn(n, 2, 5, dtype=torch.float64, device=device)
+    out = scangraph.sddmm(graph, a, b, backend=backend)
+    src, dst = edge_index
+    torch.testing.assert_close(out.cpu(), (a.cpu()[dst] * b.cpu()[src]).sum(-1))
+
+
+def test_qspmm_edge_weight_follows_the_edge_list():
+    edge_index, n = _shuffled_edges()
+    graph = CSRGraph.from_edge_index(edge_index, n)
+    xq = scangraph.quantize(torch.randn(n, 6), 8, 0)
+    w = torch.rand(edge_index.shape[1])
+    src, dst = edge_index
+    want = torch.zeros(n, 6).index_add(0, dst, xq.dequantize()[src] * w[:, None])
+    torch.testing.assert_close(scangraph.qspmm(graph, xq, "sum", w), want, atol=1e-5, rtol=1e-5)
+
+
+def test_gcn_conv_takes_edge_weight_in_edge_index_order():
+    """A layer's explicit edge_weight follows its edge_index, for an edge_index and for the
+    CSRGraph built from it alike."""
+    from scangraph import nn as sgnn
+    edge_index, n = _shuffled_edges()
+    conv = sgnn.GCNConv(5, 3)
+    x, w = torch.randn(n, 5), torch.rand(edge_index.shape[1])
+    by_edges = conv(x, edge_index, w)
+    by_graph = conv(x, CSRGraph.from_edge_index(edge_index, n), w)
+    torch.testing.assert_close(by_edges, by_graph)
+    try:
+        from torch_geometric.nn import GCNConv
+    except ImportError:
+        return
+    pyg = GCNConv(5, 3)
+    pyg.lin.weight.data.copy_(conv.lin.weight.data)
+    pyg.bias.data.copy_(conv.bias.data)
+    torch.testing.assert_close(by_edges, pyg(x, edge_index, w), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("reduce", ("max", "min"))
+def test_spmm_returns_the_winning_edge_as_torch_scatter(backend_device, reduce):
+    """return_arg: the winner's position in the caller's edge list (scatter_max's arg of the
+    messages x[src] * w), num_edges for empty rows; per head and feature."""
+    backend, device = backend_device
+    edge_index, n = _shuffled_edges()
+    edge_index = edge_index[:, edge_index[1] != 3]  # row 3 stays empty
+    num_edges = edge_index.shape[1]
+    graph = CSRGraph.from_edge_index(edge_index, n).to(device)
+    x = torch.randn(n, 2, 4, dtype=torch.float64, device=device)
+    w = torch.rand(num_edges, dtype=torch.float64, device=device)
+    out, arg = scangraph.spmm(graph, x, reduce, w, return_arg=True, backend=backend)
+    assert arg.dtype == torch.int64 and arg.shape == out.shape
+    src, dst = edge_index
+    messages = x.cpu()[src] * w.cpu()[:, None, None]
+    arg, out = arg.cpu(), out.cpu()
+    assert bool((arg[3] == num_edges).all()) and bool((out[3] == 0).all())
+    has_edges = torch.bincount(dst, minlength=n) > 0
+    winners = arg[has_edges]
+    assert bool((dst[winners] == torch.arange(n)[has_edges][:, None, None]).all())  # an edge of its row
+    torch.testing.assert_close(messages.gather(0, winners.clamp(max=num_edges - 1)), out[has_edges])
+    fill = float("-inf") if reduce == "max" else float("inf")
+    want = torch.full((n, 2, 4), fill, dtype=torch.float64).scatter_reduce(
+        0, dst[:, None, None].expand(-1, 2, 4), messages, "amax" if reduce == "max" else "amin")
+    torch.testing.assert_close(out[has_edges], want[has_edges])
+    with pytest.raises(ValueError, match="return_arg"):
+        scangraph.spmm(graph, x, "sum", return_arg=True, backend=backend)
+
+
+def test_gcn_conv_float64_matches_pyg():
+    """The cached normalisation is computed in fp64 and rounded once to x's dtype, so a float64
+    layer matches PyG's float64 layer to float64 precision."""
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    from scangraph import nn as sgnn
+    edge_index, n = _shuffled_edges()
+    conv = sgnn.GCNConv(5, 3).double()
+    pyg = pyg_nn.GCNConv(5, 3).double()
+    pyg.lin.weight.data.copy_(conv.lin.weight.data)
+    pyg.bias.data.copy_(torch.randn(3, dtype=torch.float64))
+    conv.bias.data.copy_(pyg.bias.data)
+    x = torch.randn(n, 5, dtype=torch.float64)
+    torch.testing.assert_close(conv(x, edge_index), pyg(x, edge_index), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(conv.float()(x.float(), edge_index), pyg.float()(x.float(), edge_index))

@@ -2,8 +2,13 @@
 
 Row i is a destination node and col[rowptr[i]:rowptr[i+1]] are its sources (PyG's
 "source_to_target" flow: edge_index[0] holds sources, edge_index[1] targets). Columns are sorted
-within each row. Edge weights are stored in CSR edge order; `edge_ids` maps each CSR edge back
-to its column in the edge_index it was built from.
+within each row.
+
+Edge order: per-edge tensors that users pass to and get from the ops (edge_weight, sddmm's
+output) follow the caller's edge order, the order of the edge list the graph was built from, as
+in PyG and DGL. `edge_ids` maps each CSR edge to its position in that list (None: the graph was
+built from CSR parts, whose order it is); to_csr_order / to_caller_order move a per-edge tensor
+between the two. The graph's own `edge_weight` attribute is kept in CSR order.
 """
 from typing import Optional
 
@@ -81,6 +86,7 @@ class CSRGraph:
         self.edge_weight = edge_weight
         self.edge_ids = edge_ids
         self._transpose = None
+        self._csr_position = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -152,6 +158,20 @@ class CSRGraph:
 
     def in_degree(self) -> torch.Tensor:
         return self.rowptr[1:] - self.rowptr[:-1]
+
+    def to_csr_order(self, per_edge: torch.Tensor) -> torch.Tensor:
+        """A per-edge tensor in the caller's edge order, gathered into CSR order (autograd-aware)."""
+        return per_edge if self.edge_ids is None else per_edge[self.edge_ids]
+
+    def to_caller_order(self, per_edge: torch.Tensor) -> torch.Tensor:
+        """A per-edge tensor in CSR order, gathered into the caller's edge order (autograd-aware)."""
+        if self.edge_ids is None:
+            return per_edge
+        if self._csr_position is None:  # the inverse of edge_ids, computed once
+            position = torch.empty_like(self.edge_ids)
+            position[self.edge_ids] = torch.arange(self.edge_ids.numel(), device=self.edge_ids.device)
+            self._csr_position = position
+        return per_edge[self._csr_position]
 
     def transpose_parts(self):
         """(rowptr_t, col_t, perm) of the transpose, computed once and cached."""

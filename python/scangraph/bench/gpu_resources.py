@@ -29,11 +29,14 @@ PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def source_tree() -> str:
-    """The repository root when scangraph runs from a source checkout, else an error."""
-    if not os.path.exists(os.path.join(ROOT, "tests", "cuda_emulation.py")):
-        raise RuntimeError("the launch plan records the CUDA launchers under the test emulation: run it from a "
-                           "source checkout (an editable install)")
-    return ROOT
+    """The source checkout whose tests/cuda_emulation.py records the CUDA launches: the one this
+    package was imported from (an editable install), else the working directory (an installed
+    package run from its checkout, as CI does), else an error."""
+    for root in (ROOT, os.getcwd()):
+        if os.path.exists(os.path.join(root, "tests", "cuda_emulation.py")):
+            return root
+    raise RuntimeError("the launch plan records the CUDA launchers under the test emulation "
+                       "(tests/cuda_emulation.py): run it from a source checkout")
 
 
 def kernel_name(text: str) -> str:
@@ -169,19 +172,33 @@ def _compile_in_this_process(variants, arch):
     return results
 
 
-def compile_triton(variants, arch=90):
-    """Compiles Triton variants (from record_triton) for sm_<arch> in a second process with a
-    fresh cache; one dict per variant: registers, spill_bytes, shared_bytes, or error."""
+def compile_triton(variants, arch=90, processes=None):
+    """Compiles Triton variants (from record_triton) for sm_<arch> in other processes (the
+    interpreter's patches stay in this one), one per CPU core, each with a fresh cache; one dict
+    per variant, in order: registers, spill_bytes, shared_bytes, or error."""
+    processes = max(1, min(processes or os.cpu_count() or 1, len(variants)))
     with tempfile.TemporaryDirectory(prefix="scangraph-triton-") as folder:
-        path, out = os.path.join(folder, "variants.pkl"), os.path.join(folder, "results.json")
-        with open(path, "wb") as f:
-            pickle.dump(variants, f)
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env["TRITON_CACHE_DIR"] = os.path.join(folder, "cache")  # fresh: ptxas runs, its log is seen
-        subprocess.run([sys.executable, "-m", "scangraph.bench.gpu_resources", path, out, str(arch)], env=env,
-                       check=True)
-        with open(out) as f:
-            return json.load(f)
+        workers = []
+        for worker in range(processes):  # variant i goes to worker i % processes
+            path, out = os.path.join(folder, f"variants{worker}.pkl"), os.path.join(folder, f"results{worker}.json")
+            with open(path, "wb") as f:
+                pickle.dump(variants[worker::processes], f)
+            # A fresh cache per worker: ptxas runs and its log is seen.
+            env_worker = dict(env, TRITON_CACHE_DIR=os.path.join(folder, f"cache{worker}"))
+            workers.append((out, subprocess.Popen([sys.executable, "-m", "scangraph.bench.gpu_resources", path, out,
+                                                   str(arch)], env=env_worker)))
+        failed = [process.wait() for _, process in workers]
+        if any(failed):
+            raise RuntimeError(f"a Triton compile worker failed (exit codes {failed})")
+        parts = []
+        for out, _ in workers:
+            with open(out) as f:
+                parts.append(json.load(f))
+        results = [None] * len(variants)
+        for worker, part in enumerate(parts):
+            results[worker::processes] = part
+        return results
 
 
 def cuda_resources(arch=90, sources=None):

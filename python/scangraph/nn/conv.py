@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scangraph.graph import CSRGraph
-from scangraph.nn.graph_cache import (GraphLike, gcn_graph, gcn_norm_weight, graph_for, num_nodes_of,
+from scangraph.nn.graph_cache import (GraphLike, as_graph, gcn_graph, gcn_norm_weight, graph_for, num_nodes_of,
                                       subgraph_of_edges, with_self_loops)
 from scangraph.ops.sparse import gat_aggregate, spmm
 
@@ -25,6 +25,27 @@ def glorot_(t: torch.Tensor) -> torch.Tensor:
         return t.uniform_(-bound, bound)
 
 
+def gcn_propagation_graph(x: torch.Tensor, graph: GraphLike, edge_weight: Optional[torch.Tensor],
+                          add_self_loops: bool, normalize: bool, improved: bool) -> CSRGraph:
+    """The graph GCN propagates over, its weights the normalised edge weights (PyG's gcn_norm):
+    cached per graph and dtype without edge_weight; rebuilt on every call with one, as weights
+    may change or carry gradients. edge_weight follows the order of the edge list."""
+    graph = as_graph(graph)
+    n = num_nodes_of(x, graph)
+    if edge_weight is None:
+        return gcn_graph(graph, n, add_self_loops, normalize, improved, x.dtype)
+    if isinstance(graph, CSRGraph):
+        base = CSRGraph(graph.rowptr, graph.col, graph.to_csr_order(edge_weight), num_cols=graph.num_cols,
+                        validate=False)
+    else:
+        base = CSRGraph.from_edge_index(graph, num_nodes=n, edge_weight=edge_weight)
+    if add_self_loops:
+        base = with_self_loops(base, 2.0 if improved else 1.0)
+    if normalize:
+        base = CSRGraph(base.rowptr, base.col, gcn_norm_weight(base, base.edge_weight), num_cols=n, validate=False)
+    return base
+
+
 class GCNConv(nn.Module):
     """Graph convolution of Kipf & Welling, "Semi-Supervised Classification with Graph
     Convolutional Networks" (ICLR 2017): out = D^-1/2 (A + I) D^-1/2 X W + b.
@@ -32,8 +53,8 @@ class GCNConv(nn.Module):
     Args as PyG's GCNConv: in_channels, out_channels, improved (self loops weigh 2),
     add_self_loops, normalize, bias. Parameters: `lin.weight` (out, in), `bias` (out,).
     Shapes: x (N, in_channels) -> (N, out_channels). The normalised graph of an edge_index is
-    cached; an explicit `edge_weight` (E,) (in edge_index order, or CSR order with a CSRGraph)
-    is normalised on every call.
+    cached per dtype (normalised in fp64); an explicit `edge_weight` (E,) (in the edge order of
+    edge_index, or of the edge list a CSRGraph was built from) is normalised on every call.
     """
 
     def __init__(self, in_channels: int, out_channels: int, improved: bool = False,
@@ -52,27 +73,13 @@ class GCNConv(nn.Module):
 
     def propagation_graph(self, x: torch.Tensor, graph: GraphLike,
                           edge_weight: Optional[torch.Tensor] = None) -> CSRGraph:
-        n = num_nodes_of(x, graph)
-        if edge_weight is None:
-            return gcn_graph(graph, n, self.add_self_loops, self.normalize, self.improved)
-        # Weights that may change (or carry gradients) every call: rebuild, don't cache.
-        if isinstance(graph, CSRGraph):  # weights in the graph's CSR edge order
-            base = CSRGraph(graph.rowptr, graph.col, edge_weight, num_cols=graph.num_cols, validate=False)
-        else:  # weights in edge_index order
-            base = CSRGraph.from_edge_index(graph, num_nodes=n, edge_weight=edge_weight)
-        if self.add_self_loops:
-            base = with_self_loops(base, 2.0 if self.improved else 1.0)
-        if self.normalize:
-            base = CSRGraph(base.rowptr, base.col, gcn_norm_weight(base, base.edge_weight),
-                            num_cols=n, validate=False)
-        return base
+        return gcn_propagation_graph(x, graph, edge_weight, self.add_self_loops, self.normalize, self.improved)
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike,
                 edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         graph = self.propagation_graph(x, edge_index, edge_weight)
         h = self.lin(x)
-        weight = None if graph.edge_weight is None else graph.edge_weight.to(h.dtype)
-        out = spmm(graph, h, "sum", edge_weight=weight)
+        out = spmm(graph, h, "sum")  # the graph's own weights (CSR order), in h's dtype
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:

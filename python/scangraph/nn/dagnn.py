@@ -27,15 +27,14 @@ class DAGNN(nn.Module):
         self.proj = nn.Linear(out_channels, 1)
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
-        graph = gcn_graph(edge_index, num_nodes_of(x, edge_index))
+        graph = gcn_graph(edge_index, num_nodes_of(x, edge_index), dtype=x.dtype)
         x = F.dropout(x, self.dropout, self.training)
         x = F.relu(self.lin1(x))
         x = F.dropout(x, self.dropout, self.training)
         h = self.lin2(x)
-        weight = graph.edge_weight.to(h.dtype)
         hops = [h]
         for _ in range(self.K):
-            hops.append(spmm(graph, hops[-1], "sum", edge_weight=weight))
+            hops.append(spmm(graph, hops[-1], "sum"))  # the graph's normalised weights
         stacked = torch.stack(hops, dim=1)                    # (N, K + 1, C)
         score = torch.sigmoid(self.proj(stacked))             # (N, K + 1, 1)
         return (score * stacked).sum(1)

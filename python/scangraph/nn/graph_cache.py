@@ -18,7 +18,7 @@ import torch
 
 from scangraph.graph import CSRGraph
 
-GraphLike = Union[torch.Tensor, CSRGraph]
+GraphLike = Union[torch.Tensor, CSRGraph]  # an edge_index, an adj_t sparse matrix, or a CSRGraph
 
 # A few entries cover a training loop's graphs (train / full graph, plus each layer's variant:
 # raw, with self loops, normalised) without keeping old graphs alive for long.
@@ -28,8 +28,9 @@ _cache: "collections.OrderedDict" = collections.OrderedDict()
 
 
 def clear_graph_cache() -> None:
-    """Forget every CSRGraph the layers derived from an edge_index (frees their memory)."""
+    """Forget every CSRGraph the layers derived from an edge_index or adj_t (frees their memory)."""
     _cache.clear()
+    _matrix_graphs.clear()
 
 
 def _key(edge_index: torch.Tensor, num_nodes: Optional[int], variant: str):
@@ -46,15 +47,16 @@ def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
     """The graph `build(base)` derives from `graph`, where base is `graph` itself (a CSRGraph) or
     the CSRGraph of an edge_index. For an edge_index the result is cached under `variant` (a
     name for what `build` does); a CSRGraph caller owns its graph, so its derived graphs are
-    cached on the object itself."""
+    cached on the object itself, as for the CSRGraph of an adj_t matrix."""
+    graph = as_graph(graph)
     if isinstance(graph, CSRGraph):
         derived = graph.__dict__.setdefault("_scangraph_nn_derived", {})
         if variant not in derived:
             derived[variant] = build(graph)
         return derived[variant]
     if not isinstance(graph, torch.Tensor):
-        raise TypeError(f"expected an edge_index tensor (2, num_edges) or a scangraph.CSRGraph, "
-                        f"got {type(graph).__name__}")
+        raise TypeError(f"expected an edge_index tensor (2, num_edges), a scangraph.CSRGraph, or an adjacency "
+                        f"adj_t (a torch sparse matrix or a torch_sparse SparseTensor), got {type(graph).__name__}")
     key = _key(graph, num_nodes, variant)
     if key is not None and key in _cache:
         ref, cached = _cache[key]
@@ -73,8 +75,44 @@ def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
 
 
 def num_nodes_of(x: torch.Tensor, graph: GraphLike) -> int:
-    """Node count: the graph's own for a CSRGraph, else the rows of x (PyG's default)."""
-    return graph.num_rows if isinstance(graph, CSRGraph) else x.shape[0]
+    """Node count: the graph's own for a CSRGraph or an adj_t matrix, else the rows of x (PyG's default)."""
+    if isinstance(graph, CSRGraph):
+        return graph.num_rows
+    if _is_matrix(graph):
+        return _graph_of_matrix(graph).num_rows
+    return x.shape[0]
+
+
+# ---- adj_t: PyG's sparse adjacency, row i = target i (its values are the edge weights) --------
+_matrix_graphs: dict = {}  # id(matrix) -> (weak reference to it, its CSRGraph)
+
+
+def as_graph(graph):
+    """An adj_t matrix as its CSRGraph; an edge_index or a CSRGraph unchanged."""
+    return _graph_of_matrix(graph) if _is_matrix(graph) else graph
+
+
+def _is_matrix(graph) -> bool:
+    if isinstance(graph, torch.Tensor):
+        return graph.layout != torch.strided
+    return type(graph).__name__ == "SparseTensor" and hasattr(graph, "csr")  # torch_sparse's
+
+
+def _graph_of_matrix(matrix) -> CSRGraph:
+    """The CSRGraph of a torch sparse (COO / CSR) or torch_sparse adj_t, built once per matrix
+    object: A[i, j] is an edge j -> i weighing A[i, j] (out = A @ x, PyG's adj_t convention)."""
+    entry = _matrix_graphs.get(id(matrix))
+    if entry is not None and entry[0]() is matrix:
+        return entry[1]
+    if isinstance(matrix, torch.Tensor):
+        graph = CSRGraph.from_sparse(matrix)
+    else:
+        rowptr, col, value = matrix.csr()
+        graph = CSRGraph(rowptr, col, value, num_cols=matrix.sparse_size(1))
+    for key in [k for k, (ref, _) in _matrix_graphs.items() if ref() is None]:
+        del _matrix_graphs[key]  # matrices freed since
+    _matrix_graphs[id(matrix)] = (weakref.ref(matrix), graph)
+    return graph
 
 
 def without_self_loops(graph: CSRGraph) -> CSRGraph:
@@ -125,8 +163,8 @@ def gcn_norm_weight(graph: CSRGraph, edge_weight: Optional[torch.Tensor] = None)
     """Kipf & Welling's symmetric normalisation of `graph` (self loops already added):
     w_ji / sqrt(deg_i deg_j) with deg the weighted in-degree (PyG's gcn_norm, flow source_to_target)."""
     dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
-    if edge_weight is None:
-        edge_weight = torch.ones(graph.num_edges, device=graph.device)
+    if edge_weight is None:  # fp64, so the weights are exact to the rounding of the caller's dtype
+        edge_weight = torch.ones(graph.num_edges, dtype=torch.float64, device=graph.device)
     degree = torch.zeros(graph.num_rows, dtype=edge_weight.dtype, device=graph.device)
     degree.index_add_(0, dst, edge_weight)
     inv_sqrt = degree.pow(-0.5).masked_fill(degree == 0, 0.0)
@@ -134,17 +172,20 @@ def gcn_norm_weight(graph: CSRGraph, edge_weight: Optional[torch.Tensor] = None)
 
 
 def gcn_graph(graph: GraphLike, num_nodes: int, add_self_loops: bool = True, normalize: bool = True,
-              improved: bool = False) -> CSRGraph:
-    """The (cached) graph of a GCN propagation: self loops and symmetric normalisation as edge weights."""
+              improved: bool = False, dtype: torch.dtype = torch.float32) -> CSRGraph:
+    """The (cached, per dtype) graph of a GCN propagation: self loops and symmetric normalisation as
+    edge weights, computed in fp64 and rounded once to `dtype`."""
     def build(base: CSRGraph) -> CSRGraph:
-        if improved and base.edge_weight is None:  # loops weigh 2, so the others need explicit 1s
-            base = CSRGraph(base.rowptr, base.col, torch.ones(base.num_edges, device=base.device),
-                            num_cols=base.num_cols, validate=False)
+        if base.edge_weight is None and not normalize and not (improved and add_self_loops):
+            return with_self_loops(base, 1.0) if add_self_loops else base  # every edge weighs 1
+        weight = torch.ones(base.num_edges, dtype=torch.float64, device=base.device) if base.edge_weight is None \
+            else base.edge_weight.double()  # fp64 norms, rounded once to dtype below
+        base = CSRGraph(base.rowptr, base.col, weight, num_cols=base.num_cols, edge_ids=base.edge_ids,
+                        validate=False)
         if add_self_loops:
             base = with_self_loops(base, 2.0 if improved else 1.0)
-        if normalize:
-            base = CSRGraph(base.rowptr, base.col, gcn_norm_weight(base, base.edge_weight),
-                            num_cols=base.num_cols, edge_ids=base.edge_ids, validate=False)
-        return base
+        weight = gcn_norm_weight(base, base.edge_weight) if normalize else base.edge_weight
+        return CSRGraph(base.rowptr, base.col, weight.to(dtype), num_cols=base.num_cols, edge_ids=base.edge_ids,
+                        validate=False)
 
-    return graph_for(graph, num_nodes, f"gcn:{add_self_loops}:{normalize}:{improved}", build)
+    return graph_for(graph, num_nodes, f"gcn:{add_self_loops}:{normalize}:{improved}:{dtype}", build)

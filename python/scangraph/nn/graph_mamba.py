@@ -144,7 +144,7 @@ class GraphMamba(nn.Module):
         local = F.relu(self.local(h, edge_index))
         tokens, cu_seqlens = self.tokens(graph)
         sequence = spmm(tokens, F.dropout(local, self.dropout, self.training), "mean")  # (T, hidden)
-        scanned = self.mamba(sequence.unsqueeze(0), cu_seqlens)[0]
+        scanned = self.mamba(sequence.unsqueeze(0), cu_seqlens=cu_seqlens)[0]
         # Read out the mean over the node's sequence: the forward scan has seen every token
         # only at the last position and the reverse scan only at the first, so neither single
         # position carries both directions.
@@ -194,7 +194,7 @@ class GraphMambaLayer(nn.Module):
         if batch is None:
             batch = torch.zeros(n, dtype=torch.int64, device=x.device)
         order, cu_seqlens = self.degree_order(graph, batch)
-        scanned = self.mamba(x[order].unsqueeze(0), cu_seqlens)[0]
+        scanned = self.mamba(x[order].unsqueeze(0), cu_seqlens=cu_seqlens)[0]
         global_out = torch.empty_like(scanned).index_copy_(0, order, scanned)  # back to node order
         h_local = self.norm_local(x + F.dropout(self.local(x, edge_index), self.dropout, self.training))
         h_global = self.norm_global(x + F.dropout(global_out, self.dropout, self.training))

@@ -1,5 +1,6 @@
 """The Mamba-1 block (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State
 Spaces", 2023) on scangraph's selective scan, and its bidirectional form."""
+import dataclasses
 import math
 from typing import Optional, Tuple
 
@@ -34,9 +35,13 @@ class Mamba(nn.Module):
     the backward half of BiMamba, with no flips. cu_seqlens (int32 offsets, batch 1) packs
     variable-length sequences: the conv and the scan restart at every boundary.
 
-    Decoding: `allocate_inference_cache(batch)` gives (conv_state, ssm_state); `forward(x,
-    inference_cache=...)` fills them after a prompt; `step(x_t, conv_state, ssm_state)` advances
-    one token through `selective_state_update` and updates both states in place.
+    Decoding, as in mamba_ssm: `forward(hidden_states, inference_params)` with mamba_ssm's
+    InferenceParams (or scangraph.nn.InferenceParams: the same fields) keeps this block's
+    (conv_state, ssm_state) in `inference_params.key_value_memory_dict[layer_idx]`; the prompt
+    (seqlen_offset == 0) fills them, later calls (one token each) go through step().
+    `step(hidden_states, conv_state, ssm_state)` returns (out, conv_state, ssm_state) and updates
+    both states in place. `allocate_inference_cache(batch)` / `forward(x, inference_cache=...)`
+    do the same without an InferenceParams.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
@@ -106,11 +111,23 @@ class Mamba(nn.Module):
             out = out + moved * (position >= shift).to(x.dtype) * weight[:, k - 1 - shift:k - shift]
         return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
 
-    def forward(self, hidden_states: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None,
+    def forward(self, hidden_states: torch.Tensor, inference_params=None, *,
+                cu_seqlens: Optional[torch.Tensor] = None,
                 inference_cache: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        """hidden_states (batch, L, d_model) -> (batch, L, d_model). With inference_cache (from
-        allocate_inference_cache), the conv and SSM states after the last position are written
-        into it, ready for step()."""
+        """hidden_states (batch, L, d_model) -> (batch, L, d_model).
+
+        inference_params: mamba_ssm's InferenceParams (see the class docstring). inference_cache:
+        (conv_state, ssm_state) from allocate_inference_cache, filled with the states after the
+        last position, ready for step(). cu_seqlens: int32 offsets of packed sequences (batch 1)."""
+        if isinstance(inference_params, torch.Tensor):
+            raise TypeError("Mamba.forward(hidden_states, inference_params=None, *, cu_seqlens=None): the second "
+                            "positional argument is mamba_ssm's inference_params; pass cu_seqlens= by keyword")
+        if inference_params is not None:
+            if inference_cache is not None:
+                raise ValueError("pass inference_params or inference_cache, not both")
+            inference_cache = self._states_from_cache(inference_params, hidden_states.shape[0])
+            if inference_params.seqlen_offset > 0:  # decoding: one token at a time, states in place
+                return self.step(hidden_states, *inference_cache)[0]
         batch, length, _ = hidden_states.shape
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)
@@ -121,13 +138,13 @@ class Mamba(nn.Module):
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias
         A = -torch.exp(self.A_log.float())
         want_state = inference_cache is not None
+        if want_state and (self.reverse or cu_seqlens is not None):
+            raise ValueError("decoding states need a causal block (reverse=False) without cu_seqlens")
         y = selective_scan(x.contiguous(), dt.contiguous(), A, B.transpose(1, 2).contiguous(),
                            C.transpose(1, 2).contiguous(), self.D.float(), z=z.contiguous(),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            return_last_state=want_state, cu_seqlens=cu_seqlens, reverse=self.reverse)
         if want_state:
-            if self.reverse or cu_seqlens is not None:
-                raise ValueError("inference_cache needs a causal block (reverse=False) without cu_seqlens")
             y, last_state = y
             conv_state, ssm_state = inference_cache
             with torch.no_grad():
@@ -136,25 +153,39 @@ class Mamba(nn.Module):
                 ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
 
+    def _states_from_cache(self, inference_params, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This block's (conv_state, ssm_state) in inference_params.key_value_memory_dict, made on
+        first use (mamba_ssm's layout: the SSM state in dt_proj's dtype)."""
+        if self.layer_idx is None:
+            raise ValueError("decoding with inference_params needs Mamba(..., layer_idx=...), as in mamba_ssm")
+        states = inference_params.key_value_memory_dict
+        if self.layer_idx not in states:
+            states[self.layer_idx] = self.allocate_inference_cache(batch_size, dtype=None,
+                                                                   ssm_dtype=self.dt_proj.weight.dtype)
+        return states[self.layer_idx]
+
     # ---- decoding -----------------------------------------------------------------------------
     def allocate_inference_cache(self, batch_size: int, max_seqlen: Optional[int] = None, dtype=None,
-                                 **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(conv_state (batch, d_inner, d_conv), ssm_state (batch, d_inner, d_state)), zeros.
-        The SSM state is kept in fp32, as the scan accumulates it."""
+                                 ssm_dtype=torch.float32, **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(conv_state (batch, d_inner, d_conv), ssm_state (batch, d_inner, d_state)), zeros. The
+        SSM state is fp32 by default, as the scan accumulates it (mamba_ssm: dt_proj's dtype)."""
         device = self.out_proj.weight.device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype)
-        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype)
         return conv_state, ssm_state
 
     @torch.no_grad()
     def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor,
-             ssm_state: torch.Tensor) -> torch.Tensor:
-        """One token: hidden_states (batch, d_model) or (batch, 1, d_model) -> same shape.
-        conv_state and ssm_state are updated in place."""
+             ssm_state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token, as mamba_ssm's step: hidden_states (batch, 1, d_model) (or (batch, d_model))
+        -> (out of the same shape, conv_state, ssm_state); both states are updated in place."""
         if self.reverse:
             raise RuntimeError("step() decodes causally; a reverse (anti-causal) block cannot")
         squeeze = hidden_states.dim() == 3
+        if squeeze and hidden_states.shape[1] != 1:
+            raise ValueError(f"step() decodes one token: hidden_states must be (batch, 1, d_model), got "
+                             f"{tuple(hidden_states.shape)}")
         x_t = hidden_states.squeeze(1) if squeeze else hidden_states
         x, z = self.in_proj(x_t).chunk(2, dim=-1)  # (batch, d_inner) each
         # The conv window slides by one: drop the oldest input, append this one.
@@ -170,7 +201,7 @@ class Mamba(nn.Module):
         y = selective_state_update(ssm_state, x, dt, A, B, C, self.D.float(), z=z,
                                    dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
         out = self.out_proj(y)
-        return out.unsqueeze(1) if squeeze else out
+        return (out.unsqueeze(1) if squeeze else out), conv_state, ssm_state
 
 
 class BiMamba(nn.Module):
@@ -185,5 +216,23 @@ class BiMamba(nn.Module):
         self.fwd = Mamba(d_model, **mamba_options)
         self.bwd = Mamba(d_model, reverse=True, **mamba_options)
 
-    def forward(self, hidden_states: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.fwd(hidden_states, cu_seqlens) + self.bwd(hidden_states, cu_seqlens)
+    def forward(self, hidden_states: torch.Tensor, *, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.fwd(hidden_states, cu_seqlens=cu_seqlens) + self.bwd(hidden_states, cu_seqlens=cu_seqlens)
+
+
+@dataclasses.dataclass
+class InferenceParams:
+    """The decoding state Mamba.forward reads, with the fields of mamba_ssm's InferenceParams
+    (mamba_ssm's own works too): the states live in key_value_memory_dict[layer_idx];
+    seqlen_offset counts the tokens already seen (0: the next call is the prompt)."""
+    max_seqlen: int
+    max_batch_size: int
+    seqlen_offset: int = 0
+    batch_size_offset: int = 0
+    key_value_memory_dict: dict = dataclasses.field(default_factory=dict)
+    lengths_per_sample: Optional[torch.Tensor] = None
+
+    def reset(self, max_seqlen: int, max_batch_size: int):
+        self.max_seqlen, self.max_batch_size, self.seqlen_offset = max_seqlen, max_batch_size, 0
+        if self.lengths_per_sample is not None:
+            self.lengths_per_sample.zero_()

@@ -174,13 +174,13 @@ class QGCNConv(GCNConv):
                 edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         graph: CSRGraph = self.propagation_graph(x, edge_index, edge_weight)
         h = self.lin(x)
-        weight = None if graph.edge_weight is None else graph.edge_weight.to(h.dtype)
+        # the graph's own (normalised) weights in every branch
         if not self.quantize_messages:
-            out = spmm(graph, h, "sum", edge_weight=weight)
+            out = spmm(graph, h, "sum")
         elif self.converted:
-            out = qspmm(graph, quantize(h, ACT_BITS, 0), "sum", edge_weight=weight)
+            out = qspmm(graph, quantize(h, ACT_BITS, 0), "sum")
         else:  # what qspmm will read: each node's features at 8 bits with its own scale
-            out = spmm(graph, fake_quantize(h, ACT_BITS, 0), "sum", edge_weight=weight)
+            out = spmm(graph, fake_quantize(h, ACT_BITS, 0), "sum")
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:

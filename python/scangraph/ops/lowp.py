@@ -282,8 +282,8 @@ def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Option
 
     Args:
         graph: CSRGraph. xq: QTensor of (num_cols, F) features, 8 bits, per row (axis=0) or per
-            tensor. reduce: sum | mean | max | min. edge_weight: (num_edges,) float32 or None
-            (defaults to graph.edge_weight).
+            tensor. reduce: sum | mean | max | min. edge_weight: (num_edges,) float or None, in
+            the caller's edge order (defaults to the graph's own weights).
     Returns (num_rows, F) float32. Not differentiable.
     """
     op = "qspmm"
@@ -301,7 +301,7 @@ def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Option
         raise ValueError(f"{op}: reduce must be 'sum', 'mean', 'max' or 'min', got {reduce!r}")
     if xq.device != graph.device:
         raise ValueError(f"{op}: xq is on {xq.device} but the graph is on {graph.device}")
-    weight = graph.edge_weight if edge_weight is None else edge_weight
+    weight = edge_weight
     if weight is not None:
         if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
             raise TypeError(f"{op}: edge_weight must be a float ({graph.num_edges},) tensor, got "
@@ -310,6 +310,10 @@ def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Option
             raise ValueError(f"{op}: edge_weight is on {weight.device} but the graph is on {graph.device}")
         if weight.shape != (graph.num_edges,):
             raise ValueError(f"{op}: edge_weight must be ({graph.num_edges},), got {tuple(weight.shape)}")
+        weight = graph.to_csr_order(weight)  # the caller's edge order, gathered into CSR order
+    elif graph.edge_weight is not None:
+        weight = graph.edge_weight
+    if weight is not None:
         weight = weight.float()
     scale = xq.scale.float().reshape(-1).expand(graph.num_cols).contiguous() if xq.axis is None else xq.scale
     compiled = _compiled_op(op, backend, xq.device)

@@ -282,6 +282,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         raise ValueError(f"{op}: u must be (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
     _check_tensor(op, "delta", delta, u.shape, (u.dtype,), u.device)
+    if isinstance(A, torch.Tensor) and A.is_complex():
+        raise TypeError(f"{op}: complex A (mamba_ssm's S4D-style wtype=complex64) is not supported; use real A "
+                        "(Mamba's S4D-real initialisation) or mamba_ssm's selective_scan_fn for complex A")
     _check_tensor(op, "A", A, device=u.device, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"{op}: A must be (dim, N) with dim = {dim}, got shape {tuple(A.shape)}")
@@ -291,7 +294,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     groups_b, groups_c = _check_bc(op, "B", B, u, dstate), _check_bc(op, "C", C, u, dstate)
     if groups_b != groups_c:
         raise ValueError(f"{op}: B and C must both be fixed or both varying with one number of groups, got "
-                         f"{tuple(B.shape)} and {tuple(C.shape)}")
+                         f"{tuple(B.shape)} and {tuple(C.shape)} (mamba_ssm lets each vary alone: expand the "
+                         "other to (batch, groups, N, L) to run it here)")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
             _check_tensor(op, name, t, (dim,), device=u.device)
@@ -318,7 +322,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     """One decoding step of the selective scan, mamba_ssm's `selective_state_update`: updates
     `state` (batch, dim, N) in place and returns y (batch, dim). x, dt, z: (batch, dim);
     B, C: (batch, N) or (batch, groups, N); A: (dim, N); D, dt_bias: (dim,). Equals
-    selective_scan over one position with initial_state=state. No gradient (inference)."""
+    selective_scan over one position with initial_state=state. No gradient (inference).
+    B and C may be in another float dtype than x (autocast): the step runs in the widest of
+    them and y is returned in x's dtype."""
     op = "selective_state_update"
     _check_tensor(op, "x", x)
     if x.dim() != 2:
@@ -331,7 +337,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     dstate = A.shape[1]
     _check_tensor(op, "state", state, (batch, dim, dstate), device=x.device)
     for name, t in (("B", B), ("C", C)):
-        _check_tensor(op, name, t, dtypes=(x.dtype,), device=x.device)
+        _check_tensor(op, name, t, device=x.device)
         groups = t.shape[1] if t.dim() == 3 else 1
         if t.dim() not in (2, 3) or t.shape[0] != batch or t.shape[-1] != dstate or dim % groups:
             raise ValueError(f"{op}: {name} must be (batch, N) or (batch, groups, N) with groups dividing dim, "
@@ -342,8 +348,17 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if z is not None:
         _check_tensor(op, "z", z, x.shape, (x.dtype,), x.device)
     name = _backend.resolve(op, backend, x.device)
+    out_dtype = x.dtype
+    wide = torch.promote_types(torch.promote_types(x.dtype, B.dtype), C.dtype)
+    if wide != x.dtype or B.dtype != C.dtype:
+        # Mixed precision, as under autocast (B / C from fp32 projections, x in fp16 / bf16):
+        # every input in the widest dtype loses nothing (the kernels accumulate in fp32 anyway);
+        # y comes back in x's dtype, as in mamba_ssm.
+        x, dt, B, C = x.to(wide), dt.to(wide), B.to(wide), C.to(wide)
+        z = None if z is None else z.to(wide)
     if name == "reference":
         y, new_state = reference.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
         state.copy_(new_state)
-        return y
-    return _backend.op_for("selective_state_update", name)(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+        return y.to(out_dtype)
+    y = _backend.op_for("selective_state_update", name)(state, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus))
+    return y.to(out_dtype)

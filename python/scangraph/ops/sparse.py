@@ -296,12 +296,37 @@ def _check_graph(op: str, graph):
                         "(build one with CSRGraph.from_edge_index)")
 
 
+def _edge_weight(op: str, graph: CSRGraph, edge_weight, x):
+    """The weights in CSR order for the kernels: an explicit edge_weight (the caller's edge
+    order, checked) gathered through graph.edge_ids, else the graph's own (CSR order) in x's
+    dtype, else None."""
+    if edge_weight is None:
+        return None if graph.edge_weight is None else graph.edge_weight.to(x.dtype)
+    heads = x.shape[1] if x.dim() == 3 else 1
+    if not isinstance(edge_weight, torch.Tensor) or edge_weight.shape not in ((graph.num_edges,),
+                                                                              (graph.num_edges, heads)):
+        raise ValueError(f"{op}: edge_weight must be ({graph.num_edges},) or ({graph.num_edges}, {heads}), got "
+                         f"{tuple(edge_weight.shape) if isinstance(edge_weight, torch.Tensor) else type(edge_weight).__name__}")
+    if edge_weight.dtype != x.dtype or edge_weight.device != x.device:
+        raise ValueError(f"{op}: edge_weight must match x in dtype and device ({x.dtype}, "
+                         f"{x.device}), got {edge_weight.dtype} on {edge_weight.device}")
+    return graph.to_csr_order(edge_weight)
+
+
+def _caller_arg(graph: CSRGraph, arg: torch.Tensor) -> torch.Tensor:
+    """The kernels' winners (CSR edge ids, -1 for empty rows) as positions in the caller's edge
+    list, num_edges for empty rows (torch_scatter's convention)."""
+    arg = arg.to(torch.int64)
+    position = arg if graph.edge_ids is None else graph.edge_ids.to(torch.int64)[arg.clamp(min=0)]
+    return torch.where(arg < 0, graph.num_edges, position)
+
+
 def _needs_transpose(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
-         edge_weight: Optional[torch.Tensor] = None, *, backend: str = "auto") -> torch.Tensor:
+         edge_weight: Optional[torch.Tensor] = None, *, return_arg: bool = False, backend: str = "auto"):
     """Sparse-dense product over a CSR graph: out[i] = reduce_{j in N(i)} w_ij * x[j].
 
     Args:
@@ -310,32 +335,35 @@ def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
         reduce: "sum", "mean" (divides by the in-degree), "max" or "min" (elementwise over the
             weighted messages; on ties the first edge in CSR order, i.e. the lowest source id,
             wins and alone receives the gradient). Empty rows give 0 for every reduce.
-        edge_weight: (num_edges,) or (num_edges, heads) in CSR edge order, dtype of x; defaults
-            to graph.edge_weight (None: every edge weighs 1).
+        edge_weight: (num_edges,) or (num_edges, heads) in the caller's edge order (the order of
+            the edge list the graph was built from, as in PyG), dtype of x; defaults to the
+            graph's own edge_weight (None: every edge weighs 1).
+        return_arg: with "max" / "min", also return the winning edge of every output, as
+            torch_scatter's scatter_max / scatter_min do: int64 of the output's shape, the
+            edge's position in the caller's edge list; num_edges for empty rows.
         backend: "auto" | "cpp" | "cuda" | "triton" | "reference" (see scangraph.backend).
     Returns:
-        (num_rows, [heads,] F) in the dtype of x (accumulated in fp32, fp64 for fp64).
+        (num_rows, [heads,] F) in the dtype of x (accumulated in fp32, fp64 for fp64); with
+        return_arg, (out, arg).
     Gradients reach x and edge_weight; the backward is deterministic.
     """
     _check_graph("spmm", graph)
     _check_features("spmm", "x", x, graph, graph.num_cols, "one per source node of the graph")
     if reduce not in REDUCES:
         raise ValueError(f"spmm: reduce must be one of {REDUCES}, got {reduce!r}")
-    weight = graph.edge_weight if edge_weight is None else edge_weight
-    if weight is not None:
-        heads = x.shape[1] if x.dim() == 3 else 1
-        if weight.shape not in ((graph.num_edges,), (graph.num_edges, heads)):
-            raise ValueError(f"spmm: edge_weight must be ({graph.num_edges},) or "
-                             f"({graph.num_edges}, {heads}), got {tuple(weight.shape)}")
-        if weight.dtype != x.dtype or weight.device != x.device:
-            raise ValueError(f"spmm: edge_weight must match x in dtype and device ({x.dtype}, "
-                             f"{x.device}), got {weight.dtype} on {weight.device}")
+    if return_arg and reduce not in ("max", "min"):
+        raise ValueError(f"spmm: return_arg needs reduce 'max' or 'min', got {reduce!r}")
+    weight = _edge_weight("spmm", graph, edge_weight, x)
     name = _backend.resolve("spmm", backend, x.device)
     if name == "reference":
+        if return_arg:
+            out, arg = reference.spmm_arg(graph.rowptr, graph.col, x, reduce, weight)
+            return out, _caller_arg(graph, arg)
         return reference.spmm(graph.rowptr, graph.col, x, reduce, weight)
     transpose = graph.transpose_parts() if _needs_transpose(x, weight) else (None, None, None)
     if reduce in ("max", "min"):
-        return _backend.op_for("spmm_arg", name)(graph.rowptr, graph.col, weight, x, reduce, *transpose)[0]
+        out, arg = _backend.op_for("spmm_arg", name)(graph.rowptr, graph.col, weight, x, reduce, *transpose)
+        return (out, _caller_arg(graph, arg)) if return_arg else out
     return _backend.op_for("spmm", name)(graph.rowptr, graph.col, weight, x, reduce, *transpose)
 
 
@@ -346,7 +374,8 @@ def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "
         a: (num_rows, F) or (num_rows, heads, F) destination-side features.
         b: (num_cols, F) or (num_cols, heads, F) source-side features, same dtype as a.
     Returns:
-        (num_edges,) or (num_edges, heads) in CSR edge order. Gradients reach a and b.
+        (num_edges,) or (num_edges, heads) in the caller's edge order (the order of the edge
+        list the graph was built from, as in PyG). Gradients reach a and b.
     """
     _check_graph("sddmm", graph)
     _check_features("sddmm", "a", a, graph, graph.num_rows, "one per destination row of the graph")
@@ -356,9 +385,9 @@ def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "
                          f"{tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
     name = _backend.resolve("sddmm", backend, a.device)
     if name == "reference":
-        return reference.sddmm(graph.rowptr, graph.col, a, b)
+        return graph.to_caller_order(reference.sddmm(graph.rowptr, graph.col, a, b))
     transpose = graph.transpose_parts() if _needs_transpose(a, b) else (None, None, None)
-    return _backend.op_for("sddmm", name)(graph.rowptr, graph.col, a, b, *transpose)
+    return graph.to_caller_order(_backend.op_for("sddmm", name)(graph.rowptr, graph.col, a, b, *transpose))
 
 
 def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alpha_dst: torch.Tensor,

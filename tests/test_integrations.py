@@ -1,0 +1,215 @@
+"""scangraph.integrations.transformers: HF's MambaForCausalLM and FalconMambaForCausalLM (small
+models built from a config, no download) give the logits, generated tokens and training
+gradients of transformers' own torch path once apply() routes their SSM to scangraph."""
+import pytest
+import torch
+
+from conftest import backend_params
+
+transformers = pytest.importorskip("transformers")
+from scangraph.integrations import transformers as sg_hf  # noqa: E402
+
+MODELS = {
+    "mamba": lambda: transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=61, hidden_size=24, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4,
+        time_step_rank=4)),
+    "falcon_mamba": lambda: transformers.FalconMambaForCausalLM(transformers.FalconMambaConfig(
+        vocab_size=61, hidden_size=24, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4,
+        time_step_rank=4)),
+}
+
+
+@pytest.fixture
+def patched():
+    yield sg_hf
+    sg_hf.revert()
+
+
+def _model(name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    with torch.no_grad():  # make the SSM matter: non-trivial D and conv bias
+        for module in model.modules():
+            if hasattr(module, "D") and isinstance(module.D, torch.nn.Parameter):
+                module.D.normal_()
+    return model
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_logits_generate_and_gradients_match_transformers(backend_device, name, patched):
+    backend, device = backend_device
+    # Triton's interpreter runs a whole model's launches one program at a time (minutes): there,
+    # the logits and two generated tokens of one model; the ops' own tests cover its gradients.
+    interpreted = backend == "triton" and device == "cpu"
+    if interpreted and name != "mamba":
+        pytest.skip("the interpreted Triton backend runs one model")
+    model = _model(name).to(device)
+    ids = torch.randint(0, 61, (2, 13), device=device)
+    new_tokens = 2 if interpreted else 6
+
+    def run():
+        model.eval()
+        with torch.no_grad():
+            logits = model(ids).logits
+            tokens = model.generate(ids[:, :5], max_new_tokens=new_tokens, do_sample=False,
+                                    min_new_tokens=new_tokens)
+        if interpreted:
+            return logits, tokens, {}
+        model.train()
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+        return logits, tokens, grads
+
+    want_logits, want_tokens, want_grads = run()
+    assert patched.apply(model, backend=backend) is model and patched.applied()
+    logits, tokens, grads = run()
+    torch.testing.assert_close(logits, want_logits, atol=2e-5, rtol=1e-4)
+    assert torch.equal(tokens, want_tokens)
+    assert grads.keys() == want_grads.keys()
+    for key in grads:
+        torch.testing.assert_close(grads[key], want_grads[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_runs_under_torch_compile(patched):
+    model = _model("mamba").eval()
+    ids = torch.randint(0, 61, (2, 9))
+    with torch.no_grad():
+        want = model(ids).logits
+        patched.apply(model)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(ids).logits, want, atol=2e-5, rtol=1e-4)
+
+
+def test_revert_restores_transformers_and_unknown_arguments_raise(patched):
+    from transformers.models.mamba import modeling_mamba
+    original = modeling_mamba.mamba_selective_scan
+    patched.apply()
+    assert modeling_mamba.mamba_selective_scan is patched.selective_scan
+    x = torch.randn(1, 4, 6)
+    with pytest.raises(TypeError, match="unsupported arguments"):
+        patched.selective_scan(x, x.abs(), -torch.rand(4, 3), torch.randn(1, 3, 6), torch.randn(1, 3, 6),
+                               initial_state=torch.zeros(1, 4, 3))
+    patched.revert()
+    assert modeling_mamba.mamba_selective_scan is original and not patched.applied()
+
+
+# ---- PyG: patch() / unpatch() -------------------------------------------------------------------
+pyg_nn = pytest.importorskip("torch_geometric.nn")
+from scangraph import datasets  # noqa: E402
+from scangraph.integrations import pyg as sg_pyg  # noqa: E402
+
+PYG_LAYERS = {
+    "gcn": lambda: pyg_nn.GCNConv(8, 6),
+    "gcn_improved": lambda: pyg_nn.GCNConv(8, 6, improved=True),
+    "gcn_plain": lambda: pyg_nn.GCNConv(8, 6, normalize=False),
+    "sage_mean": lambda: pyg_nn.SAGEConv(8, 6),
+    "sage_max_normalize": lambda: pyg_nn.SAGEConv(8, 6, aggr="max", normalize=True),
+    "sage_sum_no_root": lambda: pyg_nn.SAGEConv(8, 6, aggr="sum", root_weight=False),
+    "gin": lambda: pyg_nn.GINConv(torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU()), eps=0.3),
+    "gat": lambda: pyg_nn.GATConv(8, 6, heads=3),
+    "gat_mean_no_loops": lambda: pyg_nn.GATConv(8, 6, heads=2, concat=False, add_self_loops=False),
+    "gcn_lazy": lambda: pyg_nn.GCNConv(-1, 6),
+}
+
+
+@pytest.fixture
+def pyg_patch():
+    yield sg_pyg
+    sg_pyg.unpatch()
+
+
+def _graphs():
+    """A small random edge list (loops, a duplicate, an isolated node) and karate from the shared
+    data when present; edge lists in no particular order."""
+    edge_index = torch.randint(0, 29, (2, 120))
+    edge_index = torch.cat([edge_index, edge_index[:, :1]], 1)
+    graphs = [("random", edge_index, 30)]
+    root = datasets.shared_data_dir()
+    if root is not None:
+        karate, n = datasets.load_graph(f"{root}/graphs/karate.npz")
+        graphs.append(("karate", karate[:, torch.randperm(karate.shape[1])], n))
+    return graphs
+
+
+def _run(layer, x, *args, **kwargs):
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad()
+    out = layer(x, *args, **kwargs)
+    out = out[0] if isinstance(out, tuple) else out
+    out.backward(torch.ones_like(out) + torch.arange(out.numel()).reshape(out.shape) % 3)
+    grads = [x.grad] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+    return out.detach(), grads
+
+
+def _calls(monkeypatch):
+    """Counts the scangraph kernels the patched layers call."""
+    count = {"n": 0}
+    for name in ("spmm", "gat_aggregate"):
+        original = getattr(sg_pyg, name)
+
+        def counted(*args, _original=original, **kwargs):
+            count["n"] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(sg_pyg, name, counted)
+    return count
+
+
+@pytest.mark.parametrize("name", sorted(PYG_LAYERS))
+def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
+    """Outputs and gradients (input and parameters) of the patched layer equal PyG's own, with
+    an edge_index, edge weights (GCN) and a torch sparse adj_t, and the kernels really ran."""
+    calls = _calls(monkeypatch)
+    for graph_name, edge_index, n in _graphs():
+        torch.manual_seed(1)
+        layer = PYG_LAYERS[name]()
+        x = torch.randn(n, 8)
+        inputs = [] if name == "gcn_improved" else [(edge_index,)]  # PyG's improved needs weights, see pyg.py
+        if name.startswith("gcn"):
+            inputs.append((edge_index, torch.rand(edge_index.shape[1])))
+        if not name.startswith(("gat", "gcn")) or name == "gcn_plain":
+            values = torch.ones(edge_index.shape[1])
+            adj_t = torch.sparse_coo_tensor(edge_index.flip(0), values, (n, n)).coalesce().to_sparse_csr()
+            inputs.append((adj_t,))
+        for args in inputs:
+            want = _run(layer, x, *args)
+            before = calls["n"]
+            pyg_patch.patch()
+            got = _run(layer, x, *args)
+            pyg_patch.unpatch()
+            assert calls["n"] > before, f"{name} on {graph_name}: the patched layer did not run scangraph"
+            torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-4)
+            for g, w in zip(got[1], want[1]):
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
+    """Bipartite inputs, attention weights, edge features, size=, training-mode attention dropout
+    and a loop-adding GCN on adj_t run PyG's own code: same results, no scangraph kernel."""
+    calls = _calls(monkeypatch)
+    edge_index, n = torch.randint(0, 20, (2, 60)), 20
+    x, x_dst = torch.randn(n, 8), torch.randn(n, 8)
+    adj_t = torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(60), (n, n)).coalesce()
+    torch.manual_seed(0)
+    cases = [
+        (pyg_nn.SAGEConv(8, 6), ((x, x_dst), edge_index), {}),
+        (pyg_nn.GATConv(8, 6, heads=2), (x, edge_index), {"return_attention_weights": True}),
+        (pyg_nn.GATConv(8, 6, edge_dim=3), (x, edge_index, torch.randn(60, 3)), {}),
+        (pyg_nn.GINConv(torch.nn.Linear(8, 6)), (x, edge_index), {"size": (n, n)}),
+        (pyg_nn.GCNConv(8, 6), (x, adj_t), {}),
+        (pyg_nn.GCNConv(8, 6, cached=True), (x, edge_index), {}),
+        (pyg_nn.GCNConv(8, 6, improved=True), (x, edge_index), {}),
+    ]
+    for layer, args, kwargs in cases:
+        want = layer.eval()(*args, **kwargs)
+        pyg_patch.patch()
+        got = layer(*args, **kwargs)
+        pyg_patch.unpatch()
+        want, got = (want[0], got[0]) if isinstance(want, tuple) else (want, got)
+        torch.testing.assert_close(got, want)
+    dropout = pyg_nn.GATConv(8, 6, dropout=0.5).train()
+    pyg_patch.patch()
+    dropout(x, edge_index)
+    assert calls["n"] == 0
+    assert sg_pyg.patched()
