@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import scangraph
 from scangraph import CSRGraph
 from scangraph.graph import csr_transpose
 from graphs import make_graph
@@ -95,3 +96,13 @@ def test_invalid_edge_index_is_rejected():
         CSRGraph(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0]))
     with pytest.raises(ValueError, match="edge_weight must be"):
         CSRGraph(torch.tensor([0, 1]), torch.tensor([0]), edge_weight=torch.rand(2))
+
+
+def test_transpose_keeps_the_caller_edge_order():
+    """The reversed graph of an edge list takes per-edge tensors in that list's order too."""
+    edge_index = torch.randint(0, 12, (2, 40))
+    graph = CSRGraph.from_edge_index(edge_index, 12)
+    w, x = torch.rand(40, dtype=torch.float64), torch.randn(12, 3, dtype=torch.float64)
+    want = torch.zeros(12, 3, dtype=torch.float64).index_add(0, edge_index[0], x[edge_index[1]] * w[:, None])
+    torch.testing.assert_close(scangraph.spmm(graph.transpose(), x, "sum", w), want)
+    assert torch.equal(graph.edge_rows(), graph.to_edge_index()[1]) and graph.edge_rows() is graph.edge_rows()

@@ -185,13 +185,17 @@ def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
 
 
 def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
-    """Bipartite inputs, attention weights, edge features, size=, training-mode attention dropout
-    and a loop-adding GCN on adj_t run PyG's own code: same results, no scangraph kernel."""
+    """Bipartite inputs, attention weights, edge features, size=, a loop-adding GCN on adj_t,
+    PyG's cached / improved GCN, hooks on message passing and training-mode attention dropout
+    run PyG's own code: same results, no scangraph kernel."""
     calls = _calls(monkeypatch)
     edge_index, n = torch.randint(0, 20, (2, 60)), 20
     x, x_dst = torch.randn(n, 8), torch.randn(n, 8)
     adj_t = torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(60), (n, n)).coalesce()
     torch.manual_seed(0)
+    hooked = pyg_nn.GINConv(torch.nn.Linear(8, 6))
+    seen = []
+    hooked.register_message_forward_pre_hook(lambda module, inputs: seen.append(1))
     cases = [
         (pyg_nn.SAGEConv(8, 6), ((x, x_dst), edge_index), {}),
         (pyg_nn.GATConv(8, 6, heads=2), (x, edge_index), {"return_attention_weights": True}),
@@ -200,6 +204,7 @@ def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
         (pyg_nn.GCNConv(8, 6), (x, adj_t), {}),
         (pyg_nn.GCNConv(8, 6, cached=True), (x, edge_index), {}),
         (pyg_nn.GCNConv(8, 6, improved=True), (x, edge_index), {}),
+        (hooked, (x, edge_index), {}),
     ]
     for layer, args, kwargs in cases:
         want = layer.eval()(*args, **kwargs)
@@ -208,6 +213,7 @@ def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
         pyg_patch.unpatch()
         want, got = (want[0], got[0]) if isinstance(want, tuple) else (want, got)
         torch.testing.assert_close(got, want)
+    assert len(seen) == 2  # the hook ran unpatched and patched
     dropout = pyg_nn.GATConv(8, 6, dropout=0.5).train()
     pyg_patch.patch()
     dropout(x, edge_index)

@@ -87,6 +87,7 @@ class CSRGraph:
         self.edge_ids = edge_ids
         self._transpose = None
         self._csr_position = None
+        self._edge_rows = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -159,6 +160,13 @@ class CSRGraph:
     def in_degree(self) -> torch.Tensor:
         return self.rowptr[1:] - self.rowptr[:-1]
 
+    def edge_rows(self) -> torch.Tensor:
+        """(num_edges,) int64: the destination row of every CSR edge, computed once."""
+        if self._edge_rows is None:
+            rows = torch.arange(self.num_rows, device=self.rowptr.device)
+            self._edge_rows = torch.repeat_interleave(rows, self.in_degree(), output_size=self.num_edges)
+        return self._edge_rows
+
     def to_csr_order(self, per_edge: torch.Tensor) -> torch.Tensor:
         """A per-edge tensor in the caller's edge order, gathered into CSR order (autograd-aware)."""
         return per_edge if self.edge_ids is None else per_edge[self.edge_ids]
@@ -180,17 +188,16 @@ class CSRGraph:
         return self._transpose
 
     def transpose(self) -> "CSRGraph":
-        """The reversed graph (sources become rows); its edge weights are gathered, not rebuilt."""
+        """The reversed graph (sources become rows); its edge weights are gathered, not rebuilt. Its
+        edge order is this graph's (edge_ids maps each of its edges to the same edge here)."""
         rowptr_t, col_t, perm = self.transpose_parts()
         weight = None if self.edge_weight is None else self.edge_weight[perm]
-        return CSRGraph(rowptr_t, col_t, weight, num_cols=self.num_rows, edge_ids=perm,
-                        validate=False)
+        edge_ids = perm if self.edge_ids is None else self.edge_ids[perm]
+        return CSRGraph(rowptr_t, col_t, weight, num_cols=self.num_rows, edge_ids=edge_ids, validate=False)
 
     def to_edge_index(self) -> torch.Tensor:
         """(2, num_edges) int64 edge_index in CSR edge order: row 0 sources, row 1 targets."""
-        dst = torch.repeat_interleave(
-            torch.arange(self.num_rows, device=self.device), self.in_degree())
-        return torch.stack([self.col.to(torch.int64), dst])
+        return torch.stack([self.col.to(torch.int64), self.edge_rows()])
 
     def to(self, device) -> "CSRGraph":
         moved = CSRGraph(self.rowptr.to(device), self.col.to(device),

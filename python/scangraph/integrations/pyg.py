@@ -8,12 +8,13 @@ patch() wraps the forward of those four classes (process-wide, every instance, t
 parameters untouched). A call runs on scangraph's fused kernels when all of its inputs are ones
 scangraph computes exactly as PyG does (`supported` below says which); any other call runs
 PyG's own forward unchanged, so a patched model never gives a silently different result.
+torch.jit.script cannot compile a patched layer's forward: script it unpatched.
 
 Covered (else PyG's forward runs):
 - all four: x a 2-D tensor (not a bipartite pair), the graph an `edge_index` (2, E) tensor or a
   square torch sparse adj_t (COO / CSR; its values are edge weights, out = adj_t @ x), `size`
-  None, flow "source_to_target", no hooks that need MessagePassing's internals (explain mode,
-  decomposed layers);
+  None, flow "source_to_target", none of MessagePassing's internals in use (explain mode,
+  decomposed layers, hooks on propagate / message / aggregate);
 - GCNConv: `edge_weight` (in edge_index order) with an edge_index; an adj_t without
   add_self_loops (PyG adds a second loop where adj_t has one); cached=False (PyG's cache reuses
   the first call's graph for every later call; scangraph caches per edge_index anyway);
@@ -30,10 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from scangraph.nn.conv import gcn_propagation_graph
-from scangraph.nn.graph_cache import graph_for, num_nodes_of, with_self_loops
+from scangraph.nn.graph_cache import as_csr, as_csr_of, graph_for, with_self_loops
 from scangraph.ops.sparse import gat_aggregate, spmm
 
 _originals: dict = {}  # class -> PyG's forward
+_MESSAGE_PASSING_STEPS = ("propagate", "message", "aggregate", "message_and_aggregate", "edge_update")
 _REDUCE = {"mean": "mean", "sum": "sum", "add": "sum", "max": "max", "min": "min"}
 
 
@@ -52,6 +54,9 @@ def _graph_ok(module, x, edge_index, size, dense_only=False) -> bool:
     if getattr(module, "flow", "source_to_target") != "source_to_target":
         return False
     if getattr(module, "_explain", None) or getattr(module, "decomposed_layers", 1) != 1:
+        return False
+    if any(getattr(module, f"_{stage}_forward_{kind}hooks", None)  # hooks on MessagePassing's steps
+           for stage in _MESSAGE_PASSING_STEPS for kind in ("pre_", "")):
         return False
     if not isinstance(edge_index, torch.Tensor):
         return False  # a torch_sparse SparseTensor: PyG's layers treat its values differently
@@ -81,7 +86,7 @@ def _sage(self, x, edge_index, size=None):
     if not _graph_ok(self, x, edge_index, size) or getattr(self, "project", False) \
             or not isinstance(self.aggr, str) or self.aggr not in _REDUCE:
         return NotImplemented
-    graph = graph_for(edge_index, num_nodes_of(x, edge_index), "raw", lambda g: g)
+    graph = as_csr(x, edge_index)
     out = self.lin_l(spmm(graph, x, _REDUCE[self.aggr]))
     if self.root_weight:
         out = out + self.lin_r(x)
@@ -91,7 +96,7 @@ def _sage(self, x, edge_index, size=None):
 def _gin(self, x, edge_index, size=None):
     if not _graph_ok(self, x, edge_index, size) or self.aggr not in ("add", "sum"):
         return NotImplemented
-    graph = graph_for(edge_index, num_nodes_of(x, edge_index), "raw", lambda g: g)
+    graph = as_csr(x, edge_index)
     return self.nn(spmm(graph, x, "sum") + (1 + self.eps) * x)
 
 
@@ -105,7 +110,7 @@ def _gat(self, x, edge_index, edge_attr=None, size=None, return_attention_weight
     if self.add_self_loops:  # PyG removes every loop, then adds one per node
         graph = graph_for(edge_index, n, "loops", with_self_loops)
     else:
-        graph = graph_for(edge_index, n, "raw", lambda g: g)
+        graph = as_csr_of(edge_index, n)
     h = self.lin(x).view(-1, self.heads, self.out_channels)
     out = gat_aggregate(graph, h, (h * self.att_src).sum(-1), (h * self.att_dst).sum(-1), self.negative_slope)
     out = out.reshape(n, self.heads * self.out_channels) if self.concat else out.mean(1)

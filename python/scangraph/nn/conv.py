@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scangraph.graph import CSRGraph
-from scangraph.nn.graph_cache import (GraphLike, as_graph, gcn_graph, gcn_norm_weight, graph_for, num_nodes_of,
-                                      subgraph_of_edges, with_self_loops)
+from scangraph.nn.graph_cache import (GraphLike, as_csr, as_csr_of, as_graph, gcn_graph, gcn_norm_weight, graph_for,
+                                      num_nodes_of, subgraph_of_edges, with_self_loops)
 from scangraph.ops.sparse import gat_aggregate, spmm
 
 
@@ -104,7 +104,7 @@ class SAGEConv(nn.Module):
         self.lin_r = nn.Linear(in_channels, out_channels, bias=False) if root_weight else None
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
-        graph = graph_for(edge_index, num_nodes_of(x, edge_index), "raw", lambda g: g)
+        graph = as_csr(x, edge_index)
         if self.out_channels < self.in_channels:
             # The mean is linear, so projecting first moves fewer features along the edges;
             # the bias is added after, as lin_l(mean) would (empty rows give lin_l(0) = bias).
@@ -139,7 +139,7 @@ class GINConv(nn.Module):
             self.register_buffer("eps", torch.tensor([float(eps)]))
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
-        graph = graph_for(edge_index, num_nodes_of(x, edge_index), "raw", lambda g: g)
+        graph = as_csr(x, edge_index)
         return self.nn((1 + self.eps) * x + spmm(graph, x, "sum"))
 
 
@@ -185,9 +185,9 @@ class GATConv(nn.Module):
         if self.add_self_loops:
             graph = graph_for(edge_index, n, "loops", with_self_loops)
         else:
-            graph = graph_for(edge_index, n, "raw", lambda g: g)
+            graph = as_csr_of(edge_index, n)
         if self.training and self.dropout > 0:
-            dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
+            dst = graph.edge_rows()
             is_loop = graph.col.to(torch.int64) == dst
             keep = is_loop | (torch.rand(graph.num_edges, device=graph.device) >= self.dropout)
             graph = subgraph_of_edges(graph, keep)

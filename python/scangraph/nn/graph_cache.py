@@ -64,14 +64,23 @@ def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
             _cache.move_to_end(key)
             return cached
         del _cache[key]
-    base = graph_for(graph, num_nodes, "raw", lambda g: g) if variant != "raw" else \
-        CSRGraph.from_edge_index(graph, num_nodes=num_nodes)
+    base = as_csr_of(graph, num_nodes) if variant != "raw" else CSRGraph.from_edge_index(graph, num_nodes=num_nodes)
     built = build(base)
     if key is not None:
         _cache[key] = (weakref.ref(graph), built)
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return built
+
+
+def as_csr(x: torch.Tensor, graph: GraphLike) -> CSRGraph:
+    """The CSRGraph of a layer's graph argument as given (no loops added, no weights derived),
+    cached; its node count from x where the graph does not say."""
+    return as_csr_of(graph, num_nodes_of(x, graph))
+
+
+def as_csr_of(graph: GraphLike, num_nodes: Optional[int]) -> CSRGraph:
+    return graph_for(graph, num_nodes, "raw", lambda g: g)
 
 
 def num_nodes_of(x: torch.Tensor, graph: GraphLike) -> int:
@@ -115,17 +124,10 @@ def _graph_of_matrix(matrix) -> CSRGraph:
     return graph
 
 
-def without_self_loops(graph: CSRGraph) -> CSRGraph:
-    """The graph minus its edges i -> i (edge weights and edge_ids kept for the rest)."""
-    dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
-    keep = graph.col.to(torch.int64) != dst
-    return subgraph_of_edges(graph, keep)
-
-
 def subgraph_of_edges(graph: CSRGraph, keep: torch.Tensor) -> CSRGraph:
     """The CSR graph of the edges where `keep` (a (num_edges,) bool mask) is true, order kept."""
     kept_per_row = torch.zeros(graph.num_rows, dtype=torch.int64, device=graph.device)
-    dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
+    dst = graph.edge_rows()
     kept_per_row.index_add_(0, dst[keep], torch.ones_like(dst[keep]))
     rowptr = torch.cat([kept_per_row.new_zeros(1), kept_per_row.cumsum(0)])
     return CSRGraph(rowptr, graph.col[keep],
@@ -141,7 +143,7 @@ def with_self_loops(graph: CSRGraph, fill_value: float = 1.0) -> CSRGraph:
         raise ValueError(f"self loops need a square graph, got {graph.num_rows} x {graph.num_cols}")
     n = graph.num_rows
     device = graph.device
-    dst = torch.repeat_interleave(torch.arange(n, device=device), graph.in_degree())
+    dst = graph.edge_rows()
     src = graph.col.to(torch.int64)
     is_loop = src == dst
     loop_weight = None
@@ -162,7 +164,7 @@ def with_self_loops(graph: CSRGraph, fill_value: float = 1.0) -> CSRGraph:
 def gcn_norm_weight(graph: CSRGraph, edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Kipf & Welling's symmetric normalisation of `graph` (self loops already added):
     w_ji / sqrt(deg_i deg_j) with deg the weighted in-degree (PyG's gcn_norm, flow source_to_target)."""
-    dst = torch.repeat_interleave(torch.arange(graph.num_rows, device=graph.device), graph.in_degree())
+    dst = graph.edge_rows()
     if edge_weight is None:  # fp64, so the weights are exact to the rounding of the caller's dtype
         edge_weight = torch.ones(graph.num_edges, dtype=torch.float64, device=graph.device)
     degree = torch.zeros(graph.num_rows, dtype=edge_weight.dtype, device=graph.device)

@@ -10,7 +10,7 @@ from torch import nn
 
 from scangraph.graph import CSRGraph
 from scangraph.nn.conv import GCNConv
-from scangraph.nn.graph_cache import GraphLike, graph_for, num_nodes_of
+from scangraph.nn.graph_cache import GraphLike, as_csr, as_csr_of, num_nodes_of
 from scangraph.nn.mamba import BiMamba, Mamba
 from scangraph.ops.sparse import spmm
 
@@ -137,7 +137,7 @@ class GraphMamba(nn.Module):
         return self._eval_tokens[1:]
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
-        graph = graph_for(edge_index, num_nodes_of(x, edge_index), "raw", lambda g: g)
+        graph = as_csr(x, edge_index)
         h = self.lin_in(F.dropout(x, self.dropout, self.training))
         if self.rwse_lin is not None:
             h = h + self.rwse_lin(random_walk_encoding(graph, self.rwse_steps).to(h.dtype))
@@ -190,7 +190,7 @@ class GraphMambaLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike, batch: Optional[torch.Tensor] = None) -> torch.Tensor:
         n = num_nodes_of(x, edge_index)
-        graph = graph_for(edge_index, n, "raw", lambda g: g)
+        graph = as_csr_of(edge_index, n)
         if batch is None:
             batch = torch.zeros(n, dtype=torch.int64, device=x.device)
         order, cu_seqlens = self.degree_order(graph, batch)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scangraph.nn.conv import GCNConv
-from scangraph.nn.graph_cache import GraphLike, graph_for, num_nodes_of
+from scangraph.nn.graph_cache import GraphLike, as_csr
 from scangraph.ops.sparse import common_neighbor_aggregate
 
 
@@ -48,7 +48,7 @@ class NCN(nn.Module):
 
     def score(self, h: torch.Tensor, edge_index: GraphLike, pairs: torch.Tensor) -> torch.Tensor:
         """Logits of the (2, P) node pairs from embeddings h."""
-        graph = graph_for(edge_index, num_nodes_of(h, edge_index), "raw", lambda g: g)
+        graph = as_csr(h, edge_index)
         src, dst = pairs[0].to(torch.int64), pairs[1].to(torch.int64)
         cn = common_neighbor_aggregate(graph, h, src.contiguous(), dst.contiguous())
         out = self.mlp(self.lin_ij(h[src] * h[dst]) + self.lin_cn(cn))
