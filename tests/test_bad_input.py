@@ -126,7 +126,11 @@ CASES = {
         lambda: ss(**_scan(cu_seqlens=_cu(0, 3, 8), initial_state=torch.randn(1, 4, 3))), ValueError,
         "initial_state"),
     # -- selective_state_update -------------------------------------------------------------
-    ("selective_state_update", "x rank 3"): (lambda: ssu(**_step(x=torch.randn(2, 4, 1))), ValueError, r"\bx must"),
+    ("selective_state_update", "x rank 4"): (lambda: ssu(**_step(x=torch.randn(2, 4, 1, 1))), ValueError, r"\bx must"),
+    ("selective_state_update", "heads: A 2-D"): (lambda: ssu(**_step(x=torch.randn(2, 2, 2), dt=torch.rand(2, 2, 2))),
+                                                 ValueError, r"\bA must"),
+    ("selective_state_update", "slots dtype"): (lambda: ssu(**_step(state_batch_indices=torch.zeros(2))), ValueError,
+                                               "state_batch_indices must"),
     ("selective_state_update", "x int"): (lambda: ssu(**_step(x=torch.ones(2, 4, dtype=torch.int64))), TypeError,
                                           r"\bx must"),
     ("selective_state_update", "dt shape"): (lambda: ssu(**_step(dt=torch.rand(2, 5))), ValueError, r"\bdt must"),

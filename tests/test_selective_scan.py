@@ -213,6 +213,59 @@ def test_state_update_takes_fp32_b_c_with_half_x(backend_device, dtype):
 
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_state_update_multi_head_layout_as_mamba_ssm(backend_device):
+    """x (batch, nheads, dim), A (nheads, dim, N), B / C (batch, ngroups, N), D / dt_bias (nheads,
+    dim), state (batch, nheads, dim, N), dt broadcast over dim as Mamba-2 passes it: each head
+    equals the single-head float64 reference with its group's B / C."""
+    backend, device = backend_device
+    batch, nheads, ngroups, dim, dstate = 2, 4, 2, 3, 5
+    x, z = torch.randn(batch, nheads, dim, device=device), torch.randn(batch, nheads, dim, device=device)
+    dt = torch.rand(batch, nheads, 1, device=device).expand(batch, nheads, dim)  # stride 0 over dim
+    A = -torch.rand(nheads, 1, dstate, device=device).expand(nheads, dim, dstate)
+    B, C = torch.randn(batch, ngroups, dstate, device=device), torch.randn(batch, ngroups, dstate, device=device)
+    D, dt_bias = torch.randn(nheads, dim, device=device), torch.randn(nheads, dim, device=device)
+    state = torch.randn(batch, nheads, dim, dstate, device=device)
+    before = state.clone()
+    y = scangraph.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True, backend=backend)
+    assert y.shape == (batch, nheads, dim)
+    for h in range(nheads):
+        g = h // (nheads // ngroups)
+        want_y, want_state = reference.selective_state_update(
+            before[:, h].double(), x[:, h].double(), dt[:, h].double(), A[h].double(), B[:, g].double(),
+            C[:, g].double(), D[h].double(), z[:, h].double(), dt_bias[h].double(), True)
+        assert_close(y[:, h].cpu().double(), want_y.cpu(), torch.float32)
+        assert_close(state[:, h].cpu().double(), want_state.cpu(), torch.float32)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
+def test_state_update_state_batch_indices_and_padding(backend_device):
+    """Continuous batching: row b updates cache slot state_batch_indices[b]; a negative slot is
+    padding (y = 0, no state touched), as in mamba_ssm; the other slots stay as they were."""
+    backend, device = backend_device
+    slots, dim, dstate = 5, 4, 3
+    index = torch.tensor([3, -1, 0], device=device)
+    x, dt, z = torch.randn(3, dim, device=device), torch.rand(3, dim, device=device), torch.randn(3, dim, device=device)
+    A, B, C = -torch.rand(dim, dstate, device=device), torch.randn(3, dstate, device=device), \
+        torch.randn(3, dstate, device=device)
+    state = torch.randn(slots, dim, dstate, device=device)
+    before = state.clone()
+    y = scangraph.selective_state_update(state, x, dt, A, B, C, z=z, state_batch_indices=index.to(torch.int32),
+                                         backend=backend)
+    for row, slot in ((0, 3), (2, 0)):
+        want_y, want_state = reference.selective_state_update(
+            before[slot:slot + 1].double(), x[row:row + 1].double(), dt[row:row + 1].double(), A.double(),
+            B[row:row + 1].double(), C[row:row + 1].double(), z=z[row:row + 1].double())
+        assert_close(y[row:row + 1].cpu().double(), want_y.cpu(), torch.float32)
+        assert_close(state[slot:slot + 1].cpu().double(), want_state.cpu(), torch.float32)
+    assert bool((y[1] == 0).all())
+    for slot in (1, 2, 4):
+        assert torch.equal(state[slot], before[slot])
+    with pytest.raises(ValueError, match="slots"):
+        scangraph.selective_state_update(state, x, dt, A, B, C, state_batch_indices=torch.tensor([5, 0, 1]),
+                                         backend=backend)
+
+
+@pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 def test_gradcheck(backend_device):
     backend, device = backend_device
     inputs = _inputs(1, 2, 9, 3, 1, True, True, True, torch.float64, device)

@@ -317,14 +317,85 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (out, last_state) if return_last_state else out
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *,
-                           backend="auto"):
-    """One decoding step of the selective scan, mamba_ssm's `selective_state_update`: updates
-    `state` (batch, dim, N) in place and returns y (batch, dim). x, dt, z: (batch, dim);
-    B, C: (batch, N) or (batch, groups, N); A: (dim, N); D, dt_bias: (dim,). Equals
-    selective_scan over one position with initial_state=state. No gradient (inference).
-    B and C may be in another float dtype than x (autocast): the step runs in the widest of
-    them and y is returned in x's dtype."""
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           state_batch_indices=None, *, backend="auto"):
+    """One decoding step of the selective scan, mamba_ssm's `selective_state_update` (its
+    signature, layouts and return value). Updates `state` in place and returns y.
+
+    Single-head layout: state (batch, dim, N); x, dt, z (batch, dim); A (dim, N); B, C (batch, N)
+    or (batch, groups, N); D, dt_bias (dim,). Multi-head layout (Mamba-2-style callers): state
+    (batch, nheads, dim, N); x, dt, z (batch, nheads, dim); A (nheads, dim, N); B, C (batch,
+    ngroups, N) with ngroups dividing nheads (head h reads group h // (nheads / ngroups)); D,
+    dt_bias (nheads, dim). Strided (e.g. broadcast) dt, A, D and dt_bias are accepted.
+
+    state_batch_indices: (batch,) int, continuous batching: row b updates state slot
+    state_batch_indices[b] (state then has one row per cache slot); a negative index is a
+    padding slot, whose y is 0 and whose state is not touched. B and C may be in another float
+    dtype than x (autocast): the step runs in the widest of them and y is returned in x's dtype.
+    Equals selective_scan over one position with initial_state=state. No gradient (inference).
+    """
+    op = "selective_state_update"
+    if isinstance(x, torch.Tensor) and x.dim() == 3:
+        return _multi_head_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices,
+                                        backend)
+    if state_batch_indices is None:
+        return _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
+    _check_tensor(op, "x", x)
+    if not isinstance(state_batch_indices, torch.Tensor) or state_batch_indices.dtype not in (torch.int32,
+                                                                                             torch.int64) \
+            or tuple(state_batch_indices.shape) != (x.shape[0],):
+        raise ValueError(f"{op}: state_batch_indices must be an int32 / int64 ({x.shape[0]},) tensor, got "
+                         f"{getattr(state_batch_indices, 'dtype', type(state_batch_indices).__name__)} "
+                         f"{tuple(getattr(state_batch_indices, 'shape', ()))}")
+    _check_tensor(op, "state", state, device=x.device)
+    slots = state_batch_indices.to(device=state.device, dtype=torch.int64)
+    if slots.numel() and int(slots.max()) >= state.shape[0]:
+        raise ValueError(f"{op}: state_batch_indices holds slot {int(slots.max())}, but state has "
+                         f"{state.shape[0]} slots")
+    live = slots >= 0
+    work = state.index_select(0, slots.clamp(min=0))  # the rows' states, gathered
+    y = _state_update(work, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
+    state.index_copy_(0, slots[live], work[live])
+    return y.masked_fill(~live.reshape((-1,) + (1,) * (y.dim() - 1)), 0)
+
+
+def _multi_head_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, backend):
+    """The multi-head layout as the single-head one over nheads * dim channels: channel h * dim +
+    d of group g covers heads g * nheads / ngroups onwards, as in mamba_ssm, so B / C keep their shape."""
+    op = "selective_state_update"
+    batch, nheads, dim = x.shape
+    dstate = A.shape[-1] if isinstance(A, torch.Tensor) else 0
+    shapes = {"dt": (dt, (batch, nheads, dim)), "A": (A, (nheads, dim, dstate)), "z": (z, (batch, nheads, dim)),
+              "D": (D, (nheads, dim)), "dt_bias": (dt_bias, (nheads, dim))}
+    for name, (t, shape) in shapes.items():
+        if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != shape):
+            raise ValueError(f"{op}: with x of shape (batch, nheads, dim) = {tuple(x.shape)}, {name} must be "
+                             f"{shape}, got {tuple(getattr(t, 'shape', ()))}")
+    for name, t in (("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[0] != batch or t.shape[2] != dstate \
+                or nheads % t.shape[1]:
+            raise ValueError(f"{op}: with {nheads} heads, {name} must be (batch, ngroups, N) with ngroups dividing "
+                             f"nheads, got {tuple(getattr(t, 'shape', ()))}")
+    if not isinstance(state, torch.Tensor) or state.dim() != 4 or tuple(state.shape[1:]) != (nheads, dim, dstate):
+        raise ValueError(f"{op}: with {nheads} heads, state must be (batch, nheads, dim, N) = "
+                         f"(*, {nheads}, {dim}, {dstate}), got {tuple(getattr(state, 'shape', ()))}")
+    channels = nheads * dim
+
+    def flat(t, *lead):
+        return None if t is None else t.reshape(*lead, channels)
+
+    flat_state = state.view(state.shape[0], channels, dstate) if state.is_contiguous() else \
+        state.reshape(state.shape[0], channels, dstate)
+    y = selective_state_update(flat_state, flat(x, batch), flat(dt, batch), A.reshape(channels, dstate), B, C,
+                               flat(D), flat(z, batch), flat(dt_bias), dt_softplus, state_batch_indices,
+                               backend=backend)
+    if flat_state.data_ptr() != state.data_ptr() or not state.is_contiguous():
+        state.copy_(flat_state.view_as(state))  # a strided state was worked on as a copy
+    return y.reshape(batch, nheads, dim)
+
+
+def _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
+    """The single-head step (public contract in selective_state_update)."""
     op = "selective_state_update"
     _check_tensor(op, "x", x)
     if x.dim() != 2:
