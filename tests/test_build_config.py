@@ -45,3 +45,21 @@ def test_gpu_newer_than_torch_is_clamped(setup_py):
     # As torch's helper does: a GPU newer than any architecture torch was built for gets
     # torch's newest, whose PTX the driver compiles for the GPU.
     assert setup_py.cuda_arch_list({}, [(13, 0)], (12, 0))[0] == "12.0+PTX"
+
+
+def test_import_under_another_torch_names_both_versions():
+    """The compiled kernels record the torch they were built against; importing scangraph under
+    another torch fails with that message, before the loader's undefined-symbol error."""
+    import subprocess
+    import sys
+
+    import scangraph
+    info = scangraph._extension.build_info()
+    if info is None:
+        pytest.skip("no build record (a source tree without a build)")
+    code = ("import torch; torch.__version__ = '2.6.0+cpu'\n"
+            "try:\n    import scangraph\nexcept ImportError as error:\n    print(error)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(scangraph.__file__)))
+    assert f"built against torch {info.TORCH_VERSION}, but torch 2.6.0+cpu is installed" in out.stdout, \
+        out.stdout + out.stderr

@@ -1,13 +1,6 @@
 """Loads the compiled op library scangraph._C and reports what it was built with."""
 import torch
 
-try:
-    from scangraph import _C  # noqa: F401  (loading it registers the C++ and CUDA kernels)
-
-    LOAD_ERROR = None
-except ImportError as error:  # a source checkout without a build, or an ABI mismatch with torch
-    LOAD_ERROR = error
-
 
 def build_info():
     """The module setup.py wrote at build time (torch version, CUDA architectures), or None."""
@@ -16,6 +9,27 @@ def build_info():
     except ImportError:  # a build from before the file existed, or a source tree
         return None
     return _build_info
+
+
+def check_torch_version() -> None:
+    """A library built against one torch cannot load into another (C++ ABI): say so, naming both,
+    before the loader fails with an undefined symbol."""
+    info = build_info()
+    if info is not None and info.TORCH_VERSION != torch.__version__:
+        raise ImportError(
+            f"scangraph's compiled kernels were built against torch {info.TORCH_VERSION}, but torch "
+            f"{torch.__version__} is installed. Rebuild them for this torch (pip install --no-build-isolation "
+            f"--force-reinstall --no-deps scangraph, or from a checkout: pip install --no-build-isolation .), "
+            f"or install torch {info.TORCH_VERSION}.")
+
+
+check_torch_version()
+try:
+    from scangraph import _C  # noqa: F401  (loading it registers the C++ and CUDA kernels)
+
+    LOAD_ERROR = None
+except ImportError as error:  # a source checkout without a build
+    LOAD_ERROR = error
 
 
 def cpp_built() -> bool:
