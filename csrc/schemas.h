@@ -71,7 +71,7 @@ inline constexpr const char* kSchemas[] = {
     "prefix_attention_step(Tensor(a!) m, Tensor(b!) c, Tensor(c!) w, Tensor q, Tensor k, Tensor v, "
         "float scale) -> Tensor",
 
-    // Low-precision GNN matmul (symmetric quantization, fp32 scales; ALGORITHMS.md section 4).
+    // Low-precision GNN matmul (symmetric quantization, fp32 scales; docs/lowp.md).
     // -> (data, scale): data int8 of x's shape, or for bits=4 uint8 with the last dimension packed
     // two values per byte; scale (channels,) float32, one per index along axis (axis=None: one).
     "quantize(Tensor x, int bits, int? axis) -> (Tensor, Tensor)",

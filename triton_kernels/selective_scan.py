@@ -1,6 +1,6 @@
 """Triton kernels of the selective-scan family (Mamba's S6): forward, backward, one decode step.
 
-The contract is csrc/include/scangraph/selective_scan_params.h; the math is ALGORITHMS.md section 1.
+The contract is csrc/include/scangraph/selective_scan_params.h; the math is docs/selective_scan.md.
 
 Forward: one program per (batch, channel) walks the scan order in sub-chunks of SUB positions
 (SUB = 64 = kScanChunk unless N is large), with the N states on the second axis of a

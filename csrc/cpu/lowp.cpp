@@ -4,7 +4,7 @@
 // accumulation and the fp32 epilogue: a thread quantizes 32 rows of x into a small int8 buffer,
 // multiplies them against the weight panel (which stays in L2) and writes the finished
 // outputs; x is read once and never materialised in int8 in memory. The product runs on AMX,
-// AVX-512 VNNI, AVX2 (vpsignb / vpmaddubsw / vpmaddwd, ALGORITHMS.md section 4) or a scalar
+// AVX-512 VNNI, AVX2 (vpsignb / vpmaddubsw / vpmaddwd, docs/lowp.md) or a scalar
 // loop, chosen at run time; all are exact integer arithmetic, so they agree bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -1,4 +1,4 @@
-// CPU kernels of the selective scan (Mamba's S6 recurrence, ALGORITHMS.md section 1): forward,
+// CPU kernels of the selective scan (Mamba's S6 recurrence, docs/selective_scan.md): forward,
 // backward and the one-step state update.
 //
 // The state of one (batch, channel) is a short vector over N held in 32-byte vectors (8 floats

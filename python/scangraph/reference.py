@@ -1,6 +1,6 @@
 """Plain-PyTorch references of every op: the tests' oracle (run them in float64).
 
-Written for clarity, not speed: each follows the formula of ../shared/ALGORITHMS.md directly
+Written for clarity, not speed: each follows the formula of its family's docs/<family>.md directly
 and gets its gradients from autograd.
 """
 from typing import Optional
@@ -101,7 +101,7 @@ def common_neighbor_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.
     return (weights @ x.flatten(1)).reshape((src.numel(),) + tuple(x.shape[1:]))
 
 
-# ---- selective scan (ALGORITHMS.md section 1) -------------------------------------------------
+# ---- selective scan (docs/selective_scan.md) -------------------------------------------------
 def _softplus(x: torch.Tensor) -> torch.Tensor:
     # mamba_ssm's softplus: log1p(exp(x)), the identity above 20
     return torch.where(x <= 20, torch.log1p(torch.exp(torch.clamp(x, max=20))), x)
@@ -239,7 +239,7 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: O
 def prefix_attention_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
                           initial_state=None):
     """The same attention as a sequential scan over positions with the (m, c, w) recurrence of
-    ALGORITHMS.md section 2 (any L, no L x L tensor): the oracle for states and the step op.
+    docs/prefix_attention.md (any L, no L x L tensor): the oracle for states and the step op.
     Batch sequences only (no cu_seqlens). Returns (o, (m, c, w))."""
     batch, seqlen, heads, dim = k.shape
     scale = dim ** -0.5 if scale is None else scale
@@ -264,7 +264,7 @@ def prefix_attention_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     return o.to(v.dtype), (m, c, w)
 
 
-# ---- low precision (ALGORITHMS.md section 4) ---------------------------------------------------
+# ---- low precision (docs/lowp.md) ---------------------------------------------------
 def quant_max(bits: int) -> int:
     """Largest magnitude of a symmetric `bits`-bit integer: 127 for 8 bits, 7 for 4 bits."""
     if bits not in (8, 4):

@@ -1,7 +1,7 @@
 // Torch-free parameter structs and scalar math of the low-precision family (quantize, qlinear,
 // qspmm), shared by the CPU kernels and the CUDA kernels (host and device).
 //
-// Symmetric quantization (ALGORITHMS.md section 4): scale = absmax / qmax with qmax = 127 (8
+// Symmetric quantization (docs/lowp.md): scale = absmax / qmax with qmax = 127 (8
 // bits) or 7 (4 bits), q = clamp(round_half_even(x / scale), -qmax, qmax), and a zero channel
 // has scale 0 and q = 0. Every backend computes x / scale as one IEEE fp32 division (not a
 // multiply by the reciprocal) so all of them agree with the reference bit for bit.

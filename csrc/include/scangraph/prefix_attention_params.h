@@ -5,7 +5,7 @@
 //   m_t = max(m_{t-1}, s_t),  c_t = c_{t-1} e^{m_{t-1} - m_t} + e^{s_t - m_t},
 //   w_t = w_{t-1} e^{m_{t-1} - m_t} + e^{s_t - m_t} v_t,  o_t = w_t / c_t   (0 where c_t = 0)
 // starting from (m0, c0, w0), or from (-inf, 0, 0): the running max never starts at 0, so any
-// finite scores are safe. ../shared/ALGORITHMS.md section 2 has the backward.
+// finite scores are safe. docs/prefix_attention.md has the backward.
 //
 // Layouts: q (batch or 1, heads, d) with q_batch_stride 0 when one query serves every batch;
 // k (batch, L, heads, d) and v (batch, L, heads, dv) with unit last stride; o, grad_o, dk, dv

@@ -120,7 +120,7 @@ struct SelectiveScanParams {
   void* segment_state;
 };
 
-// Backward (ALGORITHMS.md section 1). The forward's fields are its inputs; checkpoints is read.
+// Backward (docs/selective_scan.md). The forward's fields are its inputs; checkpoints is read.
 // Gradients: du, ddelta (w.r.t. the raw delta), dz in T; dA, dD, ddelta_bias, dinitial_state
 // and fixed dB / dC in acc; varying dB / dC in T. Reductions run in a fixed order through the
 // partial buffers below (no atomics), which the caller allocates in acc:

@@ -4,7 +4,7 @@ qlinear_w8a8 / qlinear_w4a8: GNN-shaped node-feature transforms, M = 100k nodes 
 with SCANGRAPH_BENCH_LARGE=1; quick mode 2048), K = N in 128, 256, 512 (quick: 64). Ours runs
 quantize + int8 product + dequant/bias/relu epilogue in one op. Baselines: torch._int_mm with the
 per-row quantization and the epilogue written in PyTorch around it (what a user composes
-today), and fp32 F.linear + relu. Bytes: M*K*s_x + N*K*bits/8 + 4N + M*N*s_out (ALGORITHMS.md 4).
+today), and fp32 F.linear + relu. Bytes: M*K*s_x + N*K*bits/8 + 4N + M*N*s_out (docs/lowp.md).
 The weight's bytes (int8 / packed int4 + scales vs fp32) are a column of their own.
 
 qspmm: int8 node features (per-row scales) aggregated with sum against fp32 spmm of the same

@@ -8,7 +8,7 @@ Baselines are what a user would write otherwise:
                 overflows), cumulative sums of the weights and the weighted values: O(L)
                 work, but (batch, L, heads, dv) intermediates per step of the formula
   reference     scangraph.reference.prefix_attention (the L x L weights materialised)
-Bytes are the compulsory traffic of ALGORITHMS.md section 2: k and v read once, o written once,
+Bytes are the compulsory traffic of docs/prefix_attention.md: k and v read once, o written once,
 s * batch * L * heads * (d + 2 dv) (the backward moves as much again).
 """
 import torch

@@ -4,7 +4,7 @@ neighbours, forward and forward + backward.
 Baselines are what a user would write otherwise: torch.sparse.mm on a CSR tensor, PyG's
 scatter path (index_select of source rows, then scatter_add into destinations), and our
 plain-PyTorch reference; for max, PyG's scatter(reduce="max") path (index_select, then
-scatter_reduce "amax"). Bytes are the compulsory traffic of ALGORITHMS.md section 3: rowptr,
+scatter_reduce "amax"). Bytes are the compulsory traffic of docs/sparse.md: rowptr,
 col, x read once, out written once (the backward traverses the transpose the same way).
 """
 import os

@@ -1,6 +1,6 @@
 """Low-precision GNN matmul: quantize, QTensor, qlinear (W8A8 / W4A8), qspmm and fake_quantize.
 
-Symmetric quantization with fp32 scales (ALGORITHMS.md section 4). The ops
+Symmetric quantization with fp32 scales (docs/lowp.md). The ops
 `scangraph::quantize`, `scangraph::qlinear` and `scangraph::qspmm` have CPU and CUDA kernels
 under one name and Triton twins `<op>_triton`; all carry fake kernels (torch.compile, export).
 qlinear and qspmm are inference ops: their backward raises (train with fake_quantize, whose

@@ -6,7 +6,7 @@ Ops (schemas in csrc/registration.cpp; `_triton` twins are Triton ops of the sam
   prefix_attention            -> (o, m, c, m_last, c_last, w_last): the per-position max and
                                  denominator (batch, L, heads) are all the backward keeps
   prefix_attention_backward   -> (dq, dk, dv, dm0, dc0, dw0): two reverse scans with gates <= 1
-                                 (ALGORITHMS.md section 2), deterministic
+                                 (docs/prefix_attention.md), deterministic
   prefix_attention_step       one streaming position, the state updated in place
 Each has a fake kernel; prefix_attention's autograd calls the backward op of its own backend.
 """
