@@ -579,3 +579,27 @@ def test_convs_take_a_torch_sparse_adj_t(layout):
     pyg.lin.weight.data.copy_(layers[0].lin.weight.data)
     pyg.bias.data.copy_(layers[0].bias.data)
     torch.testing.assert_close(layers[0](x, adj_t), pyg(x, adj_t), atol=1e-5, rtol=1e-5)
+
+
+def test_convs_take_batched_static_graphs_and_refuse_what_they_do_not_support():
+    """x (batch, N, F) over one graph equals the batch of separate calls (and PyG's GCNConv);
+    lazy in_channels, flow and size= are refused by name."""
+    torch.manual_seed(0)
+    edge_index, n = torch.randint(0, 15, (2, 50)), 15
+    x = torch.randn(3, n, 6)
+    for layer in (sgnn.GCNConv(6, 4), sgnn.SAGEConv(6, 4), sgnn.SAGEConv(6, 8),
+                  sgnn.GINConv(torch.nn.Linear(6, 4))):
+        torch.testing.assert_close(layer(x, edge_index), torch.stack([layer(xi, edge_index) for xi in x]))
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    ours, pyg = sgnn.GCNConv(6, 4), pyg_nn.GCNConv(6, 4)
+    pyg.lin.weight.data.copy_(ours.lin.weight.data)
+    pyg.bias.data.copy_(ours.bias.data)
+    torch.testing.assert_close(ours(x, edge_index), pyg(x, edge_index), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="lazy in_channels"):
+        sgnn.GCNConv(-1, 4)
+    with pytest.raises(ValueError, match="flow"):
+        sgnn.SAGEConv(6, 4, flow="target_to_source")
+    with pytest.raises(ValueError, match="size="):
+        sgnn.GINConv(torch.nn.Linear(6, 4))(x[0], edge_index, size=(n, n))
+    with pytest.raises(ValueError, match="static graphs"):
+        sgnn.GATConv(6, 4)(x, edge_index)

@@ -25,6 +25,29 @@ def glorot_(t: torch.Tensor) -> torch.Tensor:
         return t.uniform_(-bound, bound)
 
 
+def _check_pyg_args(layer: str, in_channels=None, flow: str = "source_to_target"):
+    """PyG arguments these layers do not take, refused by name rather than ignored."""
+    if in_channels is not None and in_channels <= 0:
+        raise ValueError(f"{layer}: lazy in_channels={in_channels} is not supported; pass the input width")
+    if flow != "source_to_target":
+        raise ValueError(f"{layer}: flow={flow!r} is not supported (edge_index[0] holds sources, edge_index[1] "
+                         "targets); pass edge_index.flip(0) instead")
+
+
+def _check_size(layer: str, size):
+    if size is not None:
+        raise ValueError(f"{layer}: size={size} (a bipartite message passing) is not supported; pass a "
+                         "scangraph.CSRGraph with num_cols source nodes instead")
+
+
+def _propagate(graph: CSRGraph, x: torch.Tensor, reduce: str) -> torch.Tensor:
+    """spmm over the node axis of x (N, F), or of x (batch, N, F): a static graph shared by a batch
+    (PyG's batched static graphs), run as the heads of one spmm."""
+    if x.dim() == 3:
+        return spmm(graph, x.transpose(0, 1), reduce).transpose(0, 1)
+    return spmm(graph, x, reduce)
+
+
 def gcn_propagation_graph(x: torch.Tensor, graph: GraphLike, edge_weight: Optional[torch.Tensor],
                           add_self_loops: bool, normalize: bool, improved: bool) -> CSRGraph:
     """The graph GCN propagates over, its weights the normalised edge weights (PyG's gcn_norm):
@@ -52,14 +75,17 @@ class GCNConv(nn.Module):
 
     Args as PyG's GCNConv: in_channels, out_channels, improved (self loops weigh 2),
     add_self_loops, normalize, bias. Parameters: `lin.weight` (out, in), `bias` (out,).
-    Shapes: x (N, in_channels) -> (N, out_channels). The normalised graph of an edge_index is
+    Shapes: x (N, in_channels) -> (N, out_channels), or (batch, N, in_channels) over one static
+    graph (PyG's batched static graphs). The normalised graph of an edge_index is
     cached per dtype (normalised in fp64); an explicit `edge_weight` (E,) (in the edge order of
     edge_index, or of the edge list a CSRGraph was built from) is normalised on every call.
     """
 
     def __init__(self, in_channels: int, out_channels: int, improved: bool = False,
-                 add_self_loops: bool = True, normalize: bool = True, bias: bool = True):
+                 add_self_loops: bool = True, normalize: bool = True, bias: bool = True,
+                 flow: str = "source_to_target"):
         super().__init__()
+        _check_pyg_args("GCNConv", in_channels, flow)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.improved, self.add_self_loops, self.normalize = improved, add_self_loops, normalize
         self.lin = nn.Linear(in_channels, out_channels, bias=False)
@@ -79,7 +105,7 @@ class GCNConv(nn.Module):
                 edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         graph = self.propagation_graph(x, edge_index, edge_weight)
         h = self.lin(x)
-        out = spmm(graph, h, "sum")  # the graph's own weights (CSR order), in h's dtype
+        out = _propagate(graph, h, "sum")  # the graph's own weights (CSR order), in h's dtype
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
@@ -92,27 +118,30 @@ class SAGEConv(nn.Module):
 
     Args as PyG's SAGEConv: in_channels, out_channels, normalize (L2 on the output),
     root_weight, bias. Parameters: `lin_l.weight`, `lin_l.bias`, `lin_r.weight`.
-    Shapes: x (N, in_channels) -> (N, out_channels).
+    Shapes: x (N, in_channels) -> (N, out_channels), or (batch, N, in_channels) over one static
+    graph.
     """
 
     def __init__(self, in_channels: int, out_channels: int, normalize: bool = False,
-                 root_weight: bool = True, bias: bool = True):
+                 root_weight: bool = True, bias: bool = True, flow: str = "source_to_target"):
         super().__init__()
+        _check_pyg_args("SAGEConv", in_channels, flow)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.normalize, self.root_weight = normalize, root_weight
         self.lin_l = nn.Linear(in_channels, out_channels, bias=bias)
         self.lin_r = nn.Linear(in_channels, out_channels, bias=False) if root_weight else None
 
-    def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: GraphLike, size=None) -> torch.Tensor:
+        _check_size("SAGEConv", size)
         graph = as_csr(x, edge_index)
         if self.out_channels < self.in_channels:
             # The mean is linear, so projecting first moves fewer features along the edges;
             # the bias is added after, as lin_l(mean) would (empty rows give lin_l(0) = bias).
-            out = spmm(graph, F.linear(x, self.lin_l.weight), "mean")
+            out = _propagate(graph, F.linear(x, self.lin_l.weight), "mean")
             if self.lin_l.bias is not None:
                 out = out + self.lin_l.bias
         else:
-            out = self.lin_l(spmm(graph, x, "mean"))
+            out = self.lin_l(_propagate(graph, x, "mean"))
         if self.root_weight:
             out = out + self.lin_r(x)
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
@@ -126,11 +155,14 @@ class GINConv(nn.Module):
     Neural Networks?" (ICLR 2019): out = nn((1 + eps) x_i + sum_{j -> i} x_j).
 
     Args as PyG's GINConv: nn (the MLP, stored as `nn`), eps, train_eps (eps a parameter, else
-    a buffer; both are saved as `eps` of shape (1,)). Shapes: x (N, F) -> nn's output (N, F').
+    a buffer; both are saved as `eps` of shape (1,)). Shapes: x (N, F) -> nn's output (N, F'), or
+    x (batch, N, F) over one static graph.
     """
 
-    def __init__(self, nn: torch.nn.Module, eps: float = 0.0, train_eps: bool = False):
+    def __init__(self, nn: torch.nn.Module, eps: float = 0.0, train_eps: bool = False,
+                 flow: str = "source_to_target"):
         super().__init__()
+        _check_pyg_args("GINConv", flow=flow)
         self.nn = nn
         self.initial_eps = eps
         if train_eps:
@@ -138,9 +170,10 @@ class GINConv(nn.Module):
         else:
             self.register_buffer("eps", torch.tensor([float(eps)]))
 
-    def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: GraphLike, size=None) -> torch.Tensor:
+        _check_size("GINConv", size)
         graph = as_csr(x, edge_index)
-        return self.nn((1 + self.eps) * x + spmm(graph, x, "sum"))
+        return self.nn((1 + self.eps) * x + _propagate(graph, x, "sum"))
 
 
 class GATConv(nn.Module):
@@ -162,8 +195,9 @@ class GATConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
-                 bias: bool = True):
+                 bias: bool = True, flow: str = "source_to_target"):
         super().__init__()
+        _check_pyg_args("GATConv", in_channels, flow)
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.concat, self.negative_slope, self.dropout = concat, negative_slope, dropout
         self.add_self_loops = add_self_loops
@@ -180,7 +214,11 @@ class GATConv(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: GraphLike, size=None) -> torch.Tensor:
+        _check_size("GATConv", size)
+        if x.dim() != 2:
+            raise ValueError(f"GATConv: x must be (N, in_channels), got {tuple(x.shape)} (static graphs with a "
+                             "batch dimension are not supported, as in PyG's GATConv)")
         n = num_nodes_of(x, edge_index)
         if self.add_self_loops:
             graph = graph_for(edge_index, n, "loops", with_self_loops)

@@ -84,12 +84,13 @@ def as_csr_of(graph: GraphLike, num_nodes: Optional[int]) -> CSRGraph:
 
 
 def num_nodes_of(x: torch.Tensor, graph: GraphLike) -> int:
-    """Node count: the graph's own for a CSRGraph or an adj_t matrix, else the rows of x (PyG's default)."""
+    """Node count: the graph's own for a CSRGraph or an adj_t matrix, else the rows of x (PyG's default;
+    x (batch, N, F) is a batch of feature sets over one graph)."""
     if isinstance(graph, CSRGraph):
         return graph.num_rows
     if _is_matrix(graph):
         return _graph_of_matrix(graph).num_rows
-    return x.shape[0]
+    return x.shape[-2] if x.dim() == 3 else x.shape[0]  # (batch, N, F): a batch over one static graph
 
 
 # ---- adj_t: PyG's sparse adjacency, row i = target i (its values are the edge weights) --------
