@@ -20,7 +20,10 @@ import argparse
 import collections
 import json
 import os
+import pickle
+import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,8 +31,8 @@ os.environ["TRITON_INTERPRET"] = "1"  # the samples run on CPU tensors, before t
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
-def record(arch):
-    """Runs the samples in the interpreter; returns the launches."""
+def record(arch, part=0, parts=1):
+    """Runs every parts-th sample (from `part`) in the interpreter; returns the launches."""
     import torch
     from triton.backends.compiler import GPUTarget
 
@@ -38,22 +41,41 @@ def record(arch):
     from op_samples import SAMPLES, _scan
     from scangraph.bench.gpu_resources import record_triton
 
+    runs = [(sample, dtype) for sample in SAMPLES if "triton" not in sample.skip for dtype in sample.dtypes]
     with record_triton(run=True, target=GPUTarget("cuda", arch, 32)) as launches:
-        for sample in SAMPLES:
-            if "triton" in sample.skip:
-                continue
-            for dtype in sample.dtypes:
-                torch.manual_seed(0)
-                t._run(sample, t._prepare(sample, dtype), "triton")
+        for sample, dtype in runs[part::parts]:
+            torch.manual_seed(0)
+            t._run(sample, t._prepare(sample, dtype), "triton")
         # The selective-scan backward without a gradient of the last state (HAS_GLAST=False) is
         # reached when only `out` is differentiated.
-        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-            kwargs = _scan(2, 3, 70, 16, None, True)(dtype)
-            kwargs["return_last_state"] = False
-            u = kwargs["u"].requires_grad_()
-            scangraph.selective_scan(**kwargs, backend="triton").sum().backward()
-            assert u.grad is not None
+        if part == 0:
+            for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+                kwargs = _scan(2, 3, 70, 16, None, True)(dtype)
+                kwargs["return_last_state"] = False
+                u = kwargs["u"].requires_grad_()
+                scangraph.selective_scan(**kwargs, backend="triton").sum().backward()
+                assert u.grad is not None
     return launches
+
+
+def record_in_parallel(arch, jobs):
+    """record() split over `jobs` processes (the interpreter runs on one core): the launches of all."""
+    if jobs <= 1:
+        return record(arch)
+    with tempfile.TemporaryDirectory(prefix="scangraph-record-") as folder:
+        workers = []
+        for part in range(jobs):
+            out = os.path.join(folder, f"launches{part}.pkl")
+            workers.append((out, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--arch", str(arch),
+                                                   "--record-part", f"{part}/{jobs}", out])))
+        codes = [process.wait() for _, process in workers]
+        if any(codes):
+            raise RuntimeError(f"a recording process failed (exit codes {codes})")
+        launches = []
+        for out, _ in workers:
+            with open(out, "rb") as f:
+                launches += pickle.load(f)
+        return launches
 
 
 def report(results, arch, json_path):
@@ -84,18 +106,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100 / H200)")
     parser.add_argument("--json", help="write every variant's resources here")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="processes that record and compile (default: one per core)")
+    parser.add_argument("--record-part", nargs=2, metavar=("PART/PARTS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.record_part:  # a worker of record_in_parallel
+        part, parts = map(int, args.record_part[0].split("/"))
+        with open(args.record_part[1], "wb") as f:
+            pickle.dump(record(args.arch, part, parts), f)
+        return 0
     import triton
 
     from scangraph.bench.gpu_resources import compile_triton, distinct
 
     start = time.time()
-    launches = record(args.arch)
+    launches = record_in_parallel(args.arch, args.jobs)
     variants = distinct(launches)
     recorded = time.time() - start
     print(f"triton {triton.__version__}: {len(launches)} launches, {len(variants)} distinct variants recorded in "
           f"{recorded:.0f} s")
-    results = compile_triton(variants, args.arch)
+    results = compile_triton(variants, args.arch, processes=args.jobs)
     failures = [r for r in results if "error" in r]
     print(f"compiled {len(results) - len(failures)} variants for sm_{args.arch} in {time.time() - start - recorded:.0f} s, "
           f"{len(failures)} failed")
