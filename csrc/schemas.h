@@ -25,13 +25,15 @@ inline constexpr const char* kSchemas[] = {
         "-> (Tensor, Tensor)",
     // GAT aggregation with an online softmax -> (out, row_max, row_sum); the row statistics
     // (float, double for double x) feed the backward, which recomputes the attention weights.
+    // dropout p > 0 drops attention coefficients by the Philox mask of rng = (seed, offset), an
+    // int64 (2,) tensor on x's device (scangraph/philox.h).
     "gat_aggregate(Tensor rowptr, Tensor col, Tensor x, Tensor alpha_src, Tensor alpha_dst, "
-        "float negative_slope=0.2, Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None) "
-        "-> (Tensor, Tensor, Tensor)",
+        "float negative_slope=0.2, Tensor? rowptr_t=None, Tensor? col_t=None, Tensor? perm_t=None, "
+        "float dropout=0.0, Tensor? rng=None) -> (Tensor, Tensor, Tensor)",
     // -> (dx, dalpha_src, dalpha_dst); delta = (out * grad).sum(-1) in the statistics' dtype.
-    "gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor x, "
+    "gat_aggregate_backward(Tensor rowptr, Tensor col, Tensor rowptr_t, Tensor col_t, Tensor perm_t, Tensor x, "
         "Tensor alpha_src, Tensor alpha_dst, Tensor row_max, Tensor row_sum, Tensor delta, Tensor grad, "
-        "float negative_slope) -> (Tensor, Tensor, Tensor)",
+        "float negative_slope, float dropout=0.0, Tensor? rng=None) -> (Tensor, Tensor, Tensor)",
     // Common neighbours of node pairs by sorted-merge intersection of their CSR rows, as a CSR
     // over pairs: (ptr (P + 1,) int64, neighbors (total,) of col's dtype).
     "common_neighbors(Tensor rowptr, Tensor col, Tensor src, Tensor dst) -> (Tensor, Tensor)",

@@ -72,13 +72,18 @@ def _sddmm(graph_name, trailing):
     return make
 
 
-def _gat(graph_name, heads, features):
+def _gat(graph_name, heads, features, dropout=0.0):
+    """With dropout, a CPU generator (test_op_samples reseeds it before every run, so each backend
+    and the reference draw the same mask, on any device)."""
     def make(dtype):
         g = make_graph(graph_name)
         shape = (heads, features) if heads else (features,)
         a_shape = (heads,) if heads else ()
-        return dict(graph=g, x=rnd(g.num_cols, *shape, dtype=dtype), alpha_src=rnd(g.num_cols, *a_shape, dtype=dtype),
-                    alpha_dst=rnd(g.num_rows, *a_shape, dtype=dtype), negative_slope=0.2)
+        kwargs = dict(graph=g, x=rnd(g.num_cols, *shape, dtype=dtype), alpha_src=rnd(g.num_cols, *a_shape, dtype=dtype),
+                      alpha_dst=rnd(g.num_rows, *a_shape, dtype=dtype), negative_slope=0.2)
+        if dropout:
+            kwargs.update(dropout=dropout, generator=torch.Generator().manual_seed(int(torch.randint(1 << 30, ()))))
+        return kwargs
     return make
 
 
@@ -112,6 +117,8 @@ SPARSE = [
     Sample("gat_aggregate", "isolated-one-head", _gat("isolated", 0, 7), grads=("x", "alpha_src", "alpha_dst"),
            grad_tol=2.0),
     Sample("gat_aggregate", "no_edges", _gat("no_edges", 2, 3), grads=("x", "alpha_src", "alpha_dst")),
+    Sample("gat_aggregate", "hub-dropout", _gat("hub", 2, 6, dropout=0.4), grads=("x", "alpha_src", "alpha_dst"),
+           grad_tol=4.0, core=True),
     Sample("common_neighbor_aggregate", "random", _common_neighbors("random", 30, 6), grads=("x",)),
     Sample("common_neighbor_aggregate", "hub", _common_neighbors("hub", 25, 5), grads=("x",)),
     Sample("common_neighbor_aggregate", "karate", _common_neighbors("karate", 40, 3), grads=("x",)),

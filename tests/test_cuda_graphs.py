@@ -59,3 +59,32 @@ def test_forward_captures_and_replays(op, backend):
     cuda_graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(captured, expected)
+
+
+@pytest.mark.parametrize("backend", ("cuda", "triton"))
+def test_attention_dropout_draws_a_new_mask_at_each_replay(backend):
+    """torch's rule for RNG under CUDA graphs: the (seed, offset) of gat_aggregate's dropout is
+    drawn by a torch RNG op inside the captured region, so each replay draws a new mask rather
+    than replaying the capture's one."""
+    graph, x = _inputs()
+    alpha = torch.randn(x.shape[0], 1, device="cuda")
+
+    def run():
+        return scangraph.gat_aggregate(graph, x[:, None], alpha, alpha, 0.2, 0.5, backend=backend)
+
+    run()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        captured = run()
+    replays = []
+    for _ in range(3):
+        cuda_graph.replay()
+        torch.cuda.synchronize()
+        replays.append(captured.clone())
+    assert all(torch.isfinite(r).all() for r in replays)
+    assert not torch.equal(replays[0], replays[1]) and not torch.equal(replays[1], replays[2])

@@ -146,7 +146,7 @@ def _run(layer, x, *args, **kwargs):
 def _calls(monkeypatch):
     """Counts the scangraph kernels the patched layers call."""
     count = {"n": 0}
-    for name in ("spmm", "gat_aggregate"):
+    for name in ("spmm", "gat_forward"):
         original = getattr(sg_pyg, name)
 
         def counted(*args, _original=original, **kwargs):
@@ -185,8 +185,8 @@ def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
 
 
 def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
-    """Bipartite inputs, attention weights, edge features, size=, a loop-adding GCN on adj_t,
-    PyG's cached / improved GCN, hooks on message passing and training-mode attention dropout
+    """Bipartite inputs, edge features, size=, a loop-adding GCN on adj_t,
+    PyG's cached / improved GCN and hooks on message passing
     run PyG's own code: same results, no scangraph kernel."""
     calls = _calls(monkeypatch)
     edge_index, n = torch.randint(0, 20, (2, 60)), 20
@@ -198,7 +198,6 @@ def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
     hooked.register_message_forward_pre_hook(lambda module, inputs: seen.append(1))
     cases = [
         (pyg_nn.SAGEConv(8, 6), ((x, x_dst), edge_index), {}),
-        (pyg_nn.GATConv(8, 6, heads=2), (x, edge_index), {"return_attention_weights": True}),
         (pyg_nn.GATConv(8, 6, edge_dim=3), (x, edge_index, torch.randn(60, 3)), {}),
         (pyg_nn.GINConv(torch.nn.Linear(8, 6)), (x, edge_index), {"size": (n, n)}),
         (pyg_nn.GCNConv(8, 6), (x, adj_t), {}),
@@ -214,8 +213,31 @@ def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
         want, got = (want[0], got[0]) if isinstance(want, tuple) else (want, got)
         torch.testing.assert_close(got, want)
     assert len(seen) == 2  # the hook ran unpatched and patched
-    dropout = pyg_nn.GATConv(8, 6, dropout=0.5).train()
-    pyg_patch.patch()
-    dropout(x, edge_index)
     assert calls["n"] == 0
+
+
+def test_patched_gat_attention_weights_and_dropout(pyg_patch, monkeypatch):
+    """return_attention_weights=True gives PyG's (out, (edge_index, alpha)), with alpha's
+    gradient; attention dropout in training runs in scangraph's kernel, and with p = 0.5 about
+    half the attention mass is dropped (the output differs from eval mode)."""
+    calls = _calls(monkeypatch)
+    edge_index, n = torch.randint(0, 20, (2, 60)), 20
+    x = torch.randn(n, 8)
+    layer = pyg_nn.GATConv(8, 6, heads=2, dropout=0.5).eval()
+    want_out, (want_ei, want_alpha) = layer(x, edge_index, return_attention_weights=True)
+    (want_alpha * torch.arange(want_alpha.numel()).reshape(want_alpha.shape)).sum().backward()
+    want_grad = layer.att_src.grad.clone()
+    layer.zero_grad()
+    pyg_patch.patch()
+    out, (ei, alpha) = layer(x, edge_index, return_attention_weights=True)
+    (alpha * torch.arange(alpha.numel()).reshape(alpha.shape)).sum().backward()
+    assert calls["n"] == 1
+    assert torch.equal(ei, want_ei)
+    torch.testing.assert_close(alpha, want_alpha)
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(layer.att_src.grad, want_grad)
+    layer.train()
+    dropped = layer(x, edge_index)
+    assert calls["n"] == 2
+    assert not torch.allclose(dropped, want_out)
     assert sg_pyg.patched()

@@ -107,7 +107,12 @@ def _copy(kwargs, reference):
 
 def _run(sample, kwargs, backend, cotangents=None):
     """(outputs, gradients, cotangents): the result tensors plus the mutated arguments after the
-    call, and the gradients of sum(output * cotangent) over the sample's differentiable inputs."""
+    call, and the gradients of sum(output * cotangent) over the sample's differentiable inputs.
+    A sample's generator is reseeded first: every run draws the same random numbers (a dropout
+    mask), so backends and the reference compare on one mask."""
+    for value in kwargs.values():
+        if isinstance(value, torch.Generator):
+            value.manual_seed(value.initial_seed())
     result = getattr(scangraph, sample.op)(**kwargs, backend=backend)
     outputs = tensors_of(result) + [t for name in sample.mutated for t in tensors_of(kwargs[name])]
     leaves = _leaves(kwargs, sample.grads)

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .philox import dropout_factor, dropout_scale, dropout_threshold
+
 # Edges gathered per step: 32 rows of BLOCK_F features keep a tile within the register budget
 # of 4 warps for BLOCK_F <= 128.
 BLOCK_E = 32
@@ -487,9 +489,12 @@ def _leaky_relu(v, slope):
 
 @triton.jit
 def _gat_online(begin, end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, num_heads, num_features,
-                features, feature_mask, negative_slope, ACC: tl.constexpr, BLOCK_E: tl.constexpr):
+                features, feature_mask, negative_slope, rng_ptr, threshold, scale,
+                DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr):
     """Online softmax over edges [begin, end), continuing (max m, denominator c, sum acc): when
-    the running max grows, the sums so far are rescaled by exp(old max - new max)."""
+    the running max grows, the sums so far are rescaled by exp(old max - new max). With
+    DROPOUT, each (edge, head) weight in the sum is multiplied by its dropout factor (0 or
+    1 / (1 - p)); the denominator keeps every edge."""
     for edge0 in range(begin, end, BLOCK_E):
         edges = edge0 + tl.arange(0, BLOCK_E)
         edge_mask = edges < end
@@ -503,6 +508,8 @@ def _gat_online(begin, end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, n
         tile = tl.load(x_ptr + (src[:, None] * num_heads + head) * num_features + features[None, :],
                        mask=edge_mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
         c = c * rescale + tl.sum(w, axis=0)
+        if DROPOUT:
+            w = w * dropout_factor(rng_ptr, edges.to(tl.int64) * num_heads + head, threshold, scale)
         acc = acc * rescale + tl.sum(w[:, None] * tile, axis=0)
         m = m_new
     return m, c, acc
@@ -510,8 +517,9 @@ def _gat_online(begin, end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, n
 
 @triton.jit
 def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_ptr, sum_ptr,
-               segment_ptr, partial_ptr, stats_ptr, num_heads, num_features, slope_ptr,
-               SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+               segment_ptr, partial_ptr, stats_ptr, num_heads, num_features, scalars_ptr, rng_ptr, threshold,
+               SPLIT: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr,
+               BLOCK_F: tl.constexpr):
     # One program per (row, head, feature block).
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -521,7 +529,8 @@ def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_pt
     begin = tl.load(rowptr_ptr + row)
     end = tl.load(rowptr_ptr + row + 1)
     a_dst = tl.load(a_dst_ptr + row * num_heads + head).to(ACC)
-    negative_slope = tl.load(slope_ptr)
+    negative_slope = tl.load(scalars_ptr)
+    scale = tl.load(scalars_ptr + 1)
     m = tl.full([1], float("-inf"), dtype=ACC)
     c = tl.zeros([1], dtype=ACC)
     acc = tl.zeros([BLOCK_F], dtype=ACC)
@@ -545,7 +554,8 @@ def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_pt
             acc = acc * keep + part * take
             m = m_new
     m, c, acc = _gat_online(begin, edge_end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, num_heads,
-                            num_features, features, feature_mask, negative_slope, ACC, BLOCK_E)
+                            num_features, features, feature_mask, negative_slope, rng_ptr, threshold, scale,
+                            DROPOUT, ACC, BLOCK_E)
     out = tl.where(c > 0, acc / tl.where(c > 0, c, 1.0), 0.0)
     tl.store(out_ptr + (row * num_heads + head) * num_features + features,
              out.to(out_ptr.dtype.element_ty), mask=feature_mask)
@@ -557,8 +567,9 @@ def gat_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, out_ptr, max_pt
 
 @triton.jit
 def gat_segment_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, segment_ptr, segment_row_ptr,
-                       partial_ptr, stats_ptr, num_rows, num_heads, num_features, slope_ptr,
-                       ACC: tl.constexpr, SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+                       partial_ptr, stats_ptr, num_rows, num_heads, num_features, scalars_ptr, rng_ptr, threshold,
+                       DROPOUT: tl.constexpr, ACC: tl.constexpr, SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr,
+                       BLOCK_F: tl.constexpr):
     # One program per (segment slot, head, feature block): the segment's own max, denominator
     # and unnormalised sum.
     segment = tl.program_id(0).to(tl.int64)
@@ -573,7 +584,8 @@ def gat_segment_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, segment
         c = tl.zeros([1], dtype=ACC)
         acc = tl.zeros([BLOCK_F], dtype=ACC)
         m, c, acc = _gat_online(begin, end, m, c, acc, col_ptr, x_ptr, a_src_ptr, a_dst, head, num_heads,
-                                num_features, features, feature_mask, tl.load(slope_ptr), ACC, BLOCK_E)
+                                num_features, features, feature_mask, tl.load(scalars_ptr), rng_ptr, threshold,
+                                tl.load(scalars_ptr + 1), DROPOUT, ACC, BLOCK_E)
         tl.store(partial_ptr + (segment * num_heads + head) * num_features + features, acc, mask=feature_mask)
         if fblock == 0:
             stat = (segment * num_heads + head) * 2 + tl.arange(0, 1)
@@ -582,10 +594,12 @@ def gat_segment_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, segment
 
 
 @triton.jit
-def _gat_edge_terms(i, j, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr,
-                    delta_ptr, x_ptr, grad_ptr, mask, negative_slope,
-                    ACC: tl.constexpr, BLOCK_F: tl.constexpr):
-    """(p_ij, ds_ij) for a block of edges j -> i of one head; masked edges give 0."""
+def _gat_edge_terms(i, j, edge, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr,
+                    delta_ptr, x_ptr, grad_ptr, mask, negative_slope, rng_ptr, threshold, scale,
+                    DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_F: tl.constexpr):
+    """(k_ij p_ij, ds_ij) for a block of edges j -> i (CSR ids `edge`) of one head, k_ij their
+    dropout factor (1 without dropout): ds_ij = p_ij (k_ij x_j . grad_i - delta_i) lrelu'.
+    Masked edges give 0."""
     raw = (tl.load(a_src_ptr + j * num_heads + head, mask=mask, other=0.0).to(ACC)
            + tl.load(a_dst_ptr + i * num_heads + head, mask=mask, other=0.0).to(ACC))
     stat = i * num_heads + head
@@ -602,14 +616,18 @@ def _gat_edge_terms(i, j, head, num_heads, num_features, a_src_ptr, a_dst_ptr, m
                      mask=fmask, other=0.0).to(ACC)
         dot += tl.sum(xv * gv, axis=1)
     delta = tl.load(delta_ptr + stat, mask=mask, other=0.0)
+    if DROPOUT:
+        factor = dropout_factor(rng_ptr, edge * num_heads + head, threshold, scale)
+        ds = prob * (dot * factor - delta) * tl.where(raw > 0, 1.0, negative_slope)
+        return prob * factor, ds
     ds = prob * (dot - delta) * tl.where(raw > 0, 1.0, negative_slope)
     return prob, ds
 
 
 @triton.jit
 def _gat_dst_sum(row, begin, end, head, num_heads, num_features, col_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr,
-                 delta_ptr, x_ptr, grad_ptr, negative_slope,
-                 ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+                 delta_ptr, x_ptr, grad_ptr, negative_slope, rng_ptr, threshold, scale,
+                 DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
     """sum of ds_ij over the edges [begin, end) of row i."""
     total = tl.zeros([BLOCK_E], dtype=ACC)
     for edge0 in range(begin, end, BLOCK_E):
@@ -617,8 +635,9 @@ def _gat_dst_sum(row, begin, end, head, num_heads, num_features, col_ptr, a_src_
         mask = edges < end
         src = tl.load(col_ptr + edges, mask=mask, other=0).to(tl.int64)
         dst = tl.zeros([BLOCK_E], dtype=tl.int64) + row
-        prob, ds = _gat_edge_terms(dst, src, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr,
-                                   sum_ptr, delta_ptr, x_ptr, grad_ptr, mask, negative_slope, ACC, BLOCK_F)
+        prob, ds = _gat_edge_terms(dst, src, edges.to(tl.int64), head, num_heads, num_features, a_src_ptr,
+                                   a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, mask, negative_slope,
+                                   rng_ptr, threshold, scale, DROPOUT, ACC, BLOCK_F)
         total += ds
     return tl.sum(total, axis=0)
 
@@ -626,18 +645,20 @@ def _gat_dst_sum(row, begin, end, head, num_heads, num_features, col_ptr, a_src_
 @triton.jit
 def gat_dst_grad_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
                         grad_ptr, da_dst_ptr, segment_ptr, segment_row_ptr, partial_ptr, num_rows,
-                        num_heads, num_features, slope_ptr,
-                        SEGMENTS: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
+                        num_heads, num_features, scalars_ptr, rng_ptr, threshold,
+                        SEGMENTS: tl.constexpr, SPLIT: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                         SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
     # dalpha_dst[i] = sum_j ds_ij. SEGMENTS: one program per segment of a long row, into
     # partial; SPLIT: a row with segments adds their partials in order instead.
-    negative_slope = tl.load(slope_ptr)
+    negative_slope = tl.load(scalars_ptr)
+    scale = tl.load(scalars_ptr + 1)
     item = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     if SEGMENTS:
         row, begin, end = _segment_span(item, rowptr_ptr, segment_ptr, segment_row_ptr, num_rows, SPLIT_EDGES)
         result = _gat_dst_sum(row, begin, end, head, num_heads, num_features, col_ptr, a_src_ptr, a_dst_ptr,
-                              max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope, ACC, BLOCK_E, BLOCK_F)
+                              max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope, rng_ptr, threshold, scale,
+                              DROPOUT, ACC, BLOCK_E, BLOCK_F)
         tl.store(partial_ptr + item * num_heads + head + tl.arange(0, 1), result + tl.zeros([1], dtype=ACC))
     else:
         begin = tl.load(rowptr_ptr + item)
@@ -650,16 +671,18 @@ def gat_dst_grad_kernel(rowptr_ptr, col_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_pt
             for segment in range(segment0, segment1):
                 result += tl.load(partial_ptr + segment * num_heads + head + tl.arange(0, 1))
         result += _gat_dst_sum(item, begin, end, head, num_heads, num_features, col_ptr, a_src_ptr, a_dst_ptr,
-                               max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope, ACC, BLOCK_E, BLOCK_F)
+                               max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope, rng_ptr, threshold,
+                               scale, DROPOUT, ACC, BLOCK_E, BLOCK_F)
         tl.store(da_dst_ptr + item * num_heads + head + tl.arange(0, 1), result.to(da_dst_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _gat_src_sums(src, begin, end, head, num_heads, num_features, features, feature_mask, col_t_ptr, a_src_ptr,
-                  a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope,
-                  ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
-    """Over transpose entries [begin, end) of source j: (sum_i p_ij grad[i] for this feature
-    block, sum_i ds_ij)."""
+def _gat_src_sums(src, begin, end, head, num_heads, num_features, features, feature_mask, col_t_ptr, perm_t_ptr,
+                  a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr, negative_slope, rng_ptr,
+                  threshold, scale, DROPOUT: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_F: tl.constexpr):
+    """Over transpose entries [begin, end) of source j: (sum_i k_ij p_ij grad[i] for this
+    feature block, sum_i ds_ij); perm_t gives each entry's CSR edge (for its dropout factor)."""
     acc = tl.zeros([BLOCK_F], dtype=ACC)
     total = tl.zeros([BLOCK_E], dtype=ACC)
     for k0 in range(begin, end, BLOCK_E):
@@ -667,8 +690,12 @@ def _gat_src_sums(src, begin, end, head, num_heads, num_features, features, feat
         mask = ks < end
         dst = tl.load(col_t_ptr + ks, mask=mask, other=0).to(tl.int64)
         srcs = tl.zeros([BLOCK_E], dtype=tl.int64) + src
-        prob, ds = _gat_edge_terms(dst, srcs, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr,
-                                   sum_ptr, delta_ptr, x_ptr, grad_ptr, mask, negative_slope, ACC, BLOCK_F)
+        edges = tl.zeros([BLOCK_E], dtype=tl.int64)
+        if DROPOUT:
+            edges = tl.load(perm_t_ptr + ks, mask=mask, other=0).to(tl.int64)
+        prob, ds = _gat_edge_terms(dst, srcs, edges, head, num_heads, num_features, a_src_ptr, a_dst_ptr, max_ptr,
+                                   sum_ptr, delta_ptr, x_ptr, grad_ptr, mask, negative_slope, rng_ptr, threshold,
+                                   scale, DROPOUT, ACC, BLOCK_F)
         total += ds
         gv = tl.load(grad_ptr + (dst[:, None] * num_heads + head) * num_features + features[None, :],
                      mask=mask[:, None] & feature_mask[None, :], other=0.0).to(ACC)
@@ -677,15 +704,16 @@ def _gat_src_sums(src, begin, end, head, num_heads, num_features, features, feat
 
 
 @triton.jit
-def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
+def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, perm_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
                         grad_ptr, dx_ptr, da_src_ptr, segment_ptr, segment_row_ptr, partial_ptr, partial_da_ptr,
-                        num_src, num_heads, num_features, slope_ptr,
-                        SEGMENTS: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
+                        num_src, num_heads, num_features, scalars_ptr, rng_ptr, threshold,
+                        SEGMENTS: tl.constexpr, SPLIT: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                         SPLIT_EDGES: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
     # Source j walks its out-edges on the transpose: dx[j] = sum_i p_ij grad[i] for this
     # feature block; the first feature block also sums dalpha_src[j]. SEGMENTS / SPLIT as in
     # gat_dst_grad_kernel, over the transpose's long rows (hub sources).
-    negative_slope = tl.load(slope_ptr)
+    negative_slope = tl.load(scalars_ptr)
+    scale = tl.load(scalars_ptr + 1)
     item = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     fblock = tl.program_id(2)
@@ -694,8 +722,8 @@ def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, ma
     if SEGMENTS:
         src, begin, end = _segment_span(item, rowptr_t_ptr, segment_ptr, segment_row_ptr, num_src, SPLIT_EDGES)
         acc, total = _gat_src_sums(src, begin, end, head, num_heads, num_features, features, feature_mask, col_t_ptr,
-                                   a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr,
-                                   negative_slope, ACC, BLOCK_E, BLOCK_F)
+                                   perm_t_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr, grad_ptr,
+                                   negative_slope, rng_ptr, threshold, scale, DROPOUT, ACC, BLOCK_E, BLOCK_F)
         tl.store(partial_ptr + (item * num_heads + head) * num_features + features, acc, mask=feature_mask)
         if fblock == 0:
             tl.store(partial_da_ptr + item * num_heads + head + tl.arange(0, 1), total + tl.zeros([1], dtype=ACC))
@@ -713,8 +741,9 @@ def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, ma
                                mask=feature_mask, other=0.0)
                 total += tl.load(partial_da_ptr + segment * num_heads + head + tl.arange(0, 1))
         more, more_total = _gat_src_sums(item, begin, end, head, num_heads, num_features, features, feature_mask,
-                                         col_t_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr, x_ptr,
-                                         grad_ptr, negative_slope, ACC, BLOCK_E, BLOCK_F)
+                                         col_t_ptr, perm_t_ptr, a_src_ptr, a_dst_ptr, max_ptr, sum_ptr, delta_ptr,
+                                         x_ptr, grad_ptr, negative_slope, rng_ptr, threshold, scale, DROPOUT,
+                                         ACC, BLOCK_E, BLOCK_F)
         acc += more
         total += more_total
         tl.store(dx_ptr + (item * num_heads + head) * num_features + features,
@@ -723,20 +752,28 @@ def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, x_ptr, a_src_ptr, a_dst_ptr, ma
             tl.store(da_src_ptr + item * num_heads + head + tl.arange(0, 1), total.to(da_src_ptr.dtype.element_ty))
 
 
-def _slope(negative_slope, x):
-    # A one-element tensor in the accumulation dtype: a float kernel argument would be fp32.
-    return torch.full((1,), negative_slope, dtype=_opmath_dtype(x.dtype),
-                      device=x.device)
+def _scalars(x, negative_slope, dropout_scale):
+    # (negative_slope, dropout scale) in the accumulation dtype: a float kernel argument would be fp32.
+    return torch.tensor([negative_slope, dropout_scale], dtype=_opmath_dtype(x.dtype), device=x.device)
 
 
-def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, row_max, row_sum):
+def _dropout_args(x, negative_slope, dropout, rng):
+    """(scalars, rng, threshold, DROPOUT) of the GAT kernels: dropout p > 0 reads (seed, offset)
+    from rng (philox.py); without it rng is a placeholder, unread."""
+    if dropout <= 0:
+        return _scalars(x, negative_slope, 1.0), x, 0, False
+    return _scalars(x, negative_slope, dropout_scale(dropout)), rng, dropout_threshold(dropout), True
+
+
+def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, row_max, row_sum,
+               dropout=0.0, rng=None):
     num_rows, (_, heads, features) = rowptr.numel() - 1, x.shape
     if num_rows == 0 or heads == 0:
         return
     block_f = _feature_block(features)
     grid_f = max(1, triton.cdiv(features, block_f))
     acc = _accumulator(x.dtype)
-    slope = _slope(negative_slope, x)
+    scalars, rng, threshold, with_dropout = _dropout_args(x, negative_slope, dropout, rng)
     plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
     partial = _split_scratch(plan, (heads, features), row_max.dtype, x.device)
     stats = _split_scratch(plan, (heads, 2), row_max.dtype, x.device)
@@ -745,28 +782,31 @@ def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, 
         _, segment_row, max_segments = plan
         wrap(gat_segment_kernel)[(max_segments, heads, grid_f)](
             rowptr, col, x, alpha_src, alpha_dst, segment_ptr, segment_row, partial, stats,
-            num_rows, heads, features, slope, ACC=acc, SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+            num_rows, heads, features, scalars, rng, threshold,
+            DROPOUT=with_dropout, ACC=acc, SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
     wrap(gat_kernel)[(num_rows, heads, grid_f)](
         rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, segment_ptr, partial, stats,
-        heads, features, slope, SPLIT=plan is not None, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+        heads, features, scalars, rng, threshold,
+        SPLIT=plan is not None, DROPOUT=with_dropout, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 
-def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum,
-                        delta, grad, negative_slope, dx, da_src, da_dst):
+def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum,
+                        delta, grad, negative_slope, dx, da_src, da_dst, dropout=0.0, rng=None):
     num_rows, (num_src, heads, features) = rowptr.numel() - 1, x.shape
     if heads == 0:
         return
     block_f = _feature_block(features)
     grid_f = max(1, triton.cdiv(features, block_f))
-    config = dict(ACC=_accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
-    negative_slope = _slope(negative_slope, x)
+    scalars, rng, threshold, with_dropout = _dropout_args(x, negative_slope, dropout, rng)
+    config = dict(DROPOUT=with_dropout, ACC=_accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E,
+                  BLOCK_F=block_f)
     stats = (row_max, row_sum, delta)
     if num_rows:
         plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
         partial = _split_scratch(plan, (heads,), row_max.dtype, x.device)
         segment_ptr, segment_row = (rowptr, rowptr) if plan is None else plan[:2]
         args = (rowptr, col, x, alpha_src, alpha_dst, *stats, grad, da_dst, segment_ptr, segment_row, partial,
-                num_rows, heads, features, negative_slope)
+                num_rows, heads, features, scalars, rng, threshold)
         if plan is not None:
             wrap(gat_dst_grad_kernel)[(plan[2], heads)](*args, SEGMENTS=True, SPLIT=False, **config)
         wrap(gat_dst_grad_kernel)[(num_rows, heads)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)
@@ -775,8 +815,8 @@ def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_
         partial = _split_scratch(plan, (heads, features), row_max.dtype, x.device)
         partial_da = _split_scratch(plan, (heads,), row_max.dtype, x.device)
         segment_ptr, segment_row = (rowptr_t, rowptr_t) if plan is None else plan[:2]
-        args = (rowptr_t, col_t, x, alpha_src, alpha_dst, *stats, grad, dx, da_src, segment_ptr, segment_row,
-                partial, partial_da, num_src, heads, features, negative_slope)
+        args = (rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, *stats, grad, dx, da_src, segment_ptr,
+                segment_row, partial, partial_da, num_src, heads, features, scalars, rng, threshold)
         if plan is not None:
             wrap(gat_src_grad_kernel)[(plan[2], heads, grid_f)](*args, SEGMENTS=True, SPLIT=False, **config)
         wrap(gat_src_grad_kernel)[(num_src, heads, grid_f)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)

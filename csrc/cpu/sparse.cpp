@@ -382,7 +382,9 @@ inline acc_t leaky_relu(acc_t v, acc_t slope) { return v > acc_t(0) ? v : v * sl
 
 // GAT forward: one pass per row with an online softmax for each head; when a head's running
 // max grows, its sums so far are rescaled by exp(old max - new max). Edges outermost, heads
-// inside: each gathered row x[j] (all heads, contiguous) is read once, not once per head.
+// inside: each gathered row x[j] (all heads, contiguous) is read once, not once per head. With
+// dropout, an (edge, head) weighs its dropout factor in the sum (a dropped one is not read) and
+// 1 in the denominator.
 template <typename scalar_t, typename index_t>
 void gat_rows(const GatParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -395,6 +397,8 @@ void gat_rows(const GatParams& p) {
   acc_t* row_sum = static_cast<acc_t*>(p.row_sum);
   const int64_t H = p.num_heads, F = p.num_features;
   const acc_t slope = acc_t(p.negative_slope);
+  const uint64_t seed = p.dropout.rng ? uint64_t(p.dropout.rng[0]) : 0;
+  const uint64_t offset = p.dropout.rng ? uint64_t(p.dropout.rng[1]) : 0;
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> acc(H * F), m(H), c(H), ad(H);
     for (int64_t i = r0; i < r1; ++i) {
@@ -421,8 +425,10 @@ void gat_rows(const GatParams& p) {
             w = score == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(score - m[h]);
           }
           c[h] += w;
+          const acc_t kept = w * dropout_factor<acc_t>(p.dropout, seed, offset, uint64_t(e * H + h));
+          if (kept == acc_t(0)) continue;
           const scalar_t* xr = x + (j * H + h) * F;
-          for (int64_t f = 0; f < F; ++f) acc_h[f] += w * acc_t(xr[f]);
+          for (int64_t f = 0; f < F; ++f) acc_h[f] += kept * acc_t(xr[f]);
         }
       }
       for (int64_t h = 0; h < H; ++h) {
@@ -452,15 +458,21 @@ void gat_backward_rows(const GatBackwardParams& p) {
   const acc_t* delta = static_cast<const acc_t*>(p.delta);
   const int64_t H = p.num_heads, F = p.num_features;
   const acc_t slope = acc_t(p.negative_slope);
-  // p_ij and ds_ij of edge j -> i, head h.
-  auto edge_terms = [&](int64_t i, int64_t j, int64_t h, acc_t& prob, acc_t& ds) {
+  const uint64_t seed = p.dropout.rng ? uint64_t(p.dropout.rng[0]) : 0;
+  const uint64_t offset = p.dropout.rng ? uint64_t(p.dropout.rng[1]) : 0;
+  // k_ij p_ij and ds_ij of edge j -> i (CSR edge e), head h; k_ij its dropout factor.
+  auto edge_terms = [&](int64_t i, int64_t j, int64_t e, int64_t h, acc_t& prob, acc_t& ds) {
     const acc_t raw = acc_t(a_src[j * H + h]) + acc_t(a_dst[i * H + h]);
-    prob = std::exp(leaky_relu(raw, slope) - row_max[i * H + h]) / row_sum[i * H + h];
-    const scalar_t* xr = x + (j * H + h) * F;
-    const scalar_t* g = grad + (i * H + h) * F;
+    const acc_t p_ij = std::exp(leaky_relu(raw, slope) - row_max[i * H + h]) / row_sum[i * H + h];
+    const acc_t k_ij = dropout_factor<acc_t>(p.dropout, seed, offset, uint64_t(e * H + h));
     acc_t dot = 0;
-    for (int64_t f = 0; f < F; ++f) dot += acc_t(xr[f]) * acc_t(g[f]);
-    ds = prob * (dot - delta[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
+    if (k_ij != acc_t(0)) {
+      const scalar_t* xr = x + (j * H + h) * F;
+      const scalar_t* g = grad + (i * H + h) * F;
+      for (int64_t f = 0; f < F; ++f) dot += acc_t(xr[f]) * acc_t(g[f]);
+    }
+    prob = k_ij * p_ij;
+    ds = p_ij * (k_ij * dot - delta[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
   };
   scalar_t* da_dst = static_cast<scalar_t*>(p.dalpha_dst);
   // Edges outermost, heads inside (as in the forward): each gathered row is read once.
@@ -471,7 +483,7 @@ void gat_backward_rows(const GatBackwardParams& p) {
       acc_t prob, ds;
       for (int64_t e = p.rowptr[i]; e < p.rowptr[i + 1]; ++e)
         for (int64_t h = 0; h < H; ++h) {
-          edge_terms(i, int64_t(col[e]), h, prob, ds);
+          edge_terms(i, int64_t(col[e]), e, h, prob, ds);
           sum[h] += ds;
         }
       for (int64_t h = 0; h < H; ++h) da_dst[i * H + h] = scalar_t(sum[h]);
@@ -488,7 +500,7 @@ void gat_backward_rows(const GatBackwardParams& p) {
       for (int64_t k = p.rowptr_t[j]; k < p.rowptr_t[j + 1]; ++k) {
         const int64_t i = int64_t(col_t[k]);
         for (int64_t h = 0; h < H; ++h) {
-          edge_terms(i, j, h, prob, ds);
+          edge_terms(i, j, p.perm_t[k], h, prob, ds);
           sum[h] += ds;
           const scalar_t* g = grad + (i * H + h) * F;
           acc_t* acc_h = acc.data() + h * F;
@@ -621,8 +633,9 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cpu(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x, const at::Tensor& alpha_src,
     const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
-    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
-  const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
+    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/, double dropout,
+    const std::optional<at::Tensor>& rng) {
+  const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, rng);
   validate_csr(rowptr, col, x.size(0), "scangraph::gat_aggregate");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_cpu", [&] {
     if (call.params.col_is_int32) gat_rows<scalar_t, int32_t>(call.params);
@@ -633,10 +646,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cpu(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
-    const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
-    const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
-  const KernelCall<GatBackwardParams> call = prepare_gat_backward(
-      rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, negative_slope);
+    const at::Tensor& perm_t, const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
+    const at::Tensor& row_max, const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad,
+    double negative_slope, double dropout, const std::optional<at::Tensor>& rng) {
+  const KernelCall<GatBackwardParams> call =
+      prepare_gat_backward(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum, delta,
+                           grad, negative_slope, dropout, rng);
   validate_csr(rowptr, col, x.size(0), "scangraph::gat_aggregate_backward");
   validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "scangraph::gat_aggregate_backward (transpose)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_backward_cpu", [&] {

@@ -407,6 +407,8 @@ __device__ __forceinline__ void gat_online(const GatParams& p, int64_t row, int6
   const int64_t H = p.num_heads, F = p.num_features;
   const acc_t slope = acc_t(p.negative_slope);
   const acc_t ad = to_acc(static_cast<const scalar_t*>(p.alpha_dst)[row * H + h]);
+  const uint64_t seed = p.dropout.rng ? uint64_t(p.dropout.rng[0]) : 0;
+  const uint64_t offset = p.dropout.rng ? uint64_t(p.dropout.rng[1]) : 0;
   for (int64_t e = begin; e < end; ++e) {
     const int64_t j = int64_t(col[e]);
     const acc_t score = leaky_relu(to_acc(a_src[j * H + h]) + ad, slope);
@@ -420,11 +422,14 @@ __device__ __forceinline__ void gat_online(const GatParams& p, int64_t row, int6
     // A score of -inf (an alpha of -inf) weighs 0, even while the running max is -inf too.
     const acc_t w = score == acc_t(-CUDART_INF_F) ? acc_t(0) : exp(score - m);
     c += w;
+    // The denominator keeps every edge; the sum weighs the (edge, head)'s dropout factor.
+    const acc_t kept = w * dropout_factor<acc_t>(p.dropout, seed, offset, uint64_t(e * H + h));
+    if (kept == acc_t(0)) continue;  // the same in every lane: the warp stays converged
     const scalar_t* xr = x + (j * H + h) * F;
 #pragma unroll
     for (int k = 0; k < kFeaturesPerLane; ++k) {
       const int64_t f = f0 + k * kWarp + lane;
-      if (f < F) acc[k] += w * to_acc(xr[f]);
+      if (f < F) acc[k] += kept * to_acc(xr[f]);
     }
   }
 }
@@ -513,24 +518,32 @@ __global__ void gat_segment_kernel(GatParams p) {
   }
 }
 
-// p_ij and ds_ij of edge j -> i (head h), identical in every lane of the warp.
+// k_ij p_ij and ds_ij of edge j -> i (CSR edge e, head h), identical in every lane of the warp;
+// k_ij is the edge's dropout factor (1 without dropout).
 template <typename scalar_t>
-__device__ __forceinline__ void gat_edge_terms(const GatBackwardParams& p, int64_t i, int64_t j, int64_t h, int lane,
-                                               typename Acc<scalar_t>::type& prob,
+__device__ __forceinline__ void gat_edge_terms(const GatBackwardParams& p, int64_t i, int64_t j, int64_t e, int64_t h,
+                                               int lane, typename Acc<scalar_t>::type& prob,
                                                typename Acc<scalar_t>::type& ds) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t H = p.num_heads, F = p.num_features;
   const acc_t slope = acc_t(p.negative_slope);
   const acc_t raw = to_acc(static_cast<const scalar_t*>(p.alpha_src)[j * H + h]) +
                     to_acc(static_cast<const scalar_t*>(p.alpha_dst)[i * H + h]);
-  prob = exp(leaky_relu(raw, slope) - static_cast<const acc_t*>(p.row_max)[i * H + h]) /
-         static_cast<const acc_t*>(p.row_sum)[i * H + h];
-  const scalar_t* xr = static_cast<const scalar_t*>(p.x) + (j * H + h) * F;
-  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + (i * H + h) * F;
+  const acc_t p_ij = exp(leaky_relu(raw, slope) - static_cast<const acc_t*>(p.row_max)[i * H + h]) /
+                     static_cast<const acc_t*>(p.row_sum)[i * H + h];
+  const acc_t k_ij = p.dropout.rng == nullptr
+                         ? acc_t(1)
+                         : dropout_factor<acc_t>(p.dropout, uint64_t(p.dropout.rng[0]), uint64_t(p.dropout.rng[1]),
+                                                 uint64_t(e * H + h));
   acc_t dot = acc_t(0);
-  for (int64_t f = lane; f < F; f += kWarp) dot += to_acc(xr[f]) * to_acc(g[f]);
-  dot = warp_sum(dot);
-  ds = prob * (dot - static_cast<const acc_t*>(p.delta)[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
+  if (k_ij != acc_t(0)) {  // the same in every lane
+    const scalar_t* xr = static_cast<const scalar_t*>(p.x) + (j * H + h) * F;
+    const scalar_t* g = static_cast<const scalar_t*>(p.grad) + (i * H + h) * F;
+    for (int64_t f = lane; f < F; f += kWarp) dot += to_acc(xr[f]) * to_acc(g[f]);
+    dot = warp_sum(dot);
+  }
+  prob = k_ij * p_ij;
+  ds = p_ij * (k_ij * dot - static_cast<const acc_t*>(p.delta)[i * H + h]) * (raw > acc_t(0) ? acc_t(1) : slope);
 }
 
 // sum of ds_ij over edges [begin, end) of row i, head h, identical in every lane.
@@ -541,7 +554,7 @@ __device__ __forceinline__ typename Acc<scalar_t>::type gat_dst_sum(const GatBac
   const index_t* col = static_cast<const index_t*>(p.col);
   acc_t sum = acc_t(0), prob, ds;
   for (int64_t e = begin; e < end; ++e) {
-    gat_edge_terms<scalar_t>(p, row, int64_t(col[e]), h, lane, prob, ds);
+    gat_edge_terms<scalar_t>(p, row, int64_t(col[e]), e, h, lane, prob, ds);
     sum += ds;
   }
   return sum;
@@ -594,7 +607,7 @@ __device__ __forceinline__ void gat_src_sums(const GatBackwardParams& p, int64_t
   acc_t prob, ds;
   for (int64_t k = begin; k < end; ++k) {
     const int64_t i = int64_t(col_t[k]);
-    gat_edge_terms<scalar_t>(p, i, src, h, lane, prob, ds);
+    gat_edge_terms<scalar_t>(p, i, src, p.perm_t[k], h, lane, prob, ds);
     sum += ds;
 #pragma unroll
     for (int q = 0; q < kFeaturesPerLane; ++q) {

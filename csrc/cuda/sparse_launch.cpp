@@ -117,9 +117,10 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x, const at::Tensor& alpha_src,
     const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
-    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
+    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/, double dropout,
+    const std::optional<at::Tensor>& rng) {
   const CudaDeviceGuard guard(x.device());
-  KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope);
+  KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, rng);
   const at::Tensor row_sum = call.owned.back();  // before the plan adds its scratch
   GatParams& p = call.params;
   if (p.num_rows > 0 && p.num_heads > 0) {
@@ -137,11 +138,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
-    const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
-    const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
+    const at::Tensor& perm_t, const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
+    const at::Tensor& row_max, const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad,
+    double negative_slope, double dropout, const std::optional<at::Tensor>& rng) {
   const CudaDeviceGuard guard(x.device());
-  KernelCall<GatBackwardParams> call = prepare_gat_backward(
-      rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta, grad, negative_slope);
+  KernelCall<GatBackwardParams> call =
+      prepare_gat_backward(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum, delta,
+                           grad, negative_slope, dropout, rng);
   const at::Tensor dalpha_dst = call.owned.back();  // before the plans add their scratch
   GatBackwardParams& p = call.params;
   if (p.num_heads > 0) {

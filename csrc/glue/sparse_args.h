@@ -232,9 +232,25 @@ inline void check_gat_features(const at::Tensor& x, const at::Tensor& alpha_src,
               ": x, alpha_src and alpha_dst must be on one device");
 }
 
+// The attention dropout of p with rng = (seed, offset): none for p = 0.
+inline DropoutParams prepare_dropout(double p, const std::optional<at::Tensor>& rng, const at::Tensor& x,
+                                     const char* op) {
+  TORCH_CHECK(p >= 0.0 && p <= 1.0, op, ": dropout must be in [0, 1], got ", p);
+  DropoutParams d;
+  if (p == 0.0) return d;
+  TORCH_CHECK(rng.has_value() && rng->scalar_type() == at::kLong && rng->numel() == 2 && rng->is_contiguous() &&
+                  rng->device() == x.device(),
+              op, ": dropout > 0 needs rng, a contiguous int64 (seed, offset) tensor of 2 elements on ", x.device());
+  d.rng = rng->data_ptr<int64_t>();
+  d.threshold = dropout_threshold(p);
+  d.scale = dropout_scale(p);
+  return d;
+}
+
 inline KernelCall<GatParams> prepare_gat(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x,
                                          const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
-                                         double negative_slope) {
+                                         double negative_slope, double dropout,
+                                         const std::optional<at::Tensor>& rng) {
   const char* op = "scangraph::gat_aggregate";
   check_csr(rowptr, col, x, op);
   const int64_t num_rows = rowptr.numel() - 1;
@@ -262,19 +278,22 @@ inline KernelCall<GatParams> prepare_gat(const at::Tensor& rowptr, const at::Ten
   p.num_features = x.size(2);
   p.negative_slope = negative_slope;
   p.col_is_int32 = col.scalar_type() == at::kInt;
+  p.dropout = prepare_dropout(dropout, rng, x, op);
   return call;
 }
 
 // Outputs: dx in out, dalpha_src in out2, dalpha_dst in owned.back().
 inline KernelCall<GatBackwardParams> prepare_gat_backward(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
-    const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst, const at::Tensor& row_max,
-    const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad, double negative_slope) {
+    const at::Tensor& perm_t, const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
+    const at::Tensor& row_max, const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad,
+    double negative_slope, double dropout, const std::optional<at::Tensor>& rng) {
   const char* op = "scangraph::gat_aggregate_backward";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
   TORCH_CHECK(check_csr(rowptr_t, col_t, x, op) == num_edges && rowptr_t.numel() - 1 == x.size(0) &&
-                  col_t.scalar_type() == col.scalar_type(),
-              op, ": (rowptr_t, col_t) must be the transpose of the graph");
+                  col_t.scalar_type() == col.scalar_type() && perm_t.scalar_type() == at::kLong &&
+                  perm_t.numel() == num_edges && perm_t.is_contiguous() && perm_t.device() == x.device(),
+              op, ": (rowptr_t, col_t, perm_t) must be the transpose of the graph");
   const int64_t num_rows = rowptr.numel() - 1;
   check_gat_features(x, alpha_src, alpha_dst, num_rows, op);
   const at::ScalarType acc = opmath_dtype(x.scalar_type());
@@ -295,6 +314,7 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
   p.col = col.data_ptr();
   p.rowptr_t = rowptr_t.data_ptr<int64_t>();
   p.col_t = col_t.data_ptr();
+  p.perm_t = perm_t.data_ptr<int64_t>();
   p.x = keep(x);
   p.alpha_src = keep(alpha_src);
   p.alpha_dst = keep(alpha_dst);
@@ -313,6 +333,7 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
   p.num_features = x.size(2);
   p.negative_slope = negative_slope;
   p.col_is_int32 = col.scalar_type() == at::kInt;
+  p.dropout = prepare_dropout(dropout, rng, x, op);
   return call;
 }
 

@@ -73,10 +73,54 @@ def sddmm(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Ten
     return (a[_edge_rows(rowptr)] * b[col.long()]).sum(-1)
 
 
-def gat_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, alpha_src: torch.Tensor,
-                  alpha_dst: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:
-    """out[i] = sum_j softmax_j(leaky_relu(alpha_src[j] + alpha_dst[i])) x[j] per head, with
-    x (N, heads, F) and alpha (N, heads); the (E, heads) scores are materialised."""
+_MASK32 = 0xFFFFFFFF
+# Philox4x32-10's round multipliers and key increments (Random123; csrc/include/scangraph/philox.h).
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def _mulhilo32(a: int, b: torch.Tensor):
+    """(high, low) 32-bit words of a * b for uint32 values held in int64 (no int64 overflow: b is
+    split in 16-bit halves)."""
+    low_part, high_part = a * (b & 0xFFFF), a * (b >> 16)
+    high = ((low_part >> 16) + high_part) >> 16
+    low = (low_part + ((high_part & 0xFFFF) << 16)) & _MASK32
+    return high & _MASK32, low
+
+
+def philox4x32_10_word0(counter, key) -> torch.Tensor:
+    """Word 0 of Philox4x32-10 (Salmon et al., SC 2011) of counters (c0, c1, c2, c3) (int64
+    tensors holding uint32 values) under key (k0, k1) (ints), as int64."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(_PHILOX_M[0], c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _PHILOX_W[0]) & _MASK32, (k1 + _PHILOX_W[1]) & _MASK32
+    return c0
+
+
+def dropout_threshold(p: float) -> int:
+    """Elements whose 24 random bits are >= this are kept: round(p * 2^24)."""
+    return int(round(p * (1 << 24)))
+
+
+def dropout_keep(rng: torch.Tensor, numel: int, p: float) -> torch.Tensor:
+    """(numel,) bool: which elements n = 0 .. numel - 1 a fused kernel's dropout keeps, for
+    rng = (seed, offset) (int64): the bit layout of csrc/include/scangraph/philox.h."""
+    seed, offset = (int(v) & ((1 << 64) - 1) for v in rng.tolist())
+    n = torch.arange(numel, dtype=torch.int64, device=rng.device)
+    zeros = torch.zeros_like(n)
+    counter = (n & _MASK32, n >> 32, zeros + (offset & _MASK32), zeros + (offset >> 32))
+    word0 = philox4x32_10_word0(counter, (seed & _MASK32, seed >> 32))
+    return (word0 >> 8) >= dropout_threshold(p)
+
+
+def gat_attention(rowptr: torch.Tensor, col: torch.Tensor, alpha_src: torch.Tensor, alpha_dst: torch.Tensor,
+                  negative_slope: float = 0.2) -> torch.Tensor:
+    """(E, heads) attention coefficients in CSR order: softmax over each row's edges of
+    leaky_relu(alpha_src[j] + alpha_dst[i])."""
     rows, cols = _edge_rows(rowptr), col.long()
     num_rows = rowptr.numel() - 1
     scores = torch.nn.functional.leaky_relu(alpha_src[cols] + alpha_dst[rows], negative_slope)
@@ -85,7 +129,23 @@ def gat_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, alph
                          device=scores.device).scatter_reduce(0, index, scores.detach(), "amax")
     weights = torch.exp(scores - row_max[rows])
     denominator = torch.zeros_like(row_max).index_add(0, rows, weights)
-    attention = weights / denominator[rows]
+    return weights / denominator[rows]
+
+
+def gat_aggregate(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, alpha_src: torch.Tensor,
+                  alpha_dst: torch.Tensor, negative_slope: float = 0.2, dropout: float = 0.0,
+                  rng: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out[i] = sum_j m_ij / (1 - p) softmax_j(leaky_relu(alpha_src[j] + alpha_dst[i])) x[j] per
+    head, with x (N, heads, F) and alpha (N, heads); the (E, heads) scores are materialised. With
+    dropout p > 0, m = dropout_keep(rng, E * heads, p) over (CSR edge, head); the softmax is over
+    the full row (the mask follows it, as in PyG)."""
+    rows, cols = _edge_rows(rowptr), col.long()
+    num_rows = rowptr.numel() - 1
+    attention = gat_attention(rowptr, col, alpha_src, alpha_dst, negative_slope)
+    if dropout > 0:
+        keep = dropout_keep(rng, attention.numel(), dropout).view(attention.shape)
+        scale = 1.0 / (1.0 - dropout) if dropout < 1 else 0.0
+        attention = attention * keep.to(attention.dtype) * scale
     out = torch.zeros((num_rows,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
     return out.index_add(0, rows, attention[..., None] * x[cols])
 

@@ -8,11 +8,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SCANGRAPH_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SCANGRAPH_HOST_DEVICE inline
-#endif
+#include "scangraph/host_device.h"
 
 namespace scangraph {
 

@@ -7,6 +7,8 @@
 #pragma once
 #include <cstdint>
 
+#include "scangraph/philox.h"
+
 namespace scangraph {
 
 enum class Reduce : int8_t { Sum, Mean, Max, Min };
@@ -121,6 +123,9 @@ struct GatParams {
   int64_t num_rows, num_src, num_heads, num_features;
   double negative_slope;
   bool col_is_int32;
+  // Attention dropout: out_i = sum_j k_ij a_ij x_j with k_ij the factor of element
+  // n = e * heads + h (philox.h), e the CSR edge; the denominator keeps every edge.
+  DropoutParams dropout;
   // Long rows: each segment keeps its own softmax max and denominator and its unnormalised
   // sum; the row rescales them to the common max in segment order.
   SplitPlan plan;
@@ -129,14 +134,16 @@ struct GatParams {
 };
 
 // Its backward, with delta[i, h] = out[i, h, :] . grad[i, h, :] and
-//   ds_ij = p_ij (x[j] . grad[i] - delta_i) * leaky_relu'(alpha_src[j] + alpha_dst[i]):
+//   ds_ij = p_ij (k_ij x[j] . grad[i] - delta_i) * leaky_relu'(alpha_src[j] + alpha_dst[i]):
 //   dalpha_dst[i] = sum_j ds_ij (rows of the CSR), dalpha_src[j] = sum_i ds_ij and
-//   dx[j] = sum_i p_ij grad[i] (rows of the transpose): no atomics.
+//   dx[j] = sum_i k_ij p_ij grad[i] (rows of the transpose): no atomics. k_ij is the forward's
+//   dropout factor (1 without dropout), regenerated from the CSR edge (perm_t on the transpose).
 struct GatBackwardParams {
   const int64_t* rowptr;
   const void* col;
   const int64_t* rowptr_t;
   const void* col_t;
+  const int64_t* perm_t;     // CSR edge of each transpose entry
   const void* x;
   const void* alpha_src;
   const void* alpha_dst;
@@ -150,6 +157,7 @@ struct GatBackwardParams {
   int64_t num_rows, num_src, num_heads, num_features;
   double negative_slope;
   bool col_is_int32;
+  DropoutParams dropout;
   // Long rows of the CSR (dalpha_dst) and of its transpose (dx, dalpha_src): per-segment sums
   // in opmath, added by the row's warp in segment order.
   SplitPlan plan, transpose_plan;

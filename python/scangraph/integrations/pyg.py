@@ -21,8 +21,11 @@ Covered (else PyG's forward runs):
   improved=True only with edge_weight (without it PyG's gcn_norm gives the loops weight 1, not 2);
 - SAGEConv: aggr "mean" / "sum" / "max" / "min", project=False;
 - GINConv: the default "add" aggregation;
-- GATConv: an edge_index tensor, no edge_attr / edge_dim, no residual, a shared `lin`,
-  return_attention_weights None, and attention dropout 0 or eval mode.
+- GATConv: an edge_index tensor, no edge_attr / edge_dim, no residual, a shared `lin`;
+  return_attention_weights=True returns PyG's (out, (edge_index, alpha)). Attention dropout in
+  training runs in the fused kernel: the same distribution as PyG's (Bernoulli per edge and
+  head, after the softmax), drawn from scangraph's Philox stream, so the masks differ from
+  PyG's draws (as any two dropout implementations' do).
 """
 import functools
 import inspect
@@ -30,9 +33,9 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from scangraph.nn.conv import gcn_propagation_graph
-from scangraph.nn.graph_cache import as_csr, as_csr_of, graph_for, with_self_loops
-from scangraph.ops.sparse import gat_aggregate, spmm
+from scangraph.nn.conv import gat_forward, gcn_propagation_graph
+from scangraph.nn.graph_cache import as_csr
+from scangraph.ops.sparse import spmm
 
 _originals: dict = {}  # class -> PyG's forward
 _MESSAGE_PASSING_STEPS = ("propagate", "message", "aggregate", "message_and_aggregate", "edge_update")
@@ -103,18 +106,10 @@ def _gin(self, x, edge_index, size=None):
 def _gat(self, x, edge_index, edge_attr=None, size=None, return_attention_weights=None):
     if (not _graph_ok(self, x, edge_index, size, dense_only=True) or edge_attr is not None
             or getattr(self, "edge_dim", None) is not None or getattr(self, "res", None) is not None
-            or getattr(self, "lin", None) is None or return_attention_weights is not None
-            or (self.training and self.dropout > 0)):
+            or getattr(self, "lin", None) is None):
         return NotImplemented
-    n = x.shape[0]
-    if self.add_self_loops:  # PyG removes every loop, then adds one per node
-        graph = graph_for(edge_index, n, "loops", with_self_loops)
-    else:
-        graph = as_csr_of(edge_index, n)
-    h = self.lin(x).view(-1, self.heads, self.out_channels)
-    out = gat_aggregate(graph, h, (h * self.att_src).sum(-1), (h * self.att_dst).sum(-1), self.negative_slope)
-    out = out.reshape(n, self.heads * self.out_channels) if self.concat else out.mean(1)
-    return out if self.bias is None else out + self.bias
+    # PyG's GATConv removes every loop, then adds one per node: as ours does.
+    return gat_forward(self, x, edge_index, return_attention_weights)
 
 
 def _wrap(ours, original):

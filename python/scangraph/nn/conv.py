@@ -14,7 +14,7 @@ from torch import nn
 
 from scangraph.graph import CSRGraph
 from scangraph.nn.graph_cache import (GraphLike, as_csr, as_csr_of, as_graph, gcn_graph, gcn_norm_weight, graph_for,
-                                      num_nodes_of, subgraph_of_edges, with_self_loops)
+                                      is_matrix, num_nodes_of, with_self_loops)
 from scangraph.ops.sparse import gat_aggregate, spmm
 
 
@@ -176,6 +176,33 @@ class GINConv(nn.Module):
         return self.nn((1 + self.eps) * x + _propagate(graph, x, "sum"))
 
 
+def gat_forward(layer: nn.Module, x: torch.Tensor, edge_index: GraphLike, return_attention_weights=None):
+    """The forward of a GATConv (ours, or PyG's own module through integrations.pyg): it reads
+    lin, att_src, att_dst, bias, heads, out_channels, concat, negative_slope, dropout,
+    add_self_loops and training from `layer`. With return_attention_weights=True it returns
+    (out, (edge_index, alpha)) as PyG does: the edge_index the attention ran over (with self
+    loops: the caller's non-loop edges in order, then one loop per node) and alpha (E, heads)."""
+    n = num_nodes_of(x, edge_index)
+    if layer.add_self_loops:
+        graph = graph_for(edge_index, n, "loops", with_self_loops)
+    else:
+        graph = as_csr_of(edge_index, n)
+    h = layer.lin(x).view(-1, layer.heads, layer.out_channels)
+    alpha_src = (h * layer.att_src).sum(-1)
+    alpha_dst = (h * layer.att_dst).sum(-1)
+    dropout = layer.dropout if layer.training else 0.0
+    out = gat_aggregate(graph, h, alpha_src, alpha_dst, layer.negative_slope, dropout,
+                        return_attention_weights=bool(return_attention_weights))
+    if return_attention_weights:
+        out, alpha = out
+    out = out.reshape(n, layer.heads * layer.out_channels) if layer.concat else out.mean(1)
+    if layer.bias is not None:
+        out = out + layer.bias
+    if not return_attention_weights:
+        return out
+    return out, (graph.to_caller_order(graph.to_edge_index().t()).t(), alpha)
+
+
 class GATConv(nn.Module):
     """Graph attention of Velickovic et al., "Graph Attention Networks" (ICLR 2018), PyG's
     GATConv formula: h = lin(x) split into heads; a_ij = softmax_j(leaky_relu(att_src . h_j +
@@ -187,10 +214,10 @@ class GATConv(nn.Module):
     Parameters: `lin.weight` (heads * out, in), `att_src`, `att_dst` (1, heads, out), `bias`.
     Shapes: x (N, in) -> (N, heads * out) with concat, else (N, out).
 
-    dropout: the fused kernel never materialises the (E, heads) attention matrix, so PyG's
-    dropout on it cannot be applied. In training, `dropout` instead drops each non-loop edge
-    with that probability before the softmax (attention renormalised over the kept
-    neighbours, shared by the heads). With dropout=0, or in eval mode, outputs equal PyG's.
+    dropout: in training, PyG's and the paper's dropout on the normalised attention
+    coefficients, inside the fused kernel (a Philox mask per (edge, head), drawn from torch's
+    generator; see `gat_aggregate`). forward(..., return_attention_weights=True) returns
+    (out, (edge_index, alpha)) as PyG does (an edge_index or CSRGraph argument; not an adj_t).
     """
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
@@ -198,6 +225,8 @@ class GATConv(nn.Module):
                  bias: bool = True, flow: str = "source_to_target"):
         super().__init__()
         _check_pyg_args("GATConv", in_channels, flow)
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"GATConv: dropout must be a probability in [0, 1], got {dropout}")
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.concat, self.negative_slope, self.dropout = concat, negative_slope, dropout
         self.add_self_loops = add_self_loops
@@ -214,27 +243,15 @@ class GATConv(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor, edge_index: GraphLike, size=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: GraphLike, size=None, return_attention_weights=None):
         _check_size("GATConv", size)
         if x.dim() != 2:
             raise ValueError(f"GATConv: x must be (N, in_channels), got {tuple(x.shape)} (static graphs with a "
                              "batch dimension are not supported, as in PyG's GATConv)")
-        n = num_nodes_of(x, edge_index)
-        if self.add_self_loops:
-            graph = graph_for(edge_index, n, "loops", with_self_loops)
-        else:
-            graph = as_csr_of(edge_index, n)
-        if self.training and self.dropout > 0:
-            dst = graph.edge_rows()
-            is_loop = graph.col.to(torch.int64) == dst
-            keep = is_loop | (torch.rand(graph.num_edges, device=graph.device) >= self.dropout)
-            graph = subgraph_of_edges(graph, keep)
-        h = self.lin(x).view(-1, self.heads, self.out_channels)
-        alpha_src = (h * self.att_src).sum(-1)
-        alpha_dst = (h * self.att_dst).sum(-1)
-        out = gat_aggregate(graph, h, alpha_src, alpha_dst, self.negative_slope)
-        out = out.reshape(n, self.heads * self.out_channels) if self.concat else out.mean(1)
-        return out if self.bias is None else out + self.bias
+        if return_attention_weights and is_matrix(edge_index):
+            raise ValueError("GATConv: return_attention_weights needs an edge_index (2, E) or a CSRGraph, not an "
+                             "adj_t sparse matrix")
+        return gat_forward(self, x, edge_index, return_attention_weights)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, heads={self.heads}"

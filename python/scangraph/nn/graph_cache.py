@@ -88,7 +88,7 @@ def num_nodes_of(x: torch.Tensor, graph: GraphLike) -> int:
     x (batch, N, F) is a batch of feature sets over one graph)."""
     if isinstance(graph, CSRGraph):
         return graph.num_rows
-    if _is_matrix(graph):
+    if is_matrix(graph):
         return _graph_of_matrix(graph).num_rows
     return x.shape[-2] if x.dim() == 3 else x.shape[0]  # (batch, N, F): a batch over one static graph
 
@@ -99,10 +99,10 @@ _matrix_graphs: dict = {}  # id(matrix) -> (weak reference to it, its CSRGraph)
 
 def as_graph(graph):
     """An adj_t matrix as its CSRGraph; an edge_index or a CSRGraph unchanged."""
-    return _graph_of_matrix(graph) if _is_matrix(graph) else graph
+    return _graph_of_matrix(graph) if is_matrix(graph) else graph
 
 
-def _is_matrix(graph) -> bool:
+def is_matrix(graph) -> bool:
     if isinstance(graph, torch.Tensor):
         return graph.layout != torch.strided
     return type(graph).__name__ == "SparseTensor" and hasattr(graph, "csr")  # torch_sparse's
@@ -125,21 +125,11 @@ def _graph_of_matrix(matrix) -> CSRGraph:
     return graph
 
 
-def subgraph_of_edges(graph: CSRGraph, keep: torch.Tensor) -> CSRGraph:
-    """The CSR graph of the edges where `keep` (a (num_edges,) bool mask) is true, order kept."""
-    kept_per_row = torch.zeros(graph.num_rows, dtype=torch.int64, device=graph.device)
-    dst = graph.edge_rows()
-    kept_per_row.index_add_(0, dst[keep], torch.ones_like(dst[keep]))
-    rowptr = torch.cat([kept_per_row.new_zeros(1), kept_per_row.cumsum(0)])
-    return CSRGraph(rowptr, graph.col[keep],
-                    None if graph.edge_weight is None else graph.edge_weight[keep],
-                    num_cols=graph.num_cols,
-                    edge_ids=None if graph.edge_ids is None else graph.edge_ids[keep], validate=False)
-
-
 def with_self_loops(graph: CSRGraph, fill_value: float = 1.0) -> CSRGraph:
     """Every node gets exactly one self loop (PyG's add_remaining_self_loops): existing loops keep
-    their weight, the others weigh `fill_value`. Columns stay sorted within rows."""
+    their weight, the others weigh `fill_value`. Columns stay sorted within rows. The new graph's
+    caller order (its edge_ids) is PyG's: the non-loop edges in the caller's order, then the
+    loops of nodes 0 .. n - 1, so per-edge results line up with PyG's edge_index."""
     if graph.num_rows != graph.num_cols:
         raise ValueError(f"self loops need a square graph, got {graph.num_rows} x {graph.num_cols}")
     n = graph.num_rows
@@ -158,8 +148,16 @@ def with_self_loops(graph: CSRGraph, fill_value: float = 1.0) -> CSRGraph:
     weight = None
     if graph.edge_weight is not None:
         weight = torch.cat([graph.edge_weight[~is_loop], loop_weight])[order]
+    # A non-loop edge's new caller position: its rank among the non-loop edges' caller positions.
+    caller = graph.edge_ids if graph.edge_ids is not None else torch.arange(graph.num_edges, device=device)
+    caller = caller[~is_loop]
+    kept = torch.zeros(graph.num_edges, dtype=torch.int64, device=device)
+    kept[caller] = 1
+    rank = (kept.cumsum(0) - 1)[caller]
+    edge_ids = torch.cat([rank, rank.numel() + nodes])[order]
     rowptr = torch.searchsorted(all_dst[order], torch.arange(n + 1, device=device))
-    return CSRGraph(rowptr, all_src[order].to(graph.col.dtype), weight, num_cols=n, validate=False)
+    return CSRGraph(rowptr, all_src[order].to(graph.col.dtype), weight, num_cols=n, edge_ids=edge_ids,
+                    validate=False)
 
 
 def gcn_norm_weight(graph: CSRGraph, edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -47,15 +47,16 @@ def _opmath(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _gat_fake(rowptr, col, x, alpha_src, alpha_dst, negative_slope=0.2, rowptr_t=None, col_t=None, perm_t=None):
+def _gat_fake(rowptr, col, x, alpha_src, alpha_dst, negative_slope=0.2, rowptr_t=None, col_t=None, perm_t=None,
+              dropout=0.0, rng=None):
     torch._check(x.dim() == 3 and alpha_src.dim() == 2 and alpha_dst.dim() == 2)
     rows = rowptr.shape[0] - 1
     stats = x.new_empty((rows, x.shape[1]), dtype=_opmath(x.dtype))
     return x.new_empty((rows, x.shape[1], x.shape[2])), stats, torch.empty_like(stats)
 
 
-def _gat_backward_fake(rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max, row_sum, delta,
-                       grad, negative_slope):
+def _gat_backward_fake(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum, delta,
+                       grad, negative_slope, dropout=0.0, rng=None):
     return x.new_empty(x.shape), alpha_src.new_empty(alpha_src.shape), alpha_dst.new_empty(alpha_dst.shape)
 
 
@@ -67,6 +68,16 @@ def _common_neighbors_fake(rowptr, col, src, dst):
 def _sddmm_fake(rowptr, col, a, b, rowptr_t=None, col_t=None, perm_t=None):
     torch._check(rowptr.dim() == 1 and col.dim() == 1 and a.dim() == b.dim())
     return a.new_empty((col.shape[0],) + tuple(a.shape[1:-1]))
+
+
+def _check_dropout(op: str, dropout: float, rng, x):
+    """The Triton ops' check of what the C++ glue's prepare_dropout checks (sparse_args.h)."""
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"{op}: dropout must be in [0, 1], got {dropout}")
+    if dropout > 0 and (rng is None or rng.dtype != torch.int64 or rng.numel() != 2 or not rng.is_contiguous()
+                        or rng.device != x.device):
+        raise ValueError(f"{op}: dropout > 0 needs rng, a contiguous int64 (seed, offset) tensor of 2 elements "
+                         f"on {x.device}")
 
 
 # ---- autograd, parameterised by the family of ops the backward runs on -----------------------
@@ -152,19 +163,22 @@ def _register_autograd(suffix: str):
         return None, None, dweight, dx if ctx.needs_input_grad[3] else None, None, None, None, None
 
     def gat_setup(ctx, inputs, output):
-        rowptr, col, x, alpha_src, alpha_dst, negative_slope, rowptr_t, col_t, perm_t = inputs
+        rowptr, col, x, alpha_src, alpha_dst, negative_slope, rowptr_t, col_t, perm_t, dropout, rng = inputs
         out, row_max, row_sum = output
-        ctx.negative_slope = negative_slope
+        ctx.negative_slope, ctx.dropout = negative_slope, dropout
         ctx.mark_non_differentiable(row_max, row_sum)
-        ctx.save_for_backward(rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, rowptr_t, col_t, perm_t)
+        # The dropout mask is not saved: the backward regenerates it from rng = (seed, offset).
+        ctx.save_for_backward(rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, rowptr_t, col_t, perm_t,
+                              rng)
 
     def gat_backward(ctx, grad, _grad_max, _grad_sum):
-        rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, rowptr_t, col_t, perm_t = ctx.saved_tensors
+        (rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, rowptr_t, col_t, perm_t,
+         rng) = ctx.saved_tensors
         rowptr_t, col_t, perm_t = _transpose_of(rowptr, col, x.shape[0], rowptr_t, col_t, perm_t)
         delta = (out.to(row_max.dtype) * grad.to(row_max.dtype)).sum(-1)
-        dx, da_src, da_dst = gat_backward_op(rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max,
-                                             row_sum, delta, grad.contiguous(), ctx.negative_slope)
-        return None, None, dx, da_src, da_dst, None, None, None, None
+        dx, da_src, da_dst = gat_backward_op(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max,
+                                             row_sum, delta, grad.contiguous(), ctx.negative_slope, ctx.dropout, rng)
+        return None, None, dx, da_src, da_dst, None, None, None, None, None, None
 
     torch.library.register_autograd(f"scangraph::{spmm_name}", spmm_backward, setup_context=spmm_setup)
     torch.library.register_autograd(f"scangraph::gat_aggregate{suffix}", gat_backward, setup_context=gat_setup)
@@ -238,23 +252,27 @@ def _register_triton_ops():
     def gat_aggregate_triton(rowptr: torch.Tensor, col: torch.Tensor, x: torch.Tensor, alpha_src: torch.Tensor,
                              alpha_dst: torch.Tensor, negative_slope: float = 0.2,
                              rowptr_t: Optional[torch.Tensor] = None, col_t: Optional[torch.Tensor] = None,
-                             perm_t: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                             perm_t: Optional[torch.Tensor] = None, dropout: float = 0.0,
+                             rng: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _check_dropout("scangraph::gat_aggregate_triton", dropout, rng, x)
         out, row_max, row_sum = _gat_fake(rowptr, col, x, alpha_src, alpha_dst)
         kernels.launch_gat(wrap_triton, rowptr, col, x.contiguous(), alpha_src.contiguous(), alpha_dst.contiguous(),
-                           negative_slope, out, row_max, row_sum)
+                           negative_slope, out, row_max, row_sum, dropout, rng)
         return out, row_max, row_sum
 
     @triton_op("scangraph::gat_aggregate_backward_triton", mutates_args=())
     def gat_aggregate_backward_triton(rowptr: torch.Tensor, col: torch.Tensor, rowptr_t: torch.Tensor,
-                                      col_t: torch.Tensor, x: torch.Tensor, alpha_src: torch.Tensor,
-                                      alpha_dst: torch.Tensor, row_max: torch.Tensor, row_sum: torch.Tensor,
-                                      delta: torch.Tensor, grad: torch.Tensor,
-                                      negative_slope: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dx, da_src, da_dst = _gat_backward_fake(rowptr, col, rowptr_t, col_t, x, alpha_src, alpha_dst, row_max,
-                                                row_sum, delta, grad, negative_slope)
-        kernels.launch_gat_backward(wrap_triton, rowptr, col, rowptr_t, col_t, x.contiguous(),
+                                      col_t: torch.Tensor, perm_t: torch.Tensor, x: torch.Tensor,
+                                      alpha_src: torch.Tensor, alpha_dst: torch.Tensor, row_max: torch.Tensor,
+                                      row_sum: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor,
+                                      negative_slope: float, dropout: float = 0.0,
+                                      rng: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _check_dropout("scangraph::gat_aggregate_backward_triton", dropout, rng, x)
+        dx, da_src, da_dst = _gat_backward_fake(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst,
+                                                row_max, row_sum, delta, grad, negative_slope)
+        kernels.launch_gat_backward(wrap_triton, rowptr, col, rowptr_t, col_t, perm_t.contiguous(), x.contiguous(),
                                     alpha_src.contiguous(), alpha_dst.contiguous(), row_max, row_sum, delta,
-                                    grad.contiguous(), negative_slope, dx, da_src, da_dst)
+                                    grad.contiguous(), negative_slope, dx, da_src, da_dst, dropout, rng)
         return dx, da_src, da_dst
 
     @triton_op("scangraph::common_neighbors_triton", mutates_args=())
@@ -390,23 +408,68 @@ def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "
     return graph.to_caller_order(_backend.op_for("sddmm", name)(graph.rowptr, graph.col, a, b, *transpose))
 
 
+class _RowLogSumExp(torch.autograd.Function):
+    """lse[i] = log sum_{e in row i} exp(score[e]), given its value from the kernel's saved row
+    max and denominator (max + log denominator): the backward is d lse_i / d score_e = a_e."""
+
+    @staticmethod
+    def forward(ctx, score, rows, lse):
+        ctx.save_for_backward(score, rows, lse)
+        return lse.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        score, rows, lse = ctx.saved_tensors
+        attention = torch.exp(score - lse[rows]).nan_to_num(0.0)
+        return grad[rows] * attention, None, None
+
+
+def _attention_from_stats(graph: CSRGraph, alpha_src, alpha_dst, negative_slope, row_max, row_sum):
+    """(E, heads) attention coefficients in CSR order from the kernel's row max and denominator:
+    a_e = exp(score_e - lse_row) (gradients reach alpha_src and alpha_dst). A row whose scores
+    are all -inf has no attention (0), as the kernels weigh it."""
+    rows = graph.edge_rows()
+    score = torch.nn.functional.leaky_relu(alpha_src[graph.col.long()] + alpha_dst[rows], negative_slope)
+    score = score.to(row_max.dtype)
+    lse = _RowLogSumExp.apply(score, rows, row_max + torch.log(row_sum))
+    attention = torch.exp(score - lse[rows])
+    return torch.where(score == float("-inf"), 0.0, attention).to(alpha_src.dtype)
+
+
 def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alpha_dst: torch.Tensor,
-                  negative_slope: float = 0.2, *, backend: str = "auto") -> torch.Tensor:
+                  negative_slope: float = 0.2, dropout: float = 0.0, *, generator: Optional[torch.Generator] = None,
+                  return_attention_weights: bool = False, backend: str = "auto"):
     """GAT attention aggregation in one pass (Velickovic et al. 2018, PyG's GATConv formula):
-    out[i] = sum_{j -> i} softmax_j(leaky_relu(alpha_src[j] + alpha_dst[i])) x[j], per head.
+    out[i] = sum_{j -> i} m_ij / (1 - p) a_ij x[j] per head, with
+    a_ij = softmax_j(leaky_relu(alpha_src[j] + alpha_dst[i])).
 
     Args:
         x: (num_cols, heads, F) source features, or (num_cols, F) for one head.
         alpha_src: (num_cols, heads) (or (num_cols,)) source attention logits.
         alpha_dst: (num_rows, heads) (or (num_rows,)) destination attention logits.
+        dropout: p, dropout on the attention coefficients (PyG's GATConv in training): m_ij is
+            Bernoulli(1 - p) per (edge, head), the softmax's denominator keeps every edge. The
+            mask comes from Philox keyed by (seed, offset), two int64 drawn from `generator`
+            (torch's default generator of x's device if None) at each call, so two calls draw two
+            masks, torch.manual_seed repeats them, and a CUDA graph replays a new draw each time
+            (a CPU generator with CUDA x copies its draw to the GPU: not capturable).
+            The backward regenerates the mask (nothing of size E is kept). Every backend draws
+            the same mask for the same generator state (docs/sparse.md, "Attention dropout").
+            p = 0 draws nothing and gives exactly the result without dropout.
+        return_attention_weights: also return a (E, heads) (or (E,)) in the caller's edge order
+            (before dropout, as PyG returns them), computed from the kernel's row max and
+            denominator; gradients reach alpha_src and alpha_dst.
     Returns:
-        (num_rows, heads, F) (or (num_rows, F)); rows without edges give 0. The softmax runs
-        online (FlashAttention's rescaling over each neighbour list); no (E, heads) tensor is
-        kept for backward: it keeps the per-row max and denominator and recomputes the weights.
-        Gradients reach x, alpha_src and alpha_dst, deterministically.
+        (num_rows, heads, F) (or (num_rows, F)); rows without edges give 0. With
+        return_attention_weights, (out, attention). The softmax runs online (FlashAttention's
+        rescaling over each neighbour list); no (E, heads) tensor is kept for backward: it keeps
+        the per-row max and denominator and recomputes the weights. Gradients reach x, alpha_src
+        and alpha_dst, deterministically.
     """
     _check_graph("gat_aggregate", graph)
     _check_features("gat_aggregate", "x", x, graph, graph.num_cols, "one per source node of the graph")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"gat_aggregate: dropout must be a probability in [0, 1], got {dropout!r}")
     single_head = x.dim() == 2
     heads = 1 if single_head else x.shape[1]
     expected = {"alpha_src": (graph.num_cols,), "alpha_dst": (graph.num_rows,)}
@@ -420,14 +483,28 @@ def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alp
                              f"got {alpha.dtype} on {alpha.device}")
     if single_head:
         x, alpha_src, alpha_dst = x.unsqueeze(1), alpha_src.unsqueeze(1), alpha_dst.unsqueeze(1)
+    dropout = float(dropout)
+    rng = None
+    if dropout > 0:  # (seed, offset) drawn on the generator's device, read by the kernels on x's
+        device = x.device if generator is None else generator.device
+        rng = torch.empty(2, dtype=torch.int64, device=device).random_(generator=generator).to(x.device)
     name = _backend.resolve("gat_aggregate", backend, x.device)
     if name == "reference":
-        out = reference.gat_aggregate(graph.rowptr, graph.col, x, alpha_src, alpha_dst, negative_slope)
+        out = reference.gat_aggregate(graph.rowptr, graph.col, x, alpha_src, alpha_dst, negative_slope, dropout, rng)
+        attention = reference.gat_attention(graph.rowptr, graph.col, alpha_src, alpha_dst, negative_slope) \
+            if return_attention_weights else None
     else:
         transpose = (graph.transpose_parts() if _needs_transpose(x, alpha_src, alpha_dst)
                      else (None, None, None))
-        out = _backend.op_for("gat_aggregate", name)(graph.rowptr, graph.col, x, alpha_src, alpha_dst, float(negative_slope), *transpose)[0]
-    return out.squeeze(1) if single_head else out
+        out, row_max, row_sum = _backend.op_for("gat_aggregate", name)(
+            graph.rowptr, graph.col, x, alpha_src, alpha_dst, float(negative_slope), *transpose, dropout, rng)
+        attention = _attention_from_stats(graph, alpha_src, alpha_dst, negative_slope, row_max, row_sum) \
+            if return_attention_weights else None
+    out = out.squeeze(1) if single_head else out
+    if not return_attention_weights:
+        return out
+    attention = graph.to_caller_order(attention)
+    return out, attention.squeeze(1) if single_head else attention
 
 
 def _rows_sorted(graph: CSRGraph) -> bool:
