@@ -15,10 +15,10 @@ in eval mode both give the same logits (`max_abs_diff_eval` in the JSON checks i
   graph is built once, as scangraph's graph cache does); `pyg_nocache` is PyG's default
   (cached=False, gcn_norm on every call); `pyg_adj_t` is cached=True on a torch.sparse CSR
   adjacency (PyG's sparse-matrix path: torch.sparse.mm instead of gather / scatter).
-- GAT: torch_geometric.nn.GATConv with the same heads, sizes and dropout. Dropout differs in
-  training: PyG drops attention coefficients (the (E, heads) matrix), scangraph's fused kernel
-  never materialises that matrix and drops whole edges before the softmax instead (see GATConv's
-  docstring). The amount of work is comparable, the random masks are not the same.
+- GAT: torch_geometric.nn.GATConv with the same heads, sizes and dropout. Both drop attention
+  coefficients in training (scangraph inside its fused kernel, from a Philox mask; before
+  2026-12-03 it dropped whole edges before the softmax, as in the 2026-11-28 figures): the same
+  distribution, not the same random masks.
 - GraphMamba (GMN, scangraph.nn.GraphMamba): `pyg+mambapy` has the same structure: lin_in, a
   PyG GCNConv (cached) for the local encodings, token means with torch_geometric.utils.scatter
   (mean) over the token's walk nodes, a bidirectional Mamba made of two mambapy MambaBlocks

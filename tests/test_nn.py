@@ -292,6 +292,23 @@ def test_ncn_scores_pairs_and_trains():
     _assert_all_parameters_get_gradients(model)
 
 
+def test_ncn_sparse_features_and_common_neighbour_edge_dropout():
+    """Sparse (bag-of-words) features give the dense input's logits in eval mode; in training the
+    common-neighbour graph's edge dropout keeps rows sorted (common_neighbor_aggregate checks it)
+    and every parameter gets a gradient."""
+    torch.manual_seed(0)
+    edge_index, num_nodes = datasets.karate()
+    x = (torch.rand(num_nodes, 40) < 0.1).float()
+    model = sgnn.NCN(40, 16, num_layers=2, feature_dropout=0.5, encoder_dropout=0.1, propagation_dropout=0.1,
+                     predictor_dropout=0.1, cn_edge_dropout=0.5, predictor_layers=2).eval()
+    pairs = torch.tensor([[0, 32, 5, 9], [1, 33, 6, 25]])
+    torch.testing.assert_close(model(x.to_sparse(), edge_index, pairs), model(x, edge_index, pairs))
+    model.train()
+    logits = model(x.to_sparse(), edge_index, pairs)
+    F.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0.0, 1.0, 0.0])).backward()
+    _assert_all_parameters_get_gradients(model)
+
+
 def test_gcn_learns_cora():
     path = datasets.planetoid_path("cora")
     if path is None:

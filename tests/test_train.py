@@ -46,6 +46,14 @@ def test_link_prediction_cli(sbm_file, capsys):
     assert 0.0 <= summary["mean"] <= 100.0 and "Hits@100" in capsys.readouterr().out
 
 
+def test_negative_pairs_avoid_training_edges_and_loops():
+    train_pos = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    pairs = train._negative_pairs(train_pos, 5, 200)
+    assert pairs.shape == (2, 200) and bool((pairs[0] != pairs[1]).all())
+    edges = {(0, 1), (1, 2), (2, 3)}
+    assert not any((a, b) in edges or (b, a) in edges for a, b in pairs.t().tolist())
+
+
 def test_hits_at_k():
     assert train.hits_at_k(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 0.0, -1.0]), 1) == 0.5
     assert train.hits_at_k(torch.tensor([3.0]), torch.tensor([2.0]), 100) == 1.0  # fewer negatives than K
