@@ -23,13 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
+from scangraph.ops._rules import opmath_dtype
+
+from .accumulate import accumulator
+
 # The chunk's (BLOCK_L, BLOCK_L, BLOCK_DV) product is the largest live tile: 16K values keeps it
 # within the registers of 4 warps on a GPU; BLOCK_L is chosen from BLOCK_DV to respect it.
 MAX_TILE = 16384
-
-
-def _accumulator(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _blocks(dim: int, dim_v: int):
@@ -355,13 +355,9 @@ def segment_length(programs: int, seqlen: int, block_l: int) -> int:
 def _plan(seqs, heads, seqlen, block_l, like):
     length = segment_length(seqs * heads, seqlen, block_l)
     segments = max(1, -(-seqlen // length))
-    scratch = like.new_empty((2, seqs, heads, segments, 2 + like.shape[3]), dtype=_opmath(like)) \
-        if segments > 1 else like.new_empty(1, dtype=_opmath(like))
+    scratch = like.new_empty((2, seqs, heads, segments, 2 + like.shape[3]), dtype=opmath_dtype(like.dtype)) \
+        if segments > 1 else like.new_empty(1, dtype=opmath_dtype(like.dtype))
     return length, segments, scratch
-
-
-def _opmath(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def launch_forward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last, c_last, w_last):
@@ -380,7 +376,7 @@ def launch_forward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last
     initial = [t.contiguous() if has_state else o for t in (m0, c0, w0)]
     cu = cu_seqlens if cu_seqlens is not None else o
     common = dict(HAS_STATE=has_state, HAS_STATS=has_stats, VARLEN=cu_seqlens is not None,
-                  ACC=_accumulator(k.dtype), BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_DV=block_dv)
+                  ACC=accumulator(k.dtype), BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_DV=block_dv)
 
     def walk(mode):
         wrap(prefix_attention_fwd_kernel)[(seqs, heads, segments)](
@@ -392,7 +388,7 @@ def launch_forward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last
         walk(1)
         wrap(prefix_attention_combine_kernel)[(seqs, heads)](
             *initial, cu, scratch, seqlen, heads, dim_v, length, segments, HAS_STATE=has_state,
-            VARLEN=cu_seqlens is not None, ACC=_accumulator(k.dtype), BLOCK_DV=block_dv)
+            VARLEN=cu_seqlens is not None, ACC=accumulator(k.dtype), BLOCK_DV=block_dv)
         walk(2)
     else:
         walk(0)
@@ -420,14 +416,14 @@ def launch_backward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_las
             cu, scratch, dq_segments, dk, dv, dm0, dc0, dw0, _scale_tensor(scale, k), seqlen, heads, dim, dim_v,
             length, segments, q_batch_stride, q3.stride(1),
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-            HAS_STATE=has_state, VARLEN=cu_seqlens is not None, MODE=mode, ACC=_accumulator(k.dtype),
+            HAS_STATE=has_state, VARLEN=cu_seqlens is not None, MODE=mode, ACC=accumulator(k.dtype),
             BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_DV=block_dv)
 
     if segments > 1:
         walk(1)
         wrap(prefix_attention_combine_bwd_kernel)[(seqs, heads)](
             grad_c_last, grad_w_last, cu, scratch, seqlen, heads, dim_v, length, segments,
-            VARLEN=cu_seqlens is not None, ACC=_accumulator(k.dtype), BLOCK_DV=block_dv)
+            VARLEN=cu_seqlens is not None, ACC=accumulator(k.dtype), BLOCK_DV=block_dv)
         walk(2)
         # Segments past a short packed sequence's end are never written: zero them first.
         counts = _segments_per_sequence(cu_seqlens, seqs, seqlen, length, dq_segments.device)

@@ -19,6 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+
+from .accumulate import accumulator
+
 # kScanChunk of selective_scan_params.h: the checkpoint spacing shared by every backend.
 CHUNK = 64
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -30,10 +33,6 @@ MAX_TILE = 4096
 def scan_partitions(channels_per_group: int) -> int:
     """scan_partitions of selective_scan_params.h: dB / dC partials of varying B / C."""
     return min(max(channels_per_group // CHUNK, 1), 16)
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _state_block(dstate: int):
@@ -465,7 +464,7 @@ def launch_selective_scan(wrap, u, delta, A, B, C, D, z, delta_bias, delta_softp
     the carried state entering scan position k * 64, before the reset of a sequence starting there."""
     batch, dim, length, dstate, varying, groups, start, end = _common(u, A, B, cu_seqlens, reverse)
     np_, sub = _state_block(dstate)
-    acc = _acc(u.dtype)
+    acc = accumulator(u.dtype)
     if batch * dim > 0 and length > 0:
         wrap(_scan_fwd_kernel)[(batch * dim,)](
             u, delta, z if z is not None else u, A, B, C, D if D is not None else A,
@@ -497,7 +496,7 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
     varying B / C, bc_partial (partitions, batch, groups, 2, N, L) zero-initialised by the caller."""
     batch, dim, length, dstate, varying, groups, start, end = _common(u, A, B, cu_seqlens, reverse)
     np_, sub = _state_block(dstate)
-    acc = _acc(u.dtype)
+    acc = accumulator(u.dtype)
     cpg = dim // groups
     # Varying: scan_partitions slices per (b, g), owning one dB / dC partial each. Fixed: one
     # channel per program (the partials are per (b, d) anyway), as groups = 1, parts = dim.
@@ -544,4 +543,4 @@ def launch_selective_state_update(wrap, state, x, dt, A, B, C, D, z, dt_bias, dt
         state, x, dt, A, B, C, D if D is not None else A, z if z is not None else x,
         dt_bias if dt_bias is not None else A, out, dim, dstate, dim // groups, groups,
         HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        EXP2=x.dtype != torch.float64, ACC=_acc(x.dtype), BLOCK_D=block_d, NP=np_)
+        EXP2=x.dtype != torch.float64, ACC=accumulator(x.dtype), BLOCK_D=block_d, NP=np_)

@@ -16,6 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from scangraph.ops._rules import opmath_dtype
+
+from .accumulate import accumulator
+
 from .philox import dropout_factor, dropout_scale, dropout_threshold
 
 # Edges gathered per step: 32 rows of BLOCK_F features keep a tile within the register budget
@@ -28,14 +32,6 @@ MAX_BLOCK_F = 128
 # write and re-read, < 2% extra traffic, while a 10^5-edge hub row spreads over 391 programs).
 # Read at launch time, so tests may lower it to split small graphs.
 SPLIT_EDGES = 256
-
-
-def _accumulator(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _opmath_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -214,10 +210,10 @@ def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
     else:
         w_edge, w_head = 0, 0
     block_f = _feature_block(features)
-    acc = _accumulator(x.dtype)
+    acc = accumulator(x.dtype)
     weight_arg = weight if weight is not None else xv
     plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
-    partial = _split_scratch(plan, (heads, features), _opmath_dtype(x.dtype), x.device)
+    partial = _split_scratch(plan, (heads, features), opmath_dtype(x.dtype), x.device)
     segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
         _, segment_row, max_segments = plan
@@ -243,7 +239,7 @@ def launch_sddmm(wrap, rowptr, col, a, b, out):
     wrap(sddmm_kernel)[grid](
         rowptr, col, av, bv, out, num_rows, num_edges, _search_steps(num_rows), heads, features,
         av.stride(0), av.stride(1), bv.stride(0), bv.stride(1),
-        ACC=_accumulator(a.dtype), BLOCK_E=BLOCK_E, BLOCK_F=_feature_block(features))
+        ACC=accumulator(a.dtype), BLOCK_E=BLOCK_E, BLOCK_F=_feature_block(features))
 
 
 # ---- max / min and their backward -------------------------------------------------------------
@@ -432,9 +428,9 @@ def launch_spmm_extreme(wrap, rowptr, col, weight, x, reduce, out, arg):
     weight, w_edge, w_head = _weight_strides(weight, heads)
     weight_arg = weight if weight is not None else xv
     block_f = _feature_block(features)
-    acc = _accumulator(x.dtype)
+    acc = accumulator(x.dtype)
     plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
-    partial = _split_scratch(plan, (heads, features), _opmath_dtype(x.dtype), x.device)
+    partial = _split_scratch(plan, (heads, features), opmath_dtype(x.dtype), x.device)
     partial_arg = _split_scratch(plan, (heads, features), torch.int64, x.device)
     segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
@@ -462,11 +458,11 @@ def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight,
     block_f = _feature_block(features)
     if num_src:
         plan = long_row_plan(rowptr_t, col_t.numel(), SPLIT_EDGES)
-        partial = _split_scratch(plan, (heads, features), _opmath_dtype(x.dtype), x.device)
+        partial = _split_scratch(plan, (heads, features), opmath_dtype(x.dtype), x.device)
         segment_ptr, segment_row = (rowptr_t, rowptr_t) if plan is None else plan[:2]
         args = (rowptr_t, col_t, perm_t, weight if weight is not None else grad, grad, arg, dx,
                 segment_ptr, segment_row, partial, num_src, heads, features, w_edge, w_head)
-        config = dict(HAS_WEIGHT=weight is not None, ACC=_accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES,
+        config = dict(HAS_WEIGHT=weight is not None, ACC=accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES,
                       BLOCK_E=BLOCK_E, BLOCK_F=block_f)
         if plan is not None:
             wrap(spmm_arg_dx_kernel)[(plan[2], heads, triton.cdiv(features, block_f))](
@@ -478,7 +474,7 @@ def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight,
         wrap(spmm_arg_dweight_kernel)[(triton.cdiv(col.numel(), BLOCK_E), heads)](
             rowptr, col, xv, grad, arg, dweight, num_rows, col.numel(), _search_steps(num_rows), heads, features,
             xv.stride(0), xv.stride(1),
-            ACC=_accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
+            ACC=accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 
 # ---- GAT aggregation ------------------------------------------------------------------------
@@ -754,7 +750,7 @@ def gat_src_grad_kernel(rowptr_t_ptr, col_t_ptr, perm_t_ptr, x_ptr, a_src_ptr, a
 
 def _scalars(x, negative_slope, dropout_scale):
     # (negative_slope, dropout scale) in the accumulation dtype: a float kernel argument would be fp32.
-    return torch.tensor([negative_slope, dropout_scale], dtype=_opmath_dtype(x.dtype), device=x.device)
+    return torch.tensor([negative_slope, dropout_scale], dtype=opmath_dtype(x.dtype), device=x.device)
 
 
 def _dropout_args(x, negative_slope, dropout, rng):
@@ -772,7 +768,7 @@ def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, 
         return
     block_f = _feature_block(features)
     grid_f = max(1, triton.cdiv(features, block_f))
-    acc = _accumulator(x.dtype)
+    acc = accumulator(x.dtype)
     scalars, rng, threshold, with_dropout = _dropout_args(x, negative_slope, dropout, rng)
     plan = long_row_plan(rowptr, col.numel(), SPLIT_EDGES)
     partial = _split_scratch(plan, (heads, features), row_max.dtype, x.device)
@@ -798,7 +794,7 @@ def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src
     block_f = _feature_block(features)
     grid_f = max(1, triton.cdiv(features, block_f))
     scalars, rng, threshold, with_dropout = _dropout_args(x, negative_slope, dropout, rng)
-    config = dict(DROPOUT=with_dropout, ACC=_accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E,
+    config = dict(DROPOUT=with_dropout, ACC=accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E,
                   BLOCK_F=block_f)
     stats = (row_max, row_sum, delta)
     if num_rows:

@@ -88,6 +88,8 @@ class CSRGraph:
         self._transpose = None
         self._csr_position = None
         self._edge_rows = None
+        self._rows_sorted = None
+        self._derived = {}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -166,6 +168,22 @@ class CSRGraph:
             rows = torch.arange(self.num_rows, device=self.rowptr.device)
             self._edge_rows = torch.repeat_interleave(rows, self.in_degree(), output_size=self.num_edges)
         return self._edge_rows
+
+    def rows_sorted(self) -> bool:
+        """Whether columns ascend within every row (checked once, then cached)."""
+        if self._rows_sorted is None:
+            steps = self.col[1:].to(torch.int64) - self.col[:-1].to(torch.int64)
+            row_start = torch.zeros(self.num_edges, dtype=torch.bool, device=self.device)
+            row_start[self.rowptr[1:-1][self.rowptr[1:-1] < self.num_edges]] = True
+            self._rows_sorted = not bool(((steps < 0) & ~row_start[1:]).any()) if self.num_edges > 1 else True
+        return self._rows_sorted
+
+    def derived(self, key, build):
+        """What `build(self)` derives from this graph (self loops, normalisation, a positional
+        encoding), built once per key and kept with the graph."""
+        if key not in self._derived:
+            self._derived[key] = build(self)
+        return self._derived[key]
 
     def to_csr_order(self, per_edge: torch.Tensor) -> torch.Tensor:
         """A per-edge tensor in the caller's edge order, gathered into CSR order (autograd-aware)."""

@@ -50,10 +50,7 @@ def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
     cached on the object itself, as for the CSRGraph of an adj_t matrix."""
     graph = as_graph(graph)
     if isinstance(graph, CSRGraph):
-        derived = graph.__dict__.setdefault("_scangraph_nn_derived", {})
-        if variant not in derived:
-            derived[variant] = build(graph)
-        return derived[variant]
+        return graph.derived(variant, build)
     if not isinstance(graph, torch.Tensor):
         raise TypeError(f"expected an edge_index tensor (2, num_edges), a scangraph.CSRGraph, or an adjacency "
                         f"adj_t (a torch sparse matrix or a torch_sparse SparseTensor), got {type(graph).__name__}")

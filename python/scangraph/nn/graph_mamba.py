@@ -74,10 +74,11 @@ def neighbourhood_tokens(graph: CSRGraph, walk_length: int, num_walks: int, repe
 def random_walk_encoding(graph: CSRGraph, steps: int) -> torch.Tensor:
     """RWSE (Dwivedi et al. 2022): (N, steps) probabilities that a uniform random walk from each
     node is back at it after 1..steps steps, the diagonal of (D^-1 A)^k. Propagates blocks of
-    identity columns with spmm(mean), so memory stays bounded; cached on the graph object."""
-    cache = graph.__dict__.setdefault("_scangraph_rwse", {})
-    if steps in cache:
-        return cache[steps]
+    identity columns with spmm(mean), so memory stays bounded; kept with the graph (derived)."""
+    return graph.derived(("rwse", steps), lambda g: _random_walk_encoding(g, steps))
+
+
+def _random_walk_encoding(graph: CSRGraph, steps: int) -> torch.Tensor:
     n = graph.num_rows
     out = torch.zeros(n, steps, device=graph.device)
     block = max(1, min(n, RWSE_BLOCK_ELEMENTS // max(n, 1)))
@@ -89,7 +90,6 @@ def random_walk_encoding(graph: CSRGraph, steps: int) -> torch.Tensor:
         for k in range(steps):
             state = spmm(graph, state, "mean")
             out[ids, k] = state[ids, cols]
-    cache[steps] = out
     return out
 
 

@@ -14,10 +14,10 @@ import torch
 from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.graph import CSRGraph
+from scangraph.ops._rules import FLOAT_DTYPES
 from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 
 ACTIVATIONS = (None, "none", "relu", "gelu", "silu")
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -194,7 +194,7 @@ def quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, *, backend
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"quantize: x must be a torch.Tensor, got {type(x).__name__}")
     _check_bits("quantize", bits)
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"quantize: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.dim() == 0:
         raise ValueError("quantize: x must have at least one dimension, got a scalar")
@@ -239,7 +239,7 @@ def qlinear(x: torch.Tensor, w: QTensor, bias: Optional[torch.Tensor] = None, ac
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     _check_qtensor(op, "w", w)
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if act_bits != 8:
         raise ValueError(f"{op}: act_bits must be 8 (activations are quantized to int8), got {act_bits!r}")
@@ -333,7 +333,7 @@ def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, scale
     plain autograd (x - x.detach() masked), so torch.compile traces it.
     """
     _check_bits("fake_quantize", bits)
-    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOATS:
+    if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"fake_quantize: x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     axis = _normalize_axis("fake_quantize", axis, max(x.dim(), 1))
     if scale is not None:

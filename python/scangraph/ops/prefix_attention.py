@@ -16,14 +16,8 @@ import torch
 
 from scangraph import backend as _backend
 from scangraph import reference
+from scangraph.ops._rules import FLOAT_DTYPES, check_cu_seqlens, opmath_dtype
 from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
-
-FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-
-
-def _opmath(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _num_seqs(k, cu_seqlens):
     return k.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -34,7 +28,7 @@ def _forward_fake(q, k, v, scale, m0, c0, w0, cu_seqlens):
     torch._check(k.dim() == 4 and v.dim() == 4 and q.dim() in (2, 3))
     batch, seqlen, heads, _ = k.shape
     seqs = _num_seqs(k, cu_seqlens)
-    acc = _opmath(k.dtype)
+    acc = opmath_dtype(k.dtype)
     o = v.new_empty((batch, seqlen, heads, v.shape[3]))
     stats = k.new_empty((batch, seqlen, heads), dtype=acc)
     last = k.new_empty((seqs, heads), dtype=acc)
@@ -179,26 +173,6 @@ def _check_qkv(op, q, k, v, q_expected, k_dims, k_expected, v_expected):
                          f"got shape {tuple(q.shape)}")
 
 
-def _check_cu_seqlens(op, cu_seqlens, k):
-    if not isinstance(cu_seqlens, torch.Tensor):
-        raise TypeError(f"{op}: cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
-        raise ValueError(f"{op}: cu_seqlens must be a 1-D int32 tensor of num_seqs + 1 offsets, got "
-                         f"{cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}")
-    if cu_seqlens.device != k.device:
-        raise ValueError(f"{op}: cu_seqlens is on {cu_seqlens.device} but k is on {k.device}")
-    if k.shape[0] != 1:
-        raise ValueError(f"{op}: cu_seqlens packs sequences along L and needs batch == 1, got k of shape "
-                         f"{tuple(k.shape)}")
-    offsets = cu_seqlens.cpu()  # nseq + 1 values: one small read, the kernels index with them
-    if int(offsets[0]) != 0:
-        raise ValueError(f"{op}: cu_seqlens must start at 0, got {int(offsets[0])}")
-    if int(offsets[-1]) != k.shape[1]:
-        raise ValueError(f"{op}: cu_seqlens must end at L = {k.shape[1]}, got {int(offsets[-1])}")
-    if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
-        raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {offsets.tolist()}")
-
-
 def _check_state(op, state, seqs, heads, dim_v, k, name="initial_state"):
     if not isinstance(state, (tuple, list)) or len(state) != 3:
         raise TypeError(f"{op}: {name} must be a tuple (m, denom, numer), got {type(state).__name__}"
@@ -244,9 +218,9 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
     _check_qkv(op, q, k, v, "(heads, d) or (batch, heads, d)", (4,), "(batch, L, heads, d)",
                "(batch, L, heads, dv)")
     if cu_seqlens is not None:
-        _check_cu_seqlens(op, cu_seqlens, k)
+        check_cu_seqlens(op, cu_seqlens, k, k.shape[0], k.shape[1])
     seqs, heads, dim_v = _num_seqs(k, cu_seqlens), k.shape[2], v.shape[3]
-    acc = _opmath(k.dtype)
+    acc = opmath_dtype(k.dtype)
     if initial_state is not None:
         _check_state(op, initial_state, seqs, heads, dim_v, k)
         initial_state = tuple(t.to(acc) for t in initial_state)
@@ -275,7 +249,7 @@ def prefix_attention_step(state: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     _check_qkv(op, q, k_t, v_t, "(heads, d) or (batch, heads, d)", (3,), "(batch, heads, d)", "(batch, heads, dv)")
     batch, heads, dim = k_t.shape
     _check_state(op, state, batch, heads, v_t.shape[2], k_t, name="state")
-    acc = _opmath(k_t.dtype)
+    acc = opmath_dtype(k_t.dtype)
     for part, t in zip(("m", "denom", "numer"), state):
         if t.dtype != acc or not t.is_contiguous():
             raise ValueError(f"{op}: state {part} is updated in place and must be a contiguous {acc} tensor "

@@ -17,15 +17,11 @@ import torch
 
 from scangraph import backend as _backend
 from scangraph import reference
+from scangraph.ops._rules import FLOAT_DTYPES, check_cu_seqlens, opmath_dtype
 from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 
 CHUNK = 64          # positions per checkpoint: kScanChunk of csrc/include/scangraph/selective_scan_params.h
 MAX_DSTATE = 256
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _partitions(channels_per_group: int) -> int:
@@ -38,7 +34,7 @@ def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_stat
     batch, dim, length = u.shape
     dstate = A.shape[1]
     states = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    acc = _acc(u.dtype)
+    acc = opmath_dtype(u.dtype)
     chunks = (length + CHUNK - 1) // CHUNK
     return (u.new_empty(u.shape), u.new_empty((states, dim, dstate), dtype=acc),
             u.new_empty((batch, dim, chunks, dstate), dtype=acc))
@@ -46,7 +42,7 @@ def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_stat
 
 def _scan_backward_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                         initial_state, cu_seqlens, reverse, checkpoints):
-    acc = _acc(u.dtype)
+    acc = opmath_dtype(u.dtype)
     def absent():
         return u.new_empty((0,), dtype=acc)
     return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape), B.new_empty(B.shape),
@@ -102,7 +98,7 @@ def _register_cpp_ops():
 def _triton_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens):
     """What the C++ glue does before a kernel runs: contiguous inputs, fp32 (fp64) parameters,
     varying B / C as (batch, groups, N, L)."""
-    acc = _acc(u.dtype)
+    acc = opmath_dtype(u.dtype)
 
     def param(t):
         return None if t is None else t.to(acc).contiguous()
@@ -148,7 +144,7 @@ def _register_triton_ops():
                torch.Tensor, torch.Tensor]:
         (u_, delta_, A_, B_, C_, D_, z_, bias_, h0_, cu_) = _triton_inputs(
             u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
-        acc = _acc(u.dtype)
+        acc = opmath_dtype(u.dtype)
         batch, dim, length = u.shape
         dstate = A.shape[1]
         varying = B_.dim() == 4
@@ -182,7 +178,7 @@ def _register_triton_ops():
                                       B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
                                       z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
                                       dt_softplus: bool) -> torch.Tensor:
-        acc = _acc(x.dtype)
+        acc = opmath_dtype(x.dtype)
         out = torch.empty_like(x)
         work = state if state.dtype == acc and state.is_contiguous() else state.to(acc).contiguous()
         bc = [(t.unsqueeze(1) if t.dim() == 2 else t).contiguous() for t in (B, C)]
@@ -202,7 +198,7 @@ _register_triton_ops()
 
 
 # ---- checks ---------------------------------------------------------------------------------
-def _check_tensor(op, name, t, shape=None, dtypes=_FLOATS, device=None):
+def _check_tensor(op, name, t, shape=None, dtypes=FLOAT_DTYPES, device=None):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if shape is not None and tuple(t.shape) != tuple(shape):
@@ -232,25 +228,6 @@ def _check_bc(op, name, t, u, dstate):
     if t.dtype != u.dtype:
         raise TypeError(f"{op}: varying {name} must have u's dtype ({u.dtype}), got {t.dtype}")
     return groups
-
-
-def _check_cu_seqlens(op, cu_seqlens, u):
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32:
-        raise TypeError(f"{op}: cu_seqlens must be a 1-D int32 tensor of sequence offsets, got "
-                        f"{cu_seqlens.dtype if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__}")
-    if cu_seqlens.device != u.device:
-        raise ValueError(f"{op}: cu_seqlens is on {cu_seqlens.device} but u is on {u.device}")
-    if u.shape[0] != 1:
-        raise ValueError(f"{op}: cu_seqlens packs sequences along L and needs batch == 1, got batch {u.shape[0]}")
-    if cu_seqlens.numel() < 2:
-        raise ValueError(f"{op}: cu_seqlens needs at least 2 offsets (one sequence), got {cu_seqlens.numel()}")
-    offsets = cu_seqlens.tolist()
-    if offsets[0] != 0 or offsets[-1] != u.shape[2]:
-        raise ValueError(f"{op}: cu_seqlens must start at 0 and end at L = {u.shape[2]}, got "
-                         f"{offsets[0]} ... {offsets[-1]}")
-    if any(b < a for a, b in zip(offsets, offsets[1:])):
-        raise ValueError(f"{op}: cu_seqlens must not decrease, got {offsets}")
-    return len(offsets) - 1
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -303,14 +280,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         _check_tensor(op, "z", z, u.shape, (u.dtype,), u.device)
     states = batch
     if cu_seqlens is not None:
-        states = _check_cu_seqlens(op, cu_seqlens, u)
+        states = check_cu_seqlens(op, cu_seqlens, u, u.shape[0], u.shape[2])
     if initial_state is not None:
         _check_tensor(op, "initial_state", initial_state, (states, dim, dstate), device=u.device)
     name = _backend.resolve(op, backend, u.device)
     if name == "reference":
         out, last_state = reference.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                    initial_state, cu_seqlens, reverse)
-        last_state = last_state.to(_acc(u.dtype))
+        last_state = last_state.to(opmath_dtype(u.dtype))
     else:
         out, last_state, _ = _backend.op_for("selective_scan", name)(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state,
                                   cu_seqlens, bool(reverse))

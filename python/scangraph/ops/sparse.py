@@ -22,6 +22,7 @@ import torch
 from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.graph import CSRGraph, csr_transpose
+from scangraph.ops._rules import FLOAT_DTYPES, opmath_dtype
 from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 
 REDUCES = ("sum", "mean", "max", "min")
@@ -43,15 +44,11 @@ def _spmm_arg_backward_fake(rowptr, col, rowptr_t, col_t, perm_t, weight, x, gra
     return x.new_empty(x.shape), x.new_empty((col.shape[0] if weight_grad else 0, heads))
 
 
-def _opmath(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _gat_fake(rowptr, col, x, alpha_src, alpha_dst, negative_slope=0.2, rowptr_t=None, col_t=None, perm_t=None,
               dropout=0.0, rng=None):
     torch._check(x.dim() == 3 and alpha_src.dim() == 2 and alpha_dst.dim() == 2)
     rows = rowptr.shape[0] - 1
-    stats = x.new_empty((rows, x.shape[1]), dtype=_opmath(x.dtype))
+    stats = x.new_empty((rows, x.shape[1]), dtype=opmath_dtype(x.dtype))
     return x.new_empty((rows, x.shape[1], x.shape[2])), stats, torch.empty_like(stats)
 
 
@@ -299,7 +296,7 @@ def _check_features(op: str, name: str, t, graph: CSRGraph, rows: int, rows_what
     if t.dim() not in (2, 3):
         raise ValueError(f"{op}: {name} must be (nodes, features) or (nodes, heads, features), "
                          f"got shape {tuple(t.shape)}")
-    if t.dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be float64, float32, float16 or bfloat16, got {t.dtype}")
     if t.shape[0] != rows:
         raise ValueError(f"{op}: {name} must have {rows} rows ({rows_what}), got shape "
@@ -507,16 +504,6 @@ def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alp
     return out, attention.squeeze(1) if single_head else attention
 
 
-def _rows_sorted(graph: CSRGraph) -> bool:
-    """Whether columns ascend within every row (checked once per graph, then cached)."""
-    if getattr(graph, "_rows_sorted", None) is None:
-        steps = graph.col[1:].to(torch.int64) - graph.col[:-1].to(torch.int64)
-        row_start = torch.zeros(graph.num_edges, dtype=torch.bool, device=graph.device)
-        row_start[graph.rowptr[1:-1][graph.rowptr[1:-1] < graph.num_edges]] = True
-        graph._rows_sorted = not bool(((steps < 0) & ~row_start[1:]).any()) if graph.num_edges > 1 else True
-    return graph._rows_sorted
-
-
 def common_neighbor_aggregate(graph: CSRGraph, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                               *, backend: str = "auto") -> torch.Tensor:
     """out[q] = sum of x[k] over the common neighbours k of src[q] and dst[q] (Neural Common
@@ -552,7 +539,7 @@ def common_neighbor_aggregate(graph: CSRGraph, x: torch.Tensor, src: torch.Tenso
             raise ValueError(message)
     if src.shape != dst.shape:
         raise ValueError(f"{op_name}: src and dst must have one length, got {tuple(src.shape)} and {tuple(dst.shape)}")
-    if not torch.compiler.is_compiling() and not _rows_sorted(graph):
+    if not torch.compiler.is_compiling() and not graph.rows_sorted():
         raise ValueError(f"{op_name}: the graph's columns must ascend within each row "
                          "(CSRGraph.from_edge_index builds it so)")
     name = _backend.resolve("common_neighbors", backend, x.device)
