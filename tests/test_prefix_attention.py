@@ -284,13 +284,15 @@ def _bad_calls():
         "dtype mismatch": (lambda: pa(q, k, v.double()), TypeError, "v must have the dtype of k (torch.float32)"),
         "integer k": (lambda: pa(q, k.long(), v), TypeError, "k must be float64, float32"),
         "device mismatch": (lambda: pa(q, k, v.to("meta")), ValueError, "v is on meta but k is on cpu"),
-        "cu_seqlens int64": (lambda: pa(q, k[:1], v[:1], cu_seqlens=cu.long()), ValueError,
-                             "cu_seqlens must be a 1-D int32 tensor"),
-        "cu_seqlens start": (lambda: pa(q, k[:1], v[:1], cu_seqlens=cu + 1), ValueError, "must start at 0, got 1"),
-        "cu_seqlens end": (lambda: pa(q, k[:1], v[:1], cu_seqlens=cu[:2]), ValueError, "must end at L = 5, got 2"),
+        "cu_seqlens int64": (lambda: pa(q, k[:1], v[:1], cu_seqlens=cu.long()), TypeError,
+                             "cu_seqlens must be int32"),
+        "cu_seqlens start": (lambda: pa(q, k[:1], v[:1], cu_seqlens=cu + 1), ValueError,
+                             "must start at 0 and end at L = 5, got [1,"),
+        "cu_seqlens end": (lambda: pa(q, k[:1], v[:1], cu_seqlens=cu[:2]), ValueError,
+                           "must start at 0 and end at L = 5, got [0, 2]"),
         "cu_seqlens decreasing": (lambda: pa(q, k[:1], v[:1], cu_seqlens=torch.tensor([0, 4, 3, 5], dtype=torch.int32)),
-                                  ValueError, "non-decreasing"),
-        "cu_seqlens batch 2": (lambda: pa(q, k, v, cu_seqlens=cu), ValueError, "needs batch == 1, got k of shape (2"),
+                                  ValueError, "must not decrease"),
+        "cu_seqlens batch 2": (lambda: pa(q, k, v, cu_seqlens=cu), ValueError, "needs batch == 1, got batch 2"),
         "state shape": (lambda: pa(q, k, v, initial_state=(state[0][:1], state[1], state[2])), ValueError,
                         "initial_state m must have shape (2, 2)"),
         "state not a triple": (lambda: pa(q, k, v, initial_state=state[:2]), TypeError, "tuple (m, denom, numer)"),
@@ -314,9 +316,9 @@ def test_cpp_op_checks_its_arguments_itself():
     """Called directly, the op validates what the public function would (no crash, no garbage)."""
     q, k, v = (t.detach() for t in _qkv(1, 5, torch.float32, "cpu"))
     op = torch.ops.scangraph.prefix_attention
-    with pytest.raises(RuntimeError, match="cu_seqlens must be non-decreasing"):
+    with pytest.raises(RuntimeError, match="cu_seqlens must not decrease"):
         op(q, k, v, 1.0, None, None, None, torch.tensor([0, 4, 3, 5], dtype=torch.int32))
-    with pytest.raises(RuntimeError, match=r"cu_seqlens\[-1\] must equal L = 5"):
+    with pytest.raises(RuntimeError, match="cu_seqlens must start at 0 and end at L = 5"):
         op(q, k, v, 1.0, None, None, None, torch.tensor([0, 4], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="m0 must be Float"):
         op(q, k, v, 1.0, torch.zeros(1, HEADS, dtype=torch.float64), torch.zeros(1, HEADS),

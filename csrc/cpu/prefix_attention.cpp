@@ -293,19 +293,6 @@ __attribute__((target("avx2,fma"))) void backward_avx2(const PrefixAttentionBack
 }
 #endif
 
-// Values of cu_seqlens are read by the kernels as offsets: check them first.
-void validate_cu_seqlens(const std::optional<at::Tensor>& cu_seqlens, int64_t seqlen, const char* op) {
-  if (!cu_seqlens.has_value()) return;
-  const at::Tensor cu = cu_seqlens->contiguous();
-  const int32_t* c = cu.data_ptr<int32_t>();
-  const int64_t n = cu.numel();
-  TORCH_CHECK(c[0] == 0, op, ": cu_seqlens[0] must be 0, got ", c[0]);
-  TORCH_CHECK(c[n - 1] == seqlen, op, ": cu_seqlens[-1] must equal L = ", seqlen, ", got ", c[n - 1]);
-  for (int64_t i = 0; i + 1 < n; ++i)
-    TORCH_CHECK(c[i] <= c[i + 1], op, ": cu_seqlens must be non-decreasing, but cu_seqlens[", i, "] = ", c[i],
-                " > cu_seqlens[", i + 1, "] = ", c[i + 1]);
-}
-
 // Multiply-adds below which a chunk of tasks runs inline: waking the thread pool costs more
 // than such a chunk (a decode step, small training shapes), and on a shared machine much more.
 constexpr int64_t kMinParallelWork = int64_t(1) << 16;
@@ -339,7 +326,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& c0, const std::optional<at::Tensor>& w0,
     const std::optional<at::Tensor>& cu_seqlens) {
   const PrefixAttentionCall call = prepare_prefix_attention(q, k, v, scale, m0, c0, w0, cu_seqlens);
-  validate_cu_seqlens(cu_seqlens, call.params.seqlen, "scangraph::prefix_attention");
   run_forward(call.params, k.scalar_type());
   return {call.o, call.m, call.c, call.m_last, call.c_last, call.w_last};
 }
@@ -360,7 +346,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const PrefixAttentionBackwardCall call = prepare_prefix_attention_backward(
       q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last, grad_c_last, grad_w_last);
   const PrefixAttentionBackwardParams& p = call.params;
-  validate_cu_seqlens(cu_seqlens, p.seqlen, "scangraph::prefix_attention_backward");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k.scalar_type(), "prefix_attention_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {

@@ -1,7 +1,7 @@
 // Torch-side argument checks and parameter packing shared by the CPU and CUDA glue of the
 // prefix-attention ops. Kernels never see a Tensor: they get the structs of
-// prefix_attention_params.h. cu_seqlens values are checked by the CPU op and by the public
-// Python function (a check here would synchronise the device on every CUDA call).
+// prefix_attention_params.h. cu_seqlens: glue/cu_seqlens.h (its values on CPU tensors; on a
+// GPU the public Python function checks them, a check here would synchronise the device).
 #pragma once
 #include <ATen/ATen.h>
 #include <limits>
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "scangraph/prefix_attention_params.h"
+#include "glue/cu_seqlens.h"
 #include "glue/output_tensor.h"
 
 namespace scangraph {
@@ -53,16 +54,7 @@ inline PrefixAttentionShape check_prefix_attention_inputs(const at::Tensor& q, c
   TORCH_CHECK(q.dim() == 2 || s.q3.size(0) == s.batch, op, ": a per-batch q must be (", s.batch, ", ",
               s.heads, ", ", s.dim, "), got shape ", q.sizes());
   if (cu_seqlens.has_value()) {
-    const at::Tensor& cu = *cu_seqlens;
-    TORCH_CHECK(cu.dim() == 1 && cu.scalar_type() == at::kInt && cu.numel() >= 1, op,
-                ": cu_seqlens must be a 1-D int32 tensor of num_seqs + 1 offsets, got ", cu.dim(), "-D ",
-                cu.scalar_type(), " of ", cu.numel(), " elements");
-    TORCH_CHECK(cu.device() == k.device(), op, ": cu_seqlens must be on ", k.device(), ", got ", cu.device());
-    TORCH_CHECK(s.batch == 1, op, ": cu_seqlens packs sequences along L and needs batch == 1, got batch ",
-                s.batch);
-    TORCH_CHECK(s.seqlen < std::numeric_limits<int32_t>::max(), op, ": cu_seqlens is int32, L = ", s.seqlen,
-                " does not fit");
-    s.num_seqs = cu.numel() - 1;
+    s.num_seqs = check_cu_seqlens(*cu_seqlens, k, s.batch, s.seqlen, op);
   } else {
     s.num_seqs = s.batch;
   }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "scangraph/selective_scan_params.h"
+#include "glue/cu_seqlens.h"
 #include "glue/output_tensor.h"
 
 namespace scangraph {
@@ -106,22 +107,8 @@ inline ScanInputs prepare_scan_inputs(const at::Tensor& u, const at::Tensor& del
   }
   int64_t num_sequences = batch;
   if (cu_seqlens.has_value()) {
-    const at::Tensor& cu = *cu_seqlens;
-    TORCH_CHECK(cu.dim() == 1 && cu.scalar_type() == at::kInt && cu.numel() >= 2, op,
-                ": cu_seqlens must be a 1-D int32 tensor of num_sequences + 1 >= 2 offsets, got ", cu.dim(),
-                "-D ", cu.scalar_type(), " of ", cu.numel());
-    TORCH_CHECK(batch == 1, op, ": cu_seqlens packs sequences along L and needs batch == 1, got batch ", batch);
-    check_same_device(cu, u, op, "cu_seqlens");
-    in.cu_seqlens = cu.contiguous();
-    if (cu.device().is_cpu()) {  // on a GPU the Python layer checks (one sync there, none here)
-      const int32_t* c = in.cu_seqlens.data_ptr<int32_t>();
-      TORCH_CHECK(c[0] == 0 && c[cu.numel() - 1] == length, op, ": cu_seqlens must start at 0 and end at L = ",
-                  length, ", got ", c[0], " ... ", c[cu.numel() - 1]);
-      for (int64_t i = 1; i < cu.numel(); ++i) {
-        TORCH_CHECK(c[i] >= c[i - 1], op, ": cu_seqlens must not decrease, got ", c[i - 1], " then ", c[i]);
-      }
-    }
-    num_sequences = cu.numel() - 1;
+    num_sequences = check_cu_seqlens(*cu_seqlens, u, batch, length, op);
+    in.cu_seqlens = cu_seqlens->contiguous();
   }
   if (initial_state.has_value()) {
     const at::Tensor& h0 = *initial_state;
