@@ -1,5 +1,5 @@
 """Dropout inside Triton kernels: the bit layout of csrc/include/scangraph/philox.h (Philox4x32-10
-keyed by the seed, counter (n, offset), word 0, kept when its top 24 bits reach round(p * 2^24)),
+keyed by the seed, counter (n, offset), word 0, kept when its top 24 bits reach floor(p * 2^24 + 1/2)),
 so a Triton kernel's mask equals the CPU and CUDA kernels' element for element."""
 import triton
 import triton.language as tl
@@ -21,8 +21,8 @@ def dropout_factor(rng_ptr, n, threshold, scale):
 
 
 def dropout_threshold(p: float) -> int:
-    """Kept when the 24 random bits are >= round(p * 2^24)."""
-    return int(round(p * (1 << 24)))
+    """Kept when the 24 random bits are >= floor(p * 2^24 + 1/2)."""
+    return int(p * (1 << 24) + 0.5)  # rounded half up, as philox.h computes it
 
 
 def dropout_scale(p: float) -> float:

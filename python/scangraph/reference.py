@@ -102,8 +102,8 @@ def philox4x32_10_word0(counter, key) -> torch.Tensor:
 
 
 def dropout_threshold(p: float) -> int:
-    """Elements whose 24 random bits are >= this are kept: round(p * 2^24)."""
-    return int(round(p * (1 << 24)))
+    """Elements whose 24 random bits are >= this are kept: floor(p * 2^24 + 1/2)."""
+    return int(p * (1 << 24) + 0.5)  # rounded half up, as philox.h computes it
 
 
 def dropout_keep(rng: torch.Tensor, numel: int, p: float) -> torch.Tensor:

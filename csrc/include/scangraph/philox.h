@@ -7,7 +7,7 @@
 //   key     = (seed mod 2^32, seed div 2^32)
 //   counter = (n mod 2^32, n div 2^32, offset mod 2^32, offset div 2^32)
 //   keep    = (word 0 of Philox4x32-10(counter, key)) >> 8  >=  threshold,
-//             threshold = round(p * 2^24),
+//             threshold = floor(p * 2^24 + 1/2),
 // n the element's index (for GAT attention: CSR edge * heads + head). A kept element is scaled
 // by 1 / (1 - p), as torch.nn.functional.dropout does.
 #pragma once
@@ -42,11 +42,11 @@ SCANGRAPH_HOST_DEVICE uint32_t philox4x32_10_word0(uint32_t c0, uint32_t c1, uin
 // draw each time rather than one mask forever).
 struct DropoutParams {
   const int64_t* rng = nullptr;
-  uint32_t threshold = 0;  // round(p * 2^24)
+  uint32_t threshold = 0;  // floor(p * 2^24 + 1/2)
   double scale = 1.0;      // 1 / (1 - p); 0 for p = 1
 };
 
-// The rule of p: kept when the 24 random bits are >= round(p * 2^24); scaled by 1 / (1 - p).
+// The rule of p: kept when the 24 random bits are >= floor(p * 2^24 + 1/2); scaled by 1 / (1 - p).
 inline uint32_t dropout_threshold(double p) { return uint32_t(p * double(1u << 24) + 0.5); }
 inline double dropout_scale(double p) { return p < 1.0 ? 1.0 / (1.0 - p) : 0.0; }
 
