@@ -20,32 +20,27 @@ import copy
 import json
 import statistics
 import time
-import warnings
 
 import torch
 
 from scangraph import datasets, train
+from scangraph.bench.sparse import coo_adjacency, sparse_product_common_neighbors
 from scangraph.nn import ncn as ncn_module
 
 CITESEER = dict(feature_dropout=0.4, propagation_dropout=0.0, cn_edge_dropout=0.0, predictor_dropout=0.55,
                 encoder_dropout=0.75, lr=0.0085, predictor_lr=0.0078, batch_size=384, predictor_layers=2)
 
 
-def sparse_product_common_neighbors(graph, x, src, dst, backend=None):
-    """sum of x over N(src) ∩ N(dst) as (A[src] ∘ A[dst]) @ x with torch.sparse (the baseline)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        adjacency = torch.sparse_coo_tensor(torch.stack([graph.edge_rows(), graph.col.long()]),
-                                            torch.ones(graph.num_edges, dtype=x.dtype),
-                                            (graph.num_rows, graph.num_cols)).coalesce()
-        return torch.sparse.mm(adjacency.index_select(0, src) * adjacency.index_select(0, dst), x)
+def sparse_product(graph, x, src, dst, backend=None):
+    """common_neighbor_aggregate's signature over the bench's sparse-product baseline."""
+    return sparse_product_common_neighbors(coo_adjacency(graph, x.dtype), x, src, dst)
 
 
 @contextlib.contextmanager
 def common_neighbors(implementation):
     original = ncn_module.common_neighbor_aggregate
     if implementation == "sparse_product":
-        ncn_module.common_neighbor_aggregate = sparse_product_common_neighbors
+        ncn_module.common_neighbor_aggregate = sparse_product
     try:
         yield
     finally:
@@ -71,9 +66,7 @@ def main():
     runs = {}
     for name in ("scangraph", "sparse_product"):
         copied = copy.deepcopy(model)
-        optimizer = torch.optim.Adam([{"params": copied.encoder.parameters(), "lr": cfg["lr"]},
-                                      {"params": copied.predictor.parameters(), "lr": cfg["predictor_lr"]}])
-        runs[name] = (copied, optimizer, [])
+        runs[name] = (copied, train.link_optimizer(copied, cfg), [])
     for epoch in range(args.warmup + args.epochs):
         for name, (copied, optimizer, times) in runs.items():
             with common_neighbors(name):

@@ -11,7 +11,7 @@ import scangraph
 from conftest import assert_close, backend_params
 from graphs import make_graph
 from scangraph import reference
-from test_sparse import _gat_inputs, _runs_to_compare, _skewed_graph, _split_threshold
+from test_sparse import _gat_inputs, _repeated_runs, _skewed_graph, _split_threshold
 
 
 def _generator(seed=11):
@@ -82,21 +82,15 @@ def test_forward_backward_match_the_reference(backend_device, dtype, monkeypatch
     graph = _skewed_graph(_split_threshold(backend, monkeypatch)).to(device)
     x, a_src, a_dst = _gat_inputs(graph, 2, 6, dtype, device)
     grad = torch.randn(graph.num_rows, 2, 6, dtype=dtype).to(device)
-    runs = []
-    for _ in range(_runs_to_compare(backend, device)):
-        for t in (x, a_src, a_dst):
-            t.grad = None
-        out = scangraph.gat_aggregate(graph, x, a_src, a_dst, 0.2, 0.6, generator=_generator(), backend=backend)
-        out.backward(grad)
-        runs.append([out.detach().clone()] + [t.grad.clone() for t in (x, a_src, a_dst)])
-    for later in runs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(runs[0], later))
+    first = _repeated_runs(
+        lambda: scangraph.gat_aggregate(graph, x, a_src, a_dst, 0.2, 0.6, generator=_generator(), backend=backend),
+        (x, a_src, a_dst), grad, backend, device)
     ref_inputs = [t.detach().cpu().double().requires_grad_() for t in (x, a_src, a_dst)]
     cpu = graph.to("cpu")
     ref = reference.gat_aggregate(cpu.rowptr, cpu.col, *ref_inputs, 0.2, 0.6, _rng_of(11))
     ref.backward(grad.cpu().double())
-    assert_close(runs[0][0].cpu(), ref, dtype)
-    for mine, theirs in zip(runs[0][1:], ref_inputs):
+    assert_close(first[0].cpu(), ref, dtype)
+    for mine, theirs in zip(first[1:], ref_inputs):
         assert_close(mine.cpu(), theirs.grad, dtype, scale=4.0)
 
 

@@ -180,6 +180,22 @@ def _runs_to_compare(backend, device):
     return 1 if backend == "triton" and device == "cpu" else 2
 
 
+def _repeated_runs(call, inputs, grad, backend, device):
+    """[output, gradients of inputs] of `call()` backpropagating grad, after checking that every
+    run _runs_to_compare asks for gives the same bits."""
+    runs = []
+    for _ in range(_runs_to_compare(backend, device)):
+        for t in inputs:
+            t.grad = None
+        out = call()
+        out.backward(grad)
+        runs.append([out.detach().clone()] + [t.grad.clone() for t in inputs])
+    for later in runs[1:]:
+        for first, second in zip(runs[0], later):
+            assert torch.equal(first, second)
+    return runs[0]
+
+
 def _split_threshold(backend, monkeypatch):
     if backend == "triton":
         from scangraph.triton_kernels import sparse as triton_sparse
@@ -413,24 +429,16 @@ def test_gat_aggregate_splits_long_rows(backend_device, dtype, monkeypatch):
     graph = _skewed_graph(_split_threshold(backend, monkeypatch)).to(device)
     x, a_src, a_dst = _gat_inputs(graph, 2, 7, dtype, device)
     grad = torch.randn(graph.num_rows, 2, 7, dtype=dtype).to(device)
-    runs = []
-    for _ in range(_runs_to_compare(backend, device)):
-        for t in (x, a_src, a_dst):
-            t.grad = None
-        out = scangraph.gat_aggregate(graph, x, a_src, a_dst, 0.2, backend=backend)
-        out.backward(grad)
-        runs.append([out.detach().clone()] + [t.grad.clone() for t in (x, a_src, a_dst)])
-    for later in runs[1:]:
-        for first, second in zip(runs[0], later):
-            assert torch.equal(first, second)
+    first = _repeated_runs(lambda: scangraph.gat_aggregate(graph, x, a_src, a_dst, 0.2, backend=backend),
+                           (x, a_src, a_dst), grad, backend, device)
     ref_inputs = [t.detach().cpu().double().requires_grad_() for t in (x, a_src, a_dst)]
     cpu = graph.to("cpu")
     ref = reference.gat_aggregate(cpu.rowptr, cpu.col, *ref_inputs, 0.2)
     ref.backward(grad.cpu().double())
-    assert_close(runs[0][0].cpu(), ref, dtype)
-    assert_close(runs[0][1].cpu(), ref_inputs[0].grad, dtype)
+    assert_close(first[0].cpu(), ref, dtype)
+    assert_close(first[1].cpu(), ref_inputs[0].grad, dtype)
     cancel = 1.0 if dtype == torch.float32 else 4.0 * max(1.0, float(x.detach().abs().max()))
-    for mine, theirs in zip(runs[0][2:], ref_inputs[1:]):
+    for mine, theirs in zip(first[2:], ref_inputs[1:]):
         assert_close(mine.cpu(), theirs.grad, dtype, scale=cancel)
 
 

@@ -198,12 +198,11 @@ def hits_at_k(pos_scores: torch.Tensor, neg_scores: torch.Tensor, k: int) -> flo
 def _negative_pairs(train_pos: torch.Tensor, num_nodes: int, count: int) -> torch.Tensor:
     """`count` uniform directed pairs (i != j) that are not training edges in either direction
     (PyG's negative_sampling, as the authors draw them once per epoch)."""
-    edges = set((train_pos[0] * num_nodes + train_pos[1]).tolist()) | set((train_pos[1] * num_nodes + train_pos[0]).tolist())
+    edges = torch.cat([train_pos[0] * num_nodes + train_pos[1], train_pos[1] * num_nodes + train_pos[0]])
     pairs = torch.empty(2, 0, dtype=torch.int64)
     while pairs.shape[1] < count:
         draw = torch.randint(0, num_nodes, (2, 2 * (count - pairs.shape[1]) + 16))
-        ok = (draw[0] != draw[1]) & ~torch.tensor([int(k) in edges for k in (draw[0] * num_nodes + draw[1]).tolist()],
-                                                  dtype=torch.bool)
+        ok = (draw[0] != draw[1]) & ~torch.isin(draw[0] * num_nodes + draw[1], edges)
         pairs = torch.cat([pairs, draw[:, ok]], 1)
     return pairs[:, :count]
 
@@ -232,16 +231,20 @@ def link_epoch(model: nn.Module, optimizer, data: datasets.NodeData, split: data
     return loss
 
 
+def link_optimizer(model: nn.Module, cfg: Dict) -> torch.optim.Optimizer:
+    """NCN's Adam: one learning rate for the encoder, one for the predictor."""
+    return torch.optim.Adam([{"params": model.encoder.parameters(), "lr": cfg["lr"]},
+                             {"params": model.predictor.parameters(), "lr": cfg["predictor_lr"]}],
+                            weight_decay=cfg["weight_decay"])
+
+
 def build_link_model(in_channels: int, cfg: Dict):
-    """(NCN, its Adam with the encoder's and the predictor's learning rates) from cfg."""
+    """(NCN, its optimizer) from cfg."""
     model = sgnn.NCN(in_channels, cfg["hidden"], 1, num_layers=cfg["layers"],
                      feature_dropout=cfg["feature_dropout"], encoder_dropout=cfg["encoder_dropout"],
                      propagation_dropout=cfg["propagation_dropout"], predictor_dropout=cfg["predictor_dropout"],
                      cn_edge_dropout=cfg["cn_edge_dropout"], predictor_layers=cfg["predictor_layers"])
-    optimizer = torch.optim.Adam([{"params": model.encoder.parameters(), "lr": cfg["lr"]},
-                                  {"params": model.predictor.parameters(), "lr": cfg["predictor_lr"]}],
-                                 weight_decay=cfg["weight_decay"])
-    return model, optimizer
+    return model, link_optimizer(model, cfg)
 
 
 def train_link_predictor(data: datasets.NodeData, cfg: Dict, seed: int, progress: bool = True) -> Dict:

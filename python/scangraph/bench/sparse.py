@@ -161,6 +161,21 @@ def _gat_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: to
     return case
 
 
+def coo_adjacency(graph: CSRGraph, dtype: torch.dtype) -> torch.Tensor:
+    """The graph as a coalesced torch sparse COO matrix of ones, A[i, j] for an edge j -> i."""
+    with warnings.catch_warnings():  # torch's invariant-check notice about sparse tensors
+        warnings.simplefilter("ignore", UserWarning)
+        src, dst = graph.to_edge_index()
+        return torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones(graph.num_edges, dtype=dtype, device=graph.device),
+                                       (graph.num_rows, graph.num_cols)).coalesce()
+
+
+def sparse_product_common_neighbors(adjacency: torch.Tensor, x: torch.Tensor, src: torch.Tensor,
+                                    dst: torch.Tensor) -> torch.Tensor:
+    """The baseline of common_neighbor_aggregate: (A[src] ∘ A[dst]) @ x with torch.sparse."""
+    return torch.sparse.mm(adjacency.index_select(0, src) * adjacency.index_select(0, dst), x)
+
+
 def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, options: Options,
                           num_pairs: int = 20_000) -> Case:
     """Common-neighbour sums of target edges (the link-prediction setting of NCN) against the
@@ -169,11 +184,7 @@ def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype
     picked = torch.randint(0, max(graph.num_edges, 1), (min(num_pairs, graph.num_edges),), generator=generator)
     src_all, dst_all = graph.to_edge_index()
     src, dst = src_all[picked.to(device)], dst_all[picked.to(device)]
-    with warnings.catch_warnings():  # torch's invariant-check notice about sparse tensors
-        warnings.simplefilter("ignore", UserWarning)
-        adjacency = torch.sparse_coo_tensor(
-            torch.stack([dst_all, src_all]), torch.ones(graph.num_edges, dtype=dtype, device=device),
-            (graph.num_rows, graph.num_cols)).coalesce()
+    adjacency = coo_adjacency(graph, dtype)
     element = torch.empty((), dtype=dtype).element_size()
     case, add = _feature_case(
         "common_neighbors", name, graph, f, dtype, device,
@@ -182,8 +193,7 @@ def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype
     for backend in our_backends("common_neighbors", device, options):
         add(f"scangraph.{backend}",
             lambda t, b=backend: scangraph.common_neighbor_aggregate(graph, t, src, dst, backend=b))
-    add("sparse_product", lambda t: torch.sparse.mm(
-        adjacency.index_select(0, src) * adjacency.index_select(0, dst), t))
+    add("sparse_product", lambda t: sparse_product_common_neighbors(adjacency, t, src, dst))
     return case
 
 

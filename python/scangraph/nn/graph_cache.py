@@ -122,6 +122,17 @@ def _graph_of_matrix(matrix) -> CSRGraph:
     return graph
 
 
+def subgraph_of_edges(graph: CSRGraph, keep: torch.Tensor) -> CSRGraph:
+    """The CSR graph of the edges where `keep` (a (num_edges,) bool mask) is true, order kept
+    (so sorted rows stay sorted)."""
+    kept_per_row = torch.bincount(graph.edge_rows()[keep], minlength=graph.num_rows)
+    rowptr = torch.cat([kept_per_row.new_zeros(1), kept_per_row.cumsum(0)])
+    return CSRGraph(rowptr, graph.col[keep],
+                    None if graph.edge_weight is None else graph.edge_weight[keep],
+                    num_cols=graph.num_cols,
+                    edge_ids=None if graph.edge_ids is None else graph.edge_ids[keep], validate=False)
+
+
 def with_self_loops(graph: CSRGraph, fill_value: float = 1.0) -> CSRGraph:
     """Every node gets exactly one self loop (PyG's add_remaining_self_loops): existing loops keep
     their weight, the others weigh `fill_value`. Columns stay sorted within rows. The new graph's

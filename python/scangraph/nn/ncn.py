@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scangraph.graph import CSRGraph
-from scangraph.nn.graph_cache import GraphLike, as_csr, gcn_graph, num_nodes_of
+from scangraph.nn.graph_cache import GraphLike, as_csr, gcn_graph, num_nodes_of, subgraph_of_edges
 from scangraph.ops.sparse import common_neighbor_aggregate, spmm
 
 
@@ -67,16 +66,10 @@ class NCNPredictor(nn.Module):
                                  nn.Linear(w, out_channels))
         self.beta = nn.Parameter(torch.tensor(float(beta)))
 
-    def _dropped(self, graph: CSRGraph) -> CSRGraph:
-        keep = torch.rand(graph.num_edges, device=graph.device) >= self.cn_edge_dropout
-        kept_per_row = torch.bincount(graph.edge_rows()[keep], minlength=graph.num_rows)
-        rowptr = torch.cat([kept_per_row.new_zeros(1), kept_per_row.cumsum(0)])
-        return CSRGraph(rowptr, graph.col[keep], num_cols=graph.num_cols, validate=False)  # rows stay sorted
-
     def forward(self, h: torch.Tensor, edge_index: GraphLike, pairs: torch.Tensor) -> torch.Tensor:
         graph = as_csr(h, edge_index)
         if self.training and self.cn_edge_dropout > 0:
-            graph = self._dropped(graph)
+            graph = subgraph_of_edges(graph, torch.rand(graph.num_edges, device=graph.device) >= self.cn_edge_dropout)
         src, dst = pairs[0].to(torch.int64).contiguous(), pairs[1].to(torch.int64).contiguous()
         cn = common_neighbor_aggregate(graph, h + self.mlp_x(h), src, dst)
         out = self.lin(self.beta * self.mlp_cn(cn) + self.mlp_ij(h[src] * h[dst]))
