@@ -93,3 +93,34 @@ def test_resident_blocks_follow_the_hardware_limits():
     assert plan.resident_blocks(256, 255, 0) == 1            # registers
     assert plan.resident_blocks(128, 64, 100 * 1024) == 2    # shared memory
     assert plan.resident_blocks(32, 16, 0) == 32             # the block limit
+
+
+@pytest.mark.parametrize("batch, dim, length, groups", [(2, 512, 2048, 1), (1, 64, 32768, 1), (1, 64, 32768, None)])
+def test_selective_scan_triton_fills_the_gpu_along_L(batch, dim, length, groups):
+    """The CPU bench shape and a GraphMamba-style packed call (one sequence of 32768 tokens, 64
+    channels): the forward's, the flow pass's and the backward's programs x warps reach the
+    target, and no program walks more than its segment of L (for each of its channels: the varying
+    backward's partitions walk rounds of channels)."""
+    inputs = {k: v.requires_grad_() for k, v in _scan_inputs(batch, dim, length, 16).items()}
+    if groups is None:
+        inputs["B"], inputs["C"] = (torch.randn(dim, 16).requires_grad_() for _ in range(2))
+
+    def run():
+        scangraph.selective_scan(**inputs, backend="triton").sum().backward()
+
+    launches = _record("triton", run)
+    columns = dict(batch=batch, dim=dim, L=length, N=16)
+    seen = set()
+    for name, grid, warps in launches:
+        base = kernel_name(name)
+        if base not in ("_scan_fwd_kernel", "_scan_flow_kernel", "_scan_bwd_kernel"):
+            continue
+        seen.add(base)
+        assert _warps(grid, warps) >= 0.9 * TARGET_WARPS, (name, grid, warps)
+        positions = math.ceil(length / grid[1])
+        steps = plan.chain_steps(base, grid, _warps(grid, warps), columns, "triton")
+        channels = plan._channels_per_worker(columns, grid[1], grid[0] * grid[1])
+        assert steps <= 2 * channels * math.ceil(positions / 64) * 16, (name, steps)
+    assert seen >= {"_scan_fwd_kernel", "_scan_bwd_kernel"}
+    if length > 4096:
+        assert "_scan_flow_kernel" in seen

@@ -68,10 +68,6 @@ def run_forward(case):
 
 def run_backward(case, grad_out, grad_last, checkpoints):
     u, A, B = case["u"], case["A"], case["B"]
-    batch, dim, length = u.shape
-    dstate = A.shape[1]
-    acc = _acc(u.dtype)
-    varying = B.dim() == 4
     grads = dict(
         du=torch.empty_like(u), ddelta=torch.empty_like(u),
         dz=torch.empty_like(u) if case["z"] is not None else None,
@@ -79,14 +75,7 @@ def run_backward(case, grad_out, grad_last, checkpoints):
         dD=torch.empty_like(case["D"]) if case["D"] is not None else None,
         ddelta_bias=torch.empty_like(case["delta_bias"]) if case["delta_bias"] is not None else None,
         dinitial_state=torch.empty_like(case["initial_state"]) if case["initial_state"] is not None else None)
-    param_partial = torch.zeros(batch, dim, 3 * dstate + 2, dtype=acc, device=u.device)
-    bc_partial = None
-    if varying:
-        groups = B.shape[1]
-        bc_partial = torch.zeros(kernels.scan_partitions(dim // groups), batch, groups, 2, dstate, length,
-                                 dtype=acc, device=u.device)
-    kernels.launch_selective_scan_backward(_direct, grad_out, grad_last, checkpoints=checkpoints,
-                                           param_partial=param_partial, bc_partial=bc_partial, **case, **grads)
+    kernels.launch_selective_scan_backward(_direct, grad_out, grad_last, checkpoints=checkpoints, **case, **grads)
     return grads
 
 
@@ -220,11 +209,15 @@ def test_partitions_of_a_group(monkeypatch):
     check_case(make_case(2, 6, 70, 3, groups=1, z=False), repeat=True)
 
 
-def test_sub_chunks(monkeypatch):
-    # Large N scans tiles shorter than a chunk (N = 128 scans 32 positions); the backward then
-    # advances from the chunk's checkpoint. A smaller tile budget exercises it with N = 3.
-    monkeypatch.setattr(kernels, "MAX_TILE", 64)
-    assert kernels._state_block(3) == (4, 16)
+@pytest.mark.parametrize("forward_tile", [64, 4096])
+def test_sub_chunks(monkeypatch, forward_tile):
+    # Large N scans tiles shorter than a chunk (N = 64 scans 16 positions in the backward); the
+    # backward then advances from the chunk's checkpoint. A smaller tile budget exercises it with
+    # N = 3, with the forward's tile as short or a whole chunk.
+    monkeypatch.setattr(kernels, "MAX_TILE", forward_tile)
+    monkeypatch.setattr(kernels, "MAX_BACKWARD_TILE", 64)
+    assert kernels.state_block(3, backward=True) == (4, 16)
+    assert kernels.state_block(3) == (4, 16 if forward_tile == 64 else 64)
     check_case(make_case(2, 2, 70, 3, groups=2, cu=None, reverse=True))
 
 
@@ -278,3 +271,33 @@ def test_half_precision_inputs(dtype):
         got = grads[GRAD_NAMES[name]]
         scale = 4 * ref.abs().max().item() if got.dtype == dtype else 1e-3
         torch.testing.assert_close(got.double(), ref, atol=atol * scale, rtol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("target, reverse, groups, forward, backward", [
+    (1, False, 1, 1, 1), (32, True, None, 2, 2), (32, False, 1, 2, 4), (10**6, True, 1, 4, 4)])
+def test_segments_of_the_scan_order(monkeypatch, target, reverse, groups, forward, backward):
+    # L = 200 is 4 chunks, the last one short. The GPU target decides how many segments the
+    # forward and the backward cut it into (their summary pass, composition and full pass); the
+    # packed sequences cross segment boundaries, one is empty and one has a single position.
+    monkeypatch.setattr(kernels, "TARGET_WARPS", target)
+    monkeypatch.setattr(kernels, "scan_partitions", lambda channels: 2)
+    assert kernels.scan_segments(4, 4, 200)[1] == forward    # 4 channels, 4 warps each
+    programs = 4
+    if groups is not None:  # 2 partitions, or one per channel when the target wants more
+        programs = kernels.backward_partitions(1, 1, 4, 200, 4)
+        assert programs == (4 if target > 100 else 2)
+    assert kernels.scan_segments(programs, 4, 200)[1] == backward
+    case = make_case(1, 4, 200, 3, groups=groups, cu=[0, 1, 1, 100, 199, 200], reverse=reverse)
+    check_case(case, repeat=True)
+
+
+def test_segments_fill_the_gpu():
+    # Whole chunks per segment, as few segments as give TARGET_WARPS, never more than the chunks.
+    assert kernels.scan_segments(8 * 16, 8, 4096) == (448, 10)     # the bench backward, varying B / C
+    assert kernels.backward_partitions(8, 1, 2048, 4096, 8) == 16  # its partitions: scan_partitions
+    assert kernels.backward_partitions(2, 1, 512, 2048, 8) == 17   # b2 d512 L2048: more fill the GPU
+    assert kernels.backward_partitions(1, 1, 3, 64, 8) == 3        # at most one per channel
+    assert kernels.scan_segments(8 * 2048, 4, 4096) == (4096, 1)   # the bench forward: channels suffice
+    assert kernels.scan_segments(64, 4, 100_000) == (3008, 34)     # a GraphMamba-style packed call
+    assert kernels.scan_segments(1, 4, 64) == (64, 1)
+    assert kernels.scan_segments(1, 4, 0) == (1, 1)

@@ -14,3 +14,9 @@ except ImportError as error:
     IMPORT_ERROR = error
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Warps that fill the GPU the launch rules aim at: SMs x 64, the most warps an SM holds (132 x 64
+# on an H100 / H200), as cuda_target_warps() of the CUDA launchers. A launch with fewer programs
+# than this cuts the scan order into segments (selective_scan.scan_segments,
+# prefix_attention.segment_length).
+TARGET_WARPS = 132 * 64

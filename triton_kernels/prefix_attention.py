@@ -25,6 +25,7 @@ import triton.language as tl
 
 from scangraph.ops._rules import opmath_dtype
 
+from . import TARGET_WARPS
 from .accumulate import accumulator
 
 # The chunk's (BLOCK_L, BLOCK_L, BLOCK_DV) product is the largest live tile: 16K values keeps it
@@ -336,8 +337,6 @@ def _layout(q, k, v):
     return q3, (0 if q3.shape[0] == 1 else q3.stride(0)), k, v
 
 
-# Warps that fill the GPU (SMs x 64 on an H100 / H200: 132 x 64), as in the CUDA launch rule.
-TARGET_WARPS = 132 * 64
 MIN_SEGMENT = 16  # kPrefixMinSegment of prefix_attention_params.h
 NUM_WARPS = 4     # Triton's default per program
 

@@ -9,25 +9,38 @@ the state is carried across sub-chunks and stored every kScanChunk positions (th
 A sequence start (cu_seqlens) zeroes its gate and adds a * h0 to its input, which keeps the
 scan associative while cutting the carried state.
 
-Backward: one program per (batch, group, partition) for varying B / C (per (batch, channel) for
-fixed ones) loops over its channels in order; per channel the sub-chunks are visited in reverse
-scan order, their states recomputed from the checkpoint, and the adjoint computed by a second
-associative scan run on the flipped tile. Every reduction goes through a partial buffer that one
-program owns (param_partial, bc_partial) and a fixed-order sum: no atomics, bitwise reproducible.
+Along L: when the programs leave the GPU short of TARGET_WARPS, the scan order is cut into
+segments of whole chunks (scan_segments). MODE 1 of the forward gives each segment's map
+h -> P h + Q from a zero state, _segments_kernel composes the maps in order into the state
+entering each segment, and MODE 2 runs every segment from it (MODE 0: one segment).
+
+Backward: the flow pass (_scan_flow_kernel) gives each segment's map of the adjoint flow, which
+_segments_kernel composes right to left. Then one program per (batch, group, partition) and
+segment for varying B / C (per (batch, channel) and segment for fixed ones) visits the
+segment's sub-chunks in reverse scan order and, inside each, its channels in order: the states
+are recomputed from the checkpoint, the adjoint computed by a second associative scan run on the
+flipped tile, and the sub-chunk's dB / dC summed over the channels in registers. Every reduction
+goes through a partial buffer that one program owns (param_partial, bc_partial) and a
+fixed-order sum: no atomics, bitwise reproducible.
 """
 import torch
 import triton
 import triton.language as tl
 
 
+from scangraph.ops._rules import opmath_dtype
+
+from . import TARGET_WARPS
 from .accumulate import accumulator
 
 # kScanChunk of selective_scan_params.h: the checkpoint spacing shared by every backend.
 CHUNK = 64
 LOG2E = tl.constexpr(1.4426950408889634)
-# Elements of one (SUB, N) tile: beyond this the tile would spill registers, so large N scans
-# shorter sub-chunks (SUB always divides CHUNK).
+# Elements of one (SUB, N) tile: beyond these the tile would spill registers, so large N scans
+# shorter sub-chunks (SUB always divides CHUNK). The backward keeps some twenty tiles live, the
+# forward a few: at N = 64 a 4096-element backward tile spilled 1 KB per thread (ptxas, sm_90).
 MAX_TILE = 4096
+MAX_BACKWARD_TILE = 1024
 
 
 def scan_partitions(channels_per_group: int) -> int:
@@ -35,15 +48,25 @@ def scan_partitions(channels_per_group: int) -> int:
     return min(max(channels_per_group // CHUNK, 1), 16)
 
 
-def _state_block(dstate: int):
+def backward_partitions(batch: int, groups: int, channels_per_group: int, length: int, num_warps: int) -> int:
+    """Partitions of a group's channels in the backward with varying B / C: scan_partitions, or
+    more (at most one per channel) when even a segment per chunk would leave the GPU short, as
+    the CUDA rule adds slabs (scan_cuda_shape)."""
+    per_partition = batch * groups * max(triton.cdiv(length, CHUNK), 1) * num_warps
+    wanted = triton.cdiv(TARGET_WARPS, per_partition) if per_partition > 0 else 1
+    return max(1, min(channels_per_group, max(scan_partitions(channels_per_group), wanted)))
+
+
+def state_block(dstate: int, backward: bool = False):
     """(NP, SUB): N padded to a power of two, and the positions per scanned tile."""
     np_ = triton.next_power_of_2(max(dstate, 1))
-    return np_, max(16, min(CHUNK, MAX_TILE // np_))
+    return np_, max(16, min(CHUNK, (MAX_BACKWARD_TILE if backward else MAX_TILE) // np_))
 
 
 def _warps(np_: int, sub: int, backward: bool) -> int:
-    # Checked with ptxas for sm_90: the forward's (64, 16) tile needs 72 registers at 4 warps; the
-    # backward keeps some twenty tiles live and spills at 4 warps from (64, 16) on, not at 8.
+    # Checked with ptxas for sm_90 (triton 3.8): the forward's (64, 16) tile needs 95 registers at
+    # 4 warps; the backward's needs 255 registers and spills 28-56 bytes at 8 warps, more at 4,
+    # and 92 bytes at 16 (capped at 128 registers).
     return 8 if np_ * sub >= (1024 if backward else 4096) else 4
 
 
@@ -88,14 +111,8 @@ def _last_row(x, j, ROW: tl.constexpr):
 
 
 @triton.jit
-def _chunk(s0, b, d, dim, L, N, cpg, groups, n, nmask, A_gate, Bf, Cf, bias,
-           u_ptr, delta_ptr, B_ptr, C_ptr, h0_ptr, start_ptr, end_ptr,
-           VARYING: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr, SOFTPLUS: tl.constexpr,
-           REVERSE: tl.constexpr, EXP2: tl.constexpr, ACC: tl.constexpr, SUB: tl.constexpr):
-    """Everything the scan needs about the scan positions [s0, s0 + SUB) of channel (b, d).
-
-    Rows past L and padded states get the identity element (a = 1, b = 0). a_eff / b_eff are the
-    gate and input after the sequence resets: a start has gate 0 and input a h0 + delta B u."""
+def _positions(s0, L, REVERSE: tl.constexpr, SUB: tl.constexpr):
+    """Tile rows j, their scan positions' sequence index t, and which exist."""
     j = tl.arange(0, SUB)
     s = s0 + j
     valid = s < L
@@ -103,6 +120,35 @@ def _chunk(s0, b, d, dim, L, N, cpg, groups, n, nmask, A_gate, Bf, Cf, bias,
         t = L - 1 - s
     else:
         t = s
+    return j, s, t, valid
+
+
+@triton.jit
+def _bc_tile(s0, b, g, L, N, groups, n, nmask, Bf, Cf, B_ptr, C_ptr,
+             VARYING: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr, SUB: tl.constexpr):
+    """B and C over the scan positions [s0, s0 + SUB) of group g as (SUB, NP) tiles (the fixed
+    ones broadcast): shared by every channel of the group."""
+    if VARYING:
+        j, s, t, valid = _positions(s0, L, REVERSE, SUB)
+        m2 = valid[:, None] & nmask[None, :]
+        bc = ((b * groups + g) * N + n[None, :]) * L + t[:, None]
+        Bm = tl.load(B_ptr + bc, mask=m2, other=0.0).to(ACC)
+        Cm = tl.load(C_ptr + bc, mask=m2, other=0.0).to(ACC)
+    else:
+        Bm = Bf[None, :]
+        Cm = Cf[None, :]
+    return Bm, Cm
+
+
+@triton.jit
+def _chunk(s0, b, d, dim, L, N, n, nmask, A_gate, Bm, bias, u_ptr, delta_ptr, h0_ptr, start_ptr, end_ptr,
+           HAS_H0: tl.constexpr, HAS_CU: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+           EXP2: tl.constexpr, ACC: tl.constexpr, SUB: tl.constexpr):
+    """Everything the scan needs about the scan positions [s0, s0 + SUB) of channel (b, d).
+
+    Rows past L and padded states get the identity element (a = 1, b = 0). a_eff / b_eff are the
+    gate and input after the sequence resets: a start has gate 0 and input a h0 + delta B u."""
+    j, s, t, valid = _positions(s0, L, REVERSE, SUB)
     row = (b * dim + d) * L
     raw = tl.load(delta_ptr + row + t, mask=valid, other=0.0).to(ACC) + bias
     if SOFTPLUS:
@@ -111,13 +157,6 @@ def _chunk(s0, b, d, dim, L, N, cpg, groups, n, nmask, A_gate, Bf, Cf, bias,
         dt = raw
     uu = tl.load(u_ptr + row + t, mask=valid, other=0.0).to(ACC)
     m2 = valid[:, None] & nmask[None, :]
-    if VARYING:
-        bc = ((b * groups + d // cpg) * N + n[None, :]) * L + t[:, None]
-        Bm = tl.load(B_ptr + bc, mask=m2, other=0.0).to(ACC)
-        Cm = tl.load(C_ptr + bc, mask=m2, other=0.0).to(ACC)
-    else:
-        Bm = Bf[None, :]
-        Cm = Cf[None, :]
     if EXP2:
         a = tl.exp2(dt[:, None] * A_gate[None, :])
     else:
@@ -142,7 +181,7 @@ def _chunk(s0, b, d, dim, L, N, cpg, groups, n, nmask, A_gate, Bf, Cf, bias,
         h0 = tl.load(h0_ptr + (srow[:, None] * dim + d) * N + n[None, :],
                      mask=start[:, None] & nmask[None, :], other=0.0)
         b_eff = bterm + a * h0
-    return j, t, valid, raw, dt, uu, Bm, Cm, a, bterm, a_eff, b_eff, start, srow, end, erow
+    return j, t, valid, raw, dt, uu, a, bterm, a_eff, b_eff, start, srow, end, erow
 
 
 @triton.jit
@@ -176,41 +215,87 @@ def _channel(d, N, n, nmask, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
 
 
 @triton.jit
+def _segment(seg, L, SEG_LEN):
+    """Scan positions [first, stop) of segment seg: whole chunks, the last one ending at L."""
+    first = seg * SEG_LEN
+    return first, tl.minimum(L, first + SEG_LEN)
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr,
-                     start_ptr, end_ptr, out_ptr, last_ptr, ckpt_ptr,
-                     dim, L, N, cpg, groups, num_chunks,
+                     start_ptr, end_ptr, out_ptr, last_ptr, ckpt_ptr, seg_ptr,
+                     dim, L, N, cpg, groups, num_chunks, SEG_LEN, segments,
                      VARYING: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_CU: tl.constexpr,
                      SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, EXP2: tl.constexpr,
-                     ACC: tl.constexpr, SUB: tl.constexpr, NP: tl.constexpr, CHUNK_: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    b = pid // dim
-    d = pid % dim
+                     ACC: tl.constexpr, SUB: tl.constexpr, NP: tl.constexpr, CHUNK_: tl.constexpr,
+                     MODE: tl.constexpr):
+    # Program (b * dim + d, segment). MODE 0: the one segment from 0. MODE 1: the segment's map
+    # h -> P h + Q from a zero state into seg_ptr[0], seg_ptr[1]. MODE 2: the full pass from the
+    # state entering the segment, seg_ptr[2], which _segments_kernel composed from the maps.
+    unit = tl.program_id(0).to(tl.int64)
+    seg = tl.program_id(1).to(tl.int64)
+    b = unit // dim
+    d = unit % dim
     n = tl.arange(0, NP)
     nmask = n < N
     A, A_gate, Bf, Cf, Dd, bias = _channel(d, N, n, nmask, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
                                            VARYING, HAS_D, HAS_BIAS, EXP2, ACC)
-    row = (b * dim + d) * L
+    row = unit * L
+    first, stop = _segment(seg, L, SEG_LEN)
+    span = tl.num_programs(0).to(tl.int64) * segments * N
+    slot = (unit * segments + seg) * N + n
     # The carried state before any reset: what the checkpoints hold (0 entering position 0).
-    h = tl.zeros([NP], dtype=ACC)
-    for s0 in range(0, L, SUB):
-        tl.store(ckpt_ptr + ((b * dim + d) * num_chunks + s0 // CHUNK_) * N + n, h,
-                 mask=nmask & (s0 % CHUNK_ == 0))
-        j, t, valid, raw, dt, uu, Bm, Cm, a, bterm, a_eff, b_eff, start, srow, end, erow = _chunk(
-            s0, b, d, dim, L, N, cpg, groups, n, nmask, A_gate, Bf, Cf, bias,
-            u_ptr, delta_ptr, B_ptr, C_ptr, h0_ptr, start_ptr, end_ptr,
-            VARYING, HAS_H0, HAS_CU, SOFTPLUS, REVERSE, EXP2, ACC, SUB)
+    if MODE == 2:
+        h = tl.load(seg_ptr + 2 * span + slot, mask=nmask, other=0.0)
+    else:
+        h = tl.zeros([NP], dtype=ACC)
+    P = tl.full([NP], 1.0, dtype=ACC)
+    for s0 in range(first, stop, SUB):
+        if MODE != 1:
+            tl.store(ckpt_ptr + (unit * num_chunks + s0 // CHUNK_) * N + n, h,
+                     mask=nmask & (s0 % CHUNK_ == 0))
+        Bm, Cm = _bc_tile(s0, b, d // cpg, L, N, groups, n, nmask, Bf, Cf, B_ptr, C_ptr, VARYING, REVERSE,
+                          ACC, SUB)
+        j, t, valid, raw, dt, uu, a, bterm, a_eff, b_eff, start, srow, end, erow = _chunk(
+            s0, b, d, dim, L, N, n, nmask, A_gate, Bm, bias, u_ptr, delta_ptr, h0_ptr, start_ptr, end_ptr,
+            HAS_H0, HAS_CU, SOFTPLUS, REVERSE, EXP2, ACC, SUB)
         gate, inp = tl.associative_scan((a_eff, b_eff), 0, _affine_combine)
         hs = gate * h[None, :] + inp
-        y = tl.sum(hs * Cm, axis=1) + Dd * uu
-        if HAS_Z:
-            zz = tl.load(z_ptr + row + t, mask=valid, other=0.0).to(ACC)
-            y = y * zz * _sigmoid(zz)
-        tl.store(out_ptr + row + t, y.to(out_ptr.dtype.element_ty), mask=valid)
-        tl.store(last_ptr + (erow[:, None] * dim + d) * N + n[None, :], hs,
-                 mask=end[:, None] & nmask[None, :])
+        if MODE == 1:
+            P = P * _last_row(gate, j, SUB - 1)
+        else:
+            y = tl.sum(hs * Cm, axis=1) + Dd * uu
+            if HAS_Z:
+                zz = tl.load(z_ptr + row + t, mask=valid, other=0.0).to(ACC)
+                y = y * zz * _sigmoid(zz)
+            tl.store(out_ptr + row + t, y.to(out_ptr.dtype.element_ty), mask=valid)
+            tl.store(last_ptr + (erow[:, None] * dim + d) * N + n[None, :], hs,
+                     mask=end[:, None] & nmask[None, :])
         # Rows past L are identities, so the last row is the state after the last position.
         h = _last_row(hs, j, SUB - 1)
+    if MODE == 1:
+        tl.store(seg_ptr + slot, P, mask=nmask)
+        tl.store(seg_ptr + span + slot, h, mask=nmask)
+
+
+@triton.jit
+def _segments_kernel(seg_ptr, units, segments, N, RIGHT_TO_LEFT: tl.constexpr, BLOCK: tl.constexpr):
+    """seg_ptr (3, units, segments, N): from each segment's map x -> P x + Q (planes 0, 1), the
+    value entering it (plane 2): 0 entering the first segment (the last when RIGHT_TO_LEFT), then
+    the maps composed in order. One (unit, n) per lane."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < units * N
+    base = (i // N) * segments * N + i % N
+    span = units * segments * N
+    x = tl.zeros([BLOCK], dtype=seg_ptr.dtype.element_ty)
+    for k in range(0, segments):
+        if RIGHT_TO_LEFT:
+            slot = base + (segments - 1 - k) * N
+        else:
+            slot = base + k * N
+        tl.store(seg_ptr + 2 * span + slot, x, mask=mask)
+        x = tl.load(seg_ptr + slot, mask=mask, other=0.0) * x + tl.load(seg_ptr + span + slot, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -233,18 +318,104 @@ def _fill_empty_kernel(src_ptr, dst_ptr, cu_ptr, L, row_size,
 
 
 @triton.jit
+def _output_grads(grad_ptr, z_ptr, row, t, valid, ACC: tl.constexpr, HAS_Z: tl.constexpr):
+    """(the output's gradient, dy: the gradient of y before z's gate)."""
+    gout = tl.load(grad_ptr + row + t, mask=valid, other=0.0).to(ACC)
+    if HAS_Z:
+        zz = tl.load(z_ptr + row + t, mask=valid, other=0.0).to(ACC)
+        dy = gout * zz * _sigmoid(zz)
+    else:
+        dy = gout
+    return gout, dy
+
+
+@triton.jit
+def _adjoint(a, p, lam_in, SUB: tl.constexpr, NP: tl.constexpr):
+    """lambda over the tile from its inputs (the flow from the right already in the last row), and
+    each row's coefficient of a further flow entering the last row. The reverse scan is a forward
+    scan of the flipped tile: associative_scan(reverse=True) is not reliable for non-commutative
+    combines on every Triton version."""
+    p_rev = tl.broadcast_to(tl.flip(p, 0)[:, None], [SUB, NP])
+    _, coef_rev, lam_rev = tl.associative_scan((tl.flip(a, 0), p_rev, tl.flip(lam_in, 0)), 0, _adjoint_combine)
+    return tl.flip(lam_rev, 0), tl.flip(coef_rev, 0)
+
+
+@triton.jit
+def _adjoint_inputs(j, valid, nmask, Cm, dy, mu, end, erow, d, dim, N, n, glast_ptr,
+                    HAS_GLAST: tl.constexpr, SUB: tl.constexpr):
+    """p (0 at a sequence end: nothing flows into it from the right) and lambda's inputs
+    C_s dy_s, the flow mu into the last row, and grad_last_state where a sequence ends."""
+    p = tl.where(end, 0.0, 1.0).to(mu.dtype)
+    m2 = valid[:, None] & nmask[None, :]
+    lam_in = tl.where(m2, Cm * dy[:, None], 0.0)
+    lam_in += tl.where(j[:, None] == SUB - 1, p[:, None] * mu[None, :], 0.0)
+    if HAS_GLAST:
+        lam_in += tl.load(glast_ptr + (erow[:, None] * dim + d) * N + n[None, :],
+                          mask=end[:, None] & nmask[None, :], other=0.0)
+    return p, lam_in
+
+
+@triton.jit
+def _scan_flow_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, bias_ptr,
+                      start_ptr, end_ptr, seg_ptr, dim, L, N, cpg, groups, SEG_LEN, segments,
+                      VARYING: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      HAS_GLAST: tl.constexpr, HAS_CU: tl.constexpr, SOFTPLUS: tl.constexpr,
+                      REVERSE: tl.constexpr, EXP2: tl.constexpr, ACC: tl.constexpr, SUB: tl.constexpr,
+                      NP: tl.constexpr):
+    # Summary pass of the backward, program (b * dim + d, segment): the segment's map of the
+    # adjoint flow, mu_out = P mu_in + Q, where mu_in = a_{s+1} lambda_{s+1} enters its last
+    # position from the right and mu_out leaves its first; from mu_in = 0 into seg_ptr[0], [1].
+    unit = tl.program_id(0).to(tl.int64)
+    seg = tl.program_id(1).to(tl.int64)
+    b = unit // dim
+    d = unit % dim
+    n = tl.arange(0, NP)
+    nmask = n < N
+    A, A_gate, Bf, Cf, Dd, bias = _channel(d, N, n, nmask, A_ptr, B_ptr, C_ptr, A_ptr, bias_ptr,
+                                           VARYING, False, HAS_BIAS, EXP2, ACC)
+    first, stop = _segment(seg, L, SEG_LEN)
+    num_sub = tl.cdiv(stop - first, SUB)
+    mu = tl.zeros([NP], dtype=ACC)
+    P = tl.full([NP], 1.0, dtype=ACC)
+    for i in range(0, num_sub):
+        s0 = first + (num_sub - 1 - i) * SUB
+        Bm, Cm = _bc_tile(s0, b, d // cpg, L, N, groups, n, nmask, Bf, Cf, B_ptr, C_ptr, VARYING, REVERSE,
+                          ACC, SUB)
+        j, t, valid, raw, dt, uu, a, bterm, a_eff, b_eff, start, srow, end, erow = _chunk(
+            s0, b, d, dim, L, N, n, nmask, A_gate, Bm, bias, u_ptr, delta_ptr, A_ptr, start_ptr, end_ptr,
+            False, HAS_CU, SOFTPLUS, REVERSE, EXP2, ACC, SUB)
+        gout, dy = _output_grads(grad_ptr, z_ptr, unit * L, t, valid, ACC, HAS_Z)
+        p, lam_in = _adjoint_inputs(j, valid, nmask, Cm, dy, mu, end, erow, d, dim, N, n, glast_ptr,
+                                    HAS_GLAST, SUB)
+        lam, coef = _adjoint(a, p, lam_in, SUB, NP)
+        mu = _last_row(a * lam, j, 0)
+        P = P * _last_row(a * coef, j, 0)
+    slot = (unit * segments + seg) * N + n
+    span = tl.num_programs(0).to(tl.int64) * segments * N
+    tl.store(seg_ptr + slot, P, mask=nmask)
+    tl.store(seg_ptr + span + slot, mu, mask=nmask)
+
+
+@triton.jit
 def _scan_bwd_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-                     h0_ptr, start_ptr, end_ptr, ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dh0_ptr,
+                     h0_ptr, start_ptr, end_ptr, ckpt_ptr, seg_ptr, du_ptr, ddelta_ptr, dz_ptr, dh0_ptr,
                      partial_ptr, bc_ptr,
-                     batch, dim, L, N, cpg, groups, parts, num_chunks,
+                     batch, dim, L, N, cpg, groups, parts, num_chunks, SEG_LEN, segments,
                      VARYING: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_GLAST: tl.constexpr,
                      HAS_CU: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
                      EXP2: tl.constexpr, ACC: tl.constexpr, SUB: tl.constexpr, NP: tl.constexpr,
                      CHUNK_: tl.constexpr):
-    # Program = (b, g, part): channels [d0, d1) of group g (fixed B / C: groups = 1 and one
-    # channel per partition). The partition owns bc_partial[part, b, g] outright.
+    # Program (b, g, part) x segment: channels [d0, d1) of group g (fixed B / C: groups = 1 and
+    # one channel per partition) over the segment's positions. The sub-chunks are visited in
+    # reverse scan order and, inside each, the channels in order: varying dB / dC of the
+    # sub-chunk sum over the channels in registers and are stored once into the partition's own
+    # bc_partial[part, b, g]. What a channel carries from one sub-chunk to the next, the flow mu
+    # and its parameter sums, stays in memory it owns (seg_ptr's plane 2 at (b * dim + d,
+    # segment), partial_ptr at (segment, b, d)); the barrier orders one sub-chunk's stores before
+    # the next one's loads across the program's threads.
     pid = tl.program_id(0).to(tl.int64)
+    seg = tl.program_id(1).to(tl.int64)
     part = pid % parts
     g = (pid // parts) % groups
     b = pid // (parts * groups)
@@ -252,63 +423,62 @@ def _scan_bwd_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr,
     d1 = g * cpg + (part + 1) * cpg // parts
     n = tl.arange(0, NP)
     nmask = n < N
+    two = tl.arange(0, 2)
+    width = 3 * N + 2
+    span = batch * dim * segments * N
     bc_base = ((part * batch + b) * groups + g) * 2 * N * L
-    num_sub = tl.cdiv(L, SUB)
-    for d in range(d0, d1):
-        A, A_gate, Bf, Cf, Dd, bias = _channel(d, N, n, nmask, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-                                               VARYING, HAS_D, HAS_BIAS, EXP2, ACC)
-        row = (b * dim + d) * L
-        mu = tl.zeros([NP], dtype=ACC)   # a_{s+1} lambda_{s+1} handed back from the next sub-chunk
-        dA_acc = tl.zeros([NP], dtype=ACC)
-        dB_acc = tl.zeros([NP], dtype=ACC)
-        dC_acc = tl.zeros([NP], dtype=ACC)
-        dD_acc = tl.zeros([SUB], dtype=ACC)
-        dbias_acc = tl.zeros([SUB], dtype=ACC)
-        for i in range(0, num_sub):
-            s0 = (num_sub - 1 - i) * SUB
+    first, stop = _segment(seg, L, SEG_LEN)
+    num_sub = tl.cdiv(stop - first, SUB)
+    zero = tl.zeros([NP], dtype=ACC)
+    for i in range(0, num_sub):
+        s0 = first + (num_sub - 1 - i) * SUB
+        Bg, Cg = _bc_tile(s0, b, g, L, N, groups, n, nmask, zero, zero, B_ptr, C_ptr, VARYING, REVERSE, ACC, SUB)
+        dB_sum = tl.zeros([SUB, NP], dtype=ACC)
+        dC_sum = tl.zeros([SUB, NP], dtype=ACC)
+        for d in range(d0, d1):
+            A, A_gate, Bf, Cf, Dd, bias = _channel(d, N, n, nmask, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+                                                   VARYING, HAS_D, HAS_BIAS, EXP2, ACC)
+            if VARYING:
+                Bm = Bg
+                Cm = Cg
+            else:
+                Bm = Bf[None, :]
+                Cm = Cf[None, :]
+            unit = b * dim + d
+            row = unit * L
+            carry = seg_ptr + 2 * span + (unit * segments + seg) * N + n
+            mu = tl.load(carry, mask=nmask, other=0.0)
             # The state entering this sub-chunk: its checkpoint, advanced over the sub-chunks
             # of its kScanChunk before it (none when SUB == kScanChunk).
-            h = tl.load(ckpt_ptr + ((b * dim + d) * num_chunks + s0 // CHUNK_) * N + n, mask=nmask,
-                        other=0.0)
+            h = tl.load(ckpt_ptr + (unit * num_chunks + s0 // CHUNK_) * N + n, mask=nmask, other=0.0)
             for s1 in range(s0 - s0 % CHUNK_, s0, SUB):
-                j, t, valid, raw, dt, uu, Bm, Cm, a, bterm, a_eff, b_eff, start, srow, end, erow = _chunk(
-                    s1, b, d, dim, L, N, cpg, groups, n, nmask, A_gate, Bf, Cf, bias,
-                    u_ptr, delta_ptr, B_ptr, C_ptr, h0_ptr, start_ptr, end_ptr,
-                    VARYING, HAS_H0, HAS_CU, SOFTPLUS, REVERSE, EXP2, ACC, SUB)
+                Bs, Cs = _bc_tile(s1, b, g, L, N, groups, n, nmask, Bf, Cf, B_ptr, C_ptr, VARYING, REVERSE,
+                                  ACC, SUB)
+                j, t, valid, raw, dt, uu, a, bterm, a_eff, b_eff, start, srow, end, erow = _chunk(
+                    s1, b, d, dim, L, N, n, nmask, A_gate, Bs, bias, u_ptr, delta_ptr, h0_ptr, start_ptr,
+                    end_ptr, HAS_H0, HAS_CU, SOFTPLUS, REVERSE, EXP2, ACC, SUB)
                 gate, inp = tl.associative_scan((a_eff, b_eff), 0, _affine_combine)
                 h = _last_row(gate * h[None, :] + inp, j, SUB - 1)
-            j, t, valid, raw, dt, uu, Bm, Cm, a, bterm, a_eff, b_eff, start, srow, end, erow = _chunk(
-                s0, b, d, dim, L, N, cpg, groups, n, nmask, A_gate, Bf, Cf, bias,
-                u_ptr, delta_ptr, B_ptr, C_ptr, h0_ptr, start_ptr, end_ptr,
-                VARYING, HAS_H0, HAS_CU, SOFTPLUS, REVERSE, EXP2, ACC, SUB)
+            j, t, valid, raw, dt, uu, a, bterm, a_eff, b_eff, start, srow, end, erow = _chunk(
+                s0, b, d, dim, L, N, n, nmask, A_gate, Bm, bias, u_ptr, delta_ptr, h0_ptr, start_ptr, end_ptr,
+                HAS_H0, HAS_CU, SOFTPLUS, REVERSE, EXP2, ACC, SUB)
             gate, inp = tl.associative_scan((a_eff, b_eff), 0, _affine_combine)
             hs = gate * h[None, :] + inp
             m2 = valid[:, None] & nmask[None, :]
-            gout = tl.load(grad_ptr + row + t, mask=valid, other=0.0).to(ACC)
+            gout, dy = _output_grads(grad_ptr, z_ptr, row, t, valid, ACC, HAS_Z)
             if HAS_Z:
                 zz = tl.load(z_ptr + row + t, mask=valid, other=0.0).to(ACC)
                 sz = _sigmoid(zz)
                 y = tl.sum(hs * Cm, axis=1) + Dd * uu
-                dy = gout * zz * sz
                 tl.store(dz_ptr + row + t, (gout * y * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
                          mask=valid)
-            else:
-                dy = gout
             # Adjoint: lambda_s = C_s dy_s + a_{s+1} lambda_{s+1}, restarted at every sequence end
-            # from grad_last_state (p = 0 there cuts what comes after). mu, handed back by the next
-            # sub-chunk, enters the last row directly, so only the s part of the scan is needed.
-            # The reverse scan is a forward scan of the flipped tile: associative_scan(reverse=True)
-            # is not reliable for non-commutative combines on every Triton version.
-            p = tl.where(end, 0.0, 1.0).to(ACC)
-            lam_in = tl.where(m2, Cm * dy[:, None], 0.0)
-            lam_in += tl.where(j[:, None] == SUB - 1, p[:, None] * mu[None, :], 0.0)
-            if HAS_GLAST:
-                lam_in += tl.load(glast_ptr + (erow[:, None] * dim + d) * N + n[None, :],
-                                  mask=end[:, None] & nmask[None, :], other=0.0)
-            p_rev = tl.broadcast_to(tl.flip(p, 0)[:, None], [SUB, NP])
-            _, _, lam_rev = tl.associative_scan((tl.flip(a, 0), p_rev, tl.flip(lam_in, 0)), 0, _adjoint_combine)
-            lam = tl.where(m2, tl.flip(lam_rev, 0), 0.0)
-            mu = _last_row(a * lam, j, 0)
+            # from grad_last_state (p = 0 there cuts what comes after).
+            p, lam_in = _adjoint_inputs(j, valid, nmask, Cm, dy, mu, end, erow, d, dim, N, n, glast_ptr,
+                                        HAS_GLAST, SUB)
+            lam, coef = _adjoint(a, p, lam_in, SUB, NP)
+            lam = tl.where(m2, lam, 0.0)
+            tl.store(carry, _last_row(a * lam, j, 0), mask=nmask)
             # a h_{s-1} = h_s - delta B u, with h_{s-1} the new sequence's h0 at a start.
             lah = lam * (hs - bterm)
             lam_b = tl.sum(lam * Bm, axis=1)
@@ -320,38 +490,39 @@ def _scan_bwd_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr,
                 draw = ddt
             tl.store(du_ptr + row + t, du.to(du_ptr.dtype.element_ty), mask=valid)
             tl.store(ddelta_ptr + row + t, draw.to(ddelta_ptr.dtype.element_ty), mask=valid)
-            dA_acc += tl.sum(lah * dt[:, None], axis=0)
-            dD_acc += tl.where(valid, uu * dy, 0.0)
-            dbias_acc += tl.where(valid, draw, 0.0)
             dB_tile = lam * (dt * uu)[:, None]
             dC_tile = tl.where(m2, hs * dy[:, None], 0.0)
+            sums = partial_ptr + ((seg * batch + b) * dim + d) * width
+            tl.store(sums + n, tl.load(sums + n, mask=nmask, other=0.0) + tl.sum(lah * dt[:, None], axis=0),
+                     mask=nmask)
             if VARYING:
-                # Read-modify-write of this partition's own partial, channel after channel; the
-                # barrier orders one channel's stores before the next channel's loads across the
-                # program's threads.
-                bc = bc_ptr + bc_base + n[None, :] * L + t[:, None]
-                tl.store(bc, tl.load(bc, mask=m2, other=0.0) + dB_tile, mask=m2)
-                tl.store(bc + N * L, tl.load(bc + N * L, mask=m2, other=0.0) + dC_tile, mask=m2)
-                tl.debug_barrier()
+                dB_sum += dB_tile
+                dC_sum += dC_tile
             else:
-                dB_acc += tl.sum(dB_tile, axis=0)
-                dC_acc += tl.sum(dC_tile, axis=0)
+                tl.store(sums + N + n, tl.load(sums + N + n, mask=nmask, other=0.0) + tl.sum(dB_tile, axis=0),
+                         mask=nmask)
+                tl.store(sums + 2 * N + n,
+                         tl.load(sums + 2 * N + n, mask=nmask, other=0.0) + tl.sum(dC_tile, axis=0), mask=nmask)
+            rest = tl.where(two == 0, tl.sum(tl.where(valid, uu * dy, 0.0), axis=0),
+                            tl.sum(tl.where(valid, draw, 0.0), axis=0))
+            tl.store(sums + 3 * N + two, tl.load(sums + 3 * N + two) + rest)
             if HAS_H0:  # d h0 = a_first lambda_first
                 tl.store(dh0_ptr + (srow[:, None] * dim + d) * N + n[None, :], a * lam,
                          mask=start[:, None] & nmask[None, :])
-        out = partial_ptr + (b * dim + d) * (3 * N + 2)
-        tl.store(out + n, dA_acc, mask=nmask)
-        tl.store(out + N + n, dB_acc, mask=nmask)
-        tl.store(out + 2 * N + n, dC_acc, mask=nmask)
-        two = tl.arange(0, 2)
-        tl.store(out + 3 * N + two, tl.where(two == 0, tl.sum(dD_acc, axis=0), tl.sum(dbias_acc, axis=0)))
+        if VARYING:
+            j, s, t, valid = _positions(s0, L, REVERSE, SUB)
+            m2 = valid[:, None] & nmask[None, :]
+            bc = bc_ptr + bc_base + n[None, :] * L + t[:, None]
+            tl.store(bc, dB_sum, mask=m2)
+            tl.store(bc + N * L, dC_sum, mask=m2)
+        tl.debug_barrier()
 
 
 @triton.jit
-def _param_reduce_kernel(partial_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, batch, dim, N,
+def _param_reduce_kernel(partial_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, rows, dim, N,
                          FIXED_BC: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                          ACC: tl.constexpr, NP: tl.constexpr):
-    # Sums the per-(b, d) partials over b in order: the same bits for every launch.
+    # Sums the per-(segment, b, d) partials over (segment, b) in order: the same bits every launch.
     d = tl.program_id(0).to(tl.int64)
     n = tl.arange(0, NP)
     nmask = n < N
@@ -361,8 +532,8 @@ def _param_reduce_kernel(partial_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     dC = tl.zeros([NP], dtype=ACC)
     rest = tl.zeros([2], dtype=ACC)
     width = 3 * N + 2
-    for b in range(0, batch):
-        base = partial_ptr + (b * dim + d) * width
+    for r in range(0, rows):
+        base = partial_ptr + (r * dim + d) * width
         dA += tl.load(base + n, mask=nmask, other=0.0)
         dB += tl.load(base + N + n, mask=nmask, other=0.0)
         dC += tl.load(base + 2 * N + n, mask=nmask, other=0.0)
@@ -458,23 +629,65 @@ def _common(u, A, B, cu_seqlens, reverse):
     return batch, dim, length, dstate, varying, groups, start, end
 
 
+def scan_segments(programs: int, num_warps: int, length: int):
+    """(positions per segment, segments): the scan order cut into segments of whole chunks, at
+    least as many as give the programs TARGET_WARPS (when L has that many chunks). The CUDA rule
+    (scan_cuda_segments of selective_scan_params.h) rounds the segments' length up, in tiles of
+    128; rounding it down here keeps launches from falling short of the target."""
+    chunks = triton.cdiv(length, CHUNK)
+    if chunks <= 1 or programs <= 0:
+        return max(length, 1), 1
+    want = min(max(triton.cdiv(TARGET_WARPS, programs * num_warps), 1), chunks)
+    per = max(chunks // want, 1)
+    return per * CHUNK, triton.cdiv(chunks, per)
+
+
+def _segment_scratch(like, units, segments, dstate, acc):
+    """(3, units, segments, N): the segments' maps (P, Q) and the value entering each; zeros when
+    there is one segment, which then enters with 0 and keeps its carry there (backward)."""
+    make = torch.zeros if segments == 1 else torch.empty
+    return make((3, units, segments, dstate), dtype=acc, device=like.device)
+
+
+def _compose(wrap, scratch, segments, right_to_left):
+    units, dstate = scratch.shape[1], scratch.shape[3]
+    block = 256
+    wrap(_segments_kernel)[(triton.cdiv(units * dstate, block),)](
+        scratch, units, segments, dstate, RIGHT_TO_LEFT=right_to_left, BLOCK=block)
+
+
 def launch_selective_scan(wrap, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                           cu_seqlens, reverse, out, last_state, checkpoints):
     """Fills out (batch, dim, L), last_state (S, dim, N) and checkpoints (batch, dim, chunks, N):
-    the carried state entering scan position k * 64, before the reset of a sequence starting there."""
+    the carried state entering scan position k * 64, before the reset of a sequence starting there.
+    When batch x dim programs leave the GPU short, the scan order is cut into segments (MODE 1:
+    each segment's map; _segments_kernel: the state entering each; MODE 2: the full pass)."""
     batch, dim, length, dstate, varying, groups, start, end = _common(u, A, B, cu_seqlens, reverse)
-    np_, sub = _state_block(dstate)
+    np_, sub = state_block(dstate)
     acc = accumulator(u.dtype)
+    warps = _warps(np_, sub, False)
     if batch * dim > 0 and length > 0:
-        wrap(_scan_fwd_kernel)[(batch * dim,)](
-            u, delta, z if z is not None else u, A, B, C, D if D is not None else A,
-            delta_bias if delta_bias is not None else A, initial_state if initial_state is not None else A,
-            start, end, out, last_state, checkpoints,
-            dim, length, dstate, dim // groups, groups, checkpoints.shape[2],
-            VARYING=varying, HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-            HAS_H0=initial_state is not None, HAS_CU=cu_seqlens is not None, SOFTPLUS=bool(delta_softplus),
-            REVERSE=bool(reverse), EXP2=u.dtype != torch.float64, ACC=acc, SUB=sub, NP=np_, CHUNK_=CHUNK,
-            num_warps=_warps(np_, sub, False))
+        seg_len, segments = scan_segments(batch * dim, warps, length)
+        scratch = _segment_scratch(u, batch * dim, segments, dstate, opmath_dtype(u.dtype)) \
+            if segments > 1 else checkpoints
+
+        def run(mode):
+            wrap(_scan_fwd_kernel)[(batch * dim, segments)](
+                u, delta, z if z is not None else u, A, B, C, D if D is not None else A,
+                delta_bias if delta_bias is not None else A, initial_state if initial_state is not None else A,
+                start, end, out, last_state, checkpoints, scratch,
+                dim, length, dstate, dim // groups, groups, checkpoints.shape[2], seg_len, segments,
+                VARYING=varying, HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+                HAS_H0=initial_state is not None, HAS_CU=cu_seqlens is not None, SOFTPLUS=bool(delta_softplus),
+                REVERSE=bool(reverse), EXP2=u.dtype != torch.float64, ACC=acc, SUB=sub, NP=np_, CHUNK_=CHUNK,
+                MODE=mode, num_warps=warps)
+
+        if segments > 1:
+            run(1)
+            _compose(wrap, scratch, segments, False)
+            run(2)
+        else:
+            run(0)
     _fill_empty(wrap, initial_state, last_state, cu_seqlens, length, dim * dstate)
 
 
@@ -490,35 +703,52 @@ def _fill_empty(wrap, src, dst, cu_seqlens, length, row_size):
 
 def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
                                    delta_softplus, initial_state, cu_seqlens, reverse, checkpoints,
-                                   du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dinitial_state,
-                                   param_partial, bc_partial):
-    """Gradients as in prepare_selective_scan_backward; param_partial (batch, dim, 3N + 2) and, for
-    varying B / C, bc_partial (partitions, batch, groups, 2, N, L) zero-initialised by the caller."""
+                                   du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dinitial_state):
+    """Gradients as in prepare_selective_scan_backward. Varying B / C: one program per (batch,
+    group, partition) and segment, its dB / dC partial in bc_partial (partitions, batch, groups,
+    2, N, L); fixed: one per (batch, channel) and segment. Every parameter sum goes through
+    param_partial (segments, batch, dim, 3N + 2), added in order by _param_reduce_kernel."""
     batch, dim, length, dstate, varying, groups, start, end = _common(u, A, B, cu_seqlens, reverse)
-    np_, sub = _state_block(dstate)
+    np_, sub = state_block(dstate, backward=True)
     acc = accumulator(u.dtype)
+    acc_dtype = opmath_dtype(u.dtype)
+    warps = _warps(np_, sub, True)
     cpg = dim // groups
-    # Varying: scan_partitions slices per (b, g), owning one dB / dC partial each. Fixed: one
+    # Varying: partitions of the channels per (b, g), each owning one dB / dC partial. Fixed: one
     # channel per program (the partials are per (b, d) anyway), as groups = 1, parts = dim.
-    parts = scan_partitions(cpg) if varying else dim
-    if batch * dim > 0:
-        wrap(_scan_bwd_kernel)[(batch * groups * parts,)](
-            grad_out, grad_last_state if grad_last_state is not None else A, u, delta,
-            z if z is not None else u, A, B, C, D if D is not None else A,
-            delta_bias if delta_bias is not None else A, initial_state if initial_state is not None else A,
-            start, end, checkpoints, du, ddelta, dz if dz is not None else du,
-            dinitial_state if dinitial_state is not None else A, param_partial,
-            bc_partial if bc_partial is not None else A,
-            batch, dim, length, dstate, cpg, groups, parts, checkpoints.shape[2],
-            VARYING=varying, HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-            HAS_H0=initial_state is not None, HAS_GLAST=grad_last_state is not None,
-            HAS_CU=cu_seqlens is not None, SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse),
-            EXP2=u.dtype != torch.float64, ACC=acc, SUB=sub, NP=np_, CHUNK_=CHUNK,
-            num_warps=_warps(np_, sub, True))
+    parts = backward_partitions(batch, groups, cpg, length, warps) if varying else dim
+    programs = batch * groups * parts
+    seg_len, segments = scan_segments(programs, warps, length) if length > 0 else (1, 1)
+    param_partial = torch.zeros((segments, batch, dim, 3 * dstate + 2), dtype=acc_dtype, device=u.device)
+    bc_partial = None
+    if varying:
+        make = torch.empty if batch * dim > 0 and length > 0 else torch.zeros
+        bc_partial = make((parts, batch, groups, 2, dstate, length), dtype=acc_dtype, device=u.device)
+    if batch * dim > 0 and length > 0:
+        scratch = _segment_scratch(u, batch * dim, segments, dstate, acc_dtype)
+        common = dict(VARYING=varying, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                      HAS_GLAST=grad_last_state is not None, HAS_CU=cu_seqlens is not None,
+                      SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), EXP2=u.dtype != torch.float64,
+                      ACC=acc, SUB=sub, NP=np_, num_warps=warps)
+        glast = grad_last_state if grad_last_state is not None else A
+        zz = z if z is not None else u
+        bias = delta_bias if delta_bias is not None else A
+        if segments > 1:
+            wrap(_scan_flow_kernel)[(batch * dim, segments)](
+                grad_out, glast, u, delta, zz, A, B, C, bias, start, end, scratch,
+                dim, length, dstate, cpg, groups, seg_len, segments, **common)
+            _compose(wrap, scratch, segments, True)
+        wrap(_scan_bwd_kernel)[(programs, segments)](
+            grad_out, glast, u, delta, zz, A, B, C, D if D is not None else A, bias,
+            initial_state if initial_state is not None else A, start, end, checkpoints, scratch,
+            du, ddelta, dz if dz is not None else du, dinitial_state if dinitial_state is not None else A,
+            param_partial, bc_partial if bc_partial is not None else A,
+            batch, dim, length, dstate, cpg, groups, parts, checkpoints.shape[2], seg_len, segments,
+            HAS_D=D is not None, HAS_H0=initial_state is not None, CHUNK_=CHUNK, **common)
     if dim > 0:
         wrap(_param_reduce_kernel)[(dim,)](
             param_partial, dA, dB, dC, dD if dD is not None else dA,
-            ddelta_bias if ddelta_bias is not None else dA, batch, dim, dstate,
+            ddelta_bias if ddelta_bias is not None else dA, segments * batch, dim, dstate,
             FIXED_BC=not varying, HAS_D=dD is not None, HAS_BIAS=ddelta_bias is not None, ACC=acc, NP=np_)
     if varying:
         total = batch * groups * 2 * dstate * length

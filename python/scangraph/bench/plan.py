@@ -43,6 +43,12 @@ def resident_blocks(threads, registers, shared):
     return max(0, min(MAX_BLOCKS_PER_SM, by_warps, by_regs, by_shared))
 
 
+def _channels_per_worker(columns, segments, workers):
+    """(batch, channel, segment) units one warp (CUDA) or program (Triton) walks one after
+    another: 1 when each has its own, more when a varying-B / C backward walks rounds of channels."""
+    return max(1, math.ceil(columns["batch"] * columns["dim"] * segments / max(workers, 1)))
+
+
 def chain_steps(kernel, grid, warps, columns, backend):
     """Dependent steps of the longest warp of a scan kernel (None for the others, whose work per
     warp is a row or an edge block: memory bound)."""
@@ -53,7 +59,7 @@ def chain_steps(kernel, grid, warps, columns, backend):
     if base in ("scan_forward_kernel", "scan_flow_kernel", "scan_backward_kernel"):
         segments = max(1, grid[1])
         tiles = math.ceil(L / SCAN_TILE)
-        per = math.ceil(tiles / segments) * N * SCAN_STATE_STEPS
+        per = math.ceil(tiles / segments) * N * SCAN_STATE_STEPS * _channels_per_worker(columns, segments, warps)
         # the backward: a forward pass for y (z gates), the recompute, the reverse scan, 3 sums
         return per * 4 if base == "scan_backward_kernel" else per
     if base in ("scan_segments_kernel", "scan_flow_segments_kernel"):
@@ -68,20 +74,30 @@ def chain_steps(kernel, grid, warps, columns, backend):
             segments = max(1, math.ceil(warps / (batch * heads)))
         # per position: the dot product's 5-shuffle butterfly, the max and exp, the update
         return math.ceil(L / segments) * (12 if "fwd" in base else 24)
-    if base.startswith("_scan_fwd") or base.startswith("_scan_bwd"):
-        sub = 64  # positions per tl.associative_scan; log2 levels each, twice in the backward
-        per = math.ceil(L / sub) * (2 * int(math.log2(sub)) + 4)
-        return per * (2 if "bwd" in base else 1)
+    if base in ("_scan_fwd_kernel", "_scan_flow_kernel", "_scan_bwd_kernel"):
+        # grid (programs, segments); a program walks its segment in sub-chunks of SUB positions,
+        # each a tl.associative_scan of log2(SUB) levels (two in the flow and the backward: the
+        # states and the adjoint, and the backward recomputes the states), for each of its channels
+        from scangraph.triton_kernels.selective_scan import state_block
+
+        segments = max(1, grid[1])
+        sub = state_block(N, backward=base != "_scan_fwd_kernel")[1]
+        per = math.ceil(math.ceil(L / segments) / sub) * (2 * int(math.log2(sub)) + 4)
+        per *= _channels_per_worker(columns, segments, grid[0] * grid[1])
+        return per * {"_scan_fwd_kernel": 1, "_scan_flow_kernel": 1, "_scan_bwd_kernel": 2}[base]
+    if base == "_segments_kernel":  # one multiply-add per segment
+        return 2 * math.ceil(L / 64)
     return None
 
 
 def exponentials(kernel, columns):
     """Special-function operations of a scan kernel's launch (exp2 of every position and state)."""
     base = kernel.split("<")[0]
-    if base in ("scan_forward_kernel", "scan_flow_kernel", "_scan_fwd_kernel"):
+    if base in ("scan_forward_kernel", "scan_flow_kernel", "_scan_fwd_kernel", "_scan_flow_kernel"):
         return columns["batch"] * columns["dim"] * columns["L"] * columns["N"]
-    if base in ("scan_backward_kernel", "_scan_bwd_kernel"):
-        return 3 * columns["batch"] * columns["dim"] * columns["L"] * columns["N"]
+    if base in ("scan_backward_kernel", "_scan_bwd_kernel"):  # CUDA: y for z's gradient, states, adjoint
+        count = 3 if base == "scan_backward_kernel" else 1
+        return count * columns["batch"] * columns["dim"] * columns["L"] * columns["N"]
     return 0
 
 
@@ -179,7 +195,14 @@ def format_plan(rows, op_rows):
 
 
 def main(args):
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        # The Triton launches are recorded in the interpreter, which Triton picks when a kernel
+        # is defined: scangraph has defined them by now, so the plan runs in a fresh process.
+        import subprocess
+        import sys
+
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        sys.exit(subprocess.call([sys.executable, "-m", "scangraph.bench", *sys.argv[1:]], env=env))
     from scangraph import datasets
     rows, op_rows = plan_rows(ops=args.ops.split(",") if args.ops else None,
                               data_dir=args.data or datasets.shared_data_dir())

@@ -24,11 +24,6 @@ CHUNK = 64          # positions per checkpoint: kScanChunk of csrc/include/scang
 MAX_DSTATE = 256
 
 
-def _partitions(channels_per_group: int) -> int:
-    """scan_partitions of the params header: the fixed channel partitions of a varying dB / dC."""
-    return min(max(channels_per_group // CHUNK, 1), 16)
-
-
 # ---- fake kernels ---------------------------------------------------------------------------
 def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse):
     batch, dim, length = u.shape
@@ -145,9 +140,6 @@ def _register_triton_ops():
         (u_, delta_, A_, B_, C_, D_, z_, bias_, h0_, cu_) = _triton_inputs(
             u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
         acc = opmath_dtype(u.dtype)
-        batch, dim, length = u.shape
-        dstate = A.shape[1]
-        varying = B_.dim() == 4
         du, ddelta = torch.empty_like(u_), torch.empty_like(u_)
         dz = torch.empty_like(u_) if z is not None else None
         dA = torch.empty_like(A_)
@@ -155,16 +147,11 @@ def _register_triton_ops():
         dD = torch.empty_like(D_) if D is not None else None
         dbias = torch.empty_like(bias_) if delta_bias is not None else None
         dh0 = torch.empty_like(h0_) if initial_state is not None else None
-        param_partial = u.new_zeros((batch, dim, 3 * dstate + 2), dtype=acc)
-        bc_partial = None
-        if varying:
-            groups = B_.shape[1]
-            bc_partial = u.new_zeros((_partitions(dim // groups), batch, groups, 2, dstate, length), dtype=acc)
         g_last = None if grad_last_state is None else grad_last_state.to(acc).contiguous()
         kernels.launch_selective_scan_backward(
             wrap_triton, grad_out.to(u.dtype).contiguous(), g_last, u_, delta_, A_, B_, C_, D_, z_, bias_,
             delta_softplus, h0_, cu_, reverse, checkpoints.contiguous(), du, ddelta, dz, dA, dB, dC, dD, dbias,
-            dh0, param_partial, bc_partial)
+            dh0)
         def absent():  # each output its own tensor: outputs of an op must not alias
             return u.new_empty((0,), dtype=acc)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype).reshape(B.shape), dC.to(C.dtype).reshape(C.shape),
