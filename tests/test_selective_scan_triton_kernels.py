@@ -11,10 +11,10 @@ from scangraph import reference
 triton_kernels = pytest.importorskip("scangraph.triton_kernels")
 if triton_kernels.IMPORT_ERROR is not None:
     pytest.skip(f"triton is unavailable: {triton_kernels.IMPORT_ERROR}", allow_module_level=True)
+from scangraph.ops._rules import SCAN_CHUNK as CHUNK  # noqa: E402
 from scangraph.triton_kernels import selective_scan as kernels  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and not triton_kernels.INTERPRETED else "cpu"
-CHUNK = 64
 
 
 def _direct(kernel):  # stands in for torch.library.wrap_triton outside an op

@@ -28,24 +28,17 @@ import triton
 import triton.language as tl
 
 
-from scangraph.ops._rules import opmath_dtype
+from scangraph.ops._rules import SCAN_CHUNK as CHUNK, opmath_dtype, scan_partitions
 
 from . import TARGET_WARPS
 from .accumulate import accumulator
 
-# kScanChunk of selective_scan_params.h: the checkpoint spacing shared by every backend.
-CHUNK = 64
 LOG2E = tl.constexpr(1.4426950408889634)
 # Elements of one (SUB, N) tile: beyond these the tile would spill registers, so large N scans
 # shorter sub-chunks (SUB always divides CHUNK). The backward keeps some twenty tiles live, the
 # forward a few: at N = 64 a 4096-element backward tile spilled 1 KB per thread (ptxas, sm_90).
 MAX_TILE = 4096
 MAX_BACKWARD_TILE = 1024
-
-
-def scan_partitions(channels_per_group: int) -> int:
-    """scan_partitions of selective_scan_params.h: dB / dC partials of varying B / C."""
-    return min(max(channels_per_group // CHUNK, 1), 16)
 
 
 def backward_partitions(batch: int, groups: int, channels_per_group: int, length: int, num_warps: int) -> int:

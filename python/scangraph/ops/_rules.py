@@ -1,5 +1,6 @@
-"""Rules that several op families share, written once: the floating dtypes the kernels take,
-the dtype they accumulate in, and the packed-sequence offsets (cu_seqlens) of the scans."""
+"""Rules that several op families or backends share, written once: the floating dtypes the
+kernels take, the dtype they accumulate in, the packed-sequence offsets (cu_seqlens) of the
+scans, and the selective scan's checkpoint spacing and dB / dC partitions."""
 import torch
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -8,6 +9,17 @@ FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The kernels accumulate in float32, or in float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# Scan positions between two checkpoints of the selective scan (kScanChunk of
+# csrc/include/scangraph/selective_scan_params.h): the forward's saved states, every backend's.
+SCAN_CHUNK = 64
+
+
+def scan_partitions(channels_per_group: int) -> int:
+    """scan_partitions of selective_scan_params.h: the partitions of a group's channels, each
+    owning a partial of varying dB / dC, a function of the shape alone (1 to 16)."""
+    return min(max(channels_per_group // SCAN_CHUNK, 1), 16)
 
 
 def check_cu_seqlens(op: str, cu_seqlens, like: torch.Tensor, batch: int, length: int) -> int:

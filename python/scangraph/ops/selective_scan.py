@@ -8,7 +8,7 @@ variable-length sequences, `reverse=True`, and a deterministic backward.
 
 Each backend is the op `scangraph::selective_scan` (C++ on CPU, CUDA on GPU) or
 `scangraph::selective_scan_triton`. The forward returns (out, last_state, checkpoints): the
-checkpoints are the state entering every CHUNK positions, all the backward op keeps; it
+checkpoints are the state entering every SCAN_CHUNK positions, all the backward op keeps; it
 recomputes each chunk's states from them, so no (batch, dim, L, N) tensor is ever stored.
 """
 from typing import Optional, Tuple
@@ -17,10 +17,9 @@ import torch
 
 from scangraph import backend as _backend
 from scangraph import reference
-from scangraph.ops._rules import FLOAT_DTYPES, check_cu_seqlens, opmath_dtype
+from scangraph.ops._rules import FLOAT_DTYPES, SCAN_CHUNK, check_cu_seqlens, opmath_dtype
 from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
 
-CHUNK = 64          # positions per checkpoint: kScanChunk of csrc/include/scangraph/selective_scan_params.h
 MAX_DSTATE = 256
 
 
@@ -30,7 +29,7 @@ def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_stat
     dstate = A.shape[1]
     states = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
     acc = opmath_dtype(u.dtype)
-    chunks = (length + CHUNK - 1) // CHUNK
+    chunks = (length + SCAN_CHUNK - 1) // SCAN_CHUNK
     return (u.new_empty(u.shape), u.new_empty((states, dim, dstate), dtype=acc),
             u.new_empty((batch, dim, chunks, dstate), dtype=acc))
 
