@@ -178,7 +178,7 @@ def main():
         package_dir={"scangraph": "python/scangraph",
                      "scangraph.triton_kernels": "triton_kernels"},
         packages=["scangraph", "scangraph.ops", "scangraph.nn", "scangraph.bench", "scangraph.integrations",
-                  "scangraph.triton_kernels"],
+                  "scangraph.distributed", "scangraph.triton_kernels"],
         ext_modules=[_extension(torch, cpp_extension, with_cuda)],
         cmdclass={"build_ext": _build_ext_class(torch, cpp_extension, with_cuda)},
     )

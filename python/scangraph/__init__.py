@@ -8,7 +8,7 @@
 from scangraph._extension import cpp_built, cuda_built
 from scangraph.backend import BACKENDS, BackendUnavailable, use_backend
 from scangraph.graph import CSRGraph
-from scangraph import datasets, nn, reference
+from scangraph import datasets, distributed, nn, reference
 from scangraph.ops.selective_scan import selective_scan, selective_state_update
 from scangraph.ops.sparse import common_neighbor_aggregate, gat_aggregate, sddmm, spmm
 from scangraph.ops.lowp import QTensor, dequantize, fake_quantize, qlinear, qspmm, quantize

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from scangraph.distributed import context_parallel
 from scangraph.ops.prefix_attention import prefix_attention, prefix_attention_step
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -32,11 +33,16 @@ class Aaren(nn.Module):
         batch 1) packed sequences along L, the scan restarting at each boundary.
     State: (m, denom, numer) of shapes (seqs, heads), (seqs, heads), (seqs, heads, head_dim),
         float32 (float64 for float64 modules): running max, softmax denominator, numerator.
+    process_group (torch.distributed): context parallelism, each rank passing its own slice of
+        L in rank order (scangraph.distributed.prefix_attention): `state` is read on rank 0 and
+        the final state returned on the last rank (None on the others). Parameters are
+        replicated: sum their gradients over the group.
     """
 
     def __init__(self, dim: int, heads: int = 1, head_dim: Optional[int] = None, bias: bool = True,
-                 device=None, dtype=None):
+                 device=None, dtype=None, process_group=None):
         super().__init__()
+        self.process_group = process_group
         if head_dim is None:
             if dim % heads:
                 raise ValueError(f"Aaren: dim ({dim}) must be divisible by heads ({heads}), or pass head_dim")
@@ -70,8 +76,15 @@ class Aaren(nn.Module):
             raise ValueError(f"Aaren: x must be (batch, L, {self.dim}), got shape {tuple(x.shape)}")
         k, v = self._keys_values(x)
         # The op wants q, k and v in one dtype (autocast may have changed the projections').
-        o, last = prefix_attention(self.query.to(k.dtype), k, v, initial_state=state, return_state=True,
-                                   cu_seqlens=cu_seqlens)
+        if self.process_group is not None:
+            if cu_seqlens is not None:
+                raise ValueError("Aaren with a process_group (context parallelism) runs one sequence split along L: "
+                                 "cu_seqlens is not supported there")
+            o, last = context_parallel.prefix_attention(self.query.to(k.dtype), k, v, initial_state=state,
+                                                        return_state=True, group=self.process_group)
+        else:
+            o, last = prefix_attention(self.query.to(k.dtype), k, v, initial_state=state, return_state=True,
+                                       cu_seqlens=cu_seqlens)
         out = self.out_proj(o.reshape(tuple(x.shape[:-1]) + (self.heads * self.head_dim,)))
         return (out, last) if return_state else out
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scangraph.distributed import context_parallel
 from scangraph.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -42,14 +43,22 @@ class Mamba(nn.Module):
     `step(hidden_states, conv_state, ssm_state)` returns (out, conv_state, ssm_state) and updates
     both states in place. `allocate_inference_cache(batch)` / `forward(x, inference_cache=...)`
     do the same without an InferenceParams.
+
+    process_group (torch.distributed): context parallelism. Each rank passes its own contiguous
+    slice of L, in rank order, and gets the block's output for it, as one process running the
+    whole sequence would compute it: the conv reads the d_conv - 1 positions before the slice
+    (after it, when reverse) from the neighbouring rank, the scan runs through
+    scangraph.distributed.selective_scan. Every slice needs at least d_conv - 1 positions.
+    Parameters are replicated: sum their gradients over the group (DDP's mean, scaled).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random",
                  dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True,
                  bias: bool = False, use_fast_path: bool = True, layer_idx: Optional[int] = None,
-                 device=None, dtype=None, reverse: bool = False):
+                 device=None, dtype=None, reverse: bool = False, process_group=None):
         super().__init__()
+        self.process_group = process_group
         factory = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
@@ -91,6 +100,14 @@ class Mamba(nn.Module):
         """Depthwise conv over L of x (batch, d_inner, L), causal (anti-causal when reverse)."""
         length = x.shape[-1]
         k = self.d_conv
+        if self.process_group is not None and k > 1:
+            # The neighbouring slice's k - 1 positions, then the conv of the joined window.
+            halo = context_parallel.neighbour_positions(x, k - 1, self.reverse, self.process_group)
+            joined = torch.cat([x, halo] if self.reverse else [halo, x], dim=-1)
+            if not self.reverse:
+                return self.conv1d(joined)[..., k - 1:k - 1 + length]
+            return F.conv1d(joined, self.conv1d.weight.flip(-1), self.conv1d.bias, padding=k - 1,
+                            groups=self.d_inner)[..., k - 1:k - 1 + length]
         if cu_seqlens is None:
             if not self.reverse:  # padded by k - 1 on both sides: keep the causal window
                 return self.conv1d(x)[..., :length]
@@ -128,6 +145,9 @@ class Mamba(nn.Module):
             inference_cache = self._states_from_cache(inference_params, hidden_states.shape[0])
             if inference_params.seqlen_offset > 0:  # decoding: one token at a time, states in place
                 return self.step(hidden_states, *inference_cache)[0]
+        if self.process_group is not None and (cu_seqlens is not None or inference_cache is not None):
+            raise ValueError("Mamba with a process_group (context parallelism) runs one sequence split along L: "
+                             "cu_seqlens and decoding states are not supported there")
         batch, length, _ = hidden_states.shape
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)
@@ -140,6 +160,12 @@ class Mamba(nn.Module):
         want_state = inference_cache is not None
         if want_state and (self.reverse or cu_seqlens is not None):
             raise ValueError("decoding states need a causal block (reverse=False) without cu_seqlens")
+        if self.process_group is not None:
+            y = context_parallel.selective_scan(
+                x.contiguous(), dt.contiguous(), A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
+                self.D.float(), z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                reverse=self.reverse, group=self.process_group)
+            return self.out_proj(y.transpose(1, 2))
         y = selective_scan(x.contiguous(), dt.contiguous(), A, B.transpose(1, 2).contiguous(),
                            C.transpose(1, 2).contiguous(), self.D.float(), z=z.contiguous(),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,

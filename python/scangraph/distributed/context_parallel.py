@@ -1,0 +1,228 @@
+"""Context parallelism of the scans: each rank of a process group holds one contiguous slice of
+L, in rank order (slices of any length, empty ones included), and gets exactly what one process
+scanning the whole sequence would compute for its slice.
+
+1. Each rank scans its slice from the empty state, which gives the slice's map of the carried
+   state: h_out = P h_in + Q for the selective scan (P = exp(A x the slice's sum of delta), Q its
+   last state from 0), the slice's (m, c, w) summary for prefix attention (whose combine is
+   associative: entering a slice is combining with its summary).
+2. The ranks all-gather the summaries (in the accumulation dtype, a few KB) and each composes
+   those of the ranks before it, starting from the initial state given on the first rank.
+3. Each rank scans its slice again from that state.
+
+The all-gather is torch.distributed.nn's differentiable one, so autograd runs the three steps
+backward: the gradient reaching a rank's entering state goes back through the composition to
+the earlier ranks' summaries (their slices' gradients) in one reduce of the same size. The
+backward is deterministic: fixed-order sums, no atomics.
+
+Parameters (A, D, delta_bias; prefix attention's q) are replicated: each rank's gradient is its
+slice's share, and the sum over the group (or DDP's mean over it, scaled) is the full gradient.
+"""
+import struct
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from scangraph.ops._rules import opmath_dtype
+from scangraph.ops.prefix_attention import prefix_attention as _prefix_attention
+from scangraph.ops.selective_scan import selective_scan as _selective_scan
+
+# dtype codes for the ranks' agreement check
+FLOAT_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def _group_info(op: str, group, like: torch.Tensor):
+    """(rank, world size) of the group, after checking that torch.distributed is set up and
+    that the tensors are on a device the group's backend communicates from."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(f"{op}: torch.distributed is not initialized; call "
+                           "torch.distributed.init_process_group first (torchrun sets up the environment)")
+    backend = dist.get_backend(group)
+    if backend == "nccl" and like.device.type != "cuda":
+        raise ValueError(f"{op}: the process group's backend is NCCL, which communicates CUDA tensors, but the "
+                         f"inputs are on {like.device}")
+    if backend == "gloo" and like.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{op}: the gloo backend cannot communicate tensors on {like.device}")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _agree(op: str, group, world: int, like: torch.Tensor, fields: dict, per_rank=("initial_state",)):
+    """Gathers every rank's small integer descriptor of its call and raises, on every rank alike,
+    where the ranks disagree on a field not in per_rank (an error on one rank alone would leave
+    the others waiting in the next collective). Returns the descriptors, one dict per rank."""
+    mine = torch.tensor(list(fields.values()), dtype=torch.int64, device=like.device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    every = [dict(zip(fields, t.tolist())) for t in every]
+    for rank, theirs in enumerate(every):
+        diff = {k for k in fields if k not in per_rank and theirs[k] != every[0][k]}
+        if diff:
+            raise ValueError(f"{op}: the ranks of the group disagree: rank 0 has {({k: every[0][k] for k in sorted(diff)})}"
+                             f", rank {rank} has {({k: theirs[k] for k in sorted(diff)})}; every rank must pass the "
+                             "same shapes and options, and its own slice of L")
+    return every
+
+
+def _check_initial_state(op: str, every, first: int):
+    """initial_state is the state before the first scanned position: only that rank passes it."""
+    holders = [r for r, d in enumerate(every) if d["initial_state"] and r != first]
+    if holders:
+        raise ValueError(f"{op}: initial_state is the state before the sequence's first scanned position, which "
+                         f"rank {first} holds; rank(s) {holders} must pass None")
+
+
+class _AllGather(torch.autograd.Function):
+    """Every rank's tensor stacked in rank order; backward: each rank's slot of the gradients
+    summed over the ranks (an all-reduce of the small stacked gradient).
+
+    The backward is a collective: every rank must run it, and run the backward's collectives in
+    the same order. Autograd orders them by the graph, so every rank must build the same graph
+    (the same model code; the functions here use the gathered tensor on every rank)."""
+
+    @staticmethod
+    def forward(ctx, t, group, world):
+        ctx.group = group
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[dist.get_rank(ctx.group)], None, None
+
+
+def _gather(t: torch.Tensor, group, world: int):
+    """Differentiable all-gather: every rank's tensor, in rank order."""
+    return list(_AllGather.apply(t, group, world).unbind(0))
+
+
+def neighbour_positions(x: torch.Tensor, count: int, after: bool, group=None) -> torch.Tensor:
+    """The `count` positions of the sequence next to this rank's slice x (..., L_rank): the last
+    ones of the previous rank's slice, or the first ones of the next rank's when `after`; zeros
+    past the sequence's ends (a causal conv's padding). Differentiable. Every slice needs at
+    least `count` positions."""
+    op = "scangraph.distributed.neighbour_positions"
+    rank, world = _group_info(op, group, x)
+    every = _agree(op, group, world, x, dict(count=count, after=int(bool(after)), length=x.shape[-1],
+                                             shape=hash(tuple(x.shape[:-1])) & 0x7FFFFFFF), per_rank=("length",))
+    short = [r for r, d in enumerate(every) if d["length"] < count]
+    if short:
+        raise ValueError(f"{op}: every rank's slice needs at least {count} positions (the conv's window reaches "
+                         f"that far into the neighbouring slice); rank(s) {short} have fewer")
+    edge = x[..., :count] if after else x[..., x.shape[-1] - count:]
+    parts = _gather(edge, group, world)
+    neighbour = rank + 1 if after else rank - 1
+    # At the sequence's ends a zero product of the gathered tensor, not new zeros: every rank's
+    # graph then holds the gather, so every rank runs its backward's all-reduce (see _AllGather).
+    return parts[neighbour] if 0 <= neighbour < world else parts[rank] * 0
+
+
+def _order(world: int, reverse: bool):
+    return list(range(world - 1, -1, -1)) if reverse else list(range(world))
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, initial_state=None, cu_seqlens=None, reverse=False, group=None,
+                   backend="auto"):
+    """scangraph.selective_scan over one sequence split along L across `group` (default: the
+    world). u, delta, z (batch, dim, L_rank) and varying B / C (batch, [groups,] N, L_rank) are
+    this rank's slice, in rank order (reverse=True scans from the last rank's end); A, D and
+    delta_bias are replicated. initial_state is read on the rank the scan enters first (rank 0,
+    or the last rank with reverse=True; the others pass None); with return_last_state, the
+    rank it leaves last returns the final state and the others None. Packed sequences
+    (cu_seqlens) split across ranks are not supported yet: they raise."""
+    op = "scangraph.distributed.selective_scan"
+    if cu_seqlens is not None:
+        raise ValueError(f"{op}: packed sequences (cu_seqlens) split across ranks are not supported yet; run "
+                         "scangraph.selective_scan on each rank's own whole sequences instead")
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"{op}: u must be a (batch, dim, L) tensor, got {getattr(u, 'shape', type(u).__name__)}")
+    rank, world = _group_info(op, group, u)
+    batch, dim, length = u.shape
+    dstate = A.shape[-1]
+    every = _agree(op, group, world, u, dict(batch=batch, dim=dim, N=dstate, dtype=FLOAT_CODES.get(u.dtype, -1),
+                                     varying_B=int(B.dim() > 2), groups=int(B.shape[1]) if B.dim() == 4 else 0,
+                                     z=int(z is not None), D=int(D is not None), delta_bias=int(delta_bias is not None),
+                                     delta_softplus=int(bool(delta_softplus)), reverse=int(bool(reverse)),
+                                     return_last_state=int(bool(return_last_state)),
+                                     initial_state=int(initial_state is not None)))
+    order = _order(world, reverse)
+    first, last = order[0], order[-1]
+    _check_initial_state(op, every, first)
+    acc = opmath_dtype(u.dtype)
+    common = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse, backend=backend)
+    # 1. The slice's map of the state: Q from the empty state, P the product of its decays.
+    _, Q = _selective_scan(u, delta, A, B, C, return_last_state=True, **common)
+    dt = delta.to(acc) + (delta_bias.to(acc)[:, None] if delta_bias is not None else 0)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    P = torch.exp(A.to(acc)[None] * dt.sum(-1)[..., None])
+    h0 = initial_state.to(acc) if initial_state is not None else torch.zeros_like(Q)
+    # 2. Every rank's summary and the first rank's initial state; compose the ranks before this one.
+    summaries = _gather(torch.stack([P, Q, h0]), group, world)
+    h = summaries[first][2]
+    for k in order[:order.index(rank)]:
+        h = summaries[k][0] * h + summaries[k][1]
+    # 3. The slice from its true initial state.
+    out, last_state = _selective_scan(u, delta, A, B, C, return_last_state=True, initial_state=h, **common)
+    if not return_last_state:
+        return out
+    return out, (last_state if rank == last else None)
+
+
+def _combine(a, b):
+    """(m, c, w) of a followed by b: the associative combine of prefix attention's state, safe
+    for empty states (m = -inf, c = w = 0)."""
+    (ma, ca, wa), (mb, cb, wb) = a, b
+    m = torch.maximum(ma, mb)
+    ref = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    ea, eb = torch.exp(ma - ref), torch.exp(mb - ref)
+    return m, ca * ea + cb * eb, wa * ea[..., None] + wb * eb[..., None]
+
+
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
+                     initial_state: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+                     return_state: bool = False, group=None, backend: str = "auto"):
+    """scangraph.prefix_attention over one sequence split along L across `group`: k (batch,
+    L_rank, heads, d) and v (batch, L_rank, heads, dv) are this rank's slice, in rank order; q
+    is replicated. initial_state (m, denom, numer) is read on rank 0 (the others pass None);
+    with return_state, the last rank returns the final state and the others None."""
+    op = "scangraph.distributed.prefix_attention"
+    if not isinstance(k, torch.Tensor) or k.dim() != 4 or not isinstance(v, torch.Tensor) or v.dim() != 4:
+        raise ValueError(f"{op}: k and v must be (batch, L, heads, d) tensors")
+    rank, world = _group_info(op, group, k)
+    batch, _, heads, dk = k.shape
+    dv = v.shape[3]
+    every = _agree(op, group, world, k, dict(
+        batch=batch, heads=heads, d=dk, dv=dv, dtype=FLOAT_CODES.get(k.dtype, -1), q_batched=int(q.dim() == 3),
+        return_state=int(bool(return_state)),
+        scale_bits=struct.unpack("<q", struct.pack("<d", scale))[0] if scale is not None else -1,
+        initial_state=int(initial_state is not None)))
+    _check_initial_state(op, every, 0)
+    acc = opmath_dtype(v.dtype)
+    # 1. The slice's summary from the empty state.
+    _, (m, c, w) = _prefix_attention(q, k, v, scale=scale, return_state=True, backend=backend)
+    if initial_state is not None:
+        m0, c0, w0 = (t.to(acc) for t in initial_state)
+    else:
+        m0 = torch.full_like(m, float("-inf"))
+        c0, w0 = torch.zeros_like(c), torch.zeros_like(w)
+    # 2. Gather (m, c, w) of every rank and the initial state; compose the ranks before this one.
+    packed = torch.cat([torch.stack([m, c], -1), w, torch.stack([m0, c0], -1), w0], -1)
+    summaries = _gather(packed, group, world)
+
+    def unpack(t, offset):
+        return t[..., offset], t[..., offset + 1], t[..., offset + 2:offset + 2 + dv]
+
+    state = unpack(summaries[0], 2 + dv)
+    for r in range(rank):
+        state = _combine(state, unpack(summaries[r], 0))
+    # 3. The slice from its true initial state.
+    out, final = _prefix_attention(q, k, v, scale=scale, initial_state=state, return_state=True, backend=backend)
+    if not return_state:
+        return out
+    return out, (final if rank == world - 1 else None)
