@@ -21,6 +21,7 @@ import torch
 
 from scangraph import backend as _backend
 from scangraph import reference
+from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph, csr_transpose
 from scangraph.ops._rules import FLOAT_DTYPES, opmath_dtype
 from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
@@ -361,7 +362,16 @@ def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
         (num_rows, [heads,] F) in the dtype of x (accumulated in fp32, fp64 for fp64); with
         return_arg, (out, arg).
     Gradients reach x and edge_weight; the backward is deterministic.
+
+    With a PartitionedGraph (scangraph.distributed), x holds this rank's owned nodes, the halo's
+    features come from their owners (halo_exchange), edge_weight is the whole graph's (caller's
+    edge order) and the output is this rank's rows.
     """
+    if isinstance(graph, PartitionedGraph):
+        if return_arg:
+            raise ValueError("spmm: return_arg is not supported with a PartitionedGraph (the winners would be "
+                             "local edge positions)")
+        return spmm(graph.local, graph.exchange(x), reduce, graph.local_edge_tensor(edge_weight), backend=backend)
     _check_graph("spmm", graph)
     _check_features("spmm", "x", x, graph, graph.num_cols, "one per source node of the graph")
     if reduce not in REDUCES:
@@ -391,7 +401,13 @@ def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "
     Returns:
         (num_edges,) or (num_edges, heads) in the caller's edge order (the order of the edge
         list the graph was built from, as in PyG). Gradients reach a and b.
+
+    With a PartitionedGraph: a and b hold this rank's owned nodes (b's halo comes from its
+    owners), and the output has this rank's edges in its local graph's order (graph.edge_ids
+    gives their positions in the caller's edge list).
     """
+    if isinstance(graph, PartitionedGraph):
+        return sddmm(graph.local, a, graph.exchange(b), backend=backend)
     _check_graph("sddmm", graph)
     _check_features("sddmm", "a", a, graph, graph.num_rows, "one per destination row of the graph")
     _check_features("sddmm", "b", b, graph, graph.num_cols, "one per source node of the graph")
@@ -462,7 +478,16 @@ def gat_aggregate(graph: CSRGraph, x: torch.Tensor, alpha_src: torch.Tensor, alp
         rescaling over each neighbour list); no (E, heads) tensor is kept for backward: it keeps
         the per-row max and denominator and recomputes the weights. Gradients reach x, alpha_src
         and alpha_dst, deterministically.
+
+    With a PartitionedGraph: x, alpha_src and alpha_dst hold this rank's owned nodes (the halo's
+    x and alpha_src come from their owners); attention weights are in the local graph's edge
+    order, and the dropout mask is drawn per local edge (a valid dropout, not the bits a single
+    process would draw).
     """
+    if isinstance(graph, PartitionedGraph):
+        return gat_aggregate(graph.local, graph.exchange(x), graph.exchange(alpha_src), alpha_dst, negative_slope,
+                             dropout, generator=generator, return_attention_weights=return_attention_weights,
+                             backend=backend)
     _check_graph("gat_aggregate", graph)
     _check_features("gat_aggregate", "x", x, graph, graph.num_cols, "one per source node of the graph")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:

@@ -1,0 +1,162 @@
+"""Partitioned full-graph message passing (scangraph.distributed.PartitionedGraph) on 2 and 4
+gloo processes against one process on the whole graph, in float64: spmm (sum / mean / max with
+edge weights in the caller's order), sddmm and gat_aggregate, forward and every gradient; a
+rank owning no node, a part with no halo, the same bits when run again; bad partitions raising
+on every rank."""
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import scangraph
+from scangraph.distributed import PartitionedGraph
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+NODES, HEADS, F = 40, 2, 3
+
+
+def _graph():
+    """A random graph on nodes 0..33 and a separate triangle 34..36 (nodes 37..39 isolated):
+    the part that owns only the triangle and the isolated nodes has no halo."""
+    g = torch.Generator().manual_seed(11)
+    edges = torch.randint(0, 34, (2, 150), generator=g)
+    triangle = torch.tensor([[34, 35, 36, 35], [35, 36, 34, 34]])
+    edge_index = torch.cat([edges, triangle], 1)
+    return edge_index, torch.rand(edge_index.shape[1], generator=g, dtype=torch.float64) + 0.5
+
+
+def _parts(world):
+    """world 2: contiguous halves (METIS without pymetis); world 4: rank 2 owns no node, rank 3
+    owns the triangle and the isolated nodes (no halo), ranks 0 and 1 interleave."""
+    if world == 2:
+        return 2
+    owner = torch.arange(NODES) % 2
+    owner[34:] = 3
+    return owner
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(12)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return dict(x=r(NODES, HEADS, F), a=r(NODES, HEADS, F), alpha_src=r(NODES, HEADS), alpha_dst=r(NODES, HEADS),
+                g_spmm=r(NODES, HEADS, F), g_max=r(NODES, HEADS, F), g_gat=r(NODES, HEADS, F),
+                g_sddmm=r(154, HEADS))
+
+
+def _run(graph, owned, edge_ids, weight):
+    """Every op on `graph` (a CSRGraph or this rank's PartitionedGraph) with the rows `owned`;
+    returns outputs (rows in owned order, edges in caller order positions edge_ids) and grads."""
+    inp = _inputs()
+    leaves = {k: inp[k][owned].clone().requires_grad_() for k in ("x", "a", "alpha_src", "alpha_dst")}
+    w = weight.clone().requires_grad_()
+    out_sum = scangraph.spmm(graph, leaves["x"], "sum", w)
+    out_mean = scangraph.spmm(graph, leaves["x"], "mean")
+    out_max = scangraph.spmm(graph, leaves["x"], "max", w)
+    out_gat = scangraph.gat_aggregate(graph, leaves["x"], leaves["alpha_src"], leaves["alpha_dst"])
+    out_sddmm = scangraph.sddmm(graph, leaves["a"], leaves["x"])
+    loss = ((out_sum + out_mean) * inp["g_spmm"][owned]).sum() + (out_max * inp["g_max"][owned]).sum() \
+        + (out_gat * inp["g_gat"][owned]).sum() + (out_sddmm * inp["g_sddmm"][edge_ids]).sum()
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names] + [w])
+    return dict(outs=[t.detach() for t in (out_sum, out_mean, out_max, out_gat)], sddmm=out_sddmm.detach(),
+                grads=dict(zip(names + ["w"], grads)))
+
+
+def _worker(rank, world, port, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        edge_index, weight = _graph()
+        graph = scangraph.CSRGraph.from_edge_index(edge_index, num_nodes=NODES)
+        pg = PartitionedGraph.build(graph, _parts(world))
+        once = _run(pg, pg.owned, pg.edge_ids, weight)
+        again = _run(pg, pg.owned, pg.edge_ids, weight)
+        same = all(torch.equal(a, b) for a, b in zip(once["outs"], again["outs"])) and all(
+            torch.equal(once["grads"][k], again["grads"][k]) for k in once["grads"])
+        torch.save(dict(once, owned=pg.owned, edge_ids=pg.edge_ids, halo=pg.halo, same=same),
+                   os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_partitioned_ops_equal_one_process(world):
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_worker, args=(world, _free_port(), folder), nprocs=world, join=True)
+        ranks = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world)]
+    edge_index, weight = _graph()
+    graph = scangraph.CSRGraph.from_edge_index(edge_index, num_nodes=NODES)
+    whole = _run(graph, torch.arange(NODES), torch.arange(edge_index.shape[1]), weight)
+    tol = dict(rtol=1e-10, atol=1e-10)
+    if world == 4:
+        assert ranks[2]["owned"].numel() == 0 and ranks[3]["halo"].numel() == 0
+    assert all(r["same"] for r in ranks), "a second run gave other bits"
+    owned = torch.cat([r["owned"] for r in ranks])
+    assert torch.equal(owned.sort().values, torch.arange(NODES))
+    for i in range(4):
+        got = torch.empty_like(whole["outs"][i])
+        got[owned] = torch.cat([r["outs"][i] for r in ranks])
+        torch.testing.assert_close(got, whole["outs"][i], **tol)
+    edges = torch.cat([r["edge_ids"] for r in ranks])
+    assert torch.equal(edges.sort().values, torch.arange(edge_index.shape[1]))
+    got = torch.empty_like(whole["sddmm"])
+    got[edges] = torch.cat([r["sddmm"] for r in ranks])
+    torch.testing.assert_close(got, whole["sddmm"], **tol)
+    for name, want in whole["grads"].items():
+        if name == "w":  # the whole edge list's weights on every rank: shares summed
+            got = sum(r["grads"]["w"] for r in ranks)
+        else:
+            got = torch.empty_like(want)
+            got[owned] = torch.cat([r["grads"][name] for r in ranks])
+        torch.testing.assert_close(got, want, **tol, msg=f"gradient of {name}")
+
+
+def _bad_worker(rank, world, port, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    messages = []
+    try:
+        graph = scangraph.CSRGraph.from_edge_index(_graph()[0], num_nodes=NODES)
+        for parts in (torch.zeros(NODES - 1, dtype=torch.int64),   # wrong length
+                      torch.full((NODES,), 2),                      # a rank the group does not have
+                      3,                                            # parts != group size
+                      torch.arange(NODES) % 2 if rank == 0 else (torch.arange(NODES) + 1) % 2):  # ranks disagree
+            try:
+                PartitionedGraph.build(graph, parts)
+            except ValueError as error:
+                messages.append(str(error))
+        pg = PartitionedGraph.build(graph, 2)
+        try:
+            scangraph.spmm(pg, torch.randn(NODES, 3, dtype=torch.float64))  # the whole x, not the owned rows
+        except ValueError as error:
+            messages.append(str(error))
+        torch.save(messages, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bad_partitions_raise_on_every_rank():
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_bad_worker, args=(2, _free_port(), folder), nprocs=2, join=True)
+        messages = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
+    for rank in range(2):
+        got = messages[rank]
+        assert len(got) == 5, got
+        assert "one entry per node" in got[0]
+        assert "process group has 2 ranks" in got[1]
+        assert "one part per rank" in got[2]
+        assert "disagree" in got[3]
+        assert "one row per owned node" in got[4]
