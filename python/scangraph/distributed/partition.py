@@ -119,9 +119,23 @@ class PartitionedGraph:
         order = torch.argsort(send_index * max(send_index.numel(), 1) + positions)
         back_rowptr = torch.searchsorted(send_index[order], torch.arange(owned.numel() + 1, device=device))
         returns = CSRGraph(back_rowptr, positions[order], num_cols=send_index.numel(), validate=False)
-        return cls(local=local, owned=owned, halo=halo, edge_ids=edge_ids, send_index=send_index,
+        return cls(graph=graph, local=local, owned=owned, halo=halo, edge_ids=edge_ids, send_index=send_index,
                    send_counts=send_counts, recv_counts=recv_counts, returns=returns, parts=owner,
-                   num_nodes=n, rank=rank, world=world, group=group)
+                   num_nodes=n, rank=rank, world=world, group=group, _derived={})
+
+    def repartition(self, graph: CSRGraph) -> "PartitionedGraph":
+        """Another graph on the same nodes (self loops added, normalised weights) with this
+        partition: what the layers derive from the whole graph, cut the same way on every rank."""
+        if graph.num_rows != self.num_nodes or graph.num_cols != self.num_nodes:
+            raise ValueError(f"repartition: the graph must have the partition's {self.num_nodes} nodes")
+        return self._assemble(graph, self.parts, self.rank, self.world, self.group)
+
+    def derived(self, key, build) -> "PartitionedGraph":
+        """build(whole graph), partitioned the same way, built once per key (CSRGraph.derived's
+        counterpart: the layers' self loops and normalisation, with the whole graph's degrees)."""
+        if key not in self._derived:
+            self._derived[key] = self.repartition(build(self.graph))
+        return self._derived[key]
 
     def exchange(self, x: torch.Tensor) -> torch.Tensor:
         """(owned + halo, ...) features from this rank's (owned, ...) ones: halo_exchange."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph
 from scangraph.nn.graph_cache import (GraphLike, as_csr, as_csr_of, as_graph, gcn_graph, gcn_norm_weight, graph_for,
                                       is_matrix, num_nodes_of, with_self_loops)
@@ -57,6 +58,9 @@ def gcn_propagation_graph(x: torch.Tensor, graph: GraphLike, edge_weight: Option
     n = num_nodes_of(x, graph)
     if edge_weight is None:
         return gcn_graph(graph, n, add_self_loops, normalize, improved, x.dtype)
+    if isinstance(graph, PartitionedGraph):  # the whole graph's weights, normalised, cut as the graph is
+        return graph.repartition(gcn_propagation_graph(x, graph.graph, edge_weight, add_self_loops, normalize,
+                                                       improved))
     if isinstance(graph, CSRGraph):
         base = CSRGraph(graph.rowptr, graph.col, graph.to_csr_order(edge_weight), num_cols=graph.num_cols,
                         validate=False)
@@ -182,6 +186,9 @@ def gat_forward(layer: nn.Module, x: torch.Tensor, edge_index: GraphLike, return
     add_self_loops and training from `layer`. With return_attention_weights=True it returns
     (out, (edge_index, alpha)) as PyG does: the edge_index the attention ran over (with self
     loops: the caller's non-loop edges in order, then one loop per node) and alpha (E, heads)."""
+    if return_attention_weights and isinstance(edge_index, PartitionedGraph):
+        raise ValueError("GATConv: return_attention_weights is not supported on a PartitionedGraph (the weights "
+                         "would be in each rank's local edge order)")
     n = num_nodes_of(x, edge_index)
     if layer.add_self_loops:
         graph = graph_for(edge_index, n, "loops", with_self_loops)
@@ -195,7 +202,7 @@ def gat_forward(layer: nn.Module, x: torch.Tensor, edge_index: GraphLike, return
                         return_attention_weights=bool(return_attention_weights))
     if return_attention_weights:
         out, alpha = out
-    out = out.reshape(n, layer.heads * layer.out_channels) if layer.concat else out.mean(1)
+    out = out.reshape(out.shape[0], layer.heads * layer.out_channels) if layer.concat else out.mean(1)
     if layer.bias is not None:
         out = out + layer.bias
     if not return_attention_weights:

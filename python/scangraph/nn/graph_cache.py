@@ -16,6 +16,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph
 
 GraphLike = Union[torch.Tensor, CSRGraph]  # an edge_index, an adj_t sparse matrix, or a CSRGraph
@@ -49,6 +50,8 @@ def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
     name for what `build` does); a CSRGraph caller owns its graph, so its derived graphs are
     cached on the object itself, as for the CSRGraph of an adj_t matrix."""
     graph = as_graph(graph)
+    if isinstance(graph, PartitionedGraph):  # derived from the whole graph, then cut the same way
+        return graph if variant == "raw" else graph.derived(variant, build)
     if isinstance(graph, CSRGraph):
         return graph.derived(variant, build)
     if not isinstance(graph, torch.Tensor):
@@ -85,6 +88,8 @@ def num_nodes_of(x: torch.Tensor, graph: GraphLike) -> int:
     x (batch, N, F) is a batch of feature sets over one graph)."""
     if isinstance(graph, CSRGraph):
         return graph.num_rows
+    if isinstance(graph, PartitionedGraph):
+        return graph.num_nodes
     if is_matrix(graph):
         return _graph_of_matrix(graph).num_rows
     return x.shape[-2] if x.dim() == 3 else x.shape[0]  # (batch, N, F): a batch over one static graph

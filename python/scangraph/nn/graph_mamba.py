@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph
 from scangraph.nn.conv import GCNConv
 from scangraph.nn.graph_cache import GraphLike, as_csr, as_csr_of, num_nodes_of
@@ -93,6 +94,14 @@ def _random_walk_encoding(graph: CSRGraph, steps: int) -> torch.Tensor:
     return out
 
 
+def _not_partitioned(layer: str, graph) -> None:
+    """The Graph Mamba layers scan sequences of nodes drawn over the whole graph (walks, degree
+    orders), which cross the parts of a PartitionedGraph: not supported there yet."""
+    if isinstance(graph, PartitionedGraph):
+        raise TypeError(f"{layer}: its node sequences (random walks, degree order) run across the whole graph and "
+                        "would cross the ranks' parts; a PartitionedGraph is not supported yet (train it with data "
+                        "parallelism, or partition the graph into subgraphs it scans whole)")
+
 class GraphMamba(nn.Module):
     """Graph Mamba Network (GMN, Behrouz & Hashemi 2024) for node-level tasks.
 
@@ -137,6 +146,7 @@ class GraphMamba(nn.Module):
         return self._eval_tokens[1:]
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike) -> torch.Tensor:
+        _not_partitioned("GraphMamba", edge_index)
         graph = as_csr(x, edge_index)
         h = self.lin_in(F.dropout(x, self.dropout, self.training))
         if self.rwse_lin is not None:
@@ -189,6 +199,7 @@ class GraphMambaLayer(nn.Module):
         return order, cu_seqlens
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike, batch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        _not_partitioned(type(self).__name__, edge_index)
         n = num_nodes_of(x, edge_index)
         graph = as_csr_of(edge_index, n)
         if batch is None:
