@@ -21,6 +21,12 @@ def _contiguous_parts(num_nodes: int, parts: int, device) -> torch.Tensor:
     return torch.arange(num_nodes, device=device) * parts // max(num_nodes, 1)
 
 
+def metis_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pymetis") is not None
+
+
 def metis_parts(graph: CSRGraph, parts: int) -> Optional[torch.Tensor]:
     """METIS's partition through pymetis (an optional extra), or None when it is not installed."""
     try:
@@ -41,7 +47,7 @@ class PartitionedGraph:
     Attributes: local (CSRGraph: owned rows x (owned + halo) columns, edge order = the rows'
     CSR order), owned and halo (global node ids), edge_ids (the caller's edge order position of
     every local edge, for per-edge tensors), send_index / send_counts / recv_counts (the
-    exchange's maps), parts (the node-to-rank map), rank, world, group."""
+    exchange's maps), parts (the node-to-rank map), rank, world, group, bytes_sent."""
 
     def __init__(self, **fields):
         self.__dict__.update(fields)
@@ -80,10 +86,10 @@ class PartitionedGraph:
                 raise ValueError(f"{op}: parts holds ranks in [{int(owner.min())}, {int(owner.max())}], but the "
                                  f"process group has {world} ranks")
         _check_same_partition(op, graph, owner, world, group)
-        return cls._assemble(graph, owner, rank, world, group)
+        return cls._assemble(graph, owner, rank, world, group, [0])
 
     @classmethod
-    def _assemble(cls, graph, owner, rank, world, group):
+    def _assemble(cls, graph, owner, rank, world, group, traffic):
         n, device = graph.num_rows, graph.device
         src, dst = graph.col.to(torch.int64), graph.edge_rows()
         # The halo of every rank s: the sources of its rows' edges owned elsewhere, as (s, source)
@@ -121,14 +127,20 @@ class PartitionedGraph:
         returns = CSRGraph(back_rowptr, positions[order], num_cols=send_index.numel(), validate=False)
         return cls(graph=graph, local=local, owned=owned, halo=halo, edge_ids=edge_ids, send_index=send_index,
                    send_counts=send_counts, recv_counts=recv_counts, returns=returns, parts=owner,
-                   num_nodes=n, rank=rank, world=world, group=group, _derived={})
+                   num_nodes=n, rank=rank, world=world, group=group, _derived={}, _traffic=traffic)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this rank's exchanges have sent so far, forward and backward, over this graph
+        and the graphs derived from it (a counter they share)."""
+        return self._traffic[0]
 
     def repartition(self, graph: CSRGraph) -> "PartitionedGraph":
         """Another graph on the same nodes (self loops added, normalised weights) with this
         partition: what the layers derive from the whole graph, cut the same way on every rank."""
         if graph.num_rows != self.num_nodes or graph.num_cols != self.num_nodes:
             raise ValueError(f"repartition: the graph must have the partition's {self.num_nodes} nodes")
-        return self._assemble(graph, self.parts, self.rank, self.world, self.group)
+        return self._assemble(graph, self.parts, self.rank, self.world, self.group, self._traffic)
 
     def derived(self, key, build) -> "PartitionedGraph":
         """build(whole graph), partitioned the same way, built once per key (CSRGraph.derived's
@@ -173,6 +185,7 @@ class _HaloExchange(torch.autograd.Function):
     def forward(ctx, x, pg):
         ctx.pg = pg
         send = x[pg.send_index].contiguous()
+        pg._traffic[0] += send.numel() * send.element_size()
         recv = x.new_empty((sum(pg.recv_counts),) + tuple(x.shape[1:]))
         dist.all_to_all_single(recv, send, output_split_sizes=pg.recv_counts, input_split_sizes=pg.send_counts,
                                group=pg.group)
@@ -186,6 +199,7 @@ class _HaloExchange(torch.autograd.Function):
         grad = grad.contiguous()
         owned, halo = grad[:pg.num_owned], grad[pg.num_owned:].contiguous()
         back = grad.new_empty((sum(pg.send_counts),) + tuple(grad.shape[1:]))
+        pg._traffic[0] += halo.numel() * halo.element_size()
         dist.all_to_all_single(back, halo, output_split_sizes=pg.send_counts, input_split_sizes=pg.recv_counts,
                                group=pg.group)
         if back.shape[0] == 0 or owned.shape[0] == 0:
@@ -209,4 +223,4 @@ def halo_exchange(x: torch.Tensor, pg: PartitionedGraph) -> torch.Tensor:
     return _HaloExchange.apply(x, pg)
 
 
-__all__: List[str] = ["PartitionedGraph", "halo_exchange", "metis_parts"]
+__all__: List[str] = ["PartitionedGraph", "halo_exchange", "metis_available", "metis_parts"]
