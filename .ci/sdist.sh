@@ -1,31 +1,41 @@
 #!/usr/bin/env bash
-# CI step: the source distribution, as `pip install scangraph-*.tar.gz` uses it. Builds it from
-# the checkout (`python -m build --sdist --no-isolation`), prints its size, installs it with pip
-# from the .tar.gz into a fresh virtual environment (the CPU kernels only, SCANGRAPH_CUDA=0, to
-# keep CI's time: the CUDA build is the wheel step's, from the same setup.py and sources), then
-# imports it outside the checkout and runs the wheel step's smoke subset of the op samples.
-#   bash .ci/sdist.sh   (after .ci/readme_install.sh .venv)
+# CI step: the source distribution, as `pip install scangraph-*.tar.gz` uses it, under another
+# torch than the main run's. Builds the sdist from the checkout (`python -m build --sdist
+# --no-isolation`), prints its size, creates a fresh virtual environment with torch==VERSION,
+# installs the sdist there with pip (the CPU kernels only, SCANGRAPH_CUDA=0, to keep CI's time:
+# the CUDA build is the wheel step's, from the same setup.py and sources), and, outside the
+# checkout, runs a subset of the tests against the installed package: every op sample forward
+# and backward in float32 on each backend that torch's triton allows (C++, reference, Triton in
+# its interpreter), and the backend checks (tests/test_backend.py), where a Triton too old for
+# the kernels must raise BackendUnavailable. The environment is deleted afterwards (CI's disk).
+#   bash .ci/sdist.sh 2.11.0   (after .ci/readme_install.sh .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+torch_version=${1:?usage: sdist.sh TORCH_VERSION}
 . .venv/bin/activate
 unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA
 python -m pip install -q build
-torch_version=$(python -c 'import torch; print(torch.__version__.split("+")[0])')
 rm -rf dist-sdist
 python -m build --sdist --no-isolation --outdir dist-sdist > build-sdist.log 2>&1 || { tail -60 build-sdist.log; exit 1; }
 sdist=$(ls "$repo"/dist-sdist/scangraph-*.tar.gz)
 echo "sdist: $(basename "$sdist"), $(du -k "$sdist" | cut -f1) KiB, $(tar tzf "$sdist" | grep -c '/csrc/') files under csrc/"
 deactivate
 
-venv=$(mktemp -d)/venv
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+venv=$work/venv
 python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q "torch==$torch_version" setuptools wheel ninja pybind11 pytest
+# numpy < 2.4: the interpreter of triton <= 3.6 (torch <= 2.11) fails under numpy 2.4, and
+# scangraph then refuses the Triton backend on CPU tensors, saying so (triton_kernels/__init__.py).
+"$venv/bin/python" -m pip install -q "torch==$torch_version" "numpy<2.4" setuptools wheel ninja pybind11 pytest pytest-xdist
 start=$(date +%s)
 SCANGRAPH_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" "$venv/bin/python" -m pip install -q --no-build-isolation "$sdist" \
   > install-sdist.log 2>&1 || { tail -60 install-sdist.log; exit 1; }
-echo "pip install of the sdist (CPU kernels) took $(( $(date +%s) - start )) s"
-cd "$(mktemp -d)"
+echo "pip install of the sdist (CPU kernels) under torch $torch_version took $(( $(date +%s) - start )) s"
+cd "$work"
 "$venv/bin/python" -c "import scangraph; assert scangraph.cpp_built(), 'the C++ kernels did not load'; print('imported', scangraph.__file__)"
-TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_op_samples.py" -q -p no:cacheprovider \
-  -k "test_forward_backward and float32 and (-cpp- or -reference-)" --rootdir "$repo"
+TRITON_INTERPRET=1 "$venv/bin/python" -m scangraph.info
+TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_op_samples.py" "$repo/tests/test_backend.py" \
+  -q -p no:cacheprovider -W ignore::DeprecationWarning --rootdir "$repo" \
+  -n 2 -k "test_backend or (test_forward_backward and float32)"

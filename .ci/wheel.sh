@@ -20,12 +20,14 @@ wheel=$(ls dist/scangraph-*.whl)
 echo "wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB, built in $(( $(date +%s) - start )) s"
 deactivate
 
-venv=$(mktemp -d)/venv
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT  # a torch environment is GBs: CI's disk holds few at once
+venv=$work/venv
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q "torch==$torch_version" pytest
 "$venv/bin/python" -m pip install -q "$wheel"
 # A user's machine without build tools: only the venv's own programs on the PATH.
-cd "$(mktemp -d)"
+cd "$work"
 env -i HOME="$HOME" PATH="$venv/bin" "$venv/bin/python" - <<'PY'
 import shutil
 assert shutil.which("c++") is None and shutil.which("nvcc") is None, "a compiler is on the PATH"

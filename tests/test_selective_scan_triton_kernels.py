@@ -9,8 +9,8 @@ import torch
 from scangraph import reference
 
 triton_kernels = pytest.importorskip("scangraph.triton_kernels")
-if triton_kernels.IMPORT_ERROR is not None:
-    pytest.skip(f"triton is unavailable: {triton_kernels.IMPORT_ERROR}", allow_module_level=True)
+if triton_kernels.UNAVAILABLE is not None:
+    pytest.skip(f"triton is unavailable: {triton_kernels.UNAVAILABLE}", allow_module_level=True)
 from scangraph.ops._rules import SCAN_CHUNK as CHUNK  # noqa: E402
 from scangraph.triton_kernels import selective_scan as kernels  # noqa: E402
 

@@ -60,10 +60,10 @@ def requested(backend: str) -> str:
 
 def triton_unavailable_reason(device: torch.device):
     """None when the Triton kernels can run on `device`, else why not."""
-    from scangraph.triton_kernels import IMPORT_ERROR, INTERPRETED
+    from scangraph.triton_kernels import INTERPRETED, UNAVAILABLE
 
-    if IMPORT_ERROR is not None:
-        return f"triton could not be imported ({IMPORT_ERROR}); install it with `pip install triton`"
+    if UNAVAILABLE is not None:
+        return UNAVAILABLE
     if device.type == "cpu" and not INTERPRETED:
         return ("Triton kernels run on CPU tensors only in the interpreter: set TRITON_INTERPRET=1 "
                 "before triton is imported")

@@ -15,7 +15,7 @@ from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.graph import CSRGraph
 from scangraph.ops._rules import FLOAT_DTYPES
-from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 ACTIVATIONS = (None, "none", "relu", "gelu", "silu")
 
@@ -125,11 +125,11 @@ def _register_cpp_ops():
 
 
 def _register_triton_ops():
-    if _TRITON_IMPORT_ERROR is not None:
+    if _TRITON_UNAVAILABLE is not None:
         return
-    from torch.library import triton_op, wrap_triton
+    from torch.library import triton_op
 
-    from scangraph.triton_kernels import lowp as kernels
+    from scangraph.triton_kernels import lowp as kernels, wrap_triton
 
     @triton_op("scangraph::quantize_triton", mutates_args=())
     def quantize_triton(x: torch.Tensor, bits: int, axis: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:

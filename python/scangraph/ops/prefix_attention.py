@@ -17,7 +17,7 @@ import torch
 from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.ops._rules import FLOAT_DTYPES, check_cu_seqlens, opmath_dtype
-from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 def _num_seqs(k, cu_seqlens):
     return k.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -87,11 +87,11 @@ def _register_cpp_ops():
 
 
 def _register_triton_ops():
-    if _TRITON_IMPORT_ERROR is not None:
+    if _TRITON_UNAVAILABLE is not None:
         return
-    from torch.library import triton_op, wrap_triton
+    from torch.library import triton_op
 
-    from scangraph.triton_kernels import prefix_attention as kernels
+    from scangraph.triton_kernels import prefix_attention as kernels, wrap_triton
 
     @triton_op("scangraph::prefix_attention_triton", mutates_args=())
     def prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

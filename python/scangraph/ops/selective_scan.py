@@ -18,7 +18,7 @@ import torch
 from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.ops._rules import FLOAT_DTYPES, SCAN_CHUNK, check_cu_seqlens, opmath_dtype
-from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 MAX_DSTATE = 256
 
@@ -108,11 +108,11 @@ def _triton_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlen
 
 
 def _register_triton_ops():
-    if _TRITON_IMPORT_ERROR is not None:
+    if _TRITON_UNAVAILABLE is not None:
         return
-    from torch.library import triton_op, wrap_triton
+    from torch.library import triton_op
 
-    from scangraph.triton_kernels import selective_scan as kernels
+    from scangraph.triton_kernels import selective_scan as kernels, wrap_triton
 
     @triton_op("scangraph::selective_scan_triton", mutates_args=())
     def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,

@@ -24,7 +24,7 @@ from scangraph import reference
 from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph, csr_transpose
 from scangraph.ops._rules import FLOAT_DTYPES, opmath_dtype
-from scangraph.triton_kernels import IMPORT_ERROR as _TRITON_IMPORT_ERROR
+from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 REDUCES = ("sum", "mean", "max", "min")
 
@@ -200,11 +200,11 @@ def _register_cpp_ops():
 
 
 def _register_triton_ops():
-    if _TRITON_IMPORT_ERROR is not None:
+    if _TRITON_UNAVAILABLE is not None:
         return
-    from torch.library import triton_op, wrap_triton
+    from torch.library import triton_op
 
-    from scangraph.triton_kernels import sparse as kernels
+    from scangraph.triton_kernels import sparse as kernels, wrap_triton
 
     @triton_op("scangraph::spmm_triton", mutates_args=())
     def spmm_triton(rowptr: torch.Tensor, col: torch.Tensor, weight: Optional[torch.Tensor],
