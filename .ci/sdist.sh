@@ -4,9 +4,10 @@
 # --no-isolation`), prints its size, creates a fresh virtual environment with torch==VERSION,
 # installs the sdist there with pip (the CPU kernels only, SCANGRAPH_CUDA=0, to keep CI's time:
 # the CUDA build is the wheel step's, from the same setup.py and sources), and, outside the
-# checkout, runs a subset of the tests against the installed package: every op sample forward
-# and backward in float32 on each backend that torch's triton allows (C++, reference, Triton in
-# its interpreter), and the backend checks (tests/test_backend.py), where a Triton too old for
+# checkout, runs a subset of the tests against the installed package: the core op samples (each
+# raw op path once, `-m core`) in float32 on each backend that torch's triton allows (C++,
+# reference, Triton in its interpreter), forward and backward against the reference, opcheck and
+# the bitwise repeat; and the backend checks (tests/test_backend.py), where a Triton too old for
 # the kernels must raise BackendUnavailable. The environment is deleted afterwards (CI's disk).
 #   bash .ci/sdist.sh 2.11.0   (after .ci/readme_install.sh .venv)
 set -euo pipefail
@@ -36,6 +37,9 @@ echo "pip install of the sdist (CPU kernels) under torch $torch_version took $((
 cd "$work"
 "$venv/bin/python" -c "import scangraph; assert scangraph.cpp_built(), 'the C++ kernels did not load'; print('imported', scangraph.__file__)"
 TRITON_INTERPRET=1 "$venv/bin/python" -m scangraph.info
-TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_op_samples.py" "$repo/tests/test_backend.py" \
-  -q -p no:cacheprovider -W ignore::DeprecationWarning --rootdir "$repo" \
-  -n 2 -k "test_backend or (test_forward_backward and float32)"
+# The core op samples (each raw op path once) in float32: forward and backward against the
+# reference, opcheck, the bitwise repeat; then the backend checks.
+tests=(-q -p no:cacheprovider -W ignore::DeprecationWarning --rootdir "$repo" -n 2)
+TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_op_samples.py" "${tests[@]}" \
+  -m core -k "not test_forward_backward or float32"
+TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_backend.py" "${tests[@]}"

@@ -59,6 +59,8 @@ def _params(with_dtype=True):
     for sample in SAMPLES if with_dtype else [s for s in SAMPLES if s.core]:
         for backend, device in BACKENDS:
             marks = [pytest.mark.cuda] if device == "cuda" else []
+            if sample.core:
+                marks.append(pytest.mark.core)
             if backend in sample.skip:
                 marks.append(pytest.mark.skip(reason=sample.skip[backend]))
             dtypes = sample.dtypes if with_dtype else (torch.float32 if torch.float32 in sample.dtypes else sample.dtypes[0],)
