@@ -245,3 +245,21 @@ def test_partitioned_training_equals_one_process(kind):
             torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
             for name, want in one["params"].items():
                 torch.testing.assert_close(r["params"][name], want, rtol=1e-4, atol=2e-5, msg=f"{world} ranks: {name}")
+
+
+def test_bench_partition_choice():
+    """The bench's --partition: contiguous ranges, METIS (a clear error without pymetis), auto."""
+    from scangraph.bench import distributed as bench
+    from scangraph.distributed import partition
+
+    graph = scangraph.CSRGraph.from_edge_index(torch.randint(0, 50, (2, 300)), num_nodes=50)
+    contiguous = bench.node_parts(graph, 4, "contiguous")
+    assert torch.equal(contiguous, torch.arange(50) * 4 // 50)
+    if partition.metis_available():
+        metis = bench.node_parts(graph, 4, "metis")
+        assert metis.shape == (50,) and set(metis.tolist()) <= {0, 1, 2, 3}
+        assert torch.equal(bench.node_parts(graph, 4, "auto"), metis)
+    else:
+        with pytest.raises(RuntimeError, match="needs pymetis"):
+            bench.node_parts(graph, 4, "metis")
+        assert torch.equal(bench.node_parts(graph, 4, "auto"), contiguous)

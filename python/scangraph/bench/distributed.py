@@ -2,6 +2,7 @@
 time per epoch, bytes each rank sends, peak memory per rank, for 1, 2 and 4 processes.
 
     python -m scangraph.bench.distributed --graph email-Enron --procs 1 2 4   # spawns the ranks itself
+    python -m scangraph.bench.distributed --partition contiguous   # METIS's halo against contiguous ranges
     torchrun --nproc-per-node=4 -m scangraph.bench.distributed --graph email-Enron   # or under torchrun
 
 The graph has no features or labels of its own: both are drawn from a fixed seed, the same on
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 import scangraph
 from scangraph.distributed import PartitionedGraph
+from scangraph.distributed.partition import contiguous_parts, metis_available, metis_parts
 
 FEATURES, HIDDEN, CLASSES = 64, 32, 8
 
@@ -76,14 +78,27 @@ def train(model, graph, x, y, train_mask, epochs: int, lr: float = 0.5, group=No
     return losses, seconds
 
 
-def run_rank(graph_path: str, kind: str, epochs: int, out_path: str = None):
+def node_parts(graph, world: int, partition: str):
+    """The node-to-rank map of `partition`: "metis" (pymetis), "contiguous" (balanced ranges of
+    node ids) or "auto" (METIS when installed, as PartitionedGraph.build chooses)."""
+    if partition == "auto":
+        partition = "metis" if metis_available() else "contiguous"
+    if partition == "metis":
+        parts = metis_parts(graph, world)
+        if parts is None:
+            raise RuntimeError("--partition metis needs pymetis: pip install 'scangraph[metis]'")
+        return parts
+    return contiguous_parts(graph.num_rows, world, graph.device)
+
+
+def run_rank(graph_path: str, kind: str, epochs: int, out_path: str = None, partition: str = "auto"):
     """One rank of the partitioned training (the process group already initialised)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     edge_index, n = scangraph.datasets.load_graph(graph_path)
     graph = scangraph.CSRGraph.from_edge_index(edge_index, num_nodes=n)
     x, y, mask = synthetic_task(n)
     start = time.perf_counter()
-    pg = PartitionedGraph.build(graph, world)
+    pg = PartitionedGraph.build(graph, node_parts(graph, world, partition))
     build_seconds = time.perf_counter() - start
     model = make_model(kind)
     owned = pg.owned
@@ -98,17 +113,17 @@ def run_rank(graph_path: str, kind: str, epochs: int, out_path: str = None):
     return result
 
 
-def _spawned(rank, world, port, graph_path, kind, epochs, folder):
+def _spawned(rank, world, port, graph_path, kind, epochs, folder, partition):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        run_rank(graph_path, kind, epochs, os.path.join(folder, f"rank{rank}.pt"))
+        run_rank(graph_path, kind, epochs, os.path.join(folder, f"rank{rank}.pt"), partition)
     finally:
         dist.destroy_process_group()
 
 
-def run_world(world: int, graph_path: str, kind: str, epochs: int):
+def run_world(world: int, graph_path: str, kind: str, epochs: int, partition: str = "auto"):
     """Every rank's result for `world` spawned processes (1: one process, no partition)."""
     import torch.multiprocessing as mp
 
@@ -126,7 +141,7 @@ def run_world(world: int, graph_path: str, kind: str, epochs: int):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_spawned, args=(world, port, graph_path, kind, epochs, folder), nprocs=world, join=True)
+        mp.spawn(_spawned, args=(world, port, graph_path, kind, epochs, folder, partition), nprocs=world, join=True)
         return [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world)]
 
 
@@ -136,6 +151,8 @@ def main(argv=None):
     parser.add_argument("--model", default="gcn", choices=("gcn", "gat"))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--partition", default="auto", choices=("auto", "metis", "contiguous"),
+                        help="how nodes are split over the ranks (auto: METIS when pymetis is installed)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     path = args.graph if args.graph.endswith(".npz") else os.path.join(
@@ -143,16 +160,17 @@ def main(argv=None):
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun: this process is one rank
         dist.init_process_group("gloo")
         try:
-            r = run_rank(path, args.model, args.epochs)
+            r = run_rank(path, args.model, args.epochs, partition=args.partition)
             print(json.dumps({k: v for k, v in r.items() if k != "params"}))
         finally:
             dist.destroy_process_group()
         return
     rows = []
     for world in args.procs:
-        ranks = run_world(world, path, args.model, args.epochs)
+        ranks = run_world(world, path, args.model, args.epochs, args.partition)
         row = dict(procs=world, model=args.model, graph=args.graph, epochs=args.epochs,
-                   metis=scangraph.distributed.partition.metis_available(),
+                   partition=("metis" if metis_available() else "contiguous") if args.partition == "auto"
+                   else args.partition,
                    seconds_per_epoch=max(r["seconds_per_epoch"] for r in ranks),
                    bytes_sent_per_epoch=[round(r["bytes_sent_per_epoch"]) for r in ranks],
                    halo_rows=[r["halo"] for r in ranks], owned=[r["owned"] for r in ranks],

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from scangraph.graph import CSRGraph
 
 
-def _contiguous_parts(num_nodes: int, parts: int, device) -> torch.Tensor:
+def contiguous_parts(num_nodes: int, parts: int, device) -> torch.Tensor:
     """Balanced contiguous split: node i to part floor(i * parts / num_nodes)."""
     return torch.arange(num_nodes, device=device) * parts // max(num_nodes, 1)
 
@@ -76,7 +76,7 @@ class PartitionedGraph:
             if parts != world:
                 raise ValueError(f"{op}: {parts} parts for a process group of {world} ranks; one part per rank")
             owner = metis_parts(graph, parts)
-            owner = _contiguous_parts(n, parts, graph.device) if owner is None else owner
+            owner = contiguous_parts(n, parts, graph.device) if owner is None else owner
         else:
             if not isinstance(parts, torch.Tensor) or parts.dim() != 1 or parts.numel() != n:
                 raise ValueError(f"{op}: parts must be a ({n},) node-to-rank tensor (one entry per node), got "
