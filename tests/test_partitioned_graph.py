@@ -147,6 +147,10 @@ def _bad_worker(rank, world, port, folder):
             scangraph.nn.GraphMamba(3, 8, 2)(torch.randn(pg.num_owned, 3), pg)
         except TypeError as error:
             messages.append(str(error))
+        try:  # features on another device than the graph (meta stands in for a GPU here)
+            scangraph.spmm(pg, torch.randn(pg.num_owned, 3, device="meta"))
+        except ValueError as error:
+            messages.append(str(error))
         torch.save(messages, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -158,13 +162,14 @@ def test_bad_partitions_raise_on_every_rank():
         messages = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
     for rank in range(2):
         got = messages[rank]
-        assert len(got) == 6, got
+        assert len(got) == 7, got
         assert "one entry per node" in got[0]
         assert "process group has 2 ranks" in got[1]
         assert "one part per rank" in got[2]
         assert "disagree" in got[3]
         assert "one row per owned node" in got[4]
         assert "GraphMamba" in got[5] and "not supported yet" in got[5]
+        assert "x is on meta but the partitioned graph on cpu" in got[6]
 
 
 LAYERS = ("gcn", "gcn_weighted", "sage", "gin", "gat")
