@@ -40,8 +40,10 @@ TRITON_INTERPRET=1 "$venv/bin/python" -m scangraph.info
 # The core op samples (each raw op path once) in float32: forward and backward against the
 # reference on every backend, and opcheck (the torch.library registrations, what a torch version
 # changes) of the C++ ops; then the backend checks. opcheck of the Triton ops and the bitwise
-# repeat stay in the main run: under triton 3.6's interpreter they ran past 7 minutes here.
+# repeat stay in the main run: under triton 3.6's interpreter they ran past 7 minutes here. The
+# CUDA emulation is not built for this torch (tests/cuda_emulation.py would rebuild it, shared
+# with the main run, in the checkout's build/): its tests are deselected.
 tests=(-q -p no:cacheprovider -W ignore::DeprecationWarning --rootdir "$repo" -n 2)
 TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_op_samples.py" "${tests[@]}" \
-  -m core -k "(test_opcheck and cpp) or (test_forward_backward and float32)"
+  -m core -k "((test_opcheck and cpp) or (test_forward_backward and float32)) and not cuda_emulated"
 TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_backend.py" "${tests[@]}"
