@@ -78,12 +78,18 @@ def train(model, graph, x, y, train_mask, epochs: int, lr: float = 0.5, group=No
     return losses, seconds
 
 
+def partition_name(partition: str) -> str:
+    """The split that `partition` means here: "auto" is METIS when pymetis is installed, else
+    contiguous ranges, as PartitionedGraph.build chooses."""
+    if partition == "auto":
+        return "metis" if metis_available() else "contiguous"
+    return partition
+
+
 def node_parts(graph, world: int, partition: str):
     """The node-to-rank map of `partition`: "metis" (pymetis), "contiguous" (balanced ranges of
-    node ids) or "auto" (METIS when installed, as PartitionedGraph.build chooses)."""
-    if partition == "auto":
-        partition = "metis" if metis_available() else "contiguous"
-    if partition == "metis":
+    node ids) or "auto" (partition_name)."""
+    if partition_name(partition) == "metis":
         parts = metis_parts(graph, world)
         if parts is None:
             raise RuntimeError("--partition metis needs pymetis: pip install 'scangraph[metis]'")
@@ -169,8 +175,7 @@ def main(argv=None):
     for world in args.procs:
         ranks = run_world(world, path, args.model, args.epochs, args.partition)
         row = dict(procs=world, model=args.model, graph=args.graph, epochs=args.epochs,
-                   partition=("metis" if metis_available() else "contiguous") if args.partition == "auto"
-                   else args.partition,
+                   partition=partition_name(args.partition),
                    seconds_per_epoch=max(r["seconds_per_epoch"] for r in ranks),
                    bytes_sent_per_epoch=[round(r["bytes_sent_per_epoch"]) for r in ranks],
                    halo_rows=[r["halo"] for r in ranks], owned=[r["owned"] for r in ranks],
