@@ -165,9 +165,10 @@ SCAN = [
     Sample("selective_scan", "N64", _scan(1, 1, 19, 64, None, False), grads=SCAN_GRADS, tol=4.0, grad_tol=8.0),
     Sample("selective_scan", "L0", _scan(2, 3, 0, 4, 0, False), grads=SCAN_GRADS),
     # Longer than a CUDA tile of 128 positions with few channels: the CUDA kernels cut the scan
-    # into segments (summary, composition, full pass), and sequences straddle tiles and segments.
+    # into segments (summary, composition, full pass), and sequences straddle tiles and segments
+    # (Triton: six segments of one chunk; CUDA: three tiles).
     Sample("selective_scan", "segments-varlen-reverse",
-           _scan(1, 2, 700, 4, None, True, reverse=True, varlen=[0, 130, 131, 300, 300, 555, 700]),
+           _scan(1, 2, 330, 4, None, True, reverse=True, varlen=[0, 70, 71, 200, 200, 330]),
            grads=SCAN_GRADS, tol=4.0, grad_tol=8.0, core=True),
     Sample("selective_scan", "segments-fixed", _scan(2, 1, 300, 3, 0, True), grads=SCAN_GRADS, tol=4.0,
            grad_tol=8.0),

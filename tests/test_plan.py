@@ -8,6 +8,8 @@ import torch
 
 import cuda_emulation
 import scangraph
+import test_op_samples
+from op_samples import SAMPLES
 from scangraph.bench import plan
 from scangraph.bench.gpu_resources import kernel_name, record_cuda, record_triton
 from scangraph.backend import triton_unavailable_reason
@@ -124,3 +126,20 @@ def test_selective_scan_triton_fills_the_gpu_along_L(batch, dim, length, groups)
     assert seen >= {"_scan_fwd_kernel", "_scan_bwd_kernel"}
     if length > 4096:
         assert "_scan_flow_kernel" in seen
+
+
+@pytest.mark.parametrize("sample", [s for s in SAMPLES if s.op == "common_neighbor_aggregate"], ids=lambda s: s.id)
+def test_triton_variants_recorded_without_running_are_those_run(sample):
+    """tools/triton_compile_check.py records the variants without running the kernels. The
+    common-neighbour lists are the launches whose sizes come from a kernel's output (the counts):
+    recorded with the kernels not run (zero counts) and run in the interpreter, the same variants."""
+    reason = triton_unavailable_reason(torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+    keys = {}
+    for run in (False, True):
+        torch.manual_seed(0)
+        with record_triton(run=run) as launches:
+            test_op_samples._run(sample, test_op_samples._prepare(sample, torch.float32), "triton")
+        keys[run] = {launch["key"] for launch in launches}
+    assert keys[False] == keys[True]
