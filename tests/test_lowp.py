@@ -282,6 +282,28 @@ def test_fake_quantize_gradient_is_zero_outside_a_given_range():
     assert x.grad.tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bits, axis", [(8, 0), (4, 1), (8, None), (4, -1)])
+def test_fake_quantize_with_a_given_scale_matches_the_reference(bits, axis, dtype):
+    """A calibrated scale (some channels clamp, one is zero): forward and straight-through
+    gradient against reference.fake_quantize, on fresh random input."""
+    x = (3 * torch.randn(6, 9)).to(dtype).requires_grad_()
+    channels = 1 if axis is None else x.shape[axis]
+    scale = torch.rand(channels) * 2.0 / reference.quant_max(bits)  # ranges of 0 to 2: 3 sigma clamps
+    if channels > 1:
+        scale[1] = 0.0
+    scale = scale.reshape(()) if axis is None else scale
+    grad = torch.randn(6, 9).to(dtype)
+    out = scangraph.fake_quantize(x, bits, axis, scale)
+    (got_grad,) = torch.autograd.grad(out, x, grad)
+    x_ref = x.detach().clone().requires_grad_()
+    want = reference.fake_quantize(x_ref, bits, axis, scale)
+    (want_grad,) = torch.autograd.grad(want, x_ref, grad)
+    assert out.dtype == dtype and torch.equal(out, want)
+    assert torch.equal(got_grad, want_grad)
+    assert 0 < int((got_grad == 0).sum()) < got_grad.numel()  # some elements clamp, most pass
+
+
 def test_fake_quantize_under_torch_compile():
     w = torch.randn(8, 12, requires_grad=True)
     x = torch.randn(5, 12)

@@ -140,8 +140,7 @@ class QGCNConv(GCNConv):
     normalisation) stay fp32. QAT until `convert()`; see the module docstring.
 
     Args: GCNConv's (in_channels, out_channels, improved, add_self_loops, normalize, bias),
-        weight_bits (8 or 4), act_bits (8), quantize_messages (False: fp32 spmm aggregation,
-        as bench/lowp_gcn_qat.py does).
+        weight_bits (8 or 4), act_bits (8), quantize_messages (False: fp32 spmm aggregation).
     Parameters: `lin.weight` (out, in), `bias` (out,): GCNConv's and PyG's names, so their
         state_dict loads. Shapes: x (N, in_channels) -> (N, out_channels).
     """

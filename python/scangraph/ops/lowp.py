@@ -347,6 +347,22 @@ def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, scale
                              f"{axis} (axis=None: one), as a 0-d or 1-D tensor, got shape {tuple(scale.shape)}")
         if scale.device != x.device:
             raise ValueError(f"fake_quantize: scale is on {scale.device} but x is on {x.device}")
-        return reference.fake_quantize(x, bits, axis, scale)
+        return _fake_quantize_with_scale(x, bits, axis, scale)
     q = quantize(x.detach(), bits, axis, backend=backend)
     return q.dequantize(x.dtype) + (x - x.detach())
+
+
+def _fake_quantize_with_scale(x: torch.Tensor, bits: int, axis: Optional[int], scale: torch.Tensor) -> torch.Tensor:
+    """fake_quantize with a given scale: q = clamp(round(x / scale), -qmax, qmax) in float32, as
+    the quantize kernels round; a zero scale gives 0. Elementwise and memory-bound, so plain torch
+    ops (torch.compile fuses them) rather than a kernel of its own."""
+    qmax = reference.quant_max(bits)
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = -1
+    s = scale.float().reshape(shape)
+    positive = s > 0
+    x0 = x.detach()
+    q = torch.round(x0.float() / torch.where(positive, s, 1.0)).clamp_(-qmax, qmax).masked_fill_(~positive, 0)
+    passes = x0.abs() <= qmax * s  # the straight-through gradient stops where the clamp bites
+    return (q * s).to(x.dtype) + (x - x0) * passes
