@@ -84,13 +84,13 @@ inline constexpr const char* kSchemas[] = {
         "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor",
     // qlinear on one named CPU path, isa = scalar | avx2 | avx512_vnni | amx (errors where the CPU lacks
     // it); qlinear itself picks the best the CPU has. Lets tests compare the paths bit for bit.
-    "qlinear_cpu_isa(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
+    "_qlinear_cpu_isa(Tensor x, Tensor w, Tensor w_scale, int w_bits, int in_features, Tensor? bias, "
         "str activation, ScalarType? out_dtype, str isa) -> Tensor",
     // spmm over int8 per-row quantized features: fp32 out, dequantization fused per edge.
     "qspmm(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, "
         "str reduce=\"sum\") -> Tensor",
     // qspmm on a named CPU instruction set (scalar, avx2, avx512), for tests.
-    "qspmm_cpu_isa(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, str reduce, "
+    "_qspmm_cpu_isa(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, str reduce, "
         "str isa) -> Tensor",
 };
 

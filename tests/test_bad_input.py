@@ -7,6 +7,7 @@ The per-family files already hold a few bad-input cases each; this table covers 
 classes of DESIGN.md's testing section in one place. The C++ backend runs everything; the Triton
 backend (interpreter) runs a few representative cases; the device cases need a GPU."""
 import re
+import sys
 
 import pytest
 import torch
@@ -64,7 +65,7 @@ def _qt(shape=(4, 6), bits=8, axis=0):
     return scangraph.quantize(torch.randn(*shape), bits, axis)
 
 
-# The CPU lowp kernels raise "<op>: x holds NaN or inf" (csrc/cpu/lowp.cpp), naming the float input.
+# The CPU lowp kernels raise "<op>: x holds NaN or inf" (csrc/cpu/lowp_common.h), naming the float input.
 NAN_MESSAGE = r"\bx\b.*NaN or inf"
 
 
@@ -396,6 +397,51 @@ def test_bad_input_cpp(case):
         _check_raises(call, error, pattern)
 
 
+
+# ---- the raw C++ ops say the same as the public functions ------------------------------------
+# Where the Python layer and the C++ glue both check an argument (Python before the Triton ops,
+# C++ for callers of torch.ops.scangraph.*), the rule lives in ops/_rules.py and its twin in
+# csrc/glue/common_args.h: the same exception type with the same message. So far the scans'
+# cu_seqlens and every check of selective_scan's forward are shared this way.
+def _raw_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        return_last_state=False, *, initial_state=None, cu_seqlens=None, reverse=False):
+    return torch.ops.scangraph.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                              cu_seqlens, reverse)
+
+
+def _raw_prefix_attention(q, k, v, *, scale=None, initial_state=None, return_state=False, cu_seqlens=None):
+    assert scale is None and initial_state is None
+    return torch.ops.scangraph.prefix_attention(q, k, v, k.shape[-1] ** -0.5, None, None, None, cu_seqlens)
+
+
+RAW_CASES = [case for case in CASES if case[0] == "selective_scan" or case in (
+    ("prefix_attention", "cu_seqlens int64"), ("prefix_attention", "cu_seqlens one offset"),
+    ("prefix_attention", "cu_seqlens empty"), ("prefix_attention", "cu_seqlens short of L"),
+    ("prefix_attention", "cu_seqlens past L inside"), ("prefix_attention", "cu_seqlens negative"),
+    ("prefix_attention", "cu_seqlens start"), ("prefix_attention", "cu_seqlens batch 2"))]
+
+
+@pytest.mark.parametrize("case", RAW_CASES, ids=lambda case: f"{case[0]}-{case[1]}")
+def test_raw_op_message_equals_the_public_one(case, monkeypatch):
+    """The case through the public function, then with the public function swapped for its raw
+    op: the same exception type and message (an argument the schema refuses, a list for a
+    tensor, never reaches the glue)."""
+    if not scangraph.cpp_built():
+        pytest.skip("the C++ ops are not built")
+    call, error, _ = CASES[case]
+    with pytest.raises(error) as public:
+        call()
+    monkeypatch.setattr(sys.modules[__name__], "ss", _raw_selective_scan)
+    monkeypatch.setattr(sys.modules[__name__], "pa", _raw_prefix_attention)
+    try:
+        call()
+    except (TypeError, ValueError, RuntimeError) as raw:
+        if "but instead found type" in str(raw):
+            pytest.skip(f"the schema refuses the argument before the glue: {raw}")
+        assert (type(raw), str(raw)) == (type(public.value), str(public.value))
+    else:
+        pytest.fail(f"the raw op accepted what the public function refuses ({public.value})")
+
 # A few representative cases on the Triton backend under the interpreter: the Python checks run
 # before any backend is chosen, so one case per family shows the Triton path is guarded as well.
 TRITON_CASES = [("selective_scan", "cu_seqlens short of L"), ("prefix_attention", "cu_seqlens negative"),
@@ -681,7 +727,7 @@ def test_state_update_checks_d_z_dt_bias():
     """The Python wrapper checks D, z and dt_bias like the glue does."""
     for name, bad, pattern in (("D", torch.randn(5), r"\bD must have shape"),
                                ("dt_bias", torch.randn(4, 1), r"\bdt_bias must have shape"),
-                               ("z", torch.randn(2, 4, dtype=torch.float64), r"\bz must be one of")):
+                               ("z", torch.randn(2, 4, dtype=torch.float64), r"\bz must be float32, got float64")):
         with pytest.raises((ValueError, TypeError), match=pattern):
             ssu(**_step(**{name: bad}))
 

@@ -45,7 +45,7 @@ def _isas():
     found = []
     for isa in ("scalar", "avx2", "avx512_vnni", "amx"):
         try:
-            torch.ops.scangraph.qlinear_cpu_isa(x, w.data, w.scale, 8, 4, None, "none", torch.int32, isa)
+            torch.ops.scangraph._qlinear_cpu_isa(x, w.data, w.scale, 8, 4, None, "none", torch.int32, isa)
             found.append(isa)
         except RuntimeError:
             pass
@@ -121,7 +121,7 @@ def test_every_cpu_path_gives_the_same_integers(bits):
         w = scangraph.quantize(adversarial(N, K, "boundary"), bits, 0)
         want = reference.qlinear_accumulator(reference.quantize(x, 8, 0)[0], w.int_values()).to(torch.int32)
         for isa in isas:
-            got = torch.ops.scangraph.qlinear_cpu_isa(x, w.data, w.scale, bits, K, None, "none", torch.int32, isa)
+            got = torch.ops.scangraph._qlinear_cpu_isa(x, w.data, w.scale, bits, K, None, "none", torch.int32, isa)
             assert torch.equal(got, want), (isa, M, K, N)
 
 
@@ -136,7 +136,7 @@ def test_accumulator_at_the_clamp_boundary():
     want = reference.qlinear_accumulator(reference.quantize(x, 8, 0)[0], w.data).to(torch.int32)
     assert want[0, 0] == K * 127 * 127
     for isa in _isas():
-        got = torch.ops.scangraph.qlinear_cpu_isa(x, w.data, w.scale, 8, K, None, "none", torch.int32, isa)
+        got = torch.ops.scangraph._qlinear_cpu_isa(x, w.data, w.scale, 8, K, None, "none", torch.int32, isa)
         assert torch.equal(got, want), isa
 
 
@@ -184,7 +184,7 @@ def _qspmm_isas():
     found = []
     for isa in ("scalar", "avx2", "avx512"):
         try:
-            torch.ops.scangraph.qspmm_cpu_isa(graph.rowptr, graph.col, None, xq.data, xq.scale, "sum", isa)
+            torch.ops.scangraph._qspmm_cpu_isa(graph.rowptr, graph.col, None, xq.data, xq.scale, "sum", isa)
             found.append(isa)
         except RuntimeError:
             pass
@@ -203,7 +203,7 @@ def test_qspmm_every_cpu_isa_matches_reference(reduce):
             want = reference.qspmm(graph.rowptr, graph.col, xq.data, xq.scale, reduce, weight)
             scale = float(xq.scale.max()) * 127
             for isa in _qspmm_isas():
-                got = torch.ops.scangraph.qspmm_cpu_isa(graph.rowptr, graph.col, weight, xq.data, xq.scale, reduce, isa)
+                got = torch.ops.scangraph._qspmm_cpu_isa(graph.rowptr, graph.col, weight, xq.data, xq.scale, reduce, isa)
                 torch.testing.assert_close(got.double(), want, atol=1e-5 * scale, rtol=1e-5, msg=isa)
 
 
@@ -243,9 +243,9 @@ def test_large_qlinear_outputs_stream_bitwise_like_small_ones():
     w = scangraph.quantize(torch.randn(256, 40), 8, 0)
     bias = torch.randn(256)
     for isa in _isas():
-        big = torch.ops.scangraph.qlinear_cpu_isa(x, w.data, w.scale, 8, 40, bias, "relu", None, isa)
+        big = torch.ops.scangraph._qlinear_cpu_isa(x, w.data, w.scale, 8, 40, bias, "relu", None, isa)
         for begin, end in ((0, 33), (16384 - 70, 16384)):
-            small = torch.ops.scangraph.qlinear_cpu_isa(x[begin:end], w.data, w.scale, 8, 40, bias, "relu", None, isa)
+            small = torch.ops.scangraph._qlinear_cpu_isa(x[begin:end], w.data, w.scale, 8, 40, bias, "relu", None, isa)
             assert torch.equal(big[begin:end], small), isa
     want = reference.qlinear(x, w.int_values(), w.scale, bias, "relu")
     assert torch.equal(scangraph.qlinear(x, w, bias, "relu"), want)
@@ -353,7 +353,7 @@ def test_opcheck(backend_device):
         torch.library.opcheck(getattr(torch.ops.scangraph, name + suffix).default, args, test_utils=utils)
     if backend == "cpp":
         x, w = torch.randn(3, 5), scangraph.quantize(torch.randn(4, 5))
-        torch.library.opcheck(torch.ops.scangraph.qlinear_cpu_isa.default,
+        torch.library.opcheck(torch.ops.scangraph._qlinear_cpu_isa.default,
                               (x, w.data, w.scale, 8, 5, None, "relu", None, "scalar"), test_utils=utils)
 
 

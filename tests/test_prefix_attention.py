@@ -316,9 +316,9 @@ def test_cpp_op_checks_its_arguments_itself():
     """Called directly, the op validates what the public function would (no crash, no garbage)."""
     q, k, v = (t.detach() for t in _qkv(1, 5, torch.float32, "cpu"))
     op = torch.ops.scangraph.prefix_attention
-    with pytest.raises(RuntimeError, match="cu_seqlens must not decrease"):
+    with pytest.raises(ValueError, match="cu_seqlens must not decrease"):
         op(q, k, v, 1.0, None, None, None, torch.tensor([0, 4, 3, 5], dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="cu_seqlens must start at 0 and end at L = 5"):
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0 and end at L = 5"):
         op(q, k, v, 1.0, None, None, None, torch.tensor([0, 4], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="m0 must be Float"):
         op(q, k, v, 1.0, torch.zeros(1, HEADS, dtype=torch.float64), torch.zeros(1, HEADS),

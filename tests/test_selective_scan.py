@@ -357,9 +357,9 @@ def test_cpp_op_checks_its_own_input():
     """The op is public too (torch.ops.scangraph.selective_scan): it checks without Python."""
     u, delta, A = torch.randn(1, 4, 8), torch.rand(1, 4, 8), -torch.rand(4, 3)
     B = torch.randn(1, 3, 3, 8)
-    with pytest.raises(RuntimeError, match="divisible"):
+    with pytest.raises(ValueError, match="divisible"):
         torch.ops.scangraph.selective_scan(u, delta, A, B, B, None, None, None, False, None, None, False)
-    with pytest.raises(RuntimeError, match="end at L"):
+    with pytest.raises(ValueError, match="end at L"):
         torch.ops.scangraph.selective_scan(u, delta, A, B[:, :1], B[:, :1], None, None, None, False, None,
                                            torch.tensor([0, 5], dtype=torch.int32), False)
 

@@ -17,26 +17,18 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/cpu_features.h"
+#include "cpu/isa.h"
 #include "glue/prefix_attention_args.h"
 
 namespace scangraph {
 namespace {
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define SCANGRAPH_PA_INLINE inline __attribute__((always_inline))
-#define SCANGRAPH_PA_AVX2_CLONE 1
-#else
-#define SCANGRAPH_PA_INLINE inline
-#define SCANGRAPH_PA_AVX2_CLONE 0
-#endif
 
 // Independent partial sums of a dot product: the compiler maps them onto one vector register
 // (no reassociation needed), and the summation order is fixed whatever the ISA.
 constexpr int64_t kDotLanes = 8;
 
 template <typename acc_t, typename a_t, typename b_t>
-SCANGRAPH_PA_INLINE acc_t dot(const a_t* __restrict__ a, const b_t* __restrict__ b, int64_t n) {
+SCANGRAPH_INLINE acc_t dot(const a_t* __restrict__ a, const b_t* __restrict__ b, int64_t n) {
   acc_t part[kDotLanes] = {};
   int64_t i = 0;
   for (; i + kDotLanes <= n; i += kDotLanes)
@@ -49,7 +41,7 @@ SCANGRAPH_PA_INLINE acc_t dot(const a_t* __restrict__ a, const b_t* __restrict__
 
 // e^{from - to} for from <= to; 1 when both are equal, which covers two empty (-inf) maxima.
 template <typename acc_t>
-SCANGRAPH_PA_INLINE acc_t gate(acc_t from, acc_t to) {
+SCANGRAPH_INLINE acc_t gate(acc_t from, acc_t to) {
   return from == to ? acc_t(1) : std::exp(from - to);
 }
 
@@ -58,7 +50,7 @@ struct SequenceSpan {
 };
 
 template <typename Params>
-SCANGRAPH_PA_INLINE SequenceSpan sequence_span(const Params& p, int64_t seq) {
+SCANGRAPH_INLINE SequenceSpan sequence_span(const Params& p, int64_t seq) {
   if (p.cu_seqlens != nullptr) return {0, p.cu_seqlens[seq], p.cu_seqlens[seq + 1]};
   return {seq, 0, p.seqlen};
 }
@@ -87,7 +79,7 @@ struct Task {
   int64_t seq, head_begin, head_end;
 };
 
-SCANGRAPH_PA_INLINE Task task_of(int64_t task, const TaskLayout& layout, int64_t heads) {
+SCANGRAPH_INLINE Task task_of(int64_t task, const TaskLayout& layout, int64_t heads) {
   const int64_t seq = task / layout.blocks_per_seq;
   const int64_t begin = (task % layout.blocks_per_seq) * layout.heads_per_task;
   return {seq, begin, std::min(begin + layout.heads_per_task, heads)};
@@ -95,7 +87,7 @@ SCANGRAPH_PA_INLINE Task task_of(int64_t task, const TaskLayout& layout, int64_t
 
 // Forward tasks [task_begin, task_end). Scratch: kMaxHeadBlock * (d + dv) opmath values.
 template <typename scalar_t>
-SCANGRAPH_PA_INLINE void forward_tasks(const PrefixAttentionParams& p, const TaskLayout& layout, int64_t task_begin,
+SCANGRAPH_INLINE void forward_tasks(const PrefixAttentionParams& p, const TaskLayout& layout, int64_t task_begin,
                                        int64_t task_end, at::opmath_type<scalar_t>* scratch) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.heads, D = p.dim, DV = p.dim_v;
@@ -172,7 +164,7 @@ struct ReverseScan {
 
 // Backward tasks. Scratch: kMaxHeadBlock * (2 d + 2 dv) opmath values.
 template <typename scalar_t>
-SCANGRAPH_PA_INLINE void backward_tasks(const PrefixAttentionBackwardParams& p, const TaskLayout& layout,
+SCANGRAPH_INLINE void backward_tasks(const PrefixAttentionBackwardParams& p, const TaskLayout& layout,
                                         int64_t task_begin, int64_t task_end, at::opmath_type<scalar_t>* scratch) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = p.heads, D = p.dim, DV = p.dim_v;
@@ -280,7 +272,7 @@ void backward_baseline(const PrefixAttentionBackwardParams& p, const TaskLayout&
                        at::opmath_type<scalar_t>* s) {
   backward_tasks<scalar_t>(p, l, a, b, s);
 }
-#if SCANGRAPH_PA_AVX2_CLONE
+#if SCANGRAPH_X86
 template <typename scalar_t>
 __attribute__((target("avx2,fma"))) void forward_avx2(const PrefixAttentionParams& p, const TaskLayout& l,
                                                       int64_t a, int64_t b, at::opmath_type<scalar_t>* s) {
@@ -313,7 +305,7 @@ void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype) {
     using acc_t = at::opmath_type<scalar_t>;
     run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(kMaxHeadBlock * (p.dim + p.dim_v));
-#if SCANGRAPH_PA_AVX2_CLONE
+#if SCANGRAPH_X86
       if (cpu::has_avx2_fma()) return forward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
 #endif
       forward_baseline<scalar_t>(p, layout, begin, end, scratch.data());
@@ -350,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using acc_t = at::opmath_type<scalar_t>;
     run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(kMaxHeadBlock * (2 * p.dim + 2 * p.dim_v));
-#if SCANGRAPH_PA_AVX2_CLONE
+#if SCANGRAPH_X86
       if (cpu::has_avx2_fma()) return backward_avx2<scalar_t>(p, layout, begin, end, scratch.data());
 #endif
       backward_baseline<scalar_t>(p, layout, begin, end, scratch.data());

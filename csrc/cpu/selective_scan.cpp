@@ -21,7 +21,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/cpu_features.h"
+#include "cpu/isa.h"
 #include "glue/selective_scan_args.h"
 
 namespace scangraph {
@@ -31,12 +31,6 @@ namespace {
 #error "csrc/cpu/selective_scan.cpp uses GCC / Clang vector extensions"
 #endif
 
-#if defined(__x86_64__)
-#define SCANGRAPH_SCAN_AVX2 1
-#else
-#define SCANGRAPH_SCAN_AVX2 0
-#endif
-#define SCANGRAPH_INLINE inline __attribute__((always_inline))
 
 // The kernels, compiled for the baseline ISA, for AVX2 + FMA and for AVX-512 (chosen at run
 // time). AVX-512 holds 16 fp32 states in one register: N = 16, Mamba's default, is one vector.
@@ -44,7 +38,7 @@ namespace {
 namespace baseline {
 #include "selective_scan_body.inc"
 }  // namespace baseline
-#if SCANGRAPH_SCAN_AVX2
+#if SCANGRAPH_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
@@ -74,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu(
   ScanForwardCall call =
       prepare_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_cpu", [&] {
-#if SCANGRAPH_SCAN_AVX2
+#if SCANGRAPH_X86
     if (use_avx512(call.in.params)) return avx512::scan_forward<scalar_t>(call.in.params);
     if (cpu::has_avx2_fma()) return avx2::scan_forward<scalar_t>(call.in.params);
 #endif
@@ -96,7 +90,7 @@ selective_scan_backward_cpu(const at::Tensor& grad_out, const std::optional<at::
                                                           delta_bias, delta_softplus, initial_state, cu_seqlens,
                                                           reverse, checkpoints);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_backward_cpu", [&] {
-#if SCANGRAPH_SCAN_AVX2
+#if SCANGRAPH_X86
     if (use_avx512(call.params.fwd)) return avx512::scan_backward<scalar_t>(call.params);
     if (cpu::has_avx2_fma()) return avx2::scan_backward<scalar_t>(call.params);
 #endif

@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/cpu_features.h"
+#include "cpu/isa.h"
 #include "cpu/csr_rows.h"
 #include "cpu/stream_output.h"
 #include "glue/sparse_args.h"
@@ -26,13 +26,6 @@ namespace {
 
 // The row loop is compiled twice, for the baseline ISA and for AVX2 (chosen at run time), from
 // one always-inlined body: 8-wide float vectors on machines that have them, no -march flag.
-#if defined(__GNUC__) && defined(__x86_64__)
-#define SCANGRAPH_ALWAYS_INLINE inline __attribute__((always_inline))
-#define SCANGRAPH_HAS_AVX2_CLONE 1
-#else
-#define SCANGRAPH_ALWAYS_INLINE inline
-#define SCANGRAPH_HAS_AVX2_CLONE 0
-#endif
 
 // Features per register tile: 32 fp32 accumulators are 4 AVX2 registers (8 SSE), so a tile's
 // sums stay in registers across the whole edge loop instead of a load-add-store per edge.
@@ -50,7 +43,7 @@ typedef float float8 __attribute__((vector_size(32), aligned(4)));
 #if SCANGRAPH_FLOAT8_TILE
 // kVectors x 8 fp32 features of one (row, head), summed in registers over the row's edges.
 template <typename index_t, bool kWeighted, int kVectors>
-SCANGRAPH_ALWAYS_INLINE void accumulate_float8(const SpmmParams& p, const index_t* __restrict__ col,
+SCANGRAPH_INLINE void accumulate_float8(const SpmmParams& p, const index_t* __restrict__ col,
                                                const float* __restrict__ w, const float* __restrict__ x,
                                                int64_t begin, int64_t end, int64_t h, float* acc) {
   float8 a[kVectors] = {};
@@ -72,7 +65,7 @@ SCANGRAPH_ALWAYS_INLINE void accumulate_float8(const SpmmParams& p, const index_
 // order: every feature sees the same summation order whatever the tile, so results do not
 // depend on F or on the ISA.
 template <typename scalar_t, typename index_t, bool kWeighted>
-SCANGRAPH_ALWAYS_INLINE void accumulate_edges(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
+SCANGRAPH_INLINE void accumulate_edges(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
                                               int64_t f0, int64_t width,
                                               at::opmath_type<scalar_t>* __restrict__ acc) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -100,7 +93,7 @@ SCANGRAPH_ALWAYS_INLINE void accumulate_edges(const SpmmParams& p, int64_t begin
 
 // Rows [row_begin, row_end) of spmm; scratch holds num_features opmath values.
 template <typename scalar_t, typename index_t, bool kWeighted>
-SCANGRAPH_ALWAYS_INLINE void spmm_row_range(const SpmmParams& p, int64_t row_begin, int64_t row_end,
+SCANGRAPH_INLINE void spmm_row_range(const SpmmParams& p, int64_t row_begin, int64_t row_end,
                                             at::opmath_type<scalar_t>* scratch) {
   using acc_t = at::opmath_type<scalar_t>;
   scalar_t* __restrict__ out = static_cast<scalar_t*>(p.out);
@@ -137,7 +130,7 @@ void spmm_row_range_baseline(const SpmmParams& p, int64_t r0, int64_t r1,
   spmm_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, scratch);
 }
 
-#if SCANGRAPH_HAS_AVX2_CLONE
+#if SCANGRAPH_X86
 template <typename scalar_t, typename index_t, bool kWeighted>
 __attribute__((target("avx2"))) void spmm_row_range_avx2(const SpmmParams& p, int64_t r0, int64_t r1,
                                                           at::opmath_type<scalar_t>* scratch) {
@@ -149,7 +142,7 @@ template <typename scalar_t, typename index_t, bool kWeighted>
 void spmm_rows(const SpmmParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   auto* range = &spmm_row_range_baseline<scalar_t, index_t, kWeighted>;
-#if SCANGRAPH_HAS_AVX2_CLONE
+#if SCANGRAPH_X86
   if (cpu::has_avx2()) range = &spmm_row_range_avx2<scalar_t, index_t, kWeighted>;
 #endif
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {
@@ -162,7 +155,7 @@ void spmm_rows(const SpmmParams& p) {
 // kVectors x 8 fp32 features of extreme_edges, with the running best and the winner's offset
 // in the row (int32: a row holds fewer than 2^31 edges) in registers.
 template <typename index_t, int kVectors, typename WeightOf>
-SCANGRAPH_ALWAYS_INLINE void extreme_float8(const SpmmParams& p, const index_t* __restrict__ col,
+SCANGRAPH_INLINE void extreme_float8(const SpmmParams& p, const index_t* __restrict__ col,
                                             const float* __restrict__ x, int64_t begin, int64_t end,
                                             const WeightOf& weight_of, float sign,
                                             float* __restrict__ best, int64_t* __restrict__ arg) {
@@ -195,7 +188,7 @@ SCANGRAPH_ALWAYS_INLINE void extreme_float8(const SpmmParams& p, const index_t* 
 // the running best and later edges replace it only when strictly better, so the first edge in
 // CSR order (the lowest column) wins ties. Writes best * sign and the winning edge ids.
 template <typename scalar_t, typename index_t, bool kWeighted>
-SCANGRAPH_ALWAYS_INLINE void extreme_edges(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
+SCANGRAPH_INLINE void extreme_edges(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
                                            int64_t f0, int64_t width, at::opmath_type<scalar_t> sign,
                                            at::opmath_type<scalar_t>* __restrict__ best,
                                            int64_t* __restrict__ arg) {
@@ -231,7 +224,7 @@ SCANGRAPH_ALWAYS_INLINE void extreme_edges(const SpmmParams& p, int64_t begin, i
 }
 
 template <typename scalar_t, typename index_t, bool kWeighted>
-SCANGRAPH_ALWAYS_INLINE void spmm_extreme_row_range(const SpmmParams& p, int64_t row_begin, int64_t row_end,
+SCANGRAPH_INLINE void spmm_extreme_row_range(const SpmmParams& p, int64_t row_begin, int64_t row_end,
                                                     at::opmath_type<scalar_t>* best) {
   using acc_t = at::opmath_type<scalar_t>;
   scalar_t* __restrict__ out = static_cast<scalar_t*>(p.out);
@@ -263,7 +256,7 @@ void spmm_extreme_range_baseline(const SpmmParams& p, int64_t r0, int64_t r1,
   spmm_extreme_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, best);
 }
 
-#if SCANGRAPH_HAS_AVX2_CLONE
+#if SCANGRAPH_X86
 template <typename scalar_t, typename index_t, bool kWeighted>
 __attribute__((target("avx2"))) void spmm_extreme_range_avx2(const SpmmParams& p, int64_t r0, int64_t r1,
                                                              at::opmath_type<scalar_t>* best) {
@@ -275,7 +268,7 @@ template <typename scalar_t, typename index_t, bool kWeighted>
 void spmm_extreme_rows(const SpmmParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   auto* range = &spmm_extreme_range_baseline<scalar_t, index_t, kWeighted>;
-#if SCANGRAPH_HAS_AVX2_CLONE
+#if SCANGRAPH_X86
   if (cpu::has_avx2()) range = &spmm_extreme_range_avx2<scalar_t, index_t, kWeighted>;
 #endif
   for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) {

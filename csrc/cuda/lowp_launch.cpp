@@ -25,18 +25,18 @@ LowpType lowp_type(at::ScalarType t) {
 
 std::tuple<at::Tensor, at::Tensor> quantize_cuda_op(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
   const CudaDeviceGuard guard(x.device());
-  QuantizeCall call = prepare_quantize(x, bits, axis);
+  KernelCall<QuantizeParams> call = prepare_quantize(x, bits, axis);
   TORCH_CHECK(call.params.channels < (int64_t(1) << 31), "scangraph::quantize: at most 2^31 - 1 channels on CUDA");
   quantize_cuda(call.params, lowp_type(x.scalar_type()), current_cuda_stream());
   check_cuda_launch();
-  return {call.data, call.scale};
+  return {call.out, call.out2};
 }
 
 at::Tensor qlinear_cuda_op(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
                            int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
                            std::optional<at::ScalarType> out_dtype) {
   const CudaDeviceGuard guard(x.device());
-  QLinearCall call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
+  KernelCall<QLinearParams> call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
   // Output tiles of 64: grid.y (N) is limited to 65535 blocks.
   TORCH_CHECK(call.params.N <= int64_t(65535) * 64, "scangraph::qlinear: N = ", call.params.N,
               " exceeds the CUDA kernel's limit of ", int64_t(65535) * 64);
@@ -49,7 +49,7 @@ at::Tensor qlinear_cuda_op(const at::Tensor& x, const at::Tensor& w, const at::T
 at::Tensor qspmm_cuda_op(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
                          const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
   const CudaDeviceGuard guard(x.device());
-  QSpmmCall call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
+  KernelCall<QSpmmParams> call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
   qspmm_cuda(call.params, current_cuda_stream());
   check_cuda_launch();
   return call.out;

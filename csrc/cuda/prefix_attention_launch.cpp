@@ -46,7 +46,7 @@ void launch(at::ScalarType dtype, Params p, const char* op, CudaLauncher<Params>
 }
 
 at::TensorOptions opmath_of(const at::Tensor& k) {
-  return k.options().dtype(k.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  return k.options().dtype(opmath_type(k.scalar_type()));
 }
 
 void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype, const char* op,

@@ -65,7 +65,7 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
     p.plan = split_plan(call, rowptr, col.numel());
     if (p.plan.max_segments > 0) {
       p.partial = scratch(call, p.plan.max_segments, {p.num_heads, p.num_features},
-                          x.options().dtype(opmath_dtype(x.scalar_type())));
+                          x.options().dtype(opmath_type(x.scalar_type())));
       if (p.reduce == Reduce::Max || p.reduce == Reduce::Min)
         p.partial_arg = static_cast<int64_t*>(
             scratch(call, p.plan.max_segments, {p.num_heads, p.num_features}, rowptr.options()));
@@ -106,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
     p.transpose_plan = split_plan(call, rowptr_t, col_t.numel());
     if (p.transpose_plan.max_segments > 0)
       p.partial_dx = scratch(call, p.transpose_plan.max_segments, {p.num_heads, p.num_features},
-                             x.options().dtype(opmath_dtype(x.scalar_type())));
+                             x.options().dtype(opmath_type(x.scalar_type())));
   }
   dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm_arg_backward",
                  spmm_arg_backward_cuda_fp64, spmm_arg_backward_cuda_fp32,
@@ -125,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
   GatParams& p = call.params;
   if (p.num_rows > 0 && p.num_heads > 0) {
     p.plan = split_plan(call, rowptr, col.numel());
-    const at::TensorOptions acc = x.options().dtype(opmath_dtype(x.scalar_type()));
+    const at::TensorOptions acc = x.options().dtype(opmath_type(x.scalar_type()));
     if (p.plan.max_segments > 0) {
       p.partial = scratch(call, p.plan.max_segments, {p.num_heads, p.num_features}, acc);
       p.partial_stats = scratch(call, p.plan.max_segments, {p.num_heads, 2}, acc);
@@ -148,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
   const at::Tensor dalpha_dst = call.owned.back();  // before the plans add their scratch
   GatBackwardParams& p = call.params;
   if (p.num_heads > 0) {
-    const at::TensorOptions acc = x.options().dtype(opmath_dtype(x.scalar_type()));
+    const at::TensorOptions acc = x.options().dtype(opmath_type(x.scalar_type()));
     if (p.num_rows > 0) {
       p.plan = split_plan(call, rowptr, col.numel());
       if (p.plan.max_segments > 0) p.partial_dalpha_dst = scratch(call, p.plan.max_segments, {p.num_heads}, acc);

@@ -21,20 +21,16 @@ inline void check_float_input(const at::Tensor& t, const char* op, const char* n
               op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
 }
 
-// quantize -> (data, scale): data int8 of x's shape (8 bits) or uint8 with the last dimension
-// halved, rounded up (4 bits); scale (channels,) float32.
-struct QuantizeCall {
-  QuantizeParams params{};
-  at::Tensor x, data, scale;
-};
-
-inline QuantizeCall prepare_quantize(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
+// quantize -> (data, scale) as (out, out2): data int8 of x's shape (8 bits) or uint8 with the
+// last dimension halved, rounded up (4 bits); scale (channels,) float32.
+inline KernelCall<QuantizeParams> prepare_quantize(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
   const char* op = "scangraph::quantize";
   check_bits(bits, op);
   check_float_input(x, op, "x");
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension, got a scalar");
-  QuantizeCall call;
-  call.x = x.contiguous();
+  KernelCall<QuantizeParams> call;
+  const at::Tensor xc = x.contiguous();
+  call.owned.push_back(xc);
   int64_t outer = 1, channels = 1, inner = x.numel();
   if (axis.has_value()) {
     const int64_t a = *axis < 0 ? *axis + x.dim() : *axis;
@@ -48,12 +44,12 @@ inline QuantizeCall prepare_quantize(const at::Tensor& x, int64_t bits, std::opt
   const int64_t last = x.size(-1);
   std::vector<int64_t> shape = x.sizes().vec();
   if (bits == 4) shape.back() = (last + 1) / 2;
-  call.data = empty_output(shape, x.options().dtype(bits == 4 ? at::kByte : at::kChar));
-  call.scale = empty_output({channels}, x.options().dtype(at::kFloat));
+  call.out = empty_output(shape, x.options().dtype(bits == 4 ? at::kByte : at::kChar));
+  call.out2 = empty_output({channels}, x.options().dtype(at::kFloat));
   QuantizeParams& p = call.params;
-  p.x = call.x.data_ptr();
-  p.data = static_cast<int8_t*>(call.data.data_ptr());
-  p.scale = call.scale.data_ptr<float>();
+  p.x = xc.data_ptr();
+  p.data = static_cast<int8_t*>(call.out.data_ptr());
+  p.scale = call.out2.data_ptr<float>();
   p.outer = outer;
   p.channels = channels;
   p.inner = inner;
@@ -70,15 +66,9 @@ inline Activation parse_activation(c10::string_view name, const char* op) {
   TORCH_CHECK(false, op, ": activation must be 'none', 'relu', 'gelu' or 'silu', got '", std::string(name), "'");
 }
 
-struct QLinearCall {
-  QLinearParams params{};
-  at::Tensor out;
-  std::vector<at::Tensor> owned;
-};
-
 // x (M, K) float; w (N, K) int8 or (N, ceil(K / 2)) uint8 for 4 bits; w_scale (N,) float32;
 // bias (N,) float; out_dtype float32 | float16 | bfloat16 | int32 (raw accumulator).
-inline QLinearCall prepare_qlinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
+inline KernelCall<QLinearParams> prepare_qlinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
                                    int64_t w_bits, int64_t in_features, const std::optional<at::Tensor>& bias,
                                    c10::string_view activation, std::optional<at::ScalarType> out_dtype) {
   const char* op = "scangraph::qlinear";
@@ -114,7 +104,7 @@ inline QLinearCall prepare_qlinear(const at::Tensor& x, const at::Tensor& w, con
   const bool int_output = out_type == at::kInt;
   TORCH_CHECK(!int_output || (act == Activation::None && !bias.has_value()), op,
               ": out_dtype=int32 returns the raw integer accumulator: bias and activation must be None");
-  QLinearCall call;
+  KernelCall<QLinearParams> call;
   QLinearParams& p = call.params;
   at::Tensor xv = x.stride(1) == 1 ? x : x.contiguous();
   call.owned.push_back(xv);
@@ -143,13 +133,7 @@ inline QLinearCall prepare_qlinear(const at::Tensor& x, const at::Tensor& w, con
   return call;
 }
 
-struct QSpmmCall {
-  QSpmmParams params{};
-  at::Tensor out;
-  std::vector<at::Tensor> owned;
-};
-
-inline QSpmmCall prepare_qspmm(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
+inline KernelCall<QSpmmParams> prepare_qspmm(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
                                const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
   const char* op = "scangraph::qspmm";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
@@ -162,7 +146,7 @@ inline QSpmmCall prepare_qspmm(const at::Tensor& rowptr, const at::Tensor& col, 
               ": x_scale must be float32 (num_src,) = (", x.size(0), ",), got ", x_scale.scalar_type(), " ",
               x_scale.sizes());
   TORCH_CHECK(x_scale.device() == x.device(), op, ": x_scale must be on ", x.device());
-  QSpmmCall call;
+  KernelCall<QSpmmParams> call;
   QSpmmParams& p = call.params;
   if (weight.has_value()) {
     TORCH_CHECK(weight->scalar_type() == at::kFloat && weight->dim() == 1 && weight->size(0) == num_edges, op,

@@ -1,6 +1,6 @@
 // Torch-side argument checks and parameter packing shared by the CPU and CUDA glue of the
 // prefix-attention ops. Kernels never see a Tensor: they get the structs of
-// prefix_attention_params.h. cu_seqlens: glue/cu_seqlens.h (its values on CPU tensors; on a
+// prefix_attention_params.h. cu_seqlens: glue/common_args.h (its values on CPU tensors; on a
 // GPU the public Python function checks them, a check here would synchronise the device).
 #pragma once
 #include <ATen/ATen.h>
@@ -9,14 +9,10 @@
 #include <vector>
 
 #include "scangraph/prefix_attention_params.h"
-#include "glue/cu_seqlens.h"
+#include "glue/common_args.h"
 #include "glue/output_tensor.h"
 
 namespace scangraph {
-
-inline at::ScalarType prefix_attention_opmath(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // Shapes shared by the forward and backward ops.
 struct PrefixAttentionShape {
@@ -75,7 +71,7 @@ inline std::vector<at::Tensor> check_prefix_attention_state(const PrefixAttentio
   if (!any) return {};
   TORCH_CHECK(m0.has_value() && c0.has_value() && w0.has_value(), op,
               ": the initial state is all three of (m0, c0, w0) or none of them");
-  const at::ScalarType acc = prefix_attention_opmath(like.scalar_type());
+  const at::ScalarType acc = opmath_type(like.scalar_type());
   const std::vector<int64_t> stat_shape{s.num_seqs, s.heads}, w_shape{s.num_seqs, s.heads, s.dim_v};
   const char* names[3] = {"m0", "c0", "w0"};
   const at::Tensor* tensors[3] = {&*m0, &*c0, &*w0};
@@ -129,14 +125,14 @@ inline PrefixAttentionCall prepare_prefix_attention(const at::Tensor& q, const a
                                                     const std::optional<at::Tensor>& c0,
                                                     const std::optional<at::Tensor>& w0,
                                                     const std::optional<at::Tensor>& cu_seqlens) {
-  const char* op = "scangraph::prefix_attention";
+  const char* op = "prefix_attention";
   PrefixAttentionCall call;
   const PrefixAttentionShape s = check_prefix_attention_inputs(q, k, v, cu_seqlens, op);
   call.owned = check_prefix_attention_state(s, m0, c0, w0, k, op);
   call.owned.insert(call.owned.end(), {s.q3, s.k, s.v});
   PrefixAttentionParams& p = call.params;
   fill_prefix_attention_layout(p, s, scale, cu_seqlens);
-  const auto acc = k.options().dtype(prefix_attention_opmath(k.scalar_type()));
+  const auto acc = k.options().dtype(opmath_type(k.scalar_type()));
   call.o = empty_output({s.batch, s.seqlen, s.heads, s.dim_v}, v.options().memory_format(at::MemoryFormat::Contiguous));
   call.m = empty_output({s.batch, s.seqlen, s.heads}, acc);
   call.c = empty_output({s.batch, s.seqlen, s.heads}, acc);
@@ -162,7 +158,7 @@ inline PrefixAttentionCall prepare_prefix_attention(const at::Tensor& q, const a
 inline PrefixAttentionCall prepare_prefix_attention_step(const at::Tensor& m, const at::Tensor& c,
                                                          const at::Tensor& w, const at::Tensor& q,
                                                          const at::Tensor& k, const at::Tensor& v, double scale) {
-  const char* op = "scangraph::prefix_attention_step";
+  const char* op = "prefix_attention_step";
   TORCH_CHECK(k.dim() == 3 && v.dim() == 3, op, ": k_t must be (batch, heads, d) and v_t (batch, heads, dv), got ",
               k.sizes(), " and ", v.sizes());
   PrefixAttentionCall call;
@@ -203,11 +199,11 @@ inline PrefixAttentionBackwardCall prepare_prefix_attention_backward(
     const std::optional<at::Tensor>& cu_seqlens, const at::Tensor& o, const at::Tensor& m, const at::Tensor& c,
     const at::Tensor& c_last, const at::Tensor& w_last, const at::Tensor& grad_o, const at::Tensor& grad_m_last,
     const at::Tensor& grad_c_last, const at::Tensor& grad_w_last) {
-  const char* op = "scangraph::prefix_attention_backward";
+  const char* op = "prefix_attention_backward";
   PrefixAttentionBackwardCall call;
   const PrefixAttentionShape s = check_prefix_attention_inputs(q, k, v, cu_seqlens, op);
   call.owned = check_prefix_attention_state(s, m0, c0, w0, k, op);
-  const at::ScalarType acc = prefix_attention_opmath(k.scalar_type());
+  const at::ScalarType acc = opmath_type(k.scalar_type());
   const std::vector<int64_t> o_shape{s.batch, s.seqlen, s.heads, s.dim_v}, stat_shape{s.batch, s.seqlen, s.heads},
       last_shape{s.num_seqs, s.heads}, w_shape{s.num_seqs, s.heads, s.dim_v};
   auto keep = [&](const at::Tensor& t, const char* name, const std::vector<int64_t>& shape, at::ScalarType dtype) {

@@ -6,15 +6,10 @@
 #include <vector>
 
 #include "scangraph/selective_scan_params.h"
-#include "glue/cu_seqlens.h"
+#include "glue/common_args.h"
 #include "glue/output_tensor.h"
 
 namespace scangraph {
-
-// float for half / bfloat16 / float inputs, double for double.
-inline at::ScalarType scan_acc_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // Owns the contiguous (and acc-typed) copies that the parameter pointers refer to.
 struct ScanInputs {
@@ -22,44 +17,38 @@ struct ScanInputs {
   SelectiveScanParams params{};
 };
 
-inline void check_same_device(const at::Tensor& t, const at::Tensor& u, const char* op, const char* name) {
-  TORCH_CHECK(t.device() == u.device(), op, ": ", name, " is on ", t.device(), " but u is on ", u.device());
-}
-
+// D or delta_bias: (dim,) of any float dtype, copied to the accumulation type.
 inline at::Tensor acc_vector(const std::optional<at::Tensor>& t, const at::Tensor& u, int64_t dim,
                              const char* op, const char* name) {
   if (!t.has_value()) return at::Tensor();
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == dim, op, ": ", name, " must be (dim,) = (", dim,
-              ",), got shape ", t->sizes());
-  TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be a float tensor, got ",
-              t->scalar_type());
+  check_shape(*t, {dim}, op, name);
+  check_float(*t, op, name);
   check_same_device(*t, u, op, name);
-  return t->to(scan_acc_type(u.scalar_type())).contiguous();
+  return t->to(opmath_type(u.scalar_type())).contiguous();
 }
 
 // B or C: fixed (dim, N), or varying (batch, N, L) (one group) or (batch, groups, N, L).
 inline at::Tensor scan_bc(const at::Tensor& t, const at::Tensor& u, int64_t dstate, const char* op,
                           const char* name, int64_t& groups) {
   const int64_t batch = u.size(0), dim = u.size(1), length = u.size(2);
+  check_float(t, op, name);
   check_same_device(t, u, op, name);
   if (t.dim() == 2) {
-    TORCH_CHECK(t.size(0) == dim && t.size(1) == dstate, op, ": fixed ", name, " must be (dim, N) = (",
-                dim, ", ", dstate, "), got shape ", t.sizes());
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a float tensor, got ",
-                t.scalar_type());
+    TORCH_CHECK_VALUE(t.size(0) == dim && t.size(1) == dstate, op, ": fixed ", name, " must be (dim, N) = (",
+                      dim, ", ", dstate, "), got ", shape_str(t.sizes()));
     groups = 0;
-    return t.to(scan_acc_type(u.scalar_type())).contiguous();
+    return t.to(opmath_type(u.scalar_type())).contiguous();
   }
-  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, op, ": ", name, " must be (dim, N), (batch, N, L) or ",
-              "(batch, groups, N, L), got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == 3 || t.dim() == 4, op, ": ", name, " must be (dim, N), (batch, N, L) or ",
+                    "(batch, groups, N, L), got shape ", shape_str(t.sizes()));
   const at::Tensor v = t.dim() == 3 ? t.unsqueeze(1) : t;
-  TORCH_CHECK(v.size(0) == batch && v.size(2) == dstate && v.size(3) == length, op, ": varying ", name,
-              " must be (batch, groups, N, L) = (", batch, ", groups, ", dstate, ", ", length, "), got shape ",
-              t.sizes());
-  TORCH_CHECK(v.size(1) >= 1 && dim % v.size(1) == 0, op, ": dim (", dim, ") must be divisible by the ",
-              "number of groups of ", name, " (", v.size(1), ")");
-  TORCH_CHECK(t.scalar_type() == u.scalar_type(), op, ": varying ", name, " must have u's dtype (",
-              u.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(v.size(0) == batch && v.size(2) == dstate && v.size(3) == length, op, ": varying ", name,
+                    " must be (batch, groups, N, L) with batch=", batch, ", N=", dstate, ", L=", length, ", got ",
+                    shape_str(t.sizes()));
+  TORCH_CHECK_VALUE(v.size(1) >= 1 && dim % v.size(1) == 0, op, ": dim (", dim, ") must be divisible by the ",
+                    "number of groups of ", name, " (", v.size(1), ")");
+  TORCH_CHECK_TYPE(t.scalar_type() == u.scalar_type(), op, ": varying ", name, " must have u's dtype (",
+                   dtype_name(u.scalar_type()), "), got ", dtype_name(t.scalar_type()));
   groups = v.size(1);
   return v.contiguous();
 }
@@ -71,37 +60,39 @@ inline ScanInputs prepare_scan_inputs(const at::Tensor& u, const at::Tensor& del
                                       const std::optional<at::Tensor>& initial_state,
                                       const std::optional<at::Tensor>& cu_seqlens, bool reverse,
                                       const char* op) {
-  TORCH_CHECK(u.dim() == 3, op, ": u must be (batch, dim, L), got shape ", u.sizes());
+  // selective_scan's checks in ops/selective_scan.py, in its order and words.
+  check_float(u, op, "u");
+  TORCH_CHECK_VALUE(u.dim() == 3, op, ": u must be (batch, dim, L), got shape ", shape_str(u.sizes()));
   const at::ScalarType t = u.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
-              ": u must be float32, float16, bfloat16 or float64, got ", t);
-  TORCH_CHECK(delta.sizes() == u.sizes() && delta.scalar_type() == t, op, ": delta must match u (",
-              u.sizes(), ", ", t, "), got ", delta.sizes(), ", ", delta.scalar_type());
+  check_shape(delta, u.sizes(), op, "delta");
+  check_dtype(delta, t, op, "delta");
   check_same_device(delta, u, op, "delta");
   const int64_t batch = u.size(0), dim = u.size(1), length = u.size(2);
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, op, ": A must be (dim, N) with dim = ", dim, ", got shape ",
-              A.sizes());
-  TORCH_CHECK(at::isFloatingType(A.scalar_type()), op, ": A must be a real float tensor, got ",
-              A.scalar_type());
+  TORCH_CHECK_TYPE(!A.is_complex(), op, ": complex A (mamba_ssm's S4D-style wtype=complex64) is not supported; ",
+                   "use real A (Mamba's S4D-real initialisation) or mamba_ssm's selective_scan_fn for complex A");
+  check_float(A, op, "A");
   check_same_device(A, u, op, "A");
+  TORCH_CHECK_VALUE(A.dim() == 2 && A.size(0) == dim, op, ": A must be (dim, N) with dim = ", dim,
+                    ", got shape ", shape_str(A.sizes()));
   const int64_t dstate = A.size(1);
-  TORCH_CHECK(dstate >= 1 && dstate <= kMaxDstate, op, ": the state size N = A.shape[1] must be in [1, ",
-              kMaxDstate, "], got ", dstate);
+  TORCH_CHECK_VALUE(dstate >= 1 && dstate <= kMaxDstate, op, ": the state size N = A.shape[1] must be in [1, ",
+                    kMaxDstate, "], got ", dstate);
   ScanInputs in;
-  const at::ScalarType acc = scan_acc_type(t);
+  const at::ScalarType acc = opmath_type(t);
   in.u = u.contiguous();
   in.delta = delta.contiguous();
   in.A = A.to(acc).contiguous();
   int64_t groups_b = 0, groups_c = 0;
   in.B = scan_bc(B, u, dstate, op, "B", groups_b);
   in.C = scan_bc(C, u, dstate, op, "C", groups_c);
-  TORCH_CHECK(groups_b == groups_c, op, ": B and C must both be fixed or both varying with one number of ",
-              "groups, got B ", B.sizes(), " and C ", C.sizes());
+  TORCH_CHECK_VALUE(groups_b == groups_c, op, ": B and C must both be fixed or both varying with one number of ",
+                    "groups, got ", shape_str(B.sizes()), " and ", shape_str(C.sizes()), " (mamba_ssm lets each ",
+                    "vary alone: expand the other to (batch, groups, N, L) to run it here)");
   in.D = acc_vector(D, u, dim, op, "D");
   in.delta_bias = acc_vector(delta_bias, u, dim, op, "delta_bias");
   if (z.has_value()) {
-    TORCH_CHECK(z->sizes() == u.sizes() && z->scalar_type() == t, op, ": z must match u (", u.sizes(), ", ",
-                t, "), got ", z->sizes(), ", ", z->scalar_type());
+    check_shape(*z, u.sizes(), op, "z");
+    check_dtype(*z, t, op, "z");
     check_same_device(*z, u, op, "z");
     in.z = z->contiguous();
   }
@@ -112,11 +103,8 @@ inline ScanInputs prepare_scan_inputs(const at::Tensor& u, const at::Tensor& del
   }
   if (initial_state.has_value()) {
     const at::Tensor& h0 = *initial_state;
-    TORCH_CHECK(h0.dim() == 3 && h0.size(0) == num_sequences && h0.size(1) == dim && h0.size(2) == dstate, op,
-                ": initial_state must be (", cu_seqlens.has_value() ? "num_sequences" : "batch", ", dim, N) = (",
-                num_sequences, ", ", dim, ", ", dstate, "), got shape ", h0.sizes());
-    TORCH_CHECK(at::isFloatingType(h0.scalar_type()), op, ": initial_state must be a float tensor, got ",
-                h0.scalar_type());
+    check_shape(h0, {num_sequences, dim, dstate}, op, "initial_state");
+    check_float(h0, op, "initial_state");
     check_same_device(h0, u, op, "initial_state");
     in.initial_state = h0.to(acc).contiguous();
   }
@@ -154,9 +142,9 @@ inline ScanForwardCall prepare_selective_scan(
     const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse) {
   ScanForwardCall call{prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                           cu_seqlens, reverse, "scangraph::selective_scan")};
+                                           cu_seqlens, reverse, "selective_scan")};
   SelectiveScanParams& p = call.in.params;
-  const auto acc = u.options().dtype(scan_acc_type(u.scalar_type()));
+  const auto acc = u.options().dtype(opmath_type(u.scalar_type()));
   call.out = empty_output(u.sizes(), u.options());
   call.last_state = empty_output({p.num_sequences, p.dim, p.dstate}, acc);
   call.checkpoints = empty_output({p.batch, p.dim, p.num_chunks, p.dstate}, acc);
@@ -181,11 +169,11 @@ inline ScanBackwardCall prepare_selective_scan_backward(
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse,
     const at::Tensor& checkpoints, bool cpu_partials = true) {
   // cpu_partials: the partial buffers in the CPU kernel's layout (the CUDA glue makes its own).
-  const char* op = "scangraph::selective_scan_backward";
+  const char* op = "selective_scan_backward";
   ScanBackwardCall call{prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                             cu_seqlens, reverse, op)};
   const SelectiveScanParams& f = call.in.params;
-  const at::ScalarType acc_type = scan_acc_type(u.scalar_type());
+  const at::ScalarType acc_type = opmath_type(u.scalar_type());
   const auto acc = u.options().dtype(acc_type);
   TORCH_CHECK(grad_out.sizes() == u.sizes(), op, ": grad_out must have u's shape ", u.sizes(), ", got ",
               grad_out.sizes());
@@ -272,7 +260,7 @@ inline StateUpdateCall prepare_state_update(const at::Tensor& state, const at::T
                                             const std::optional<at::Tensor>& D,
                                             const std::optional<at::Tensor>& z,
                                             const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
-  const char* op = "scangraph::selective_state_update";
+  const char* op = "selective_state_update";
   TORCH_CHECK(x.dim() == 2, op, ": x must be (batch, dim), got shape ", x.sizes());
   const at::ScalarType t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
@@ -287,9 +275,9 @@ inline StateUpdateCall prepare_state_update(const at::Tensor& state, const at::T
   TORCH_CHECK(state.dim() == 3 && state.size(0) == batch && state.size(1) == dim && state.size(2) == dstate &&
                   at::isFloatingType(state.scalar_type()), op, ": state must be a float (batch, dim, N) = (",
               batch, ", ", dim, ", ", dstate, ") tensor, got ", state.sizes(), " ", state.scalar_type());
-  for (const at::Tensor* other : {&dt, &A, &B, &C, &state}) check_same_device(*other, x, op, "an input");
+  for (const at::Tensor* other : {&dt, &A, &B, &C, &state}) check_same_device(*other, x, op, "an input", "x");
   StateUpdateCall call;
-  const at::ScalarType acc = scan_acc_type(t);
+  const at::ScalarType acc = opmath_type(t);
   const auto bc = [&](const at::Tensor& v, const char* name) {
     TORCH_CHECK((v.dim() == 2 || v.dim() == 3) && v.size(0) == batch && v.size(-1) == dstate, op, ": ", name,
                 " must be (batch, N) or (batch, groups, N), got shape ", v.sizes());
@@ -313,7 +301,7 @@ inline StateUpdateCall prepare_state_update(const at::Tensor& state, const at::T
   if (z.has_value()) {
     TORCH_CHECK(z->sizes() == x.sizes() && z->scalar_type() == t, op, ": z must match x (", x.sizes(), ", ", t,
                 "), got ", z->sizes(), ", ", z->scalar_type());
-    check_same_device(*z, x, op, "z");
+    check_same_device(*z, x, op, "z", "x");
     call.z = z->contiguous();
   }
   call.copy_back = state.scalar_type() != acc || !state.is_contiguous();

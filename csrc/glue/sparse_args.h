@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "glue/common_args.h"
 #include "glue/output_tensor.h"
 #include "scangraph/sparse_params.h"
 
@@ -51,16 +52,6 @@ inline at::Tensor as_node_head_feature(const at::Tensor& t, const char* op, cons
   if (v.size(2) > 1 && v.stride(2) != 1) v = v.contiguous();
   return v;
 }
-
-// Kernel parameters plus the tensors their pointers refer to: the output, and any contiguous
-// copies made here, which must outlive the launch.
-template <typename Params>
-struct KernelCall {
-  Params params{};
-  at::Tensor out;
-  at::Tensor out2;  // the second output of two-output ops (spmm max/min arg, dweight)
-  std::vector<at::Tensor> owned;
-};
 
 inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::Tensor& col,
                                            const std::optional<at::Tensor>& weight,
@@ -210,14 +201,6 @@ inline KernelCall<SddmmParams> prepare_sddmm(const at::Tensor& rowptr, const at:
   return call;
 }
 
-}  // namespace scangraph
-
-namespace scangraph {
-
-inline at::ScalarType opmath_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 inline void check_gat_features(const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
                                int64_t num_rows, const char* op) {
   TORCH_CHECK(x.dim() == 3 && at::isFloatingType(x.scalar_type()), op,
@@ -262,7 +245,7 @@ inline KernelCall<GatParams> prepare_gat(const at::Tensor& rowptr, const at::Ten
   const at::Tensor ad = call.owned.emplace_back(alpha_dst.contiguous());
   call.out = empty_output({num_rows, x.size(1), x.size(2)}, x.options());
   // Row statistics: max in out2, denominator in owned[3] (returned by the op as well).
-  call.out2 = empty_output({num_rows, x.size(1)}, x.options().dtype(opmath_dtype(x.scalar_type())));
+  call.out2 = empty_output({num_rows, x.size(1)}, x.options().dtype(opmath_type(x.scalar_type())));
   const at::Tensor row_sum = call.owned.emplace_back(empty_output(call.out2.sizes(), call.out2.options()));
   p.rowptr = rowptr.data_ptr<int64_t>();
   p.col = col.data_ptr();
@@ -296,7 +279,7 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
               op, ": (rowptr_t, col_t, perm_t) must be the transpose of the graph");
   const int64_t num_rows = rowptr.numel() - 1;
   check_gat_features(x, alpha_src, alpha_dst, num_rows, op);
-  const at::ScalarType acc = opmath_dtype(x.scalar_type());
+  const at::ScalarType acc = opmath_type(x.scalar_type());
   for (const at::Tensor* t : {&row_max, &row_sum, &delta})
     TORCH_CHECK(t->scalar_type() == acc && t->dim() == 2 && t->size(0) == num_rows && t->size(1) == x.size(1) &&
                     t->device() == x.device(),
@@ -336,10 +319,6 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
   p.dropout = prepare_dropout(dropout, rng, x, op);
   return call;
 }
-
-}  // namespace scangraph
-
-namespace scangraph {
 
 inline CommonNeighborParams prepare_common_neighbors(const at::Tensor& rowptr, const at::Tensor& col,
                                                      const at::Tensor& src, const at::Tensor& dst) {

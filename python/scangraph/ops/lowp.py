@@ -120,8 +120,8 @@ def _register_cpp_ops():
     if not hasattr(torch.ops.scangraph, "qlinear"):  # compiled library not loaded (or too old)
         return
     register_compiled_ops("")
-    torch.library.register_fake("scangraph::qlinear_cpu_isa")(_qlinear_isa_fake)
-    torch.library.register_fake("scangraph::qspmm_cpu_isa")(_qspmm_isa_fake)
+    torch.library.register_fake("scangraph::_qlinear_cpu_isa")(_qlinear_isa_fake)
+    torch.library.register_fake("scangraph::_qspmm_cpu_isa")(_qspmm_isa_fake)
 
 
 def _register_triton_ops():

@@ -17,7 +17,7 @@ import torch
 
 from scangraph import backend as _backend
 from scangraph import reference
-from scangraph.ops._rules import FLOAT_DTYPES, SCAN_CHUNK, check_cu_seqlens, opmath_dtype
+from scangraph.ops._rules import FLOAT_DTYPES, SCAN_CHUNK, check_cu_seqlens, check_tensor, dtype_name, opmath_dtype
 from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 MAX_DSTATE = 256
@@ -184,20 +184,9 @@ _register_triton_ops()
 
 
 # ---- checks ---------------------------------------------------------------------------------
-def _check_tensor(op, name, t, shape=None, dtypes=FLOAT_DTYPES, device=None):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{op}: {name} must be one of {[str(d) for d in dtypes]}, got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{op}: {name} is on {t.device} but u is on {device}")
-
-
 def _check_bc(op, name, t, u, dstate):
     batch, dim, length = u.shape
-    _check_tensor(op, name, t, device=u.device)
+    check_tensor(op, name, t, like=u)
     if t.dim() == 2:
         if tuple(t.shape) != (dim, dstate):
             raise ValueError(f"{op}: fixed {name} must be (dim, N) = {(dim, dstate)}, got {tuple(t.shape)}")
@@ -212,7 +201,7 @@ def _check_bc(op, name, t, u, dstate):
     if groups < 1 or dim % groups:
         raise ValueError(f"{op}: dim ({dim}) must be divisible by the number of groups of {name} ({groups})")
     if t.dtype != u.dtype:
-        raise TypeError(f"{op}: varying {name} must have u's dtype ({u.dtype}), got {t.dtype}")
+        raise TypeError(f"{op}: varying {name} must have u's dtype ({dtype_name(u.dtype)}), got {dtype_name(t.dtype)}")
     return groups
 
 
@@ -240,15 +229,15 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         every 64 positions), and it is deterministic: no atomics.
     """
     op = "selective_scan"
-    _check_tensor(op, "u", u)
+    check_tensor(op, "u", u)
     if u.dim() != 3:
         raise ValueError(f"{op}: u must be (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
-    _check_tensor(op, "delta", delta, u.shape, (u.dtype,), u.device)
+    check_tensor(op, "delta", delta, u.shape, (u.dtype,), like=u)
     if isinstance(A, torch.Tensor) and A.is_complex():
         raise TypeError(f"{op}: complex A (mamba_ssm's S4D-style wtype=complex64) is not supported; use real A "
                         "(Mamba's S4D-real initialisation) or mamba_ssm's selective_scan_fn for complex A")
-    _check_tensor(op, "A", A, device=u.device, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
+    check_tensor(op, "A", A, like=u)
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"{op}: A must be (dim, N) with dim = {dim}, got shape {tuple(A.shape)}")
     dstate = A.shape[1]
@@ -261,14 +250,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                          "other to (batch, groups, N, L) to run it here)")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
-            _check_tensor(op, name, t, (dim,), device=u.device)
+            check_tensor(op, name, t, (dim,), like=u)
     if z is not None:
-        _check_tensor(op, "z", z, u.shape, (u.dtype,), u.device)
+        check_tensor(op, "z", z, u.shape, (u.dtype,), like=u)
     states = batch
     if cu_seqlens is not None:
         states = check_cu_seqlens(op, cu_seqlens, u, u.shape[0], u.shape[2])
     if initial_state is not None:
-        _check_tensor(op, "initial_state", initial_state, (states, dim, dstate), device=u.device)
+        check_tensor(op, "initial_state", initial_state, (states, dim, dstate), like=u)
     name = _backend.resolve(op, backend, u.device)
     if name == "reference":
         out, last_state = reference.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
@@ -303,14 +292,14 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                                         backend)
     if state_batch_indices is None:
         return _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend)
-    _check_tensor(op, "x", x)
+    check_tensor(op, "x", x)
     if not isinstance(state_batch_indices, torch.Tensor) or state_batch_indices.dtype not in (torch.int32,
                                                                                              torch.int64) \
             or tuple(state_batch_indices.shape) != (x.shape[0],):
         raise ValueError(f"{op}: state_batch_indices must be an int32 / int64 ({x.shape[0]},) tensor, got "
                          f"{getattr(state_batch_indices, 'dtype', type(state_batch_indices).__name__)} "
                          f"{tuple(getattr(state_batch_indices, 'shape', ()))}")
-    _check_tensor(op, "state", state, device=x.device)
+    check_tensor(op, "state", state, like=x, like_name="x")
     slots = state_batch_indices.to(device=state.device, dtype=torch.int64)
     if slots.numel() and int(slots.max()) >= state.shape[0]:
         raise ValueError(f"{op}: state_batch_indices holds slot {int(slots.max())}, but state has "
@@ -360,27 +349,27 @@ def _multi_head_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, 
 def _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
     """The single-head step (public contract in selective_state_update)."""
     op = "selective_state_update"
-    _check_tensor(op, "x", x)
+    check_tensor(op, "x", x)
     if x.dim() != 2:
         raise ValueError(f"{op}: x must be (batch, dim), got shape {tuple(x.shape)}")
     batch, dim = x.shape
-    _check_tensor(op, "dt", dt, x.shape, (x.dtype,), x.device)
-    _check_tensor(op, "A", A, device=x.device)
+    check_tensor(op, "dt", dt, x.shape, (x.dtype,), like=x, like_name="x")
+    check_tensor(op, "A", A, like=x, like_name="x")
     if A.dim() != 2 or A.shape[0] != dim or not 1 <= A.shape[1] <= MAX_DSTATE:
         raise ValueError(f"{op}: A must be (dim, N) with dim = {dim} and N <= {MAX_DSTATE}, got {tuple(A.shape)}")
     dstate = A.shape[1]
-    _check_tensor(op, "state", state, (batch, dim, dstate), device=x.device)
+    check_tensor(op, "state", state, (batch, dim, dstate), like=x, like_name="x")
     for name, t in (("B", B), ("C", C)):
-        _check_tensor(op, name, t, device=x.device)
+        check_tensor(op, name, t, like=x, like_name="x")
         groups = t.shape[1] if t.dim() == 3 else 1
         if t.dim() not in (2, 3) or t.shape[0] != batch or t.shape[-1] != dstate or dim % groups:
             raise ValueError(f"{op}: {name} must be (batch, N) or (batch, groups, N) with groups dividing dim, "
                              f"got {tuple(t.shape)}")
     for name, t in (("D", D), ("dt_bias", dt_bias)):
         if t is not None:
-            _check_tensor(op, name, t, (dim,), device=x.device)
+            check_tensor(op, name, t, (dim,), like=x, like_name="x")
     if z is not None:
-        _check_tensor(op, "z", z, x.shape, (x.dtype,), x.device)
+        check_tensor(op, "z", z, x.shape, (x.dtype,), like=x, like_name="x")
     name = _backend.resolve(op, backend, x.device)
     out_dtype = x.dtype
     wide = torch.promote_types(torch.promote_types(x.dtype, B.dtype), C.dtype)

@@ -1,128 +1,21 @@
-// CPU kernels of the low-precision family: quantize, qlinear (W8A8 / W4A8) and qspmm.
-//
-// qlinear fuses the per-row quantization of x, the int8 x int8 (or int4) product with int32
-// accumulation and the fp32 epilogue: a thread quantizes 32 rows of x into a small int8 buffer,
+// CPU kernel of qlinear (W8A8 / W4A8). It fuses the per-row quantization of x, the int8 x int8
+// (or int4) product with int32 accumulation and the fp32 epilogue: a thread quantizes 32 rows of x into a small int8 buffer,
 // multiplies them against the weight panel (which stays in L2) and writes the finished
 // outputs; x is read once and never materialised in int8 in memory. The product runs on AMX,
 // AVX-512 VNNI, AVX2 (vpsignb / vpmaddubsw / vpmaddwd, docs/lowp.md) or a scalar
 // loop, chosen at run time; all are exact integer arithmetic, so they agree bit for bit.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <limits>
-#include <vector>
-
-#include "cpu/cpu_features.h"
 #include "cpu/stream_output.h"
-#include "cpu/csr_rows.h"
-#include "glue/lowp_args.h"
-
-// The x86 paths (AVX2, AVX-512 VNNI, AMX), each chosen at run time. -DSCANGRAPH_LOWP_AVX2=0 leaves
-// the portable code alone, as on ARM: CI compiles it so (.ci/run).
-#ifndef SCANGRAPH_LOWP_AVX2
-#if defined(__GNUC__) && defined(__x86_64__)
-#define SCANGRAPH_LOWP_AVX2 1
-#else
-#define SCANGRAPH_LOWP_AVX2 0
-#endif
-#endif
-#if SCANGRAPH_LOWP_AVX2
-#include <immintrin.h>
-#endif
-
-// The epilogue computes ((acc * sx) * sw) + bias as separate fp32 roundings, as the reference
-// does; contracting it into an FMA (GCC's default under AVX-512 / FMA targets) would round
-// differently per ISA path.
-#pragma GCC optimize("fp-contract=off")
+#include "cpu/lowp_common.h"
 
 namespace scangraph {
 namespace {
-
-template <typename scalar_t>
-inline float to_float(scalar_t v) { return static_cast<float>(v); }
-
-#define SCANGRAPH_LOWP_INLINE inline __attribute__((always_inline))
-
-// max |x| of n values in fp32, as an integer max over the sign-cleared bit patterns (monotone
-// for floats, and it vectorises where a float max with NaN handling does not); NaN sorts above
-// inf, so a non-finite input comes out non-finite and check_finite reports it.
-template <typename scalar_t>
-SCANGRAPH_LOWP_INLINE float absmax(const scalar_t* __restrict__ x, int64_t n) {
-  uint32_t max_bits = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = to_float(x[i]);
-    uint32_t b;
-    std::memcpy(&b, &v, 4);
-    b &= 0x7fffffffu;
-    max_bits = b > max_bits ? b : max_bits;
-  }
-  float m;
-  std::memcpy(&m, &max_bits, 4);
-  return m;
-}
-
-inline void check_finite(float amax, const char* op) {
-  TORCH_CHECK(std::isfinite(amax), op, ": x holds NaN or inf, which has no symmetric quantization");
-}
-
-// ---- quantize ---------------------------------------------------------------------------------
-template <typename scalar_t>
-void quantize_kernel(const QuantizeParams& p) {
-  const scalar_t* x = static_cast<const scalar_t*>(p.x);
-  const int qmax = quant_max(p.bits);
-  // Pass 1: absmax of every channel (elements (o, c, i) at (o * channels + c) * inner + i).
-  at::parallel_for(0, p.channels, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      float m = 0.0f;
-      for (int64_t o = 0; o < p.outer; ++o) {
-        const float mo = absmax(x + (o * p.channels + c) * p.inner, p.inner);
-        m = (mo > m || mo != mo) ? mo : m;  // keeps a NaN once seen
-      }
-      check_finite(m, "scangraph::quantize");
-      p.scale[c] = m / float(qmax);
-    }
-  });
-  // Pass 2: one output row (of the last dimension) per step, packing pairs for 4 bits.
-  const int64_t L = p.last_dim, rows = L == 0 ? 0 : (p.outer * p.channels * p.inner) / L;
-  const int64_t row_bytes = p.bits == 4 ? (L + 1) / 2 : L;
-  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* xr = x + r * L;
-      auto q_at = [&](int64_t j) {
-        const int64_t channel = ((r * L + j) / p.inner) % p.channels;
-        return quantize_value(to_float(xr[j]), p.scale[channel], qmax);
-      };
-      int8_t* out = p.data + r * row_bytes;
-      if (p.bits == 8) {
-        for (int64_t j = 0; j < L; ++j) out[j] = static_cast<int8_t>(q_at(j));
-      } else {
-        for (int64_t b = 0; b < row_bytes; ++b) {
-          const int lo = q_at(2 * b), hi = 2 * b + 1 < L ? q_at(2 * b + 1) : 0;
-          out[b] = static_cast<int8_t>((lo & 0xF) | ((hi & 0xF) << 4));
-        }
-      }
-    }
-  });
-}
-
-std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
-  QuantizeCall call = prepare_quantize(x, bits, axis);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_cpu",
-                                  [&] { quantize_kernel<scalar_t>(call.params); });
-  return {call.data, call.scale};
-}
 
 // ---- qlinear ------------------------------------------------------------------------------------
 // Quantizes one row of x (K values) into q (Kp bytes, zero padded) and returns its scale.
 // kOffset stores q + 128 as uint8 (the VNNI path's unsigned operand). Always inlined into the
 // ISA-specific callers so both loops vectorise for their instruction set.
 template <typename scalar_t, bool kOffset>
-SCANGRAPH_LOWP_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, int64_t Kp,
+SCANGRAPH_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, int64_t Kp,
                                          int8_t* __restrict__ q) {
   const float amax = absmax(x, K);
   check_finite(amax, "scangraph::qlinear");
@@ -141,7 +34,7 @@ SCANGRAPH_LOWP_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t
   return scale;
 }
 
-#if SCANGRAPH_LOWP_AVX2
+#if SCANGRAPH_X86
 // quantize_row<float, false> for the AVX2 path, 32 values per step: the compiler turns the
 // generic loop's clamp and narrowing into compare-and-blend sequences. The same fp32 division;
 // the clamp is applied before rounding, which gives the same integers because rounding is
@@ -181,7 +74,7 @@ __attribute__((target("avx2"))) float quantize_row_avx2(const float* __restrict_
 #endif
 
 template <Activation kAct>
-SCANGRAPH_LOWP_INLINE float activate(float v) {
+SCANGRAPH_INLINE float activate(float v) {
   if constexpr (kAct == Activation::Relu) return v > 0.0f ? v : 0.0f;
   if constexpr (kAct == Activation::Gelu) return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
   if constexpr (kAct == Activation::Silu) return v / (1.0f + std::exp(-v));
@@ -253,7 +146,7 @@ void scalar_product(const int8_t* q, int64_t rows, const WeightPanel& panel, int
   }
 }
 
-#if SCANGRAPH_LOWP_AVX2
+#if SCANGRAPH_X86
 // AVX2 has no int8 dot product into int32 without saturation; vpmaddubsw multiplies unsigned by
 // signed bytes into int16 pairs. Both sides are kept within +-127 by feeding |x| and w carrying
 // x's sign: pairs sum to at most 2 * 127 * 127 = 32258 < 2^15, so the int16 step never
@@ -408,7 +301,7 @@ SCANGRAPH_AMX_TARGET void amx_product(const int8_t* q, int64_t, const WeightPane
 // rounding to the output type; int32 output is acc itself. Compile-time activation and
 // restrict pointers so the loop vectorises (relu / none) inside each ISA's caller.
 template <typename out_t, Activation kAct>
-SCANGRAPH_LOWP_INLINE void epilogue_row(const int32_t* __restrict__ acc, float sx, const float* __restrict__ sw,
+SCANGRAPH_INLINE void epilogue_row(const int32_t* __restrict__ acc, float sx, const float* __restrict__ sw,
                                         const float* __restrict__ bias, out_t* __restrict__ o, int64_t N) {
   if constexpr (std::is_same_v<out_t, int32_t>) {
     std::memcpy(o, acc, N * sizeof(int32_t));
@@ -420,7 +313,7 @@ SCANGRAPH_LOWP_INLINE void epilogue_row(const int32_t* __restrict__ acc, float s
 }
 
 template <typename out_t>
-SCANGRAPH_LOWP_INLINE void qlinear_epilogue(const QLinearParams& p, const int32_t* acc, float sx, out_t* o) {
+SCANGRAPH_INLINE void qlinear_epilogue(const QLinearParams& p, const int32_t* acc, float sx, out_t* o) {
   const float* bias = static_cast<const float*>(p.bias);
   switch (p.activation) {
     case Activation::Relu: return epilogue_row<out_t, Activation::Relu>(acc, sx, p.w_scale, bias, o, p.N);
@@ -446,7 +339,7 @@ struct GroupBuffers {
 // vectorise for that ISA.
 template <typename scalar_t, typename out_t, bool kOffset, int64_t kTileRows, bool kAvx2Quantize = false,
           typename Product>
-SCANGRAPH_LOWP_INLINE void qlinear_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
+SCANGRAPH_INLINE void qlinear_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0, int64_t g1,
                                           GroupBuffers& buffers, Product product) {
   const int64_t Kp = panel.Kq * 4;
   int8_t* qbuf = buffers.q.data();
@@ -468,7 +361,7 @@ SCANGRAPH_LOWP_INLINE void qlinear_groups(const QLinearParams& p, const WeightPa
           for (int64_t b = 0; b < p.K * int64_t(sizeof(scalar_t)); b += 64) __builtin_prefetch(next + b, 0, 3);
         }
         const scalar_t* xr = x + (m0 + r) * p.x_row_stride;
-#if SCANGRAPH_LOWP_AVX2
+#if SCANGRAPH_X86
         if constexpr (kAvx2Quantize && std::is_same_v<scalar_t, float> && !kOffset)
           sx[r] = quantize_row_avx2(xr, p.K, Kp, qbuf + r * Kp);
         else
@@ -500,7 +393,7 @@ void qlinear_scalar_groups(const QLinearParams& p, const WeightPanel& panel, int
   qlinear_groups<scalar_t, out_t, false, 1>(p, panel, g0, g1, buffers, scalar_product);
 }
 
-#if SCANGRAPH_LOWP_AVX2
+#if SCANGRAPH_X86
 template <typename scalar_t, typename out_t>
 __attribute__((target("avx2"))) void qlinear_avx2_groups(const QLinearParams& p, const WeightPanel& panel, int64_t g0,
                                                          int64_t g1, GroupBuffers& buffers) {
@@ -530,7 +423,7 @@ void qlinear_kernel(const QLinearParams& p, QLinearIsa isa) {
   const bool amx = isa == QLinearIsa::Amx;
   const WeightPanel panel = pack_weight(p, amx ? kAmxK / 4 : 1, amx ? kAmxCols : kPanelLanes);
   auto* groups = &qlinear_scalar_groups<scalar_t, out_t>;
-#if SCANGRAPH_LOWP_AVX2
+#if SCANGRAPH_X86
   if (isa == QLinearIsa::Avx2) groups = &qlinear_avx2_groups<scalar_t, out_t>;
   if (isa == QLinearIsa::Avx512Vnni) groups = &qlinear_vnni_groups<scalar_t, out_t>;
   if (amx) groups = &qlinear_amx_groups<scalar_t, out_t>;
@@ -553,7 +446,7 @@ QLinearIsa best_isa() {
 at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
                         int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
                         std::optional<at::ScalarType> out_dtype, QLinearIsa isa) {
-  QLinearCall call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
+  KernelCall<QLinearParams> call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
   const at::ScalarType out_type = call.out.scalar_type();
   if (w_bits == 8) {
     // Symmetric weights lie in [-127, 127] (quantize never writes -128); the AVX2 sign trick
@@ -589,7 +482,7 @@ at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
                            int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
                            std::optional<at::ScalarType> out_dtype, c10::string_view isa) {
-  const char* op = "scangraph::qlinear_cpu_isa";
+  const char* op = "scangraph::_qlinear_cpu_isa";
   QLinearIsa chosen = QLinearIsa::Scalar;
   if (isa == "avx2") {
     TORCH_CHECK(cpu::has_avx2(), op, ": this CPU has no AVX2");
@@ -607,262 +500,11 @@ at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::T
   return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, chosen);
 }
 
-// ---- qspmm --------------------------------------------------------------------------------------
-// Features per tile of the scalar loop: 64 int8 features are one cache line of a gathered row.
-constexpr int64_t kQFeatureTile = 64;
-
-// Features [f0, f0 + width) of row i, any width: the scalar form of qspmm_tile.
-template <typename index_t, bool kExtreme>
-SCANGRAPH_LOWP_INLINE void qspmm_tile_scalar(const QSpmmParams& p, int64_t begin, int64_t end, int64_t f0,
-                                             int64_t width, float sign, float* __restrict__ o) {
-  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
-  float acc[kQFeatureTile];
-  for (int64_t k = 0; k < width; ++k) acc[k] = kExtreme ? -std::numeric_limits<float>::infinity() : 0.0f;
-  for (int64_t e = begin; e < end; ++e) {
-    const int64_t j = int64_t(col[e]);
-    const float coef = sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j];
-    const int8_t* xr = p.x + j * p.x_row_stride + f0;
-    for (int64_t k = 0; k < width; ++k) {
-      const float m = coef * float(xr[k]);
-      acc[k] = kExtreme ? (m > acc[k] ? m : acc[k]) : acc[k] + m;
-    }
-  }
-  for (int64_t k = 0; k < width; ++k) o[k] = acc[k];
-}
-
-#if SCANGRAPH_LOWP_AVX2
-// Edges ahead (in CSR order, across rows: most rows are shorter than this) whose feature rows
-// are prefetched: the gathers are random, so the hardware prefetcher cannot predict them.
-constexpr int64_t kQPrefetchDistance = 16;
-// A row's edges are taken in blocks of this many: each edge's row address and coefficient are
-// computed once per block, not once per feature tile.
-constexpr int64_t kQEdgeBlock = 64;
-
-// One block of a row's edges, kVectors x 8 features from f0: a (registers) accumulates the sum
-// (or max of the sign-flipped messages) of coef[k] * q[rows[k] + f] over the block's edges in
-// order. Intrinsics: GCC scalarises a generic int8 -> float vector conversion (movsbl + cvtsi2ss
-// per element); vpmovsxbd + vcvtdq2ps widen 8 values in two instructions, and the FMA adds them.
-template <bool kExtreme, int kVectors>
-__attribute__((target("avx2,fma"), always_inline)) inline void qspmm_block_avx2(
-    const int8_t* const* rows, const float* coef, int64_t n, int64_t f0, __m256 a[kVectors]) {
-  for (int64_t k = 0; k < n; ++k) {
-    const __m256 c = _mm256_broadcast_ss(coef + k);
-    const int8_t* xr = rows[k] + f0;
-    for (int v = 0; v < kVectors; ++v) {
-      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(xr + 8 * v))));
-      a[v] = kExtreme ? _mm256_max_ps(_mm256_mul_ps(c, q), a[v]) : _mm256_fmadd_ps(c, q, a[v]);
-    }
-  }
-}
-
-// Features [f0, f0 + 8 kVectors) of a row, over its edge blocks. Rows longer than one block carry
-// the partial sums through carry (the same per-feature order of additions as a single pass).
-// The tile is multiplied by scale (1 / degree for mean, the sign for min) as it is stored;
-// stream: non-temporal stores, for outputs larger than the cache (no read for ownership of
-// lines the kernel overwrites whole and does not read again); o is then 32-byte aligned.
-template <bool kExtreme, int kVectors>
-__attribute__((target("avx2,fma"), always_inline)) inline void qspmm_tile_avx2(
-    const int8_t* const* rows, const float* coef, int64_t n, int64_t f0, bool first, bool last, float scale,
-    bool stream, float* __restrict__ carry, float* __restrict__ o) {
-  __m256 a[kVectors];
-  for (int v = 0; v < kVectors; ++v)
-    a[v] = first ? _mm256_set1_ps(kExtreme ? -__builtin_inff() : 0.0f) : _mm256_loadu_ps(carry + f0 + 8 * v);
-  qspmm_block_avx2<kExtreme, kVectors>(rows, coef, n, f0, a);
-  if (!last) {
-    for (int v = 0; v < kVectors; ++v) _mm256_storeu_ps(carry + f0 + 8 * v, a[v]);
-    return;
-  }
-  const __m256 s = _mm256_set1_ps(scale);
-  for (int v = 0; v < kVectors; ++v) {
-    if (stream) _mm256_stream_ps(o + f0 + 8 * v, _mm256_mul_ps(a[v], s));
-    else _mm256_storeu_ps(o + f0 + 8 * v, _mm256_mul_ps(a[v], s));
-  }
-}
-
-template <typename index_t, int kReduce>
-__attribute__((target("avx2,fma"))) void qspmm_range_avx2(const QSpmmParams& p, int64_t r0, int64_t r1) {
-  constexpr bool kExtreme = kReduce >= 2;
-  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
-  const int64_t F = p.num_features, F8 = F / 8 * 8, num_edges = p.rowptr[p.num_rows];
-  const float sign = kReduce == 3 ? -1.0f : 1.0f;  // min = -max of the negated messages
-  const bool stream = stream_output(p.out, p.num_rows, F, sizeof(float));
-  const int8_t* rows[kQEdgeBlock];
-  alignas(32) float coef[kQEdgeBlock];
-  std::vector<float> carry(F8);
-  for (int64_t i = r0; i < r1; ++i) {
-    const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
-    float* o = p.out + i * F;
-    if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
-    const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
-    for (int64_t b0 = begin; b0 < end; b0 += kQEdgeBlock) {
-      const int64_t n = std::min(kQEdgeBlock, end - b0);
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t e = b0 + k, j = int64_t(col[e]);
-        if (e + kQPrefetchDistance < num_edges) {
-          const int8_t* ahead = p.x + int64_t(col[e + kQPrefetchDistance]) * p.x_row_stride;
-          for (int64_t f = 0; f < F; f += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + f), _MM_HINT_T0);
-        }
-        rows[k] = p.x + j * p.x_row_stride;
-        // Dequantization folded into the edge coefficient: one multiply per edge, not per feature.
-        coef[k] = sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j];
-      }
-      const bool first = b0 == begin, last = b0 + n == end;
-      for (int64_t f0 = 0, width = 0; f0 < F8; f0 += width) {
-        const int64_t left = F8 - f0;
-        width = left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : 8;
-        if (width == 64) qspmm_tile_avx2<kExtreme, 8>(rows, coef, n, f0, first, last, scale, stream, carry.data(), o);
-        else if (width == 32) qspmm_tile_avx2<kExtreme, 4>(rows, coef, n, f0, first, last, scale, stream, carry.data(), o);
-        else if (width == 16) qspmm_tile_avx2<kExtreme, 2>(rows, coef, n, f0, first, last, scale, stream, carry.data(), o);
-        else qspmm_tile_avx2<kExtreme, 1>(rows, coef, n, f0, first, last, scale, stream, carry.data(), o);
-      }
-    }
-    if (F8 < F) {  // the last F % 8 features
-      qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, F8, F - F8, sign, o + F8);
-      for (int64_t k = F8; k < F; ++k) o[k] *= scale;
-    }
-  }
-  if (stream) stream_fence();  // the streamed stores are weakly ordered: drain them before the join
-}
-
-// AVX-512: 32 zmm registers hold up to 256 fp32 sums (16 accumulators), so a whole GNN-width
-// row (F <= 256) is summed in registers in one pass over the row's edges: each edge's index,
-// scale and feature row are fetched once, and 16 features cost a widening load, a convert and
-// an FMA (as on the AVX2 path, the FMA rounds once where the scalar loop rounds twice: within
-// fp32 rounding).
-template <typename index_t, bool kExtreme, int kVectors>
-__attribute__((target("avx512f"))) void qspmm_tile_avx512(const QSpmmParams& p, int64_t begin, int64_t end,
-                                                           int64_t f0, float sign, float* __restrict__ o) {
-  const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
-  __m512 a[kVectors];
-  for (int v = 0; v < kVectors; ++v) a[v] = _mm512_set1_ps(kExtreme ? -__builtin_inff() : 0.0f);
-  for (int64_t e = begin; e < end; ++e) {
-    if (e + kQPrefetchDistance < end) {  // the gathers are random: start the row a few edges ahead
-      const int8_t* ahead = p.x + int64_t(col[e + kQPrefetchDistance]) * p.x_row_stride + f0;
-      for (int v = 0; v < kVectors; v += 4) _mm_prefetch(reinterpret_cast<const char*>(ahead + 16 * v), _MM_HINT_T0);
-    }
-    const int64_t j = int64_t(col[e]);
-    const __m512 coef = _mm512_set1_ps(sign * (p.weight ? p.weight[e] : 1.0f) * p.x_scale[j]);
-    const int8_t* xr = p.x + j * p.x_row_stride + f0;
-    for (int v = 0; v < kVectors; ++v) {
-      const __m512 q = _mm512_cvtepi32_ps(
-          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + 16 * v))));
-      a[v] = kExtreme ? _mm512_max_ps(_mm512_mul_ps(coef, q), a[v]) : _mm512_fmadd_ps(coef, q, a[v]);
-    }
-  }
-  for (int v = 0; v < kVectors; ++v) _mm512_storeu_ps(o + 16 * v, a[v]);
-}
-
-template <typename index_t, int kReduce>
-__attribute__((target("avx512f"))) void qspmm_range_avx512(const QSpmmParams& p, int64_t r0, int64_t r1) {
-  constexpr bool kExtreme = kReduce >= 2;
-  const int64_t F = p.num_features;
-  const float sign = kReduce == 3 ? -1.0f : 1.0f;
-  for (int64_t i = r0; i < r1; ++i) {
-    const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
-    float* o = p.out + i * F;
-    if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
-    for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
-      const int64_t left = F - f0;
-      width = left >= 256 ? 256 : left >= 128 ? 128 : left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : left;
-      switch (width) {
-        case 256: qspmm_tile_avx512<index_t, kExtreme, 16>(p, begin, end, f0, sign, o + f0); break;
-        case 128: qspmm_tile_avx512<index_t, kExtreme, 8>(p, begin, end, f0, sign, o + f0); break;
-        case 64: qspmm_tile_avx512<index_t, kExtreme, 4>(p, begin, end, f0, sign, o + f0); break;
-        case 32: qspmm_tile_avx512<index_t, kExtreme, 2>(p, begin, end, f0, sign, o + f0); break;
-        case 16: qspmm_tile_avx512<index_t, kExtreme, 1>(p, begin, end, f0, sign, o + f0); break;
-        default: qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
-      }
-      const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
-      for (int64_t k = 0; k < width; ++k) o[f0 + k] *= scale;
-    }
-  }
-}
-#endif
-
-template <typename index_t, int kReduce>
-void qspmm_range_baseline(const QSpmmParams& p, int64_t r0, int64_t r1) {
-  constexpr bool kExtreme = kReduce >= 2;
-  const int64_t F = p.num_features;
-  const float sign = kReduce == 3 ? -1.0f : 1.0f;  // min = -max of the negated messages
-  for (int64_t i = r0; i < r1; ++i) {
-    const int64_t begin = p.rowptr[i], end = p.rowptr[i + 1];
-    float* o = p.out + i * F;
-    if (begin == end) { std::fill(o, o + F, 0.0f); continue; }
-    const float scale = kReduce == 1 ? 1.0f / float(end - begin) : sign;
-    for (int64_t f0 = 0, width = 0; f0 < F; f0 += width) {
-      width = std::min(kQFeatureTile, F - f0);
-      qspmm_tile_scalar<index_t, kExtreme>(p, begin, end, f0, width, sign, o + f0);
-      for (int64_t k = 0; k < width; ++k) o[f0 + k] *= scale;
-    }
-  }
-}
-
-// The instruction sets of the qspmm row loop; Best picks the widest the CPU has.
-enum class QSpmmIsa { Best, Scalar, Avx2, Avx512 };
-
-template <typename index_t, int kReduce>
-void qspmm_rows(const QSpmmParams& p, QSpmmIsa isa) {
-  auto* range = &qspmm_range_baseline<index_t, kReduce>;
-#if SCANGRAPH_LOWP_AVX2
-  if (isa == QSpmmIsa::Avx2 || (isa == QSpmmIsa::Best && cpu::has_avx2_fma()))
-    range = &qspmm_range_avx2<index_t, kReduce>;
-  if (isa == QSpmmIsa::Avx512 || (isa == QSpmmIsa::Best && cpu::has_avx512f()))
-    range = &qspmm_range_avx512<index_t, kReduce>;
-#endif
-  // Chunks of equal work (edges + rows), as spmm: hub rows do not leave a thread idle.
-  for_each_row_chunk(p.rowptr, p.num_rows, [&](int64_t r0, int64_t r1) { range(p, r0, r1); });
-}
-
-template <typename index_t>
-void qspmm_dispatch(const QSpmmParams& p, QSpmmIsa isa) {
-  switch (p.reduce) {
-    case 0: qspmm_rows<index_t, 0>(p, isa); break;
-    case 1: qspmm_rows<index_t, 1>(p, isa); break;
-    case 2: qspmm_rows<index_t, 2>(p, isa); break;
-    default: qspmm_rows<index_t, 3>(p, isa); break;
-  }
-}
-
-at::Tensor qspmm_impl(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
-                      const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce, QSpmmIsa isa) {
-  QSpmmCall call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
-  validate_csr(rowptr, col, x.size(0), "scangraph::qspmm");
-  if (call.params.col_is_int32) qspmm_dispatch<int32_t>(call.params, isa);
-  else qspmm_dispatch<int64_t>(call.params, isa);
-  return call.out;
-}
-
-at::Tensor qspmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
-                     const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
-  return qspmm_impl(rowptr, col, weight, x, x_scale, reduce, QSpmmIsa::Best);
-}
-
-// qspmm on a named instruction set (tests run every path the machine has against each other).
-at::Tensor qspmm_cpu_isa(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
-                         const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce,
-                         c10::string_view isa) {
-  const char* op = "scangraph::qspmm_cpu_isa";
-  QSpmmIsa chosen = QSpmmIsa::Scalar;
-  if (isa == "avx2") {
-    TORCH_CHECK(cpu::has_avx2_fma(), op, ": this CPU has no AVX2 with FMA");
-    chosen = QSpmmIsa::Avx2;
-  } else if (isa == "avx512") {
-    TORCH_CHECK(cpu::has_avx512f(), op, ": this CPU has no AVX-512");
-    chosen = QSpmmIsa::Avx512;
-  } else {
-    TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2' or 'avx512', got '", std::string(isa), "'");
-  }
-  return qspmm_impl(rowptr, col, weight, x, x_scale, reduce, chosen);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("quantize", &quantize_cpu);
   m.impl("qlinear", &qlinear_cpu);
-  m.impl("qlinear_cpu_isa", &qlinear_cpu_isa);
-  m.impl("qspmm", &qspmm_cpu);
-  m.impl("qspmm_cpu_isa", &qspmm_cpu_isa);
+  m.impl("_qlinear_cpu_isa", &qlinear_cpu_isa);
 }
 
 }  // namespace scangraph

@@ -1,8 +1,26 @@
-// What the CPU running this process supports, read once per feature. The kernels compiled for
-// AVX2 / AVX-512 (per-function targets, no -march flag) run only where these say so. Off x86-64
-// or without GCC / Clang builtins every answer is false, matching the files that then compile
-// no such clones.
+// The CPU kernels' instruction sets, in one place: the always-inline macro, the gate of the
+// x86 paths, and what the CPU running this process supports, read once per feature. The
+// kernels compiled for AVX2 / AVX-512 / AMX (per-function targets, no -march flag) run only
+// where these say so. Off x86-64 or without GCC / Clang builtins every answer is false,
+// matching the files that then compile no such paths.
 #pragma once
+
+// SCANGRAPH_X86: the x86 paths (per-function targets and intrinsics) are compiled in.
+// -DSCANGRAPH_X86=0 leaves the portable code alone, as on ARM: CI compiles it so (.ci/run).
+#ifndef SCANGRAPH_X86
+#if defined(__GNUC__) && defined(__x86_64__)
+#define SCANGRAPH_X86 1
+#else
+#define SCANGRAPH_X86 0
+#endif
+#endif
+
+// Forced inlining, so that a loop body compiled into a per-ISA caller vectorises for that ISA.
+#if defined(__GNUC__)
+#define SCANGRAPH_INLINE inline __attribute__((always_inline))
+#else
+#define SCANGRAPH_INLINE inline
+#endif
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
 #include <sys/syscall.h>
