@@ -192,7 +192,8 @@ def test_gatconv_dropout_is_pygs_attention_dropout():
     got = conv(x, edge_index)
     torch.manual_seed(9)
     rng = torch.empty(2, dtype=torch.int64).random_()
-    from scangraph.nn.graph_cache import graph_for, with_self_loops
+    from scangraph.graph import with_self_loops
+    from scangraph.nn.graph_cache import graph_for
     graph = graph_for(edge_index, 30, "loops", with_self_loops)
     h = conv.lin(x).view(30, 2, 4)
     want = reference.gat_aggregate(graph.rowptr, graph.col, h, (h * conv.att_src).sum(-1), (h * conv.att_dst).sum(-1),

@@ -240,6 +240,65 @@ class CSRGraph:
 _PYTREE_KEYS = ("rowptr", "col", "edge_weight", "edge_ids", "transpose_rowptr", "transpose_col", "transpose_perm")
 
 
+# ---- graphs derived from a graph (the layers cache them: nn/graph_cache.py) -------------------
+def subgraph_of_edges(graph: CSRGraph, keep: torch.Tensor) -> CSRGraph:
+    """The CSR graph of the edges where `keep` (a (num_edges,) bool mask) is true, order kept
+    (so sorted rows stay sorted)."""
+    kept_per_row = torch.bincount(graph.edge_rows()[keep], minlength=graph.num_rows)
+    rowptr = torch.cat([kept_per_row.new_zeros(1), kept_per_row.cumsum(0)])
+    return CSRGraph(rowptr, graph.col[keep],
+                    None if graph.edge_weight is None else graph.edge_weight[keep],
+                    num_cols=graph.num_cols,
+                    edge_ids=None if graph.edge_ids is None else graph.edge_ids[keep], validate=False)
+
+
+def with_self_loops(graph: CSRGraph, fill_value: float = 1.0) -> CSRGraph:
+    """Every node gets exactly one self loop (PyG's add_remaining_self_loops): existing loops keep
+    their weight, the others weigh `fill_value`. Columns stay sorted within rows. The new graph's
+    caller order (its edge_ids) is PyG's: the non-loop edges in the caller's order, then the
+    loops of nodes 0 .. n - 1, so per-edge results line up with PyG's edge_index."""
+    if graph.num_rows != graph.num_cols:
+        raise ValueError(f"self loops need a square graph, got {graph.num_rows} x {graph.num_cols}")
+    n = graph.num_rows
+    device = graph.device
+    dst = graph.edge_rows()
+    src = graph.col.to(torch.int64)
+    is_loop = src == dst
+    loop_weight = None
+    if graph.edge_weight is not None:
+        loop_weight = graph.edge_weight.new_full((n,) + tuple(graph.edge_weight.shape[1:]), fill_value)
+        loop_weight[dst[is_loop]] = graph.edge_weight[is_loop]
+    src, dst = src[~is_loop], dst[~is_loop]
+    nodes = torch.arange(n, device=device)
+    all_src, all_dst = torch.cat([src, nodes]), torch.cat([dst, nodes])
+    order = torch.argsort(all_dst * n + all_src, stable=True)
+    weight = None
+    if graph.edge_weight is not None:
+        weight = torch.cat([graph.edge_weight[~is_loop], loop_weight])[order]
+    # A non-loop edge's new caller position: its rank among the non-loop edges' caller positions.
+    caller = graph.edge_ids if graph.edge_ids is not None else torch.arange(graph.num_edges, device=device)
+    caller = caller[~is_loop]
+    kept = torch.zeros(graph.num_edges, dtype=torch.int64, device=device)
+    kept[caller] = 1
+    rank = (kept.cumsum(0) - 1)[caller]
+    edge_ids = torch.cat([rank, rank.numel() + nodes])[order]
+    rowptr = torch.searchsorted(all_dst[order], torch.arange(n + 1, device=device))
+    return CSRGraph(rowptr, all_src[order].to(graph.col.dtype), weight, num_cols=n, edge_ids=edge_ids,
+                    validate=False)
+
+
+def gcn_norm_weight(graph: CSRGraph, edge_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Kipf & Welling's symmetric normalisation of `graph` (self loops already added):
+    w_ji / sqrt(deg_i deg_j) with deg the weighted in-degree (PyG's gcn_norm, flow source_to_target)."""
+    dst = graph.edge_rows()
+    if edge_weight is None:  # fp64, so the weights are exact to the rounding of the caller's dtype
+        edge_weight = torch.ones(graph.num_edges, dtype=torch.float64, device=graph.device)
+    degree = torch.zeros(graph.num_rows, dtype=edge_weight.dtype, device=graph.device)
+    degree.index_add_(0, dst, edge_weight)
+    inv_sqrt = degree.pow(-0.5).masked_fill(degree == 0, 0.0)
+    return inv_sqrt[graph.col.to(torch.int64)] * edge_weight * inv_sqrt[dst]
+
+
 def _flatten(graph: CSRGraph):
     transpose = graph._transpose if graph._transpose is not None else (None, None, None)
     return [graph.rowptr, graph.col, graph.edge_weight, graph.edge_ids, *transpose], graph.num_cols

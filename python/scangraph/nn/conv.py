@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scangraph.distributed.partition import PartitionedGraph
-from scangraph.graph import CSRGraph
-from scangraph.nn.graph_cache import (GraphLike, as_csr, as_csr_of, as_graph, gcn_graph, gcn_norm_weight, graph_for,
-                                      is_matrix, num_nodes_of, with_self_loops)
+from scangraph.graph import CSRGraph, gcn_norm_weight, with_self_loops
+from scangraph.nn.graph_cache import GraphLike, as_csr, as_csr_of, as_graph, gcn_graph, graph_for, is_matrix, num_nodes_of
 from scangraph.ops.sparse import gat_aggregate, spmm
 
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scangraph.nn.graph_cache import GraphLike, as_csr, gcn_graph, num_nodes_of, subgraph_of_edges
+from scangraph.graph import subgraph_of_edges
+from scangraph.nn.graph_cache import GraphLike, as_csr, gcn_graph, num_nodes_of
 from scangraph.ops.sparse import common_neighbor_aggregate, spmm
 
 
