@@ -1,7 +1,7 @@
 """Context-parallel scans (scangraph.distributed) on 2 and 4 gloo processes against one process
 scanning the whole sequence: outputs, the final state and every gradient, slices of unequal
-length (an empty one included), forward and reverse, a 64k-long sequence over 4 ranks, and the
-same bits when run again."""
+length (an empty one included), forward and reverse, packed sequences (cu_seqlens) crossing the
+ranks' boundaries, a 64k-long sequence over 4 ranks, and the same bits when run again."""
 import os
 import socket
 import tempfile
@@ -20,7 +20,7 @@ SLICED = ("u", "delta", "z")           # (batch, dim, L) inputs split along L
 REPLICATED = ("A", "D", "delta_bias")  # parameters every rank holds
 
 
-def _scan_inputs(seed, batch, dim, length, dstate, varying, dtype):
+def _scan_inputs(seed, batch, dim, length, dstate, varying, dtype, cu=None):
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0):
@@ -34,26 +34,29 @@ def _scan_inputs(seed, batch, dim, length, dstate, varying, dtype):
     else:
         inputs["B"], inputs["C"] = rand(dim, dstate), rand(dim, dstate)
     inputs["A"] = inputs["A"].to(torch.float64 if dtype == torch.float64 else torch.float32)
-    inputs["initial_state"] = rand(batch, dim, dstate).to(inputs["A"].dtype)
-    grads = dict(out=rand(batch, dim, length), last=rand(batch, dim, dstate).to(inputs["A"].dtype))
+    states = batch if cu is None else len(cu) - 1  # packed: one state per sequence
+    inputs["initial_state"] = rand(states, dim, dstate).to(inputs["A"].dtype)
+    grads = dict(out=rand(batch, dim, length), last=rand(states, dim, dstate).to(inputs["A"].dtype))
     return inputs, grads
 
 
-def _scan_slice(inputs, lo, hi, rank, first, varying):
+def _scan_slice(inputs, lo, hi, rank, first, varying, packed=False):
     """This rank's arguments: its slice of the sequence, the replicated parameters, the initial
-    state only on the rank the scan enters."""
+    state only on the rank the scan enters (packed sequences: on every rank)."""
     mine = {k: v[..., lo:hi].clone() for k, v in inputs.items() if k in SLICED}
     for name in ("B", "C"):
         mine[name] = inputs[name][..., lo:hi].clone() if varying else inputs[name].clone()
     for name in REPLICATED:
         mine[name] = inputs[name].clone()
-    mine["initial_state"] = inputs["initial_state"].clone() if rank == first else None
+    mine["initial_state"] = inputs["initial_state"].clone() if rank == first or packed else None
     return mine
 
 
-def _run_scan(mine, grads, lo, hi, reverse, group=None):
+def _run_scan(mine, grads, lo, hi, reverse, group=None, cu=None):
     leaves = {k: v.requires_grad_() for k, v in mine.items() if v is not None}
     kwargs = {k: v for k, v in mine.items() if k not in ("u", "delta", "A", "B", "C", "initial_state")}
+    if cu is not None:
+        kwargs["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32)
     args = [mine[k] for k in ("u", "delta", "A", "B", "C")]
     if group is False:  # one process, the whole sequence
         out, last = scangraph.selective_scan(*args, **kwargs, delta_softplus=True, return_last_state=True,
@@ -103,12 +106,19 @@ def _run_attention(inputs, grads, lo, hi, rank, world, distributed):
 
 
 def _cases(world):
-    """(name, bounds of the ranks' slices); world 4 has an empty slice."""
+    """(name, bounds of the ranks' slices); world 4 has an empty slice. The packed cases' sequences
+    cross the ranks' boundaries: one is empty, one a single position, one (world 4) runs through a
+    whole slice and two more, and the last one, empty, sits at L."""
     scan_bounds = {2: [0, 37, 150], 4: [0, 37, 37, 100, 150]}[world]
     cases = [("scan-varying", dict(kind="scan", seed=1, shape=(2, 3, 150, 4), varying=True, reverse=False,
                                    dtype=torch.float64, bounds=scan_bounds)),
              ("scan-fixed-reverse", dict(kind="scan", seed=2, shape=(2, 3, 150, 4), varying=False, reverse=True,
                                          dtype=torch.float64, bounds=scan_bounds)),
+             ("scan-packed", dict(kind="scan", seed=5, shape=(1, 3, 150, 4), varying=True, reverse=False,
+                                  dtype=torch.float64, bounds=scan_bounds, cu=[0, 20, 20, 120, 121, 150, 150])),
+             ("scan-packed-fixed-reverse", dict(kind="scan", seed=6, shape=(1, 3, 150, 4), varying=False,
+                                                reverse=True, dtype=torch.float64, bounds=scan_bounds,
+                                                cu=[0, 0, 30, 31, 140, 150])),
              ("attention", dict(kind="attention", seed=3, shape=(2, 90, 2, 4, 3),
                                 bounds={2: [0, 50, 90], 4: [0, 20, 20, 61, 90]}[world]))]
     if world == 4:
@@ -121,10 +131,11 @@ def _cases(world):
 def _run_case(case, rank, world, distributed):
     lo, hi = case["bounds"][rank], case["bounds"][rank + 1]
     if case["kind"] == "scan":
-        inputs, grads = _scan_inputs(case["seed"], *case["shape"], case["varying"], case["dtype"])
+        cu = case.get("cu")
+        inputs, grads = _scan_inputs(case["seed"], *case["shape"], case["varying"], case["dtype"], cu)
         first = world - 1 if case["reverse"] else 0
-        mine = _scan_slice(inputs, lo, hi, rank, first, case["varying"])
-        return _run_scan(mine, grads, lo, hi, case["reverse"], group=None if distributed else False)
+        mine = _scan_slice(inputs, lo, hi, rank, first, case["varying"], packed=cu is not None)
+        return _run_scan(mine, grads, lo, hi, case["reverse"], group=None if distributed else False, cu=cu)
     inputs, grads = _attention_inputs(case["seed"], *case["shape"])
     return _run_attention(inputs, grads, lo, hi, rank, world, distributed)
 
@@ -170,22 +181,30 @@ def test_context_parallel_equals_one_process(world):
         tol = dict(rtol=2e-4, atol=2e-4) if fp32 else dict(rtol=1e-9, atol=1e-9)
         seq_dim = -1 if case["kind"] == "scan" else 1
         torch.testing.assert_close(_cat([r["out"] for r in per_rank], seq_dim), whole["out"], **tol, msg=name)
+        packed = case.get("cu") is not None
         exit_rank = 0 if case.get("reverse") else world - 1
-        assert all(per_rank[r]["last"] is None for r in range(world) if r != exit_rank), name
-        for got, want in zip(per_rank[exit_rank]["last"] if case["kind"] == "attention" else
-                             [per_rank[exit_rank]["last"]],
-                             whole["last"] if case["kind"] == "attention" else [whole["last"]]):
-            torch.testing.assert_close(got, want, **tol, msg=f"{name}: final state")
+        if packed:  # every rank: the rows of the sequences it finishes, zeros elsewhere
+            torch.testing.assert_close(sum(r["last"] for r in per_rank), whole["last"], **tol,
+                                       msg=f"{name}: final states")
+        else:
+            assert all(per_rank[r]["last"] is None for r in range(world) if r != exit_rank), name
+            for got, want in zip(per_rank[exit_rank]["last"] if case["kind"] == "attention" else
+                                 [per_rank[exit_rank]["last"]],
+                                 whole["last"] if case["kind"] == "attention" else [whole["last"]]):
+                torch.testing.assert_close(got, want, **tol, msg=f"{name}: final state")
         for key, want in whole["grads"].items():
             if want is None:
                 continue
             if key in ("u", "delta", "z", "k", "v") or (key in ("B", "C") and case.get("varying")):
                 got = _cat([r["grads"][key] for r in per_rank], seq_dim)
-            elif key in ("initial_state", "m0", "c0", "w0"):
+            elif key in ("initial_state", "m0", "c0", "w0") and not packed:
                 entry = world - 1 if case.get("reverse") else 0
                 got = per_rank[entry]["grads"][key]
-            else:  # replicated: each rank's share, summed over the group
-                got = sum(r["grads"][key] for r in per_rank)
+            else:  # replicated: each rank's share, summed over the group (packed initial states:
+                # None on a rank where no sequence starts)
+                shares = [r["grads"][key] for r in per_rank]
+                assert all(g is not None for g in shares) or (packed and key == "initial_state"), (name, key)
+                got = sum(g for g in shares if g is not None)
             torch.testing.assert_close(got, want, **tol, msg=f"{name}: gradient of {key}")
 
 
@@ -208,6 +227,19 @@ def _mismatch_worker(rank, world, port, folder):
                                                  initial_state=torch.zeros(1, 2, 4))
         except ValueError as error:
             messages.append(str(error))
+        try:  # packed sequences: the ranks disagree on the offsets
+            cu = torch.tensor([0, 5, 20] if rank == 0 else [0, 6, 20], dtype=torch.int32)
+            scangraph.distributed.selective_scan(torch.randn(1, 2, 10), torch.rand(1, 2, 10), -torch.rand(2, 4),
+                                                 torch.randn(2, 4), torch.randn(2, 4), cu_seqlens=cu)
+        except ValueError as error:
+            messages.append(str(error))
+        try:  # packed sequences: initial_state is every sequence's
+            scangraph.distributed.selective_scan(torch.randn(1, 2, 10), torch.rand(1, 2, 10), -torch.rand(2, 4),
+                                                 torch.randn(2, 4), torch.randn(2, 4),
+                                                 cu_seqlens=torch.tensor([0, 5, 20], dtype=torch.int32),
+                                                 initial_state=torch.zeros(1, 2, 4))
+        except ValueError as error:
+            messages.append(str(error))
         torch.save(messages, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -219,9 +251,11 @@ def test_bad_input_raises_clear_errors():
         messages = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
     # every rank raises the same error (a rank raising alone would leave the others waiting)
     for rank in range(2):
-        assert len(messages[rank]) == 2, messages[rank]
+        assert len(messages[rank]) == 4, messages[rank]
         assert "disagree" in messages[rank][0] and "'dim': 3" in messages[rank][0] and "'dim': 5" in messages[rank][0]
         assert "rank(s) [1] must pass None" in messages[rank][1]
+        assert "disagree" in messages[rank][2] and "offsets" in messages[rank][2]
+        assert "(num_seqs, dim, N) = (2, 2, 4)" in messages[rank][3]
 
 
 def test_without_a_process_group_raises():

@@ -15,6 +15,11 @@ backward: the gradient reaching a rank's entering state goes back through the co
 the earlier ranks' summaries (their slices' gradients) in one reduce of the same size. The
 backward is deterministic: fixed-order sums, no atomics.
 
+Packed sequences (the selective scan's cu_seqlens) may cross the ranks' boundaries: each slice
+is cut into one piece per sequence it touches, and only the piece the scan enters the slice by
+can continue a sequence, so the slice's map is its decays when one sequence runs through it and
+P = 0 when one starts in it (_packed_selective_scan).
+
 Parameters (A, D, delta_bias; prefix attention's q) are replicated: each rank's gradient is its
 slice's share, and the sum over the group (or DDP's mean over it, scaled) is the full gradient.
 """
@@ -133,12 +138,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     this rank's slice, in rank order (reverse=True scans from the last rank's end); A, D and
     delta_bias are replicated. initial_state is read on the rank the scan enters first (rank 0,
     or the last rank with reverse=True; the others pass None); with return_last_state, the
-    rank it leaves last returns the final state and the others None. Packed sequences
-    (cu_seqlens) split across ranks are not supported yet: they raise."""
+    rank it leaves last returns the final state and the others None.
+
+    Packed sequences: cu_seqlens (int32, num_seqs + 1 offsets into the whole L, batch 1) is the
+    same on every rank, and its sequences may cross the ranks' boundaries (_packed_selective_scan).
+    initial_state (num_seqs, dim, N) or None is then the same on every rank (replicated, its
+    gradient summed over the group like A's), and the final states come back on every rank as
+    (num_seqs, dim, N): the rows of the sequences this rank's slice finishes, zeros elsewhere,
+    so their sum over the group is every sequence's final state (an empty sequence's, its
+    initial state, on the rank the scan enters)."""
     op = "scangraph.distributed.selective_scan"
     if cu_seqlens is not None:
-        raise ValueError(f"{op}: packed sequences (cu_seqlens) split across ranks are not supported yet; run "
-                         "scangraph.selective_scan on each rank's own whole sequences instead")
+        return _packed_selective_scan(op, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                      initial_state, cu_seqlens, reverse, group, backend)
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         raise ValueError(f"{op}: u must be a (batch, dim, L) tensor, got {getattr(u, 'shape', type(u).__name__)}")
     rank, world = _group_info(op, group, u)
@@ -172,6 +184,120 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if not return_last_state:
         return out
     return out, (last_state if rank == last else None)
+
+
+def _pieces(offsets, lo: int, hi: int, reverse: bool):
+    """The parts of the packed sequences that lie in the slice [lo, hi) of L, in order: (sequence,
+    first, stop, enters, leaves) with first / stop local to the slice; `enters` when the piece holds
+    its sequence's first scanned position (the first position, or the last with reverse), `leaves`
+    when it holds its last scanned one. Empty sequences have no piece."""
+    pieces = []
+    for j, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        first, stop = max(a, lo), min(b, hi)
+        if first < stop:
+            starts, ends = a >= lo, b <= hi
+            pieces.append((j, first - lo, stop - lo, ends if reverse else starts, starts if reverse else ends))
+    return pieces
+
+
+def _packed_selective_scan(op, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                           initial_state, cu_seqlens, reverse, group, backend):
+    """Context parallelism over packed sequences. A rank's slice is cut into pieces, one per
+    sequence it touches (_pieces). Only the piece the scan enters the slice by can continue a
+    sequence from the ranks before; every other piece starts its sequence here, from the
+    sequence's initial state. So the state the slice hands on is h_out = P h_in + Q with P the
+    slice's decays when a single piece continues through it and P = 0 when a sequence starts in
+    it (the state entering cannot reach the slice's end), and the ranks compose these maps as in
+    the one-sequence case; a slice with no positions hands the state on unchanged (P = 1)."""
+    from scangraph.ops._rules import check_cu_seqlens
+
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"{op}: u must be a (batch, dim, L) tensor, got {getattr(u, 'shape', type(u).__name__)}")
+    rank, world = _group_info(op, group, u)
+    batch, dim, length = u.shape
+    dstate = A.shape[-1]
+    num_seqs = cu_seqlens.numel() - 1 if isinstance(cu_seqlens, torch.Tensor) else -1
+    every = _agree(op, group, world, u, dict(
+        batch=batch, dim=dim, N=dstate, dtype=FLOAT_CODES.get(u.dtype, -1), varying_B=int(B.dim() > 2),
+        groups=int(B.shape[1]) if B.dim() == 4 else 0, z=int(z is not None), D=int(D is not None),
+        delta_bias=int(delta_bias is not None), delta_softplus=int(bool(delta_softplus)), reverse=int(bool(reverse)),
+        return_last_state=int(bool(return_last_state)), initial_state=int(initial_state is not None),
+        num_seqs=num_seqs, length=length,
+        # the offsets themselves (a hash of ints, the same in every process): ranks must agree
+        offsets=hash(tuple(cu_seqlens.tolist())) & 0x7FFFFFFF if num_seqs >= 0 else -1), per_rank=("length",))
+    lengths = [d["length"] for d in every]
+    lo = sum(lengths[:rank])
+    num_seqs = check_cu_seqlens(op, cu_seqlens, u, batch, sum(lengths))
+    offsets = cu_seqlens.tolist()
+    acc = opmath_dtype(u.dtype)
+    if initial_state is not None:
+        if tuple(initial_state.shape) != (num_seqs, dim, dstate):
+            raise ValueError(f"{op}: with cu_seqlens, initial_state is every sequence's, the same on every rank: "
+                             f"(num_seqs, dim, N) = {(num_seqs, dim, dstate)}, got {tuple(initial_state.shape)}")
+        initial_state = initial_state.to(acc)
+    order = _order(world, reverse)
+    pieces = _pieces(offsets, lo, lo + length, reverse)
+    # Local offsets: every piece is one local sequence; a slice without positions scans one empty
+    # sequence (the ops need one), which hands nothing on.
+    local_cu = torch.tensor([0] + [stop for _, _, stop, _, _ in pieces] if pieces else [0, 0], dtype=torch.int32,
+                            device=u.device)
+    zeros = torch.zeros(max(len(pieces), 1), dim, dstate, dtype=acc, device=u.device)
+
+    def entering(carried, anchor=0):
+        """Each piece's initial state: its sequence's where it enters the sequence, else `carried`;
+        plus `anchor`, a zero."""
+        rows = []
+        for i, (j, _, _, enters, _) in enumerate(pieces):
+            if enters:
+                rows.append(initial_state[j] if initial_state is not None else zeros[i])
+            else:
+                rows.append(carried)
+        return (torch.stack(rows) if rows else zeros) + anchor
+
+    common = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse,
+                  cu_seqlens=local_cu, backend=backend)
+    # 1. The slice's map of the state it hands on: its last scanned piece from its own entering
+    #    state (0 where it continues a sequence).
+    _, last = _selective_scan(u, delta, A, B, C, return_last_state=True, initial_state=entering(zeros[0]), **common)
+    if not pieces:  # hands the state on unchanged: P = 1, Q = 0, both from the scan's graph, so
+        Q = last[0]   # that autograd reaches the gather on this rank too (_AllGather's backward)
+        P = 1 + Q * 0
+    else:
+        Q = last[0] if reverse else last[-1]
+        if len(pieces) == 1 and not pieces[0][3]:  # one piece, continued through the whole slice
+            dt = delta.to(acc) + (delta_bias.to(acc)[:, None] if delta_bias is not None else 0)
+            if delta_softplus:
+                dt = F.softplus(dt)
+            P = torch.exp(A.to(acc) * dt[0].sum(-1)[:, None])
+        else:
+            P = torch.zeros_like(Q)
+    # 2. Gather the maps; compose those of the ranks before this one in scan order.
+    summaries = _gather(torch.stack([P, Q]), group, world)
+    h = torch.zeros_like(zeros[0])
+    for k in order[:order.index(rank)]:
+        h = summaries[k][0] * h + summaries[k][1]
+    # 3. The slice from the true entering states. The anchor, a zero product of the gathered
+    #    maps, keeps the gather in every rank's graph, so that every rank runs the backward's
+    #    collective (_AllGather), also where no piece continues a sequence.
+    anchor = summaries[rank][1] * 0
+    out, last = _selective_scan(u, delta, A, B, C, return_last_state=True, initial_state=entering(h, anchor),
+                                **common)
+    if not return_last_state:
+        return out
+    # The final states of the sequences this slice finishes; an empty sequence's (its initial
+    # state) on the rank the scan enters.
+    finished = [(i, j) for i, (j, _, _, _, leaves) in enumerate(pieces) if leaves]
+    rows = [j for _, j in finished]
+    values = [last[i] for i, _ in finished]
+    if rank == order[0]:
+        for j, (a, b) in enumerate(zip(offsets, offsets[1:])):
+            if a == b:
+                rows.append(j)
+                values.append(initial_state[j] if initial_state is not None else zeros[0])
+    final = torch.zeros(num_seqs, dim, dstate, dtype=acc, device=u.device)
+    if rows:
+        final = final.index_put((torch.tensor(rows, device=u.device),), torch.stack(values))
+    return out, final
 
 
 def _combine(a, b):
