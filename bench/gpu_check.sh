@@ -60,11 +60,11 @@ else
 fi
 
 # 4. The GPU benchmarks of every family, next to the launch plan's predictions.
-timeout "$(left 180)" "$PY" -m scangraph.bench --device cuda --dtype float32 --full \
-  --json "$OUT/bench-cuda-fp32.json" --csv "$OUT/bench-cuda-fp32.csv" > "$OUT/bench-cuda-fp32.txt" 2>&1
+timeout "$(left 180)" "$PY" -m scangraph.bench --device cuda --dtype float32 --full --out "$OUT/bench-cuda-fp32" \
+  --append "$OUT/gpu.csv" > "$OUT/bench-cuda-fp32.txt" 2>&1
 timeout "$(left 60)" "$PY" -m scangraph.bench --plan > "$OUT/plan.txt" 2>&1
-timeout "$(left 120)" "$PY" -m scangraph.bench --device cuda --dtype bfloat16 \
-  --json "$OUT/bench-cuda-bf16.json" > "$OUT/bench-cuda-bf16.txt" 2>&1
+timeout "$(left 120)" "$PY" -m scangraph.bench --device cuda --dtype bfloat16 --out "$OUT/bench-cuda-bf16" \
+  --append "$OUT/gpu.csv" > "$OUT/bench-cuda-bf16.txt" 2>&1
 
 echo "== build rc=$build_rc, cuda tests rc=$test_rc, compute-sanitizer:$sanitizer_rc"
 tail -n 3 "$OUT/cuda-tests.log"

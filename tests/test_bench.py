@@ -1,4 +1,5 @@
 """The benchmark's measuring tools measure what they claim."""
+import csv
 import sys
 import time
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from scangraph.bench.memory import measure
+from scangraph.bench.results import COLUMNS, append_rows, long_rows
 from scangraph.bench.timing import copy_bandwidth_gbs, interleaved_median_ms, median_ms
 
 
@@ -54,17 +56,52 @@ def test_quick_run_prints_a_table_that_fits_and_writes_every_file(tmp_path):
     copy bandwidth and the results files, which exist (the PNG where matplotlib is installed)."""
     import subprocess
     out = tmp_path / "run"
+    history = tmp_path / "history.csv"
     result = subprocess.run([sys.executable, "-m", "scangraph.bench", "--quick", "--ops",
-                             "spmm_sum,selective_scan,prefix_attention,qlinear_w8a8", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+                             "spmm_sum,selective_scan,prefix_attention,qlinear_w8a8", "--out", str(out),
+                             "--append", str(history)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert all(len(line) <= 100 for line in lines[:-1]), max(lines[:-1], key=len)
     assert len(lines) >= 8 and "fastest alternative" in lines[1]
     assert "copy bandwidth" in lines[-1] and str(out) + ".json" in lines[-1]
     assert (tmp_path / "run.json").exists() and (tmp_path / "run.csv").exists()
+    # --append: one long-format row per implementation, ours and the baselines, with the spread
+    with open(history, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == COLUMNS and f"appended {len(rows)} rows" in result.stderr
+    implementations = {r["implementation"] for r in rows}
+    assert "scangraph.cpp" in implementations and "torch.sparse.mm" in implementations, implementations
+    for r in rows:
+        assert 0 < float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]), r
+        assert r["torch"] == torch.__version__ and r["date"] and float(r["GB/s"]) >= 0
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return
     assert (tmp_path / "run.png").stat().st_size > 10_000
+
+
+def test_results_append_only_to_a_file_of_the_same_columns(tmp_path):
+    """long_rows turns a run's rows into one row per implementation (a baseline shared by two of
+    our backends once, its GB/s from the same bytes); append_rows adds to a file and refuses one
+    with other columns."""
+    result = {"meta": {"device": "test CPU", "torch": "2.x", "triton": "3.x", "date": "2026-12-07"}, "rows": [
+        {"op": "spmm_sum", "pass": "fwd", "case": "c", "dtype": "float32", "device": "cpu", "backend": "cpp",
+         "ms": 2.0, "ms_p20": 1.9, "ms_p80": 2.2, "GB/s": 10.0, "of_copy": 0.5, "ms_torch.sparse.mm": 4.0,
+         "ms_p20_torch.sparse.mm": 3.8, "ms_p80_torch.sparse.mm": 4.4, "x_vs_torch.sparse.mm": 2.0},
+        {"op": "spmm_sum", "pass": "fwd", "case": "c", "dtype": "float32", "device": "cpu", "backend": "triton",
+         "ms": 8.0, "ms_p20": 7.0, "ms_p80": 9.0, "GB/s": 2.5, "of_copy": 0.125, "ms_torch.sparse.mm": 4.0,
+         "ms_p20_torch.sparse.mm": 3.8, "ms_p80_torch.sparse.mm": 4.4, "x_vs_torch.sparse.mm": 0.5}]}
+    rows = long_rows(result, run="test", git_commit="abc")
+    assert [r["implementation"] for r in rows] == ["scangraph.cpp", "torch.sparse.mm", "scangraph.triton"]
+    assert rows[1]["GB/s"] == 5.0 and rows[1]["p80_ms"] == 4.4 and (rows[1]["commit"], rows[1]["run"]) == ("abc", "test")
+    path = tmp_path / "cpu.csv"
+    assert append_rows(str(path), rows) == 3 and append_rows(str(path), rows[:1]) == 1
+    with open(path, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    other = tmp_path / "other.csv"
+    other.write_text("op,ms\nspmm,1\n")
+    with pytest.raises(SystemExit, match="not the bench's"):
+        append_rows(str(other), rows)
+    assert other.read_text() == "op,ms\nspmm,1\n"

@@ -10,6 +10,7 @@ fractions of copy bandwidth (with matplotlib).
 import argparse
 import csv
 import json
+import os
 import platform
 import sys
 import time
@@ -21,7 +22,8 @@ from scangraph import datasets
 from scangraph import bench
 from scangraph.bench.case import OURS, Options
 from scangraph.bench.memory import peak_mb_in_subprocess
-from scangraph.bench.timing import copy_bandwidth_gbs, interleaved_median_ms
+from scangraph.bench.results import append_rows, long_rows
+from scangraph.bench.timing import copy_bandwidth_gbs, interleaved_times_ms, quantile
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -63,14 +65,15 @@ def run(args) -> dict:
     passes = [(index, case, pass_name) for index, case in enumerate(cases) for pass_name in ("fwd", "fwd+bwd")
               if all(pass_name in fns for fns in case.impls.values())]
     progress = _progress(sum(len(case.impls) for _, case, _ in passes) * (2 if args.memory else 1))
-    times = {}
+    times, spread = {}, {}  # median; (20th, 80th percentile)
     for index, case, pass_name in passes:
-        # Every implementation of a case in the same rounds (see interleaved_median_ms).
+        # Every implementation of a case in the same rounds (see interleaved_times_ms).
         progress.set_description(f"{case.op} {case.label} {pass_name}")
-        medians = interleaved_median_ms({impl: fns[pass_name] for impl, fns in case.impls.items()}, device,
-                                        min_seconds=0.1 if args.quick else 0.3)
-        for impl, ms in medians.items():
-            times[index, pass_name, impl] = ms
+        runs = interleaved_times_ms({impl: fns[pass_name] for impl, fns in case.impls.items()}, device,
+                                    min_seconds=0.1 if args.quick else 0.3)
+        for impl, ms in runs.items():
+            times[index, pass_name, impl] = quantile(ms, 0.5)
+            spread[index, pass_name, impl] = (round(quantile(ms, 0.2), 4), round(quantile(ms, 0.8), 4))
             progress.update()
     # Memory after every timing: the fresh processes it starts would disturb the timings.
     peaks = {}
@@ -93,9 +96,12 @@ def run(args) -> dict:
                 "op": case.op, "pass": pass_name, "case": case.label, **case.columns,
                 "dtype": str(case.dtype).replace("torch.", ""),
                 "device": str(device), "backend": impl[len(OURS):], "ms": round(ms, 4),
+                "ms_p20": spread[index, pass_name, impl][0], "ms_p80": spread[index, pass_name, impl][1],
                 "GB/s": round(gbs, 2), "of_copy": round(gbs / copy_gbs, 3),
                 **{f"x_vs_{b}": round(times[index, pass_name, b] / ms, 2) for b in baselines},
                 **{f"ms_{b}": round(times[index, pass_name, b], 4) for b in baselines},
+                **{f"ms_p20_{b}": spread[index, pass_name, b][0] for b in baselines},
+                **{f"ms_p80_{b}": spread[index, pass_name, b][1] for b in baselines},
                 **({"peak_MB": peaks[index, pass_name, impl],
                     **{f"peak_MB_{b}": peaks[index, pass_name, b] for b in baselines}} if args.memory else {}),
             })
@@ -104,7 +110,16 @@ def run(args) -> dict:
         "date": time.strftime("%Y-%m-%d"), "device": _device_name(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "copy_GB/s": round(copy_gbs, 1),
         "cuda_built": scangraph.cuda_built(), "python": platform.python_version(),
+        "triton": _triton_version(),
     }, "rows": rows}
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return ""
 
 
 def _options(args) -> Options:
@@ -234,6 +249,9 @@ def main(argv=None):
     parser.add_argument("--csv", help="write the CSV here instead of OUT.csv")
     parser.add_argument("--plot", help="write the PNG here instead of OUT.png")
     parser.add_argument("--no-plot", action="store_true", help="no PNG")
+    parser.add_argument("--append", metavar="CSV",
+                        help="also append the run's rows, one per implementation, to this long-format CSV (created "
+                             "if absent; bench/results/<machine>.csv keeps one per machine kind)")
     parser.add_argument("--plan", action="store_true",
                         help="print the GPU launch plan at the GPU bench shapes, without a GPU (docs/plan.md)")
     args = parser.parse_args(argv)
@@ -251,6 +269,9 @@ def main(argv=None):
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(result["rows"])
+    if args.append and result["rows"]:
+        appended = append_rows(args.append, long_rows(result, run=os.path.basename(args.out)))
+        print(f"# appended {appended} rows to {args.append}", file=sys.stderr)
     png = None
     if not args.no_plot:
         try:

@@ -1,8 +1,9 @@
-"""Timing and bandwidth helpers: medians over repeated runs, and the device's copy bandwidth
-measured in the same process (the ceiling every memory-bound kernel is compared with)."""
+"""Timing and bandwidth helpers: medians (and the 20th / 80th percentiles) over repeated runs,
+and the device's copy bandwidth measured in the same process (the ceiling every memory-bound
+kernel is compared with)."""
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 
@@ -34,7 +35,23 @@ def median_ms(fn: Callable[[], object], device: torch.device, min_runs: int = 5,
 
 def interleaved_median_ms(fns: Dict[str, Callable[[], object]], device: torch.device, min_runs: int = 5,
                           min_seconds: float = 0.3, max_runs: int = 200) -> Dict[str, float]:
-    """Median milliseconds of each of fns, timed in rounds (one run of each per round, after one
+    """Median milliseconds of each of fns (interleaved_times_ms)."""
+    times = interleaved_times_ms(fns, device, min_runs, min_seconds, max_runs)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def quantile(times: List[float], q: float) -> float:
+    """The q-quantile of the timed runs, linearly interpolated (q = 0.5: the median)."""
+    ordered = sorted(times)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def interleaved_times_ms(fns: Dict[str, Callable[[], object]], device: torch.device, min_runs: int = 5,
+                         min_seconds: float = 0.3, max_runs: int = 200) -> Dict[str, List[float]]:
+    """Every timed run's milliseconds of each of fns, timed in rounds (one run of each per round, after one
     warm-up run each) until every one has min_runs runs and the rounds took min_seconds per
     function. Interleaving spreads a slow spell of a shared machine over all of them alike,
     instead of landing it on whichever function was being timed. On the CPU each timed run comes
@@ -56,7 +73,7 @@ def interleaved_median_ms(fns: Dict[str, Callable[[], object]], device: torch.de
                 fn()
             times[name].append(_time_once_ms(fn, device))
         rounds += 1
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def copy_bandwidth_gbs(device: torch.device, megabytes: int = 256) -> float:
