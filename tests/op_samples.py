@@ -150,6 +150,17 @@ def _scan(batch, dim, length, dstate, groups, full, reverse=False, varlen=None, 
     return make
 
 
+def _mixed(fixed, batch, dim, length, dstate, groups, reverse=False):
+    """B or C (`fixed`) as (dim, N), the other varying with `groups` groups, as mamba_ssm allows."""
+    base = _scan(batch, dim, length, dstate, groups, True, reverse=reverse)
+
+    def make(dtype):
+        kwargs = base(dtype)
+        kwargs[fixed] = rnd(dim, dstate, dtype=opmath(dtype))
+        return kwargs
+    return make
+
+
 SCAN_GRADS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 SCAN = [
     Sample("selective_scan", "fixed-plain", _scan(2, 4, 37, 5, 0, False), grads=SCAN_GRADS, grad_tol=4.0),
@@ -172,6 +183,11 @@ SCAN = [
            grads=SCAN_GRADS, tol=4.0, grad_tol=8.0, core=True),
     Sample("selective_scan", "segments-fixed", _scan(2, 1, 300, 3, 0, True), grads=SCAN_GRADS, tol=4.0,
            grad_tol=8.0),
+    # One of B / C fixed, the other varying: the kernels run both per channel.
+    Sample("selective_scan", "B-fixed-C-groups2", _mixed("B", 2, 4, 37, 3, 2), grads=SCAN_GRADS, tol=4.0,
+           grad_tol=8.0),
+    Sample("selective_scan", "B-varying-C-fixed-reverse", _mixed("C", 1, 3, 70, 4, None, reverse=True),
+           grads=SCAN_GRADS, tol=4.0, grad_tol=8.0),
 ]
 
 

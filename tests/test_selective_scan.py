@@ -340,7 +340,7 @@ BAD_INPUTS = {
     "u of rank 2": (dict(u=torch.randn(4, 8)), ValueError, "u must be"),
     "A of wrong dim": (dict(A=-torch.rand(5, 3)), ValueError, "A must be"),
     "initial_state of wrong shape": (dict(initial_state=torch.randn(2, 4, 3)), ValueError, "initial_state"),
-    "B and C mismatched": (dict(C=torch.randn(4, 3)), ValueError, "both"),
+    "B and C varying with other groups": (dict(C=torch.randn(1, 1, 3, 8)), ValueError, "one number of groups"),
 }
 
 

@@ -85,9 +85,11 @@ inline ScanInputs prepare_scan_inputs(const at::Tensor& u, const at::Tensor& del
   int64_t groups_b = 0, groups_c = 0;
   in.B = scan_bc(B, u, dstate, op, "B", groups_b);
   in.C = scan_bc(C, u, dstate, op, "C", groups_c);
-  TORCH_CHECK_VALUE(groups_b == groups_c, op, ": B and C must both be fixed or both varying with one number of ",
-                    "groups, got ", shape_str(B.sizes()), " and ", shape_str(C.sizes()), " (mamba_ssm lets each ",
-                    "vary alone: expand the other to (batch, groups, N, L) to run it here)");
+  TORCH_CHECK_VALUE(groups_b == groups_c || groups_b == 0 || groups_c == 0, op, ": B and C must have one number ",
+                    "of groups when both vary, got ", shape_str(B.sizes()), " and ", shape_str(C.sizes()));
+  TORCH_CHECK_VALUE(groups_b == groups_c, op, ": the raw op takes B and C both fixed or both varying, got ",
+                    shape_str(B.sizes()), " and ", shape_str(C.sizes()), " (scangraph.selective_scan runs one ",
+                    "fixed and one varying: both per channel)");
   in.D = acc_vector(D, u, dim, op, "D");
   in.delta_bias = acc_vector(delta_bias, u, dim, op, "delta_bias");
   if (z.has_value()) {

@@ -205,6 +205,19 @@ def _check_bc(op, name, t, u, dstate):
     return groups
 
 
+def _per_channel(t, groups, u):
+    """B or C as varying with one group per channel, (batch, dim, N, L) in u's dtype: a fixed
+    (dim, N) one broadcast over batch and L, a varying one's groups repeated over their channels
+    (channel d reads group d // (dim / groups), mamba_ssm's rule). What running one fixed and one
+    varying takes: the kernels read B and C alike. Costs batch * dim * N * L values each (autograd
+    sums the fixed one's gradient back over batch and L)."""
+    batch, dim, length = u.shape
+    if groups == 0:
+        return t.to(u.dtype)[None, :, :, None].expand(batch, dim, t.shape[1], length)
+    t = t if t.dim() == 4 else t[:, None]
+    return t.repeat_interleave(dim // t.shape[1], dim=1)
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, *, initial_state=None, cu_seqlens=None, reverse=False,
                    backend="auto"):
@@ -213,7 +226,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Args:
         u, delta: (batch, dim, L), float32 / float16 / bfloat16 (float64 for tests).
         A: (dim, N) real, N <= 256. B, C: (dim, N) fixed, or (batch, N, L) / (batch, groups, N, L)
-            varying in u's dtype, dim divisible by groups.
+            varying in u's dtype, dim divisible by groups; both varying with one number of groups,
+            or one fixed and one varying (as mamba_ssm allows; both then run per channel, which
+            costs batch * dim * N * L values each).
         D, delta_bias: (dim,). z: (batch, dim, L): out = y * silu(z).
         delta_softplus: delta = softplus(delta + delta_bias) (mamba's softplus, linear above 20).
         return_last_state: also return the final state (states, dim, N), float32 (float64).
@@ -244,10 +259,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if not 1 <= dstate <= MAX_DSTATE:
         raise ValueError(f"{op}: the state size N = A.shape[1] must be in [1, {MAX_DSTATE}], got {dstate}")
     groups_b, groups_c = _check_bc(op, "B", B, u, dstate), _check_bc(op, "C", C, u, dstate)
-    if groups_b != groups_c:
-        raise ValueError(f"{op}: B and C must both be fixed or both varying with one number of groups, got "
-                         f"{tuple(B.shape)} and {tuple(C.shape)} (mamba_ssm lets each vary alone: expand the "
-                         "other to (batch, groups, N, L) to run it here)")
+    if groups_b != groups_c and 0 not in (groups_b, groups_c):
+        raise ValueError(f"{op}: B and C must have one number of groups when both vary, got {tuple(B.shape)} and "
+                         f"{tuple(C.shape)}")
+
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
             check_tensor(op, name, t, (dim,), like=u)
@@ -259,7 +274,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if initial_state is not None:
         check_tensor(op, "initial_state", initial_state, (states, dim, dstate), like=u)
     name = _backend.resolve(op, backend, u.device)
-    if name == "reference":
+    if groups_b != groups_c and name != "reference":  # one fixed, one varying (mamba_ssm allows it): the
+        B, C = _per_channel(B, groups_b, u), _per_channel(C, groups_c, u)  # kernels run both per channel
+    if name == "reference":  # takes each of B, C fixed or varying as it comes
         out, last_state = reference.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                    initial_state, cu_seqlens, reverse)
         last_state = last_state.to(opmath_dtype(u.dtype))
