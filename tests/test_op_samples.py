@@ -169,6 +169,10 @@ def test_forward_backward(sample, target, dtype):
 @pytest.mark.parametrize("sample, target, dtype", _params(with_dtype=False))
 def test_repeatable(sample, target, dtype):
     backend, device = target
+    if (backend, device) == ("triton", "cpu"):
+        # The interpreter runs a launch's programs one after another in one fixed order: the same
+        # bits every time by construction (the GPU run, triton-gpu, is the one that can differ).
+        pytest.skip("Triton's interpreter runs programs sequentially: a repeat there cannot differ")
     _require(backend, device)
     kwargs = _prepare(sample, dtype, device)
     first = _run(sample, _copy(kwargs, reference=False), backend)
