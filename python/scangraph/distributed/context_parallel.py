@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from scangraph.ops._rules import opmath_dtype
+from scangraph.ops._rules import check_cu_seqlens, opmath_dtype
 from scangraph.ops.prefix_attention import prefix_attention as _prefix_attention
 from scangraph.ops.selective_scan import selective_scan as _selective_scan
 
@@ -148,20 +148,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     so their sum over the group is every sequence's final state (an empty sequence's, its
     initial state, on the rank the scan enters)."""
     op = "scangraph.distributed.selective_scan"
-    if cu_seqlens is not None:
-        return _packed_selective_scan(op, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                      initial_state, cu_seqlens, reverse, group, backend)
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         raise ValueError(f"{op}: u must be a (batch, dim, L) tensor, got {getattr(u, 'shape', type(u).__name__)}")
     rank, world = _group_info(op, group, u)
-    batch, dim, length = u.shape
-    dstate = A.shape[-1]
-    every = _agree(op, group, world, u, dict(batch=batch, dim=dim, N=dstate, dtype=FLOAT_CODES.get(u.dtype, -1),
-                                     varying_B=int(B.dim() > 2), groups=int(B.shape[1]) if B.dim() == 4 else 0,
-                                     z=int(z is not None), D=int(D is not None), delta_bias=int(delta_bias is not None),
-                                     delta_softplus=int(bool(delta_softplus)), reverse=int(bool(reverse)),
-                                     return_last_state=int(bool(return_last_state)),
-                                     initial_state=int(initial_state is not None)))
+    # What every rank must pass alike (_agree).
+    fields = dict(batch=u.shape[0], dim=u.shape[1], N=A.shape[-1], dtype=FLOAT_CODES.get(u.dtype, -1),
+                  varying_B=int(B.dim() > 2), groups=int(B.shape[1]) if B.dim() == 4 else 0, z=int(z is not None),
+                  D=int(D is not None), delta_bias=int(delta_bias is not None),
+                  delta_softplus=int(bool(delta_softplus)), reverse=int(bool(reverse)),
+                  return_last_state=int(bool(return_last_state)), initial_state=int(initial_state is not None))
+    if cu_seqlens is not None:
+        return _packed_selective_scan(op, rank, world, fields, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                      return_last_state, initial_state, cu_seqlens, reverse, group, backend)
+    every = _agree(op, group, world, u, fields)
     order = _order(world, reverse)
     first, last = order[0], order[-1]
     _check_initial_state(op, every, first)
@@ -169,10 +168,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     common = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse, backend=backend)
     # 1. The slice's map of the state: Q from the empty state, P the product of its decays.
     _, Q = _selective_scan(u, delta, A, B, C, return_last_state=True, **common)
-    dt = delta.to(acc) + (delta_bias.to(acc)[:, None] if delta_bias is not None else 0)
-    if delta_softplus:
-        dt = F.softplus(dt)
-    P = torch.exp(A.to(acc)[None] * dt.sum(-1)[..., None])
+    P = _slice_decay(delta, A, delta_bias, delta_softplus, acc)
     h0 = initial_state.to(acc) if initial_state is not None else torch.zeros_like(Q)
     # 2. Every rank's summary and the first rank's initial state; compose the ranks before this one.
     summaries = _gather(torch.stack([P, Q, h0]), group, world)
@@ -184,6 +180,15 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if not return_last_state:
         return out
     return out, (last_state if rank == last else None)
+
+
+def _slice_decay(delta, A, delta_bias, delta_softplus, acc):
+    """exp(A sum_t delta_t) per (batch, channel, state): the factor a slice applies to the state
+    entering it (the P of its map)."""
+    dt = delta.to(acc) + (delta_bias.to(acc)[:, None] if delta_bias is not None else 0)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    return torch.exp(A.to(acc)[None] * dt.sum(-1)[..., None])
 
 
 def _pieces(offsets, lo: int, hi: int, reverse: bool):
@@ -200,8 +205,8 @@ def _pieces(offsets, lo: int, hi: int, reverse: bool):
     return pieces
 
 
-def _packed_selective_scan(op, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                           initial_state, cu_seqlens, reverse, group, backend):
+def _packed_selective_scan(op, rank, world, fields, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                           return_last_state, initial_state, cu_seqlens, reverse, group, backend):
     """Context parallelism over packed sequences. A rank's slice is cut into pieces, one per
     sequence it touches (_pieces). Only the piece the scan enters the slice by can continue a
     sequence from the ranks before; every other piece starts its sequence here, from the
@@ -209,20 +214,11 @@ def _packed_selective_scan(op, u, delta, A, B, C, D, z, delta_bias, delta_softpl
     slice's decays when a single piece continues through it and P = 0 when a sequence starts in
     it (the state entering cannot reach the slice's end), and the ranks compose these maps as in
     the one-sequence case; a slice with no positions hands the state on unchanged (P = 1)."""
-    from scangraph.ops._rules import check_cu_seqlens
-
-    if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        raise ValueError(f"{op}: u must be a (batch, dim, L) tensor, got {getattr(u, 'shape', type(u).__name__)}")
-    rank, world = _group_info(op, group, u)
     batch, dim, length = u.shape
     dstate = A.shape[-1]
     num_seqs = cu_seqlens.numel() - 1 if isinstance(cu_seqlens, torch.Tensor) else -1
     every = _agree(op, group, world, u, dict(
-        batch=batch, dim=dim, N=dstate, dtype=FLOAT_CODES.get(u.dtype, -1), varying_B=int(B.dim() > 2),
-        groups=int(B.shape[1]) if B.dim() == 4 else 0, z=int(z is not None), D=int(D is not None),
-        delta_bias=int(delta_bias is not None), delta_softplus=int(bool(delta_softplus)), reverse=int(bool(reverse)),
-        return_last_state=int(bool(return_last_state)), initial_state=int(initial_state is not None),
-        num_seqs=num_seqs, length=length,
+        fields, num_seqs=num_seqs, length=length,
         # the offsets themselves (a hash of ints, the same in every process): ranks must agree
         offsets=hash(tuple(cu_seqlens.tolist())) & 0x7FFFFFFF if num_seqs >= 0 else -1), per_rank=("length",))
     lengths = [d["length"] for d in every]
@@ -265,10 +261,7 @@ def _packed_selective_scan(op, u, delta, A, B, C, D, z, delta_bias, delta_softpl
     else:
         Q = last[0] if reverse else last[-1]
         if len(pieces) == 1 and not pieces[0][3]:  # one piece, continued through the whole slice
-            dt = delta.to(acc) + (delta_bias.to(acc)[:, None] if delta_bias is not None else 0)
-            if delta_softplus:
-                dt = F.softplus(dt)
-            P = torch.exp(A.to(acc) * dt[0].sum(-1)[:, None])
+            P = _slice_decay(delta, A, delta_bias, delta_softplus, acc)[0]
         else:
             P = torch.zeros_like(Q)
     # 2. Gather the maps; compose those of the ranks before this one in scan order.
