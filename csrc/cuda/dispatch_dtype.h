@@ -1,24 +1,32 @@
-// Torch glue shared by the CUDA families: calls the instantiation of a kernel launcher for the
-// tensors' dtype (one per .cu file) on the current stream, then reports a failed launch.
+// Torch glue shared by the CUDA families: the one switch from a torch dtype to the element type of
+// the kernels' typed entry points (declared in each family's .h, explicitly instantiated once per
+// <family>_<dtype>.cu), run on the current stream, then a check of the launch. Adding a dtype is a
+// case here and one <family>_<dtype>.cu per family; the call sites do not change.
 #pragma once
 #include <ATen/ATen.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "glue/cuda_context.h"
 
 namespace scangraph {
 
-template <typename Params>
-using CudaLauncher = void (*)(const Params&, cudaStream_t);
+// Carries an element type into a generic lambda: [&](auto t, cudaStream_t s) { f<element_t<decltype(t)>>(p, s); }.
+template <typename T>
+struct ElementType {
+  using type = T;
+};
+template <typename Tag>
+using element_t = typename Tag::type;
 
-template <typename Params>
-void dispatch_dtype(at::ScalarType dtype, const Params& p, const char* op, CudaLauncher<Params> fp64,
-                    CudaLauncher<Params> fp32, CudaLauncher<Params> fp16, CudaLauncher<Params> bf16) {
+template <typename Launch>
+void dispatch_dtype(at::ScalarType dtype, const char* op, Launch&& launch) {
   cudaStream_t stream = current_cuda_stream();
   switch (dtype) {
-    case at::kDouble: fp64(p, stream); break;
-    case at::kFloat: fp32(p, stream); break;
-    case at::kHalf: fp16(p, stream); break;
-    case at::kBFloat16: bf16(p, stream); break;
+    case at::kDouble: launch(ElementType<double>{}, stream); break;
+    case at::kFloat: launch(ElementType<float>{}, stream); break;
+    case at::kHalf: launch(ElementType<__half>{}, stream); break;
+    case at::kBFloat16: launch(ElementType<__nv_bfloat16>{}, stream); break;
     default: TORCH_CHECK(false, op, ": unsupported dtype ", dtype);
   }
   // Launchers skip empty grids; this reports a failed launch of the ones that ran.

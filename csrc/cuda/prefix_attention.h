@@ -1,5 +1,6 @@
-// Entry points of the prefix-attention CUDA kernels, one pair per element type
-// (prefix_attention_<dtype>.cu). Torch-free, so the glue and C++ users can call them alike.
+// Entry points of the prefix-attention CUDA kernels, typed by element type T (double, float,
+// __half, __nv_bfloat16): defined in prefix_attention_kernel.cuh, explicitly instantiated once per
+// prefix_attention_<dtype>.cu. Torch-free, so the glue and C++ users can call them alike.
 // d and dv are at most kPrefixAttentionMaxDim (one warp holds a row in registers).
 #pragma once
 #include <cuda_runtime_api.h>
@@ -10,12 +11,8 @@
 
 namespace scangraph {
 constexpr int64_t kPrefixAttentionMaxDim = 256;
-#define SCANGRAPH_DECLARE_PREFIX_ATTENTION(NAME)                                                    \
-  void prefix_attention_fwd_cuda_##NAME(const PrefixAttentionParams& p, cudaStream_t stream);       \
-  void prefix_attention_bwd_cuda_##NAME(const PrefixAttentionBackwardParams& p, cudaStream_t stream);
-SCANGRAPH_DECLARE_PREFIX_ATTENTION(fp64)
-SCANGRAPH_DECLARE_PREFIX_ATTENTION(fp32)
-SCANGRAPH_DECLARE_PREFIX_ATTENTION(fp16)
-SCANGRAPH_DECLARE_PREFIX_ATTENTION(bf16)
-#undef SCANGRAPH_DECLARE_PREFIX_ATTENTION
+template <typename T>
+void prefix_attention_fwd_cuda(const PrefixAttentionParams& p, cudaStream_t stream);
+template <typename T>
+void prefix_attention_bwd_cuda(const PrefixAttentionBackwardParams& p, cudaStream_t stream);
 }  // namespace scangraph

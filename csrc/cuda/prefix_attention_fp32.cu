@@ -2,4 +2,4 @@
 #include "prefix_attention.h"
 #include "prefix_attention_kernel.cuh"
 static_assert(scangraph::cuda::prefix::kMaxDim == scangraph::kPrefixAttentionMaxDim, "one limit on d and dv");
-SCANGRAPH_INSTANTIATE_PREFIX_ATTENTION(float, fp32)
+SCANGRAPH_INSTANTIATE_PREFIX_ATTENTION(float)

@@ -521,14 +521,21 @@ void launch_backward(const PrefixAttentionBackwardParams& p, cudaStream_t stream
 }  // namespace cuda
 }  // namespace scangraph
 
-// One instantiation file per dtype (prefix_attention_<dtype>.cu) defines the entry points
-// declared in prefix_attention.h for its element type, so the dtypes compile in parallel.
-#define SCANGRAPH_INSTANTIATE_PREFIX_ATTENTION(SCALAR, NAME)                                        \
-  namespace scangraph {                                                                             \
-  void prefix_attention_fwd_cuda_##NAME(const PrefixAttentionParams& p, cudaStream_t stream) {      \
-    cuda::prefix::launch_forward<SCALAR>(p, stream);                                                \
-  }                                                                                                 \
-  void prefix_attention_bwd_cuda_##NAME(const PrefixAttentionBackwardParams& p, cudaStream_t stream) { \
-    cuda::prefix::launch_backward<SCALAR>(p, stream);                                               \
-  }                                                                                                 \
-  }
+namespace scangraph {
+template <typename T>
+void prefix_attention_fwd_cuda(const PrefixAttentionParams& p, cudaStream_t stream) {
+  cuda::prefix::launch_forward<T>(p, stream);
+}
+template <typename T>
+void prefix_attention_bwd_cuda(const PrefixAttentionBackwardParams& p, cudaStream_t stream) {
+  cuda::prefix::launch_backward<T>(p, stream);
+}
+}  // namespace scangraph
+
+// One instantiation file per dtype (prefix_attention_<dtype>.cu) instantiates the entry points of
+// prefix_attention.h for its element type, so the dtypes compile in parallel.
+#define SCANGRAPH_INSTANTIATE_PREFIX_ATTENTION(T)                                                       \
+  template void scangraph::prefix_attention_fwd_cuda<T>(const scangraph::PrefixAttentionParams&,        \
+                                                        cudaStream_t);                                   \
+  template void scangraph::prefix_attention_bwd_cuda<T>(const scangraph::PrefixAttentionBackwardParams&, \
+                                                        cudaStream_t);

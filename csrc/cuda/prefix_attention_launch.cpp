@@ -30,8 +30,7 @@ std::vector<at::Tensor> plan_segments(Params& p, const at::TensorOptions& option
 }
 
 template <typename Params>
-void launch(at::ScalarType dtype, Params p, const char* op, CudaLauncher<Params> fp64, CudaLauncher<Params> fp32,
-            CudaLauncher<Params> fp16, CudaLauncher<Params> bf16, const at::TensorOptions& opmath) {
+void launch(at::ScalarType dtype, Params p, const char* op, const at::TensorOptions& opmath) {
   TORCH_CHECK(p.dim <= kPrefixAttentionMaxDim && p.dim_v <= kPrefixAttentionMaxDim, op,
               ": the CUDA kernel holds a row of d and dv values in one warp's registers and supports d, dv <= ",
               kPrefixAttentionMaxDim, ", got d = ", p.dim, ", dv = ", p.dim_v, " (use backend='triton')");
@@ -42,38 +41,37 @@ void launch(at::ScalarType dtype, Params p, const char* op, CudaLauncher<Params>
       p.dq_segments = scratch.back().data_ptr();
     }
   }
-  dispatch_dtype(dtype, p, op, fp64, fp32, fp16, bf16);
+  dispatch_dtype(dtype, op, [&](auto t, cudaStream_t s) {
+    if constexpr (std::is_same<Params, PrefixAttentionBackwardParams>::value)
+      prefix_attention_bwd_cuda<element_t<decltype(t)>>(p, s);
+    else
+      prefix_attention_fwd_cuda<element_t<decltype(t)>>(p, s);
+  });
 }
 
 at::TensorOptions opmath_of(const at::Tensor& k) {
   return k.options().dtype(opmath_type(k.scalar_type()));
 }
 
-void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype, const char* op,
-                 const at::TensorOptions& opmath) {
-  launch(dtype, p, op, prefix_attention_fwd_cuda_fp64, prefix_attention_fwd_cuda_fp32, prefix_attention_fwd_cuda_fp16,
-         prefix_attention_fwd_cuda_bf16, opmath);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prefix_attention_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prefix_attention_cuda_op(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, const std::optional<at::Tensor>& m0,
     const std::optional<at::Tensor>& c0, const std::optional<at::Tensor>& w0,
     const std::optional<at::Tensor>& cu_seqlens) {
   const CudaDeviceGuard guard(k.device());
   const PrefixAttentionCall call = prepare_prefix_attention(q, k, v, scale, m0, c0, w0, cu_seqlens);
-  run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention", opmath_of(k));
+  launch(k.scalar_type(), call.params, "prefix_attention", opmath_of(k));
   return {call.o, call.m, call.c, call.m_last, call.c_last, call.w_last};
 }
 
-at::Tensor prefix_attention_step_cuda(const at::Tensor& m, const at::Tensor& c, const at::Tensor& w,
+at::Tensor prefix_attention_step_cuda_op(const at::Tensor& m, const at::Tensor& c, const at::Tensor& w,
                                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   const CudaDeviceGuard guard(k.device());
   const PrefixAttentionCall call = prepare_prefix_attention_step(m, c, w, q, k, v, scale);
-  run_forward(call.params, k.scalar_type(), "scangraph::prefix_attention_step", opmath_of(k));
+  launch(k.scalar_type(), call.params, "prefix_attention_step", opmath_of(k));
   return call.o;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prefix_attention_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prefix_attention_backward_cuda_op(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, const std::optional<at::Tensor>& m0,
     const std::optional<at::Tensor>& c0, const std::optional<at::Tensor>& w0,
     const std::optional<at::Tensor>& cu_seqlens, const at::Tensor& o, const at::Tensor& m, const at::Tensor& c,
@@ -82,18 +80,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const CudaDeviceGuard guard(k.device());
   const PrefixAttentionBackwardCall call = prepare_prefix_attention_backward(
       q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last, grad_c_last, grad_w_last);
-  launch(k.scalar_type(), call.params, "scangraph::prefix_attention_backward", prefix_attention_bwd_cuda_fp64,
-         prefix_attention_bwd_cuda_fp32, prefix_attention_bwd_cuda_fp16, prefix_attention_bwd_cuda_bf16,
-         opmath_of(k));
+  launch(k.scalar_type(), call.params, "prefix_attention_backward", opmath_of(k));
   return {call.dq(), call.dk, call.dv, call.dm0, call.dc0, call.dw0};
 }
 
 }  // namespace
 
 SCANGRAPH_CUDA_KERNELS(m) {
-  SCANGRAPH_CUDA_IMPL(m, "prefix_attention", &prefix_attention_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "prefix_attention_backward", &prefix_attention_backward_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "prefix_attention_step", &prefix_attention_step_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "prefix_attention", &prefix_attention_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "prefix_attention_backward", &prefix_attention_backward_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "prefix_attention_step", &prefix_attention_step_cuda_op);
 }
 
 }  // namespace scangraph

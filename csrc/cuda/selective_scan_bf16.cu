@@ -1,4 +1,4 @@
 // Instantiates the selective-scan kernels for __nv_bfloat16 (one file per dtype keeps nvcc runs parallel).
 #include "selective_scan.h"
 #include "selective_scan_kernel.cuh"
-SCANGRAPH_INSTANTIATE_SCAN(__nv_bfloat16, bf16)
+SCANGRAPH_INSTANTIATE_SCAN(__nv_bfloat16)

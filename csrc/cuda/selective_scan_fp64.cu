@@ -1,4 +1,4 @@
 // Instantiates the selective-scan kernels for double (one file per dtype keeps nvcc runs parallel).
 #include "selective_scan.h"
 #include "selective_scan_kernel.cuh"
-SCANGRAPH_INSTANTIATE_SCAN(double, fp64)
+SCANGRAPH_INSTANTIATE_SCAN(double)

@@ -908,17 +908,26 @@ void launch_selective_state_update(const SelectiveStateUpdateParams& q, cudaStre
 }  // namespace scan_cuda
 }  // namespace scangraph
 
-// One instantiation file per dtype (selective_scan_<dtype>.cu) defines the entry points declared
-// in selective_scan.h for its element type, so the dtypes compile in parallel.
-#define SCANGRAPH_INSTANTIATE_SCAN(SCALAR, NAME)                                                        \
-  namespace scangraph {                                                                                \
-  void selective_scan_cuda_##NAME(const SelectiveScanParams& p, cudaStream_t stream) {                  \
-    scan_cuda::launch_selective_scan<SCALAR>(p, stream);                                               \
-  }                                                                                                    \
-  void selective_scan_backward_cuda_##NAME(const SelectiveScanBackwardParams& p, cudaStream_t stream) { \
-    scan_cuda::launch_selective_scan_backward<SCALAR>(p, stream);                                      \
-  }                                                                                                    \
-  void selective_state_update_cuda_##NAME(const SelectiveStateUpdateParams& p, cudaStream_t stream) {   \
-    scan_cuda::launch_selective_state_update<SCALAR>(p, stream);                                       \
-  }                                                                                                    \
-  }
+namespace scangraph {
+template <typename T>
+void selective_scan_cuda(const SelectiveScanParams& p, cudaStream_t stream) {
+  scan_cuda::launch_selective_scan<T>(p, stream);
+}
+template <typename T>
+void selective_scan_backward_cuda(const SelectiveScanBackwardParams& p, cudaStream_t stream) {
+  scan_cuda::launch_selective_scan_backward<T>(p, stream);
+}
+template <typename T>
+void selective_state_update_cuda(const SelectiveStateUpdateParams& p, cudaStream_t stream) {
+  scan_cuda::launch_selective_state_update<T>(p, stream);
+}
+}  // namespace scangraph
+
+// One instantiation file per dtype (selective_scan_<dtype>.cu) instantiates the entry points of
+// selective_scan.h for its element type, so the dtypes compile in parallel.
+#define SCANGRAPH_INSTANTIATE_SCAN(T)                                                                   \
+  template void scangraph::selective_scan_cuda<T>(const scangraph::SelectiveScanParams&, cudaStream_t); \
+  template void scangraph::selective_scan_backward_cuda<T>(const scangraph::SelectiveScanBackwardParams&, \
+                                                           cudaStream_t);                                \
+  template void scangraph::selective_state_update_cuda<T>(const scangraph::SelectiveStateUpdateParams&, \
+                                                          cudaStream_t);

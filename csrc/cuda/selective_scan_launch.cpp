@@ -12,7 +12,7 @@
 namespace scangraph {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cuda_op(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
     const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
@@ -29,14 +29,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cuda(
     segment_state = empty_output({3, p.batch * p.dim, p.segments, p.dstate}, call.last_state.options());
     p.segment_state = segment_state.data_ptr();
   }
-  dispatch_dtype(u.scalar_type(), call.in.params, "scangraph::selective_scan", selective_scan_cuda_fp64,
-                 selective_scan_cuda_fp32, selective_scan_cuda_fp16, selective_scan_cuda_bf16);
+  dispatch_dtype(u.scalar_type(), "selective_scan",
+                 [&](auto t, cudaStream_t s) { selective_scan_cuda<element_t<decltype(t)>>(p, s); });
   return {call.out, call.last_state, call.checkpoints};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor>
-selective_scan_backward_cuda(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_last_state,
+selective_scan_backward_cuda_op(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_last_state,
                              const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                              const at::Tensor& C, const std::optional<at::Tensor>& D,
                              const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
@@ -63,21 +63,19 @@ selective_scan_backward_cuda(const at::Tensor& grad_out, const std::optional<at:
     segment_flow = empty_output({3, f.batch * f.dim, q.shape.segments, f.dstate}, acc);
     q.segment_flow = segment_flow.data_ptr();
   }
-  dispatch_dtype(u.scalar_type(), call.params, "scangraph::selective_scan_backward",
-                 selective_scan_backward_cuda_fp64, selective_scan_backward_cuda_fp32,
-                 selective_scan_backward_cuda_fp16, selective_scan_backward_cuda_bf16);
+  dispatch_dtype(u.scalar_type(), "selective_scan_backward",
+                 [&](auto t, cudaStream_t s) { selective_scan_backward_cuda<element_t<decltype(t)>>(q, s); });
   return scan_backward_results(call, A, B, C, D, delta_bias, initial_state);
 }
 
-at::Tensor selective_state_update_cuda(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
+at::Tensor selective_state_update_cuda_op(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
                                        const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
                                        const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                                        const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
   const CudaDeviceGuard guard(x.device());
   StateUpdateCall call = prepare_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus);
-  dispatch_dtype(x.scalar_type(), call.params, "scangraph::selective_state_update",
-                 selective_state_update_cuda_fp64, selective_state_update_cuda_fp32,
-                 selective_state_update_cuda_fp16, selective_state_update_cuda_bf16);
+  dispatch_dtype(x.scalar_type(), "selective_state_update",
+                 [&](auto t, cudaStream_t s) { selective_state_update_cuda<element_t<decltype(t)>>(call.params, s); });
   // The kernel updated an acc copy (state not in acc or not contiguous): write it back in place,
   // as the schema's Tensor(a!) promises.
   if (call.copy_back) const_cast<at::Tensor&>(state).copy_(call.state_acc);
@@ -87,9 +85,9 @@ at::Tensor selective_state_update_cuda(const at::Tensor& state, const at::Tensor
 }  // namespace
 
 SCANGRAPH_CUDA_KERNELS(m) {
-  SCANGRAPH_CUDA_IMPL(m, "selective_scan", &selective_scan_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "selective_scan_backward", &selective_scan_backward_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "selective_state_update", &selective_state_update_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "selective_scan", &selective_scan_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "selective_scan_backward", &selective_scan_backward_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "selective_state_update", &selective_state_update_cuda_op);
 }
 
 }  // namespace scangraph

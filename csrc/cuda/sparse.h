@@ -1,4 +1,5 @@
-// Entry points of the sparse CUDA kernels, one pair per element type (sparse_<dtype>.cu).
+// Entry points of the sparse CUDA kernels, typed by element type T (double, float, __half,
+// __nv_bfloat16): defined in sparse_kernel.cuh, explicitly instantiated once per sparse_<dtype>.cu.
 // Torch-free, so the glue (sparse_launch.cpp) and C++ users can call them alike.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -6,16 +7,16 @@
 #include "scangraph/sparse_params.h"
 
 namespace scangraph {
-#define SCANGRAPH_DECLARE_SPARSE(NAME)                                 \
-  void spmm_cuda_##NAME(const SpmmParams& p, cudaStream_t stream);     \
-  void spmm_arg_backward_cuda_##NAME(const SpmmArgBackwardParams& p, cudaStream_t stream); \
-  void gat_cuda_##NAME(const GatParams& p, cudaStream_t stream);                         \
-  void gat_backward_cuda_##NAME(const GatBackwardParams& p, cudaStream_t stream);        \
-  void sddmm_cuda_##NAME(const SddmmParams& p, cudaStream_t stream);
-SCANGRAPH_DECLARE_SPARSE(fp64)
-SCANGRAPH_DECLARE_SPARSE(fp32)
-SCANGRAPH_DECLARE_SPARSE(fp16)
-SCANGRAPH_DECLARE_SPARSE(bf16)
-#undef SCANGRAPH_DECLARE_SPARSE
-void common_neighbors_cuda(const CommonNeighborParams& p, cudaStream_t stream);  // sparse_fp32.cu
+template <typename T>
+void spmm_cuda(const SpmmParams& p, cudaStream_t stream);
+template <typename T>
+void spmm_arg_backward_cuda(const SpmmArgBackwardParams& p, cudaStream_t stream);
+template <typename T>
+void gat_cuda(const GatParams& p, cudaStream_t stream);
+template <typename T>
+void gat_backward_cuda(const GatBackwardParams& p, cudaStream_t stream);
+template <typename T>
+void sddmm_cuda(const SddmmParams& p, cudaStream_t stream);
+// Common neighbours move indices only: one instantiation, in sparse_fp32.cu.
+void common_neighbors_cuda(const CommonNeighborParams& p, cudaStream_t stream);
 }  // namespace scangraph

@@ -1,4 +1,4 @@
 // Instantiates the sparse kernels for __half (one file per dtype keeps nvcc runs parallel).
 #include "sparse.h"
 #include "sparse_kernel.cuh"
-SCANGRAPH_INSTANTIATE_SPARSE(__half, fp16)
+SCANGRAPH_INSTANTIATE_SPARSE(__half)

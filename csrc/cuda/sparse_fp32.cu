@@ -1,7 +1,7 @@
 // Instantiates the sparse kernels for float (one file per dtype keeps nvcc runs parallel).
 #include "sparse.h"
 #include "sparse_kernel.cuh"
-SCANGRAPH_INSTANTIATE_SPARSE(float, fp32)
+SCANGRAPH_INSTANTIATE_SPARSE(float)
 
 // Common neighbours move indices only: their one instantiation lives here.
 namespace scangraph {

@@ -823,28 +823,40 @@ inline void launch_common_neighbors(const CommonNeighborParams& p, cudaStream_t 
 }  // namespace cuda
 }  // namespace scangraph
 
-// One instantiation file per dtype (sparse_<dtype>.cu) defines the entry points declared in
-// sparse.h for its element type, so the dtypes compile in parallel.
-#define SCANGRAPH_INSTANTIATE_SPARSE(SCALAR, NAME)                                            \
-  namespace scangraph {                                                                       \
-  void spmm_cuda_##NAME(const SpmmParams& p, cudaStream_t stream) {                           \
-    if (p.col_is_int32) cuda::launch_spmm<SCALAR, int32_t>(p, stream);                        \
-    else cuda::launch_spmm<SCALAR, int64_t>(p, stream);                                       \
-  }                                                                                           \
-  void spmm_arg_backward_cuda_##NAME(const SpmmArgBackwardParams& p, cudaStream_t stream) {    \
-    if (p.col_is_int32) cuda::launch_spmm_arg_backward<SCALAR, int32_t>(p, stream);           \
-    else cuda::launch_spmm_arg_backward<SCALAR, int64_t>(p, stream);                          \
-  }                                                                                           \
-  void gat_cuda_##NAME(const GatParams& p, cudaStream_t stream) {                             \
-    if (p.col_is_int32) cuda::launch_gat<SCALAR, int32_t>(p, stream);                         \
-    else cuda::launch_gat<SCALAR, int64_t>(p, stream);                                        \
-  }                                                                                           \
-  void gat_backward_cuda_##NAME(const GatBackwardParams& p, cudaStream_t stream) {            \
-    if (p.col_is_int32) cuda::launch_gat_backward<SCALAR, int32_t>(p, stream);                \
-    else cuda::launch_gat_backward<SCALAR, int64_t>(p, stream);                               \
-  }                                                                                           \
-  void sddmm_cuda_##NAME(const SddmmParams& p, cudaStream_t stream) {                         \
-    if (p.col_is_int32) cuda::launch_sddmm<SCALAR, int32_t>(p, stream);                       \
-    else cuda::launch_sddmm<SCALAR, int64_t>(p, stream);                                      \
-  }                                                                                           \
-  }
+namespace scangraph {
+// The column indices' width is a run-time property of the graph: each entry point picks it.
+template <typename T>
+void spmm_cuda(const SpmmParams& p, cudaStream_t stream) {
+  if (p.col_is_int32) cuda::launch_spmm<T, int32_t>(p, stream);
+  else cuda::launch_spmm<T, int64_t>(p, stream);
+}
+template <typename T>
+void spmm_arg_backward_cuda(const SpmmArgBackwardParams& p, cudaStream_t stream) {
+  if (p.col_is_int32) cuda::launch_spmm_arg_backward<T, int32_t>(p, stream);
+  else cuda::launch_spmm_arg_backward<T, int64_t>(p, stream);
+}
+template <typename T>
+void gat_cuda(const GatParams& p, cudaStream_t stream) {
+  if (p.col_is_int32) cuda::launch_gat<T, int32_t>(p, stream);
+  else cuda::launch_gat<T, int64_t>(p, stream);
+}
+template <typename T>
+void gat_backward_cuda(const GatBackwardParams& p, cudaStream_t stream) {
+  if (p.col_is_int32) cuda::launch_gat_backward<T, int32_t>(p, stream);
+  else cuda::launch_gat_backward<T, int64_t>(p, stream);
+}
+template <typename T>
+void sddmm_cuda(const SddmmParams& p, cudaStream_t stream) {
+  if (p.col_is_int32) cuda::launch_sddmm<T, int32_t>(p, stream);
+  else cuda::launch_sddmm<T, int64_t>(p, stream);
+}
+}  // namespace scangraph
+
+// One instantiation file per dtype (sparse_<dtype>.cu) instantiates the entry points of sparse.h
+// for its element type, so the dtypes compile in parallel.
+#define SCANGRAPH_INSTANTIATE_SPARSE(T)                                                                    \
+  template void scangraph::spmm_cuda<T>(const scangraph::SpmmParams&, cudaStream_t);                       \
+  template void scangraph::spmm_arg_backward_cuda<T>(const scangraph::SpmmArgBackwardParams&, cudaStream_t); \
+  template void scangraph::gat_cuda<T>(const scangraph::GatParams&, cudaStream_t);                         \
+  template void scangraph::gat_backward_cuda<T>(const scangraph::GatBackwardParams&, cudaStream_t);        \
+  template void scangraph::sddmm_cuda<T>(const scangraph::SddmmParams&, cudaStream_t);

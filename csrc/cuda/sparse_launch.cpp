@@ -71,30 +71,29 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
             scratch(call, p.plan.max_segments, {p.num_heads, p.num_features}, rowptr.options()));
     }
   }
-  dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm", spmm_cuda_fp64, spmm_cuda_fp32,
-                 spmm_cuda_fp16, spmm_cuda_bf16);
+  dispatch_dtype(x.scalar_type(), "spmm", [&](auto t, cudaStream_t s) { spmm_cuda<element_t<decltype(t)>>(p, s); });
   return call;
 }
 
-at::Tensor spmm_cuda(const at::Tensor& rowptr, const at::Tensor& col,
+at::Tensor spmm_cuda_op(const at::Tensor& rowptr, const at::Tensor& col,
                      const std::optional<at::Tensor>& weight, const at::Tensor& x,
                      c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
                      const std::optional<at::Tensor>& /*col_t*/,
                      const std::optional<at::Tensor>& /*perm_t*/) {
-  check_reduce_for("scangraph::spmm", reduce, /*extreme=*/false);
+  check_reduce_for("spmm", reduce, /*extreme=*/false);
   return run_spmm(rowptr, col, weight, x, reduce).out;
 }
 
-std::tuple<at::Tensor, at::Tensor> spmm_arg_cuda(
+std::tuple<at::Tensor, at::Tensor> spmm_arg_cuda_op(
     const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
     const at::Tensor& x, c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
     const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
-  check_reduce_for("scangraph::spmm_arg", reduce, /*extreme=*/true);
+  check_reduce_for("spmm_arg", reduce, /*extreme=*/true);
   KernelCall<SpmmParams> call = run_spmm(rowptr, col, weight, x, reduce);
   return {call.out, call.out2};
 }
 
-std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
+std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda_op(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
     const at::Tensor& perm_t, const std::optional<at::Tensor>& weight, const at::Tensor& x,
     const at::Tensor& grad, const at::Tensor& arg, bool weight_grad) {
@@ -108,13 +107,12 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cuda(
       p.partial_dx = scratch(call, p.transpose_plan.max_segments, {p.num_heads, p.num_features},
                              x.options().dtype(opmath_type(x.scalar_type())));
   }
-  dispatch_dtype(x.scalar_type(), call.params, "scangraph::spmm_arg_backward",
-                 spmm_arg_backward_cuda_fp64, spmm_arg_backward_cuda_fp32,
-                 spmm_arg_backward_cuda_fp16, spmm_arg_backward_cuda_bf16);
+  dispatch_dtype(x.scalar_type(), "spmm_arg_backward",
+                 [&](auto t, cudaStream_t s) { spmm_arg_backward_cuda<element_t<decltype(t)>>(p, s); });
   return {call.out, call.out2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda_op(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x, const at::Tensor& alpha_src,
     const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
     const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/, double dropout,
@@ -131,12 +129,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cuda(
       p.partial_stats = scratch(call, p.plan.max_segments, {p.num_heads, 2}, acc);
     }
   }
-  dispatch_dtype(x.scalar_type(), call.params, "scangraph::gat_aggregate", gat_cuda_fp64, gat_cuda_fp32,
-                 gat_cuda_fp16, gat_cuda_bf16);
+  dispatch_dtype(x.scalar_type(), "gat_aggregate",
+                 [&](auto t, cudaStream_t s) { gat_cuda<element_t<decltype(t)>>(p, s); });
   return {call.out, call.out2, row_sum};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda_op(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
     const at::Tensor& perm_t, const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
     const at::Tensor& row_max, const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad,
@@ -161,8 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cuda(
       }
     }
   }
-  dispatch_dtype(x.scalar_type(), call.params, "scangraph::gat_aggregate_backward", gat_backward_cuda_fp64,
-                 gat_backward_cuda_fp32, gat_backward_cuda_fp16, gat_backward_cuda_bf16);
+  dispatch_dtype(x.scalar_type(), "gat_aggregate_backward",
+                 [&](auto t, cudaStream_t s) { gat_backward_cuda<element_t<decltype(t)>>(p, s); });
   return {call.out, call.out2, dalpha_dst};
 }
 
@@ -186,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> common_neighbors_cuda_op(const at::Tensor& ro
   return {ptr, neighbors};
 }
 
-at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
+at::Tensor sddmm_cuda_op(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
                       const at::Tensor& b,
                      const std::optional<at::Tensor>& /*rowptr_t*/,
                      const std::optional<at::Tensor>& /*col_t*/,
@@ -194,21 +192,21 @@ at::Tensor sddmm_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at:
   const CudaDeviceGuard guard(a.device());
   const KernelCall<SddmmParams> call = prepare_sddmm(rowptr, col, a, b);
   const SddmmParams& p = call.params;
-  dispatch_dtype(a.scalar_type(), p, "scangraph::sddmm", sddmm_cuda_fp64, sddmm_cuda_fp32,
-                 sddmm_cuda_fp16, sddmm_cuda_bf16);
+  dispatch_dtype(a.scalar_type(), "sddmm",
+                 [&](auto t, cudaStream_t s) { sddmm_cuda<element_t<decltype(t)>>(p, s); });
   return call.out;
 }
 
 }  // namespace
 
 SCANGRAPH_CUDA_KERNELS(m) {
-  SCANGRAPH_CUDA_IMPL(m, "spmm", &spmm_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "spmm_arg", &spmm_arg_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "spmm_arg_backward", &spmm_arg_backward_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "sddmm", &sddmm_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "spmm", &spmm_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "spmm_arg", &spmm_arg_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "spmm_arg_backward", &spmm_arg_backward_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "sddmm", &sddmm_cuda_op);
   SCANGRAPH_CUDA_IMPL(m, "common_neighbors", &common_neighbors_cuda_op);
-  SCANGRAPH_CUDA_IMPL(m, "gat_aggregate", &gat_aggregate_cuda);
-  SCANGRAPH_CUDA_IMPL(m, "gat_aggregate_backward", &gat_aggregate_backward_cuda);
+  SCANGRAPH_CUDA_IMPL(m, "gat_aggregate", &gat_aggregate_cuda_op);
+  SCANGRAPH_CUDA_IMPL(m, "gat_aggregate_backward", &gat_aggregate_backward_cuda_op);
 }
 
 }  // namespace scangraph
