@@ -413,11 +413,31 @@ def _raw_prefix_attention(q, k, v, *, scale=None, initial_state=None, return_sta
     return torch.ops.scangraph.prefix_attention(q, k, v, k.shape[-1] ** -0.5, None, None, None, cu_seqlens)
 
 
-RAW_CASES = [case for case in CASES if case[0] == "selective_scan" or case in (
-    ("prefix_attention", "cu_seqlens int64"), ("prefix_attention", "cu_seqlens one offset"),
-    ("prefix_attention", "cu_seqlens empty"), ("prefix_attention", "cu_seqlens short of L"),
-    ("prefix_attention", "cu_seqlens past L inside"), ("prefix_attention", "cu_seqlens negative"),
-    ("prefix_attention", "cu_seqlens start"), ("prefix_attention", "cu_seqlens batch 2"))]
+def _raw_prefix_attention_step(state, q, k_t, v_t, *, scale=None):
+    assert scale is None
+    return torch.ops.scangraph.prefix_attention_step(*state, q, k_t, v_t, k_t.shape[-1] ** -0.5)
+
+
+def _raw_spmm(graph, x, reduce="sum", edge_weight=None):
+    op = torch.ops.scangraph.spmm_arg if reduce in ("max", "min") else torch.ops.scangraph.spmm
+    return op(graph.rowptr, graph.col, edge_weight, x, reduce, None, None, None)
+
+
+def _raw_sddmm(graph, a, b):
+    return torch.ops.scangraph.sddmm(graph.rowptr, graph.col, a, b, None, None, None)
+
+
+# Every case that the raw ops can see as the public functions do. Not: the prefix-attention
+# initial_state cases (the raw ops take m0, c0, w0 apart, already in the accumulation dtype), the
+# step's state cases (the public function checks the tuple before the raw op sees its parts),
+# the graph and reduce cases (the raw sparse ops take rowptr / col, and spmm's max / min are the
+# op spmm_arg), and the row counts of the source side (the raw ops take the graph's column count
+# from the features themselves).
+RAW_CASES = [case for case in CASES if case[0] == "selective_scan" or (
+    case[0] in ("prefix_attention", "prefix_attention_step") and "state" not in case[1]) or case in (
+    ("spmm", "x rank 1"), ("spmm", "x rank 4"), ("spmm", "x int"), ("spmm", "x bool"), ("spmm", "edge_weight shape"),
+    ("spmm", "edge_weight heads"), ("spmm", "edge_weight dtype"), ("sddmm", "a rows"), ("sddmm", "a rank 1"),
+    ("sddmm", "b dtype"), ("sddmm", "trailing shape"), ("sddmm", "b int"))]
 
 
 @pytest.mark.parametrize("case", RAW_CASES, ids=lambda case: f"{case[0]}-{case[1]}")
@@ -432,6 +452,9 @@ def test_raw_op_message_equals_the_public_one(case, monkeypatch):
         call()
     monkeypatch.setattr(sys.modules[__name__], "ss", _raw_selective_scan)
     monkeypatch.setattr(sys.modules[__name__], "pa", _raw_prefix_attention)
+    monkeypatch.setattr(sys.modules[__name__], "pas", _raw_prefix_attention_step)
+    monkeypatch.setattr(scangraph, "spmm", _raw_spmm)
+    monkeypatch.setattr(scangraph, "sddmm", _raw_sddmm)
     try:
         call()
     except (TypeError, ValueError, RuntimeError) as raw:

@@ -8,7 +8,7 @@ import torch
 
 import scangraph
 from scangraph import reference
-from conftest import TOLERANCE, assert_close, backend_params
+from conftest import TOLERANCE, assert_close, backend_params, emulated
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 HEADS, DIM, DIM_V = 2, 11, 9  # d, dv not multiples of 8: vector tails on CPU, masked lanes in Triton
@@ -214,7 +214,7 @@ def test_empty_inputs_give_zeros(backend_device):
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)
 def test_gradcheck(backend_device):
     backend, device = backend_device
-    fast = backend == "triton" and device == "cpu"  # the interpreter runs every program in Python
+    fast = emulated(backend, device)
     q, k, v = _qkv(2, 6, torch.float64, device, per_batch=False)
     state = _state(2, torch.float64, device, empty_first=False)
     cu = torch.tensor([0, 2, 2, 6], dtype=torch.int32, device=device)
@@ -281,7 +281,7 @@ def _bad_calls():
         "q wrong batch": (lambda: pa(q.expand(3, -1, -1), k, v), ValueError,
                           "per-batch q must be (batch, heads, d) = (2"),
         "v wrong L": (lambda: pa(q, k, v[:, :3]), ValueError, "v must be (batch, L, heads, dv)"),
-        "dtype mismatch": (lambda: pa(q, k, v.double()), TypeError, "v must have the dtype of k (torch.float32)"),
+        "dtype mismatch": (lambda: pa(q, k, v.double()), TypeError, "v must have the dtype of k (float32)"),
         "integer k": (lambda: pa(q, k.long(), v), TypeError, "k must be float64, float32"),
         "device mismatch": (lambda: pa(q, k, v.to("meta")), ValueError, "v is on meta but k is on cpu"),
         "cu_seqlens int64": (lambda: pa(q, k[:1], v[:1], cu_seqlens=cu.long()), TypeError,
@@ -300,7 +300,7 @@ def _bad_calls():
         "cuda backend on cpu": (lambda: pa(q, k, v, backend="cuda"), scangraph.BackendUnavailable, "CUDA tensors"),
         "step k 4-D": (lambda: step(state, q, k, v), ValueError, "k must be (batch, heads, d)"),
         "step state dtype": (lambda: step(tuple(t.double() for t in state), q, k[:, 0], v[:, 0]), ValueError,
-                             "contiguous torch.float32 tensor"),
+                             "contiguous float32 tensor"),
     }
 
 

@@ -569,7 +569,7 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
                                 c10::string_view reduce) {
   KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
   const SpmmParams& p = call.params;
-  validate_csr(rowptr, col, x.size(0), "scangraph::spmm");
+  validate_csr(rowptr, col, x.size(0), "spmm");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_cpu", [&] {
     const bool weighted = p.weight != nullptr;
     if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
@@ -594,7 +594,7 @@ at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col,
                     c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
                     const std::optional<at::Tensor>& /*col_t*/,
                     const std::optional<at::Tensor>& /*perm_t*/) {
-  check_reduce_for("scangraph::spmm", reduce, /*extreme=*/false);
+  check_reduce_for("spmm", reduce, /*extreme=*/false);
   return run_spmm(rowptr, col, weight, x, reduce).out;
 }
 
@@ -602,7 +602,7 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_cpu(
     const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
     const at::Tensor& x, c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
     const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
-  check_reduce_for("scangraph::spmm_arg", reduce, /*extreme=*/true);
+  check_reduce_for("spmm_arg", reduce, /*extreme=*/true);
   KernelCall<SpmmParams> call = run_spmm(rowptr, col, weight, x, reduce);
   return {call.out, call.out2};
 }
@@ -614,8 +614,8 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cpu(
   const KernelCall<SpmmArgBackwardParams> call =
       prepare_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, weight_grad);
   const SpmmArgBackwardParams& p = call.params;
-  validate_csr(rowptr, col, x.size(0), "scangraph::spmm_arg_backward");
-  validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "scangraph::spmm_arg_backward (transpose)");
+  validate_csr(rowptr, col, x.size(0), "spmm_arg_backward");
+  validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "spmm_arg_backward (transpose)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_arg_backward_cpu", [&] {
     if (p.col_is_int32) spmm_arg_backward_rows<scalar_t, int32_t>(p);
     else spmm_arg_backward_rows<scalar_t, int64_t>(p);
@@ -629,7 +629,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cpu(
     const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/, double dropout,
     const std::optional<at::Tensor>& rng) {
   const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, rng);
-  validate_csr(rowptr, col, x.size(0), "scangraph::gat_aggregate");
+  validate_csr(rowptr, col, x.size(0), "gat_aggregate");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_cpu", [&] {
     if (call.params.col_is_int32) gat_rows<scalar_t, int32_t>(call.params);
     else gat_rows<scalar_t, int64_t>(call.params);
@@ -645,8 +645,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cpu(
   const KernelCall<GatBackwardParams> call =
       prepare_gat_backward(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum, delta,
                            grad, negative_slope, dropout, rng);
-  validate_csr(rowptr, col, x.size(0), "scangraph::gat_aggregate_backward");
-  validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "scangraph::gat_aggregate_backward (transpose)");
+  validate_csr(rowptr, col, x.size(0), "gat_aggregate_backward");
+  validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "gat_aggregate_backward (transpose)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_backward_cpu", [&] {
     if (call.params.col_is_int32) gat_backward_rows<scalar_t, int32_t>(call.params);
     else gat_backward_rows<scalar_t, int64_t>(call.params);
@@ -658,11 +658,11 @@ std::tuple<at::Tensor, at::Tensor> common_neighbors_cpu(const at::Tensor& rowptr
                                                         const at::Tensor& src, const at::Tensor& dst) {
   CommonNeighborParams p = prepare_common_neighbors(rowptr, col, src, dst);
   const int64_t num_nodes = rowptr.numel() - 1;
-  validate_csr(rowptr, col, num_nodes, "scangraph::common_neighbors");
+  validate_csr(rowptr, col, num_nodes, "common_neighbors");
   for (const at::Tensor* t : {&src, &dst}) {
     const int64_t* v = t->data_ptr<int64_t>();
     for (int64_t q = 0; q < p.num_pairs; ++q)
-      TORCH_CHECK(v[q] >= 0 && v[q] < num_nodes, "scangraph::common_neighbors: pair ", q, " names node ", v[q],
+      TORCH_CHECK(v[q] >= 0 && v[q] < num_nodes, "common_neighbors: pair ", q, " names node ", v[q],
                   ", out of range for ", num_nodes, " nodes");
   }
   at::Tensor counts = at::empty({p.num_pairs}, src.options());
@@ -685,7 +685,7 @@ at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::
                      const std::optional<at::Tensor>& /*perm_t*/) {
   const KernelCall<SddmmParams> call = prepare_sddmm(rowptr, col, a, b);
   const SddmmParams& p = call.params;
-  validate_csr(rowptr, col, b.size(0), "scangraph::sddmm");
+  validate_csr(rowptr, col, b.size(0), "sddmm");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sddmm_cpu", [&] {
     if (p.col_is_int32) sddmm_rows<scalar_t, int32_t>(p); else sddmm_rows<scalar_t, int64_t>(p);
   });

@@ -20,35 +20,45 @@ struct PrefixAttentionShape {
   at::Tensor q3, k, v;   // q as (batch or 1, heads, d); k, v with unit last stride
 };
 
+// _check_qkv of ops/prefix_attention.py, in its order, with its exception types and messages: q, k
+// and v of k_dims dimensions (4 for the scan, 3 for the step), one dtype, one device, matching sizes.
+inline void check_prefix_attention_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t k_dims,
+                                       const char* k_expected, const char* v_expected, const char* op) {
+  const auto check = [op](const at::Tensor& t, const char* name, bool dims_ok, const char* expected) {
+    TORCH_CHECK_VALUE(dims_ok, op, ": ", name, " must be ", expected, ", got shape ", shape_str(t.sizes()));
+    check_float(t, op, name);
+  };
+  check(q, "q", q.dim() == 2 || q.dim() == 3, "(heads, d) or (batch, heads, d)");
+  check(k, "k", k.dim() == k_dims, k_expected);
+  check(v, "v", v.dim() == k_dims, v_expected);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"q", &q}, {"v", &v}}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == k.scalar_type(), op, ": ", name, " must have the dtype of k (",
+                     dtype_name(k.scalar_type()), "), got ", dtype_name(t->scalar_type()));
+    check_same_device(*t, k, op, name, "k");
+  }
+  const int64_t heads = k.size(-2), dim = k.size(-1);
+  const at::IntArrayRef leading = k.sizes().slice(0, k_dims - 1);
+  TORCH_CHECK_VALUE(v.sizes().slice(0, k_dims - 1) == leading, op, ": v must be ", v_expected,
+                    " with the leading sizes of k ", shape_str(leading), ", got shape ", shape_str(v.sizes()));
+  TORCH_CHECK_VALUE(q.size(-2) == heads && q.size(-1) == dim, op, ": q must have (heads, d) = (", heads, ", ", dim,
+                    ") as its last two sizes (from k), got shape ", shape_str(q.sizes()));
+  TORCH_CHECK_VALUE(q.dim() == 2 || q.size(0) == k.size(0), op, ": a per-batch q must be (batch, heads, d) = (",
+                    k.size(0), ", ", heads, ", ", dim, "), got shape ", shape_str(q.sizes()));
+}
+
+// q, k, v checked (k, v of 4 dimensions), then cu_seqlens; the shapes the kernels take.
 inline PrefixAttentionShape check_prefix_attention_inputs(const at::Tensor& q, const at::Tensor& k,
                                                           const at::Tensor& v,
                                                           const std::optional<at::Tensor>& cu_seqlens,
                                                           const char* op) {
-  TORCH_CHECK(k.dim() == 4, op, ": k must be (batch, L, heads, d), got shape ", k.sizes());
-  TORCH_CHECK(v.dim() == 4, op, ": v must be (batch, L, heads, dv), got shape ", v.sizes());
-  TORCH_CHECK(q.dim() == 2 || q.dim() == 3, op, ": q must be (heads, d) or (batch, heads, d), got shape ",
-              q.sizes());
-  TORCH_CHECK(at::isFloatingType(k.scalar_type()), op, ": k must be float64, float32, float16 or bfloat16, got ",
-              k.scalar_type());
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && v.scalar_type() == k.scalar_type(), op,
-              ": q, k and v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
-              v.scalar_type());
-  TORCH_CHECK(q.device() == k.device() && v.device() == k.device(), op,
-              ": q, k and v must be on one device, got ", q.device(), ", ", k.device(), ", ", v.device());
+  check_prefix_attention_qkv(q, k, v, 4, "(batch, L, heads, d)", "(batch, L, heads, dv)", op);
   PrefixAttentionShape s;
   s.batch = k.size(0);
   s.seqlen = k.size(1);
   s.heads = k.size(2);
   s.dim = k.size(3);
   s.dim_v = v.size(3);
-  TORCH_CHECK(v.size(0) == s.batch && v.size(1) == s.seqlen && v.size(2) == s.heads, op,
-              ": v must be (batch, L, heads, dv) = (", s.batch, ", ", s.seqlen, ", ", s.heads, ", dv), got ",
-              v.sizes());
   s.q3 = q.dim() == 2 ? q.unsqueeze(0) : q;
-  TORCH_CHECK(s.q3.size(1) == s.heads && s.q3.size(2) == s.dim, op, ": q must have heads = ", s.heads,
-              " and d = ", s.dim, " (from k), got shape ", q.sizes());
-  TORCH_CHECK(q.dim() == 2 || s.q3.size(0) == s.batch, op, ": a per-batch q must be (", s.batch, ", ",
-              s.heads, ", ", s.dim, "), got shape ", q.sizes());
   if (cu_seqlens.has_value()) {
     s.num_seqs = check_cu_seqlens(*cu_seqlens, k, s.batch, s.seqlen, op);
   } else {
@@ -159,8 +169,7 @@ inline PrefixAttentionCall prepare_prefix_attention_step(const at::Tensor& m, co
                                                          const at::Tensor& w, const at::Tensor& q,
                                                          const at::Tensor& k, const at::Tensor& v, double scale) {
   const char* op = "prefix_attention_step";
-  TORCH_CHECK(k.dim() == 3 && v.dim() == 3, op, ": k_t must be (batch, heads, d) and v_t (batch, heads, dv), got ",
-              k.sizes(), " and ", v.sizes());
+  check_prefix_attention_qkv(q, k, v, 3, "(batch, heads, d)", "(batch, heads, dv)", op);
   PrefixAttentionCall call;
   const PrefixAttentionShape s = check_prefix_attention_inputs(q, k.unsqueeze(1), v.unsqueeze(1), std::nullopt, op);
   const std::vector<at::Tensor> state = check_prefix_attention_state(s, m, c, w, k, op);

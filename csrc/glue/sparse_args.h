@@ -37,17 +37,16 @@ inline void check_reduce_for(const char* op, c10::string_view reduce, bool extre
                 std::string(reduce), "'");
   } else {
     TORCH_CHECK(reduce == "sum" || reduce == "mean", op, ": reduce must be 'sum' or 'mean' ",
-                "(max / min are scangraph::spmm_arg), got '", std::string(reduce), "'");
+                "(max / min are spmm_arg), got '", std::string(reduce), "'");
   }
 }
 
 // Features are (nodes, features) or (nodes, heads, features); returns a view with unit
 // feature stride (copied once only when the last dimension is strided).
 inline at::Tensor as_node_head_feature(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name,
-              " must be (nodes, features) or (nodes, heads, features), got shape ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
-              " must be float64, float32, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 2 || t.dim() == 3, op, ": ", name,
+                    " must be (nodes, features) or (nodes, heads, features), got shape ", shape_str(t.sizes()));
+  check_float(t, op, name);
   at::Tensor v = t.dim() == 2 ? t.unsqueeze(1) : t;
   if (v.size(2) > 1 && v.stride(2) != 1) v = v.contiguous();
   return v;
@@ -56,7 +55,7 @@ inline at::Tensor as_node_head_feature(const at::Tensor& t, const char* op, cons
 inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::Tensor& col,
                                            const std::optional<at::Tensor>& weight,
                                            const at::Tensor& x, c10::string_view reduce) {
-  const char* op = "scangraph::spmm";
+  const char* op = "spmm";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
   TORCH_CHECK(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
               ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
@@ -65,15 +64,15 @@ inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::T
   const at::Tensor xv = call.owned.emplace_back(as_node_head_feature(x, op, "x"));
   const int64_t num_rows = rowptr.numel() - 1, heads = xv.size(1), features = xv.size(2);
   if (weight.has_value()) {
+    // _edge_weight of ops/sparse.py: the shape, then dtype and device, with its messages.
     const at::Tensor& w = *weight;
-    TORCH_CHECK(w.scalar_type() == x.scalar_type(), op, ": edge_weight must have the dtype of x (",
-                x.scalar_type(), "), got ", w.scalar_type());
-    TORCH_CHECK(w.device() == x.device(), op, ": edge_weight must be on ", x.device(), ", got ",
-                w.device());
-    TORCH_CHECK((w.dim() == 1 && w.size(0) == num_edges) ||
-                    (w.dim() == 2 && w.size(0) == num_edges && w.size(1) == heads),
-                op, ": edge_weight must be (num_edges,) = (", num_edges, ",) or (num_edges, heads) = (",
-                num_edges, ", ", heads, "), got ", w.sizes());
+    TORCH_CHECK_VALUE((w.dim() == 1 && w.size(0) == num_edges) ||
+                          (w.dim() == 2 && w.size(0) == num_edges && w.size(1) == heads),
+                      op, ": edge_weight must be (", num_edges, ",) or (", num_edges, ", ", heads, "), got ",
+                      shape_str(w.sizes()));
+    TORCH_CHECK_VALUE(w.scalar_type() == x.scalar_type() && w.device() == x.device(), op,
+                      ": edge_weight must match x in dtype and device (", dtype_name(x.scalar_type()), ", ",
+                      x.device(), "), got ", dtype_name(w.scalar_type()), " on ", w.device());
     const at::Tensor weight_contig = call.owned.emplace_back(w.contiguous());
     p.weight = weight_contig.data_ptr();
     p.weight_edge_stride = weight_contig.dim() == 1 ? 1 : heads;
@@ -106,7 +105,7 @@ inline KernelCall<SpmmArgBackwardParams> prepare_spmm_arg_backward(
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t,
     const at::Tensor& col_t, const at::Tensor& perm_t, const std::optional<at::Tensor>& weight,
     const at::Tensor& x, const at::Tensor& grad, const at::Tensor& arg, bool want_dweight) {
-  const char* op = "scangraph::spmm_arg_backward";
+  const char* op = "spmm_arg_backward";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
   TORCH_CHECK(check_csr(rowptr_t, col_t, x, op) == num_edges && perm_t.numel() == num_edges &&
                   perm_t.scalar_type() == at::kLong && perm_t.is_contiguous(),
@@ -166,22 +165,21 @@ inline KernelCall<SpmmArgBackwardParams> prepare_spmm_arg_backward(
 
 inline KernelCall<SddmmParams> prepare_sddmm(const at::Tensor& rowptr, const at::Tensor& col,
                                              const at::Tensor& a, const at::Tensor& b) {
-  const char* op = "scangraph::sddmm";
+  const char* op = "sddmm";
   const int64_t num_edges = check_csr(rowptr, col, a, op);
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": a and b must share a dtype, got ",
-              a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(b.device() == a.device(), op, ": a and b must be on one device, got ", a.device(),
-              " and ", b.device());
-  TORCH_CHECK(a.dim() == b.dim() && a.sizes().slice(1) == b.sizes().slice(1), op,
-              ": a and b must agree in every dimension but the first, got ", a.sizes(), " and ",
-              b.sizes());
-  const int64_t num_rows = rowptr.numel() - 1;
-  TORCH_CHECK(a.size(0) == num_rows, op, ": a must have one row per graph row (", num_rows,
-              "), got ", a.size(0));
+  // sddmm's checks in ops/sparse.py, in its order and with its messages (b's rows are the
+  // graph's columns, which the raw op learns from b itself).
   KernelCall<SddmmParams> call;
   SddmmParams& p = call.params;
   const at::Tensor av = call.owned.emplace_back(as_node_head_feature(a, op, "a"));
+  const int64_t num_rows = rowptr.numel() - 1;
+  TORCH_CHECK_VALUE(a.size(0) == num_rows, op, ": a must have ", num_rows,
+                    " rows (one per destination row of the graph), got shape ", shape_str(a.sizes()));
   const at::Tensor bv = call.owned.emplace_back(as_node_head_feature(b, op, "b"));
+  TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type() && a.sizes().slice(1) == b.sizes().slice(1), op,
+                    ": a and b must share dtype and trailing shape, got ", dtype_name(a.scalar_type()), " ",
+                    shape_str(a.sizes()), " and ", dtype_name(b.scalar_type()), " ", shape_str(b.sizes()));
+  check_same_device(b, a, op, "b", "a");
   call.out = a.dim() == 2 ? empty_output({num_edges}, a.options())
                           : empty_output({num_edges, a.size(1)}, a.options());
   p.rowptr = rowptr.data_ptr<int64_t>();
@@ -234,7 +232,7 @@ inline KernelCall<GatParams> prepare_gat(const at::Tensor& rowptr, const at::Ten
                                          const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
                                          double negative_slope, double dropout,
                                          const std::optional<at::Tensor>& rng) {
-  const char* op = "scangraph::gat_aggregate";
+  const char* op = "gat_aggregate";
   check_csr(rowptr, col, x, op);
   const int64_t num_rows = rowptr.numel() - 1;
   check_gat_features(x, alpha_src, alpha_dst, num_rows, op);
@@ -271,7 +269,7 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
     const at::Tensor& perm_t, const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
     const at::Tensor& row_max, const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad,
     double negative_slope, double dropout, const std::optional<at::Tensor>& rng) {
-  const char* op = "scangraph::gat_aggregate_backward";
+  const char* op = "gat_aggregate_backward";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
   TORCH_CHECK(check_csr(rowptr_t, col_t, x, op) == num_edges && rowptr_t.numel() - 1 == x.size(0) &&
                   col_t.scalar_type() == col.scalar_type() && perm_t.scalar_type() == at::kLong &&
@@ -322,7 +320,7 @@ inline KernelCall<GatBackwardParams> prepare_gat_backward(
 
 inline CommonNeighborParams prepare_common_neighbors(const at::Tensor& rowptr, const at::Tensor& col,
                                                      const at::Tensor& src, const at::Tensor& dst) {
-  const char* op = "scangraph::common_neighbors";
+  const char* op = "common_neighbors";
   check_csr(rowptr, col, src, op);
   TORCH_CHECK(src.dim() == 1 && dst.dim() == 1 && src.numel() == dst.numel() && src.scalar_type() == at::kLong &&
                   dst.scalar_type() == at::kLong && src.is_contiguous() && dst.is_contiguous(),

@@ -16,7 +16,7 @@ import torch
 
 from scangraph import backend as _backend
 from scangraph import reference
-from scangraph.ops._rules import FLOAT_DTYPES, check_cu_seqlens, opmath_dtype
+from scangraph.ops._rules import FLOAT_DTYPES, check_cu_seqlens, dtype_name, dtype_names, opmath_dtype
 from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 def _num_seqs(k, cu_seqlens):
@@ -149,16 +149,19 @@ def _check_tensor(op, name, t, dims, expected):
     if t.dim() not in dims:
         raise ValueError(f"{op}: {name} must be {expected}, got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float64, float32, float16 or bfloat16, got {t.dtype}")
+        raise TypeError(f"{op}: {name} must be {dtype_names(FLOAT_DTYPES)}, got {dtype_name(t.dtype)}")
 
 
-def _check_qkv(op, q, k, v, q_expected, k_dims, k_expected, v_expected):
-    _check_tensor(op, "q", q, (2, 3), q_expected)
+def _check_qkv(op, q, k, v, k_dims, k_expected, v_expected):
+    """The public functions' checks of q, k and v; check_prefix_attention_qkv of
+    csrc/glue/prefix_attention_args.h raises the same for callers of the raw ops."""
+    _check_tensor(op, "q", q, (2, 3), "(heads, d) or (batch, heads, d)")
     _check_tensor(op, "k", k, k_dims, k_expected)
     _check_tensor(op, "v", v, k_dims, v_expected)
     for name, t in (("q", q), ("v", v)):
         if t.dtype != k.dtype:
-            raise TypeError(f"{op}: {name} must have the dtype of k ({k.dtype}), got {t.dtype}")
+            raise TypeError(f"{op}: {name} must have the dtype of k ({dtype_name(k.dtype)}), "
+                            f"got {dtype_name(t.dtype)}")
         if t.device != k.device:
             raise ValueError(f"{op}: {name} is on {t.device} but k is on {k.device}")
     heads, dim = k.shape[-2], k.shape[-1]
@@ -184,7 +187,7 @@ def _check_state(op, state, seqs, heads, dim_v, k, name="initial_state"):
             raise ValueError(f"{op}: {name} {part} must have shape {shape} (one per sequence and head), "
                              f"got {tuple(t.shape)}")
         if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name} {part} must be a float tensor, got {t.dtype}")
+            raise TypeError(f"{op}: {name} {part} must be a float tensor, got {dtype_name(t.dtype)}")
         if t.device != k.device:
             raise ValueError(f"{op}: {name} {part} is on {t.device} but k is on {k.device}")
 
@@ -215,8 +218,7 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         the per-position max and denominator and is deterministic.
     """
     op = "prefix_attention"
-    _check_qkv(op, q, k, v, "(heads, d) or (batch, heads, d)", (4,), "(batch, L, heads, d)",
-               "(batch, L, heads, dv)")
+    _check_qkv(op, q, k, v, (4,), "(batch, L, heads, d)", "(batch, L, heads, dv)")
     if cu_seqlens is not None:
         check_cu_seqlens(op, cu_seqlens, k, k.shape[0], k.shape[1])
     seqs, heads, dim_v = _num_seqs(k, cu_seqlens), k.shape[2], v.shape[3]
@@ -246,14 +248,15 @@ def prefix_attention_step(state: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     o_t (batch, heads, dv). Start from the state prefix_attention(..., return_state=True) returns,
     or from (-inf, 0, 0). Inference only: no gradients."""
     op = "prefix_attention_step"
-    _check_qkv(op, q, k_t, v_t, "(heads, d) or (batch, heads, d)", (3,), "(batch, heads, d)", "(batch, heads, dv)")
+    _check_qkv(op, q, k_t, v_t, (3,), "(batch, heads, d)", "(batch, heads, dv)")
     batch, heads, dim = k_t.shape
     _check_state(op, state, batch, heads, v_t.shape[2], k_t, name="state")
     acc = opmath_dtype(k_t.dtype)
     for part, t in zip(("m", "denom", "numer"), state):
         if t.dtype != acc or not t.is_contiguous():
-            raise ValueError(f"{op}: state {part} is updated in place and must be a contiguous {acc} tensor "
-                             f"for {k_t.dtype} inputs, got {t.dtype}{'' if t.is_contiguous() else ' (non-contiguous)'}")
+            raise ValueError(f"{op}: state {part} is updated in place and must be a contiguous {dtype_name(acc)} "
+                             f"tensor for {dtype_name(k_t.dtype)} inputs, got {dtype_name(t.dtype)}"
+                             f"{'' if t.is_contiguous() else ' (non-contiguous)'}")
     scale = dim ** -0.5 if scale is None else float(scale)
     name = _backend.resolve(op, backend, k_t.device)
     m, c, w = state

@@ -23,7 +23,7 @@ from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph, csr_transpose
-from scangraph.ops._rules import FLOAT_DTYPES, opmath_dtype
+from scangraph.ops._rules import FLOAT_DTYPES, dtype_name, dtype_names, opmath_dtype
 from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 REDUCES = ("sum", "mean", "max", "min")
@@ -298,7 +298,7 @@ def _check_features(op: str, name: str, t, graph: CSRGraph, rows: int, rows_what
         raise ValueError(f"{op}: {name} must be (nodes, features) or (nodes, heads, features), "
                          f"got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float64, float32, float16 or bfloat16, got {t.dtype}")
+        raise TypeError(f"{op}: {name} must be {dtype_names(FLOAT_DTYPES)}, got {dtype_name(t.dtype)}")
     if t.shape[0] != rows:
         raise ValueError(f"{op}: {name} must have {rows} rows ({rows_what}), got shape "
                          f"{tuple(t.shape)}")
@@ -324,8 +324,8 @@ def _edge_weight(op: str, graph: CSRGraph, edge_weight, x):
         raise ValueError(f"{op}: edge_weight must be ({graph.num_edges},) or ({graph.num_edges}, {heads}), got "
                          f"{tuple(edge_weight.shape) if isinstance(edge_weight, torch.Tensor) else type(edge_weight).__name__}")
     if edge_weight.dtype != x.dtype or edge_weight.device != x.device:
-        raise ValueError(f"{op}: edge_weight must match x in dtype and device ({x.dtype}, "
-                         f"{x.device}), got {edge_weight.dtype} on {edge_weight.device}")
+        raise ValueError(f"{op}: edge_weight must match x in dtype and device ({dtype_name(x.dtype)}, "
+                         f"{x.device}), got {dtype_name(edge_weight.dtype)} on {edge_weight.device}")
     return graph.to_csr_order(edge_weight)
 
 
@@ -412,8 +412,8 @@ def sddmm(graph: CSRGraph, a: torch.Tensor, b: torch.Tensor, *, backend: str = "
     _check_features("sddmm", "a", a, graph, graph.num_rows, "one per destination row of the graph")
     _check_features("sddmm", "b", b, graph, graph.num_cols, "one per source node of the graph")
     if a.dtype != b.dtype or a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"sddmm: a and b must share dtype and trailing shape, got {a.dtype} "
-                         f"{tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
+        raise ValueError(f"sddmm: a and b must share dtype and trailing shape, got {dtype_name(a.dtype)} "
+                         f"{tuple(a.shape)} and {dtype_name(b.dtype)} {tuple(b.shape)}")
     name = _backend.resolve("sddmm", backend, a.device)
     if name == "reference":
         return graph.to_caller_order(reference.sddmm(graph.rowptr, graph.col, a, b))
