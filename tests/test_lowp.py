@@ -76,6 +76,23 @@ def test_int4_pack_unpack_round_trip():
     assert reference.pack_int4(torch.tensor([1, -1, -8], dtype=torch.int8)).tolist() == [0xF1, 0x08]
 
 
+@pytest.mark.parametrize("bits,axis", [(4, 0), (4, 1), (4, None), (8, 1), (8, None)])
+def test_qtensor_unpacks_and_dequantizes_as_the_reference(bits, axis):
+    """QTensor's own unpacking and scaling against the reference's, on every byte value."""
+    shape = (16, 33)
+    if bits == 4:
+        data = torch.randint(0, 256, (16, 17), dtype=torch.uint8)
+        data[:, -1] &= 0x0F  # the padding nibble of an odd length is 0
+        values = reference.unpack_int4(data, shape[-1])
+    else:
+        data = values = torch.randint(-127, 128, shape, dtype=torch.int8)
+    scale = torch.rand(() if axis is None else shape[axis]) + 0.1
+    q = scangraph.QTensor(data, scale, bits, axis, shape)
+    assert torch.equal(q.int_values(), values)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        assert torch.equal(q.dequantize(dtype), reference.dequantize(values, scale, axis, dtype))
+
+
 @pytest.mark.parametrize("bits", (8, 4))
 def test_dequantize_error_is_at_most_half_a_step(bits):
     x = torch.randn(20, 33)

@@ -39,11 +39,16 @@ class QTensor:
     def int_values(self) -> torch.Tensor:
         """The integers as int8 of `shape` (4-bit values unpacked)."""
         if self.bits == 4:
-            return reference.unpack_int4(self.data, self.shape[-1])
+            # Each nibble sign-extended by an arithmetic shift of int8: the low one moved up first.
+            low = (self.data << 4).view(torch.int8) >> 4
+            high = self.data.view(torch.int8) >> 4
+            return torch.stack((low, high), dim=-1).flatten(-2)[..., :self.shape[-1]]
         return self.data
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return reference.dequantize(self.int_values(), self.scale, self.axis, dtype)
+        """int_values() * scale in float32, as the kernels scale, then cast to `dtype`."""
+        scale = self.scale.reshape([-1 if i == self.axis else 1 for i in range(len(self.shape))])
+        return (self.int_values().float() * scale).to(dtype)
 
     @property
     def device(self) -> torch.device:
@@ -162,6 +167,10 @@ _register_triton_ops()
 
 
 # ---- public functions --------------------------------------------------------------------------
+# The largest magnitude of a symmetric `bits`-bit integer (quant_max of scangraph/lowp_params.h).
+QMAX = {8: 127, 4: 7}
+
+
 def _check_bits(op: str, bits) -> None:
     if bits not in (8, 4) or isinstance(bits, bool):
         raise ValueError(f"{op}: bits must be 8 or 4, got {bits!r}")
@@ -356,7 +365,7 @@ def _fake_quantize_with_scale(x: torch.Tensor, bits: int, axis: Optional[int], s
     """fake_quantize with a given scale: q = clamp(round(x / scale), -qmax, qmax) in float32, as
     the quantize kernels round; a zero scale gives 0. Elementwise and memory-bound, so plain torch
     ops (torch.compile fuses them) rather than a kernel of its own."""
-    qmax = reference.quant_max(bits)
+    qmax = QMAX[bits]
     shape = [1] * x.dim()
     if axis is not None:
         shape[axis] = -1
