@@ -115,7 +115,7 @@ def test_selective_scan_triton_fills_the_gpu_along_L(batch, dim, length, groups)
     seen = set()
     for name, grid, warps in launches:
         base = kernel_name(name)
-        if base not in ("_scan_fwd_kernel", "_scan_flow_kernel", "_scan_bwd_kernel"):
+        if base not in ("selective_scan_fwd_kernel", "selective_scan_flow_kernel", "selective_scan_bwd_kernel"):
             continue
         seen.add(base)
         assert _warps(grid, warps) >= 0.9 * TARGET_WARPS, (name, grid, warps)
@@ -123,9 +123,9 @@ def test_selective_scan_triton_fills_the_gpu_along_L(batch, dim, length, groups)
         steps = plan.chain_steps(base, grid, _warps(grid, warps), columns, "triton")
         channels = plan._channels_per_worker(columns, grid[1], grid[0] * grid[1])
         assert steps <= 2 * channels * math.ceil(positions / 64) * 16, (name, steps)
-    assert seen >= {"_scan_fwd_kernel", "_scan_bwd_kernel"}
+    assert seen >= {"selective_scan_fwd_kernel", "selective_scan_bwd_kernel"}
     if length > 4096:
-        assert "_scan_flow_kernel" in seen
+        assert "selective_scan_flow_kernel" in seen
 
 
 @pytest.mark.parametrize("sample", [s for s in SAMPLES if s.op == "common_neighbor_aggregate"], ids=lambda s: s.id)

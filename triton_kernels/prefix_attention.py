@@ -359,7 +359,7 @@ def _plan(seqs, heads, seqlen, block_l, like):
     return length, segments, scratch
 
 
-def launch_forward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last, c_last, w_last):
+def launch_prefix_attention(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last, c_last, w_last):
     """Fills o, the statistics m, c (None: not kept) and the final state; `wrap` is
     torch.library.wrap_triton. The final state may be the initial state's tensors (the step op)."""
     batch, seqlen, heads, dim = k.shape
@@ -393,7 +393,7 @@ def launch_forward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last
         walk(0)
 
 
-def launch_backward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last,
+def launch_prefix_attention_backward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last,
                     grad_c_last, grad_w_last, dq_partial, dk, dv, dm0, dc0, dw0):
     batch, seqlen, heads, dim = k.shape
     dim_v = v.shape[3]

@@ -11,11 +11,11 @@ scan associative while cutting the carried state.
 
 Along L: when the programs leave the GPU short of TARGET_WARPS, the scan order is cut into
 segments of whole chunks (scan_segments). MODE 1 of the forward gives each segment's map
-h -> P h + Q from a zero state, _segments_kernel composes the maps in order into the state
+h -> P h + Q from a zero state, selective_scan_segments_kernel composes the maps in order into the state
 entering each segment, and MODE 2 runs every segment from it (MODE 0: one segment).
 
-Backward: the flow pass (_scan_flow_kernel) gives each segment's map of the adjoint flow, which
-_segments_kernel composes right to left. Then one program per (batch, group, partition) and
+Backward: the flow pass (selective_scan_flow_kernel) gives each segment's map of the adjoint flow, which
+selective_scan_segments_kernel composes right to left. Then one program per (batch, group, partition) and
 segment for varying B / C (per (batch, channel) and segment for fixed ones) visits the
 segment's sub-chunks in reverse scan order and, inside each, its channels in order: the states
 are recomputed from the checkpoint, the adjoint computed by a second associative scan run on the
@@ -215,7 +215,7 @@ def _segment(seg, L, SEG_LEN):
 
 
 @triton.jit
-def _scan_fwd_kernel(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr,
+def selective_scan_fwd_kernel(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr,
                      start_ptr, end_ptr, out_ptr, last_ptr, ckpt_ptr, seg_ptr,
                      dim, L, N, cpg, groups, num_chunks, SEG_LEN, segments,
                      VARYING: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
@@ -225,7 +225,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_p
                      MODE: tl.constexpr):
     # Program (b * dim + d, segment). MODE 0: the one segment from 0. MODE 1: the segment's map
     # h -> P h + Q from a zero state into seg_ptr[0], seg_ptr[1]. MODE 2: the full pass from the
-    # state entering the segment, seg_ptr[2], which _segments_kernel composed from the maps.
+    # state entering the segment, seg_ptr[2], which selective_scan_segments_kernel composed from the maps.
     unit = tl.program_id(0).to(tl.int64)
     seg = tl.program_id(1).to(tl.int64)
     b = unit // dim
@@ -273,7 +273,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_p
 
 
 @triton.jit
-def _segments_kernel(seg_ptr, units, segments, N, RIGHT_TO_LEFT: tl.constexpr, BLOCK: tl.constexpr):
+def selective_scan_segments_kernel(seg_ptr, units, segments, N, RIGHT_TO_LEFT: tl.constexpr, BLOCK: tl.constexpr):
     """seg_ptr (3, units, segments, N): from each segment's map x -> P x + Q (planes 0, 1), the
     value entering it (plane 2): 0 entering the first segment (the last when RIGHT_TO_LEFT), then
     the maps composed in order. One (unit, n) per lane."""
@@ -292,7 +292,7 @@ def _segments_kernel(seg_ptr, units, segments, N, RIGHT_TO_LEFT: tl.constexpr, B
 
 
 @triton.jit
-def _fill_empty_kernel(src_ptr, dst_ptr, cu_ptr, L, row_size,
+def selective_scan_fill_empty_kernel(src_ptr, dst_ptr, cu_ptr, L, row_size,
                        HAS_SRC: tl.constexpr, HAS_CU: tl.constexpr, BLOCK: tl.constexpr):
     """dst[i] = src[i] (or 0) for every sequence i without positions: its last state is its
     initial state (forward), the gradient of its initial state is that of its last (backward)."""
@@ -349,7 +349,7 @@ def _adjoint_inputs(j, valid, nmask, Cm, dy, mu, end, erow, d, dim, N, n, glast_
 
 
 @triton.jit
-def _scan_flow_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, bias_ptr,
+def selective_scan_flow_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, bias_ptr,
                       start_ptr, end_ptr, seg_ptr, dim, L, N, cpg, groups, SEG_LEN, segments,
                       VARYING: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       HAS_GLAST: tl.constexpr, HAS_CU: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -390,7 +390,7 @@ def _scan_flow_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr
 
 
 @triton.jit
-def _scan_bwd_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+def selective_scan_bwd_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
                      h0_ptr, start_ptr, end_ptr, ckpt_ptr, seg_ptr, du_ptr, ddelta_ptr, dz_ptr, dh0_ptr,
                      partial_ptr, bc_ptr,
                      batch, dim, L, N, cpg, groups, parts, num_chunks, SEG_LEN, segments,
@@ -512,7 +512,7 @@ def _scan_bwd_kernel(grad_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr,
 
 
 @triton.jit
-def _param_reduce_kernel(partial_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, rows, dim, N,
+def selective_scan_param_reduce_kernel(partial_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, rows, dim, N,
                          FIXED_BC: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                          ACC: tl.constexpr, NP: tl.constexpr):
     # Sums the per-(segment, b, d) partials over (segment, b) in order: the same bits every launch.
@@ -542,7 +542,7 @@ def _param_reduce_kernel(partial_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
 
 
 @triton.jit
-def _bc_reduce_kernel(bc_ptr, dB_ptr, dC_ptr, parts, total, NL, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def selective_scan_bc_reduce_kernel(bc_ptr, dB_ptr, dC_ptr, parts, total, NL, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # bc_partial (parts, batch, groups, 2, N, L) summed over parts in order into dB / dC.
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < total
@@ -557,7 +557,7 @@ def _bc_reduce_kernel(bc_ptr, dB_ptr, dC_ptr, parts, total, NL, ACC: tl.constexp
 
 
 @triton.jit
-def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+def selective_state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
                          dim, N, cpg, groups,
                          HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                          SOFTPLUS: tl.constexpr, EXP2: tl.constexpr, ACC: tl.constexpr,
@@ -645,7 +645,7 @@ def _segment_scratch(like, units, segments, dstate, acc):
 def _compose(wrap, scratch, segments, right_to_left):
     units, dstate = scratch.shape[1], scratch.shape[3]
     block = 256
-    wrap(_segments_kernel)[(triton.cdiv(units * dstate, block),)](
+    wrap(selective_scan_segments_kernel)[(triton.cdiv(units * dstate, block),)](
         scratch, units, segments, dstate, RIGHT_TO_LEFT=right_to_left, BLOCK=block)
 
 
@@ -654,7 +654,7 @@ def launch_selective_scan(wrap, u, delta, A, B, C, D, z, delta_bias, delta_softp
     """Fills out (batch, dim, L), last_state (S, dim, N) and checkpoints (batch, dim, chunks, N):
     the carried state entering scan position k * 64, before the reset of a sequence starting there.
     When batch x dim programs leave the GPU short, the scan order is cut into segments (MODE 1:
-    each segment's map; _segments_kernel: the state entering each; MODE 2: the full pass)."""
+    each segment's map; selective_scan_segments_kernel: the state entering each; MODE 2: the full pass)."""
     batch, dim, length, dstate, varying, groups, start, end = _common(u, A, B, cu_seqlens, reverse)
     np_, sub = state_block(dstate)
     acc = accumulator(u.dtype)
@@ -665,7 +665,7 @@ def launch_selective_scan(wrap, u, delta, A, B, C, D, z, delta_bias, delta_softp
             if segments > 1 else checkpoints
 
         def run(mode):
-            wrap(_scan_fwd_kernel)[(batch * dim, segments)](
+            wrap(selective_scan_fwd_kernel)[(batch * dim, segments)](
                 u, delta, z if z is not None else u, A, B, C, D if D is not None else A,
                 delta_bias if delta_bias is not None else A, initial_state if initial_state is not None else A,
                 start, end, out, last_state, checkpoints, scratch,
@@ -689,7 +689,7 @@ def _fill_empty(wrap, src, dst, cu_seqlens, length, row_size):
     if dst.shape[0] * row_size == 0 or (cu_seqlens is None and length > 0):
         return
     block = min(1024, triton.next_power_of_2(row_size))
-    wrap(_fill_empty_kernel)[(dst.shape[0], triton.cdiv(row_size, block))](
+    wrap(selective_scan_fill_empty_kernel)[(dst.shape[0], triton.cdiv(row_size, block))](
         src if src is not None else dst, dst, cu_seqlens if cu_seqlens is not None else dst, length, row_size,
         HAS_SRC=src is not None, HAS_CU=cu_seqlens is not None, BLOCK=block)
 
@@ -700,7 +700,7 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
     """Gradients as in prepare_selective_scan_backward. Varying B / C: one program per (batch,
     group, partition) and segment, its dB / dC partial in bc_partial (partitions, batch, groups,
     2, N, L); fixed: one per (batch, channel) and segment. Every parameter sum goes through
-    param_partial (segments, batch, dim, 3N + 2), added in order by _param_reduce_kernel."""
+    param_partial (segments, batch, dim, 3N + 2), added in order by selective_scan_param_reduce_kernel."""
     batch, dim, length, dstate, varying, groups, start, end = _common(u, A, B, cu_seqlens, reverse)
     np_, sub = state_block(dstate, backward=True)
     acc = accumulator(u.dtype)
@@ -727,11 +727,11 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
         zz = z if z is not None else u
         bias = delta_bias if delta_bias is not None else A
         if segments > 1:
-            wrap(_scan_flow_kernel)[(batch * dim, segments)](
+            wrap(selective_scan_flow_kernel)[(batch * dim, segments)](
                 grad_out, glast, u, delta, zz, A, B, C, bias, start, end, scratch,
                 dim, length, dstate, cpg, groups, seg_len, segments, **common)
             _compose(wrap, scratch, segments, True)
-        wrap(_scan_bwd_kernel)[(programs, segments)](
+        wrap(selective_scan_bwd_kernel)[(programs, segments)](
             grad_out, glast, u, delta, zz, A, B, C, D if D is not None else A, bias,
             initial_state if initial_state is not None else A, start, end, checkpoints, scratch,
             du, ddelta, dz if dz is not None else du, dinitial_state if dinitial_state is not None else A,
@@ -739,7 +739,7 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
             batch, dim, length, dstate, cpg, groups, parts, checkpoints.shape[2], seg_len, segments,
             HAS_D=D is not None, HAS_H0=initial_state is not None, CHUNK_=CHUNK, **common)
     if dim > 0:
-        wrap(_param_reduce_kernel)[(dim,)](
+        wrap(selective_scan_param_reduce_kernel)[(dim,)](
             param_partial, dA, dB, dC, dD if dD is not None else dA,
             ddelta_bias if ddelta_bias is not None else dA, segments * batch, dim, dstate,
             FIXED_BC=not varying, HAS_D=dD is not None, HAS_BIAS=ddelta_bias is not None, ACC=acc, NP=np_)
@@ -747,7 +747,7 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
         total = batch * groups * 2 * dstate * length
         if total > 0:
             block = 1024
-            wrap(_bc_reduce_kernel)[(triton.cdiv(total, block),)](
+            wrap(selective_scan_bc_reduce_kernel)[(triton.cdiv(total, block),)](
                 bc_partial, dB, dC, bc_partial.shape[0], total, dstate * length, ACC=acc, BLOCK=block)
     if dinitial_state is not None:
         _fill_empty(wrap, grad_last_state, dinitial_state, cu_seqlens, length, dim * dstate)
@@ -762,7 +762,7 @@ def launch_selective_state_update(wrap, state, x, dt, A, B, C, D, z, dt_bias, dt
     block_d = max(1, min(64, 2048 // np_, triton.next_power_of_2(max(dim, 1))))
     if batch * dim == 0:
         return
-    wrap(_state_update_kernel)[(batch, triton.cdiv(dim, block_d))](
+    wrap(selective_state_update_kernel)[(batch, triton.cdiv(dim, block_d))](
         state, x, dt, A, B, C, D if D is not None else A, z if z is not None else x,
         dt_bias if dt_bias is not None else A, out, dim, dstate, dim // groups, groups,
         HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),

@@ -74,18 +74,18 @@ def chain_steps(kernel, grid, warps, columns, backend):
             segments = max(1, math.ceil(warps / (batch * heads)))
         # per position: the dot product's 5-shuffle butterfly, the max and exp, the update
         return math.ceil(L / segments) * (12 if "fwd" in base else 24)
-    if base in ("_scan_fwd_kernel", "_scan_flow_kernel", "_scan_bwd_kernel"):
+    if base in ("selective_scan_fwd_kernel", "selective_scan_flow_kernel", "selective_scan_bwd_kernel"):
         # grid (programs, segments); a program walks its segment in sub-chunks of SUB positions,
         # each a tl.associative_scan of log2(SUB) levels (two in the flow and the backward: the
         # states and the adjoint, and the backward recomputes the states), for each of its channels
         from scangraph.triton_kernels.selective_scan import state_block
 
         segments = max(1, grid[1])
-        sub = state_block(N, backward=base != "_scan_fwd_kernel")[1]
+        sub = state_block(N, backward=base != "selective_scan_fwd_kernel")[1]
         per = math.ceil(math.ceil(L / segments) / sub) * (2 * int(math.log2(sub)) + 4)
         per *= _channels_per_worker(columns, segments, grid[0] * grid[1])
-        return per * {"_scan_fwd_kernel": 1, "_scan_flow_kernel": 1, "_scan_bwd_kernel": 2}[base]
-    if base == "_segments_kernel":  # one multiply-add per segment
+        return per * {"selective_scan_fwd_kernel": 1, "selective_scan_flow_kernel": 1, "selective_scan_bwd_kernel": 2}[base]
+    if base == "selective_scan_segments_kernel":  # one multiply-add per segment
         return 2 * math.ceil(L / 64)
     return None
 
@@ -93,9 +93,9 @@ def chain_steps(kernel, grid, warps, columns, backend):
 def exponentials(kernel, columns):
     """Special-function operations of a scan kernel's launch (exp2 of every position and state)."""
     base = kernel.split("<")[0]
-    if base in ("scan_forward_kernel", "scan_flow_kernel", "_scan_fwd_kernel", "_scan_flow_kernel"):
+    if base in ("scan_forward_kernel", "scan_flow_kernel", "selective_scan_fwd_kernel", "selective_scan_flow_kernel"):
         return columns["batch"] * columns["dim"] * columns["L"] * columns["N"]
-    if base in ("scan_backward_kernel", "_scan_bwd_kernel"):  # CUDA: y for z's gradient, states, adjoint
+    if base in ("scan_backward_kernel", "selective_scan_bwd_kernel"):  # CUDA: y for z's gradient, states, adjoint
         count = 3 if base == "scan_backward_kernel" else 1
         return count * columns["batch"] * columns["dim"] * columns["L"] * columns["N"]
     return 0

@@ -45,8 +45,9 @@ def _spmm_arg_backward_fake(rowptr, col, rowptr_t, col_t, perm_t, weight, x, gra
     return x.new_empty(x.shape), x.new_empty((col.shape[0] if weight_grad else 0, heads))
 
 
-def _gat_fake(rowptr, col, x, alpha_src, alpha_dst, negative_slope=0.2, rowptr_t=None, col_t=None, perm_t=None,
-              dropout=0.0, rng=None):
+def _gat_outputs(rowptr, col, x, alpha_src, alpha_dst, negative_slope=0.2, rowptr_t=None, col_t=None, perm_t=None,
+                 dropout=0.0, rng=None):
+    """gat_aggregate's outputs, allocated: its fake kernel, and the Triton op's outputs."""
     torch._check(x.dim() == 3 and alpha_src.dim() == 2 and alpha_dst.dim() == 2)
     rows = rowptr.shape[0] - 1
     stats = x.new_empty((rows, x.shape[1]), dtype=opmath_dtype(x.dtype))
@@ -188,7 +189,7 @@ def register_compiled_ops(suffix: str = ""):
     """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
     CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
     for name, fake in (("spmm", _spmm_fake), ("sddmm", _sddmm_fake), ("spmm_arg", _spmm_arg_fake),
-                       ("spmm_arg_backward", _spmm_arg_backward_fake), ("gat_aggregate", _gat_fake),
+                       ("spmm_arg_backward", _spmm_arg_backward_fake), ("gat_aggregate", _gat_outputs),
                        ("common_neighbors", _common_neighbors_fake), ("gat_aggregate_backward", _gat_backward_fake)):
         torch.library.register_fake(f"scangraph::{name}{suffix}")(fake)
     _register_autograd(suffix)
@@ -253,7 +254,7 @@ def _register_triton_ops():
                              perm_t: Optional[torch.Tensor] = None, dropout: float = 0.0,
                              rng: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _check_dropout("scangraph::gat_aggregate_triton", dropout, rng, x)
-        out, row_max, row_sum = _gat_fake(rowptr, col, x, alpha_src, alpha_dst)
+        out, row_max, row_sum = _gat_outputs(rowptr, col, x, alpha_src, alpha_dst)
         kernels.launch_gat(wrap_triton, rowptr, col, x.contiguous(), alpha_src.contiguous(), alpha_dst.contiguous(),
                            negative_slope, out, row_max, row_sum, dropout, rng)
         return out, row_max, row_sum
