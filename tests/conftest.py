@@ -50,6 +50,13 @@ def backend_params():
     return params
 
 
+def emulated(backend, device):
+    """True for the backends that run a GPU's kernels on the CPU program by program (Triton's
+    interpreter, the CUDA emulation): a call takes seconds there, so gradcheck uses its random
+    projection mode (fast_mode) on them; the C++ backend and a GPU check every Jacobian entry."""
+    return device == "cpu" and backend in ("triton", "cuda_emulated")
+
+
 @pytest.fixture
 def backend_device(request):
     backend, device = request.param

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scangraph
-from conftest import assert_close, backend_params
+from conftest import assert_close, backend_params, emulated
 from graphs import make_graph
 from scangraph import reference
 from test_sparse import _gat_inputs, _repeated_runs, _skewed_graph, _split_threshold
@@ -101,7 +101,7 @@ def test_gradcheck_with_a_fixed_seed(backend_device):
     x, a_src, a_dst = _gat_inputs(graph, 2, 3, torch.float64, device)
     assert torch.autograd.gradcheck(
         lambda x, s, d: scangraph.gat_aggregate(graph, x, s, d, 0.1, 0.4, generator=_generator(3), backend=backend),
-        (x, a_src, a_dst), fast_mode=backend == "triton" and device == "cpu")
+        (x, a_src, a_dst), fast_mode=emulated(backend, device))
 
 
 @pytest.mark.parametrize("backend_device", backend_params(), indirect=True)

@@ -5,7 +5,7 @@ import torch
 
 import scangraph
 from scangraph import CSRGraph, reference
-from conftest import HAS_CUDA, assert_close, backend_params, real_graph_path
+from conftest import HAS_CUDA, assert_close, backend_params, emulated, real_graph_path
 from graphs import make_graph
 
 # (feature shape after the node dimension, weight shape after the edge dimension or None)
@@ -72,8 +72,7 @@ def test_gradcheck(backend_device):
     w = torch.rand(graph.num_edges, 2, dtype=torch.float64, device=device, requires_grad=True)
     w1 = torch.rand(graph.num_edges, dtype=torch.float64, device=device, requires_grad=True)
     a = torch.randn(graph.num_rows, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
-    # The Triton interpreter runs every program in Python: random-projection (fast) gradcheck.
-    fast = backend == "triton" and device == "cpu"
+    fast = emulated(backend, device)
     for reduce in ("sum", "mean", "max", "min"):
         for weight in (w, w1):
             assert torch.autograd.gradcheck(
@@ -236,6 +235,8 @@ def test_spmm_splits_long_rows(backend_device, dtype, reduce, weighting, monkeyp
     run; for max / min the combined segments must pick the very edge a single pass picks (dx
     and dweight follow the chosen edge)."""
     backend, device = backend_device
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the interpreter runs float32 here: bfloat16 on split rows is the op samples' core hub cases")
     graph = _skewed_graph(_split_threshold(backend, monkeypatch)).to(device)
     x, w = _inputs(graph, weighting, dtype, device, requires_grad=True)
     grad = None
@@ -465,7 +466,7 @@ def test_gat_aggregate_gradcheck_and_determinism(backend_device):
     backend, device = backend_device
     graph = make_graph("tiny").to(device)
     x, a_src, a_dst = _gat_inputs(graph, 2, 3, torch.float64, device)
-    fast = backend == "triton" and device == "cpu"
+    fast = emulated(backend, device)
     assert torch.autograd.gradcheck(
         lambda x, s, d: scangraph.gat_aggregate(graph, x, s, d, 0.1, backend=backend), (x, a_src, a_dst),
         fast_mode=fast)
