@@ -89,14 +89,14 @@ def load():
     if _state["loaded"] or _state["error"] is not None:
         return _state["error"]
     import scangraph  # noqa: F401  (the scangraph op namespace must exist first)
-    from scangraph.ops import lowp, prefix_attention, selective_scan, sparse
+    from scangraph.ops import _lowp_lib, _prefix_attention_lib, _selective_scan_lib, _sparse_lib
 
     try:
         build()
     except Exception as error:  # reported by the tests as the reason they skip
         _state["error"] = f"the CUDA emulation could not be built: {error}"
         return _state["error"]
-    for family in (sparse, selective_scan, prefix_attention, lowp):
+    for family in (_sparse_lib, _selective_scan_lib, _prefix_attention_lib, _lowp_lib):
         family.register_compiled_ops("_cuda_emulated")
     _state["loaded"] = True
     return None

@@ -14,8 +14,8 @@ import torch
 from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.graph import CSRGraph
+from scangraph.ops import _lowp_lib  # noqa: F401  (importing it registers the ops, their fakes and autograd)
 from scangraph.ops._rules import FLOAT_DTYPES
-from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 ACTIVATIONS = (None, "none", "relu", "gelu", "silu")
 
@@ -66,105 +66,6 @@ try:  # torch.load(weights_only=True) refuses classes it was not told about
     torch.serialization.add_safe_globals([QTensor])
 except AttributeError:  # older torch without the allow-list
     pass
-
-
-# ---- fake kernels ------------------------------------------------------------------------------
-def _quantize_fake(x, bits, axis):
-    shape = list(x.shape)
-    if bits == 4:
-        shape[-1] = (shape[-1] + 1) // 2
-    channels = 1 if axis is None else x.shape[axis]
-    return (x.new_empty(shape, dtype=torch.uint8 if bits == 4 else torch.int8),
-            x.new_empty((channels,), dtype=torch.float32))
-
-
-def _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation="none", out_dtype=None):
-    torch._check(x.dim() == 2 and w.dim() == 2)
-    dtype = out_dtype or (torch.float32 if x.dtype == torch.float64 else x.dtype)
-    return x.new_empty((x.shape[0], w.shape[0]), dtype=dtype)
-
-
-def _qlinear_isa_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, isa):
-    return _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype)
-
-
-def _qspmm_fake(rowptr, col, weight, x, x_scale, reduce="sum"):
-    return x.new_empty((rowptr.shape[0] - 1, x.shape[1]), dtype=torch.float32)
-
-
-def _qspmm_isa_fake(rowptr, col, weight, x, x_scale, reduce, isa):
-    return _qspmm_fake(rowptr, col, weight, x, x_scale, reduce)
-
-
-def _not_differentiable(name):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"scangraph.{name} is an inference op and has no gradient; train with "
-                           "scangraph.fake_quantize (straight-through estimator) on float weights instead")
-
-    def setup(ctx, inputs, output):
-        pass
-    return backward, setup
-
-
-def _register_autograd(suffix: str):
-    for name in ("qlinear", "qspmm"):
-        backward, setup = _not_differentiable(name)
-        torch.library.register_autograd(f"scangraph::{name}{suffix}", backward, setup_context=setup)
-
-
-def register_compiled_ops(suffix: str = ""):
-    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
-    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
-    torch.library.register_fake(f"scangraph::quantize{suffix}")(_quantize_fake)
-    torch.library.register_fake(f"scangraph::qlinear{suffix}")(_qlinear_fake)
-    torch.library.register_fake(f"scangraph::qspmm{suffix}")(_qspmm_fake)
-    _register_autograd(suffix)
-
-
-def _register_cpp_ops():
-    if not hasattr(torch.ops.scangraph, "qlinear"):  # compiled library not loaded (or too old)
-        return
-    register_compiled_ops("")
-    torch.library.register_fake("scangraph::_qlinear_cpu_isa")(_qlinear_isa_fake)
-    torch.library.register_fake("scangraph::_qspmm_cpu_isa")(_qspmm_isa_fake)
-
-
-def _register_triton_ops():
-    if _TRITON_UNAVAILABLE is not None:
-        return
-    from torch.library import triton_op
-
-    from scangraph.triton_kernels import lowp as kernels, wrap_triton
-
-    @triton_op("scangraph::quantize_triton", mutates_args=())
-    def quantize_triton(x: torch.Tensor, bits: int, axis: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        data, scale = _quantize_fake(x, bits, axis)
-        kernels.launch_quantize(wrap_triton, x.contiguous(), bits, axis, data, scale)
-        return data, scale
-
-    @triton_op("scangraph::qlinear_triton", mutates_args=())
-    def qlinear_triton(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_bits: int, in_features: int,
-                       bias: Optional[torch.Tensor], activation: str = "none",
-                       out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        out = _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype)
-        kernels.launch_qlinear(wrap_triton, x if x.stride(-1) == 1 else x.contiguous(), w.contiguous(),
-                               w_scale.contiguous(), w_bits, in_features,
-                               None if bias is None else bias.float().contiguous(), activation, out)
-        return out
-
-    @triton_op("scangraph::qspmm_triton", mutates_args=())
-    def qspmm_triton(rowptr: torch.Tensor, col: torch.Tensor, weight: Optional[torch.Tensor], x: torch.Tensor,
-                     x_scale: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-        out = _qspmm_fake(rowptr, col, weight, x, x_scale, reduce)
-        kernels.launch_qspmm(wrap_triton, rowptr, col, weight, x.contiguous(), x_scale.contiguous(), reduce, out)
-        return out
-
-    _register_autograd("_triton")
-
-
-_register_cpp_ops()
-_register_triton_ops()
-
 
 # ---- public functions --------------------------------------------------------------------------
 # The largest magnitude of a symmetric `bits`-bit integer (quant_max of scangraph/lowp_params.h).
