@@ -39,7 +39,7 @@ LongRowPlan plan_long_rows(const at::Tensor& rowptr, int64_t num_edges) {
 
 // The kernels' view of a plan, its tensors kept alive by `owned`; {} when no row is split.
 template <typename Params>
-SplitPlan split_plan(KernelCall<Params>& call, const at::Tensor& rowptr, int64_t num_edges) {
+SplitPlan split_plan(KernelArgs<Params>& call, const at::Tensor& rowptr, int64_t num_edges) {
   const LongRowPlan plan = plan_long_rows(rowptr, num_edges);
   if (plan.max_segments == 0) return SplitPlan{};
   return SplitPlan{call.owned.emplace_back(plan.segment_ptr).template data_ptr<int64_t>(),
@@ -49,7 +49,7 @@ SplitPlan split_plan(KernelCall<Params>& call, const at::Tensor& rowptr, int64_t
 // Scratch of shape (count, *inner); with a zero in `inner` its pointer may be null, which is
 // fine: the kernels index it only below F.
 template <typename Params>
-void* scratch(KernelCall<Params>& call, int64_t count, at::IntArrayRef inner, const at::TensorOptions& options) {
+void* scratch(KernelArgs<Params>& call, int64_t count, at::IntArrayRef inner, const at::TensorOptions& options) {
   std::vector<int64_t> shape{count};
   shape.insert(shape.end(), inner.begin(), inner.end());
   return call.owned.emplace_back(empty_output(shape, options)).data_ptr();

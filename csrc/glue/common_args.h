@@ -83,13 +83,20 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& like, const
 }
 
 // What a glue's prepare_<op> returns: the kernel's parameters plus the tensors their pointers
-// refer to, the outputs and any contiguous copies made there, which must outlive the launch.
+// refer to (contiguous copies made there), which must outlive the launch. Ops with several named
+// outputs derive from it and name them (prefix attention); the others return a KernelCall.
 template <typename Params>
-struct KernelCall {
+struct KernelArgs {
   Params params{};
-  at::Tensor out;
-  at::Tensor out2;  // the second output of two-output ops (spmm's arg, quantize's scale, dweight)
   std::vector<at::Tensor> owned;
+};
+
+// ... with the op's output, and the second one of two-output ops (spmm's arg, quantize's scale,
+// dweight).
+template <typename Params>
+struct KernelCall : KernelArgs<Params> {
+  at::Tensor out;
+  at::Tensor out2;
 };
 
 // cu_seqlens: a 1-D int32 tensor of num_seqs + 1 >= 2 offsets on like's device, packing the

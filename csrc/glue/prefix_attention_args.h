@@ -124,10 +124,8 @@ inline void fill_prefix_attention_layout(Params& p, const PrefixAttentionShape& 
   p.scale = scale;
 }
 
-struct PrefixAttentionCall {
-  PrefixAttentionParams params{};
+struct PrefixAttentionCall : KernelArgs<PrefixAttentionParams> {
   at::Tensor o, m, c, m_last, c_last, w_last;
-  std::vector<at::Tensor> owned;  // contiguous copies the pointers refer to
 };
 
 inline PrefixAttentionCall prepare_prefix_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -187,10 +185,8 @@ inline PrefixAttentionCall prepare_prefix_attention_step(const at::Tensor& m, co
   return call;
 }
 
-struct PrefixAttentionBackwardCall {
-  PrefixAttentionBackwardParams params{};
+struct PrefixAttentionBackwardCall : KernelArgs<PrefixAttentionBackwardParams> {
   at::Tensor dq_partial, dk, dv, dm0, dc0, dw0;
-  std::vector<at::Tensor> owned;
   std::vector<int64_t> q_shape;
   at::ScalarType q_dtype;
 
