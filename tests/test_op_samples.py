@@ -52,13 +52,26 @@ def _require(backend, device):
         pytest.skip("the CUDA kernels are not built")
 
 
-# Triton's interpreter (the Triton backend on CPU) runs every dtype on the core samples and
-# float64 (the exact check against the reference) on the others: a kernel's dtype handling
-# (loads, casts, stores) is the same for every shape, and the core samples reach each raw op path
-# once, while the interpreter costs seconds per sample and dtype (half of CI's test time). Every
+# Triton's interpreter (the Triton backend on CPU) runs float64 (the exact check against the
+# reference) on every sample, and float32 and one half type on the core samples, which reach each
+# raw op path once: an op's core samples take float16 and bfloat16 in turn, and an op with one
+# core sample takes both. A kernel's dtype handling (loads, casts, stores) is the same for every
+# shape, while the interpreter costs seconds per sample and dtype (half of CI's test time). Every
 # dtype of every sample still runs on the C++ and emulated CUDA backends, on a GPU, and compiles
 # for sm_90 (tools/triton_compile_check.py).
 INTERPRETER_DTYPES = (torch.float64,)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _interpreter_dtypes(sample):
+    """The dtypes the interpreter runs for `sample` (see INTERPRETER_DTYPES)."""
+    if not sample.core:
+        return tuple(d for d in sample.dtypes if d in INTERPRETER_DTYPES) or sample.dtypes[:1]
+    siblings = [s for s in SAMPLES if s.core and s.op == sample.op]
+    if len(siblings) == 1:
+        return sample.dtypes
+    half = HALF_DTYPES[siblings.index(sample) % len(HALF_DTYPES)]
+    return tuple(d for d in sample.dtypes if d not in HALF_DTYPES or d == half)
 
 
 def _params(with_dtype=True):
@@ -75,8 +88,8 @@ def _params(with_dtype=True):
             dtypes = sample.dtypes if with_dtype else (torch.float32 if torch.float32 in sample.dtypes else sample.dtypes[0],)
             if backend == "reference":
                 dtypes = tuple(d for d in dtypes if d in REFERENCE_DTYPES)
-            if backend == "triton" and device == "cpu" and with_dtype and not sample.core:
-                dtypes = tuple(d for d in dtypes if d in INTERPRETER_DTYPES) or dtypes[:1]
+            if backend == "triton" and device == "cpu" and with_dtype:
+                dtypes = _interpreter_dtypes(sample)
             target = backend if device == "cpu" else f"{backend}-gpu"
             for dtype in dtypes:
                 name = f"{sample.id}-{target}" + (f"-{str(dtype)[6:]}" if with_dtype else "")
