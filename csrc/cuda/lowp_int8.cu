@@ -293,8 +293,9 @@ void qspmm_cuda(const QSpmmParams& p, cudaStream_t stream) {
   if (p.num_rows == 0 || p.num_features == 0) return;
   const unsigned blocks = unsigned((p.num_rows + lowp_cuda::kSpmmWarps - 1) / lowp_cuda::kSpmmWarps);
   const unsigned threads = lowp_cuda::kSpmmWarps * lowp_cuda::kWarp;
-  if (p.col_is_int32) launch_kernel<lowp_cuda::qspmm_kernel<int32_t>>(blocks, threads, 0, stream, p);
-  else launch_kernel<lowp_cuda::qspmm_kernel<int64_t>>(blocks, threads, 0, stream, p);
+  dispatch_index(p.col_is_int32, [&](auto index) {
+    launch_kernel<lowp_cuda::qspmm_kernel<decltype(index)>>(blocks, threads, 0, stream, p);
+  });
 }
 
 }  // namespace scangraph

@@ -747,8 +747,11 @@ __global__ void sddmm_kernel(SddmmParams p) {
   }
 }
 
-inline unsigned warp_blocks(int64_t warps) {
-  return unsigned((warps + kWarpsPerBlock - 1) / kWarpsPerBlock);
+// Every kernel here but common_neighbors_kernel runs one warp per item (row, segment, source or
+// 32 edges), kWarpsPerBlock warps to a block.
+template <auto Kernel, typename Params>
+inline void launch_warps(int64_t warps, cudaStream_t stream, const Params& p) {
+  launch_kernel<Kernel>(unsigned((warps + kWarpsPerBlock - 1) / kWarpsPerBlock), kWarp * kWarpsPerBlock, 0, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
@@ -757,98 +760,87 @@ void launch_spmm(const SpmmParams& p, cudaStream_t stream) {
   // Segments first: the row pass reads their partials (same stream, so ordered).
   if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
     if (p.plan.max_segments > 0)
-      launch_kernel<spmm_extreme_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
-    launch_kernel<spmm_extreme_kernel<scalar_t, index_t>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
+      launch_warps<spmm_extreme_segment_kernel<scalar_t, index_t>>(p.plan.max_segments, stream, p);
+    launch_warps<spmm_extreme_kernel<scalar_t, index_t>>(p.num_rows, stream, p);
     return;
   }
   if (p.plan.max_segments > 0)
-    launch_kernel<spmm_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<spmm_segment_kernel<scalar_t, index_t>>(p.plan.max_segments, stream, p);
   // Small F: two rows per warp, 16 lanes each (F <= 16 would idle half a warp or more).
   if (p.num_features <= kWarp / 2)
-    launch_kernel<spmm_kernel<scalar_t, index_t, kWarp / 2>>(warp_blocks((p.num_rows + 1) / 2), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<spmm_kernel<scalar_t, index_t, kWarp / 2>>((p.num_rows + 1) / 2, stream, p);
   else
-    launch_kernel<spmm_kernel<scalar_t, index_t, kWarp>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<spmm_kernel<scalar_t, index_t, kWarp>>(p.num_rows, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_spmm_arg_backward(const SpmmArgBackwardParams& p, cudaStream_t stream) {
   if (p.transpose_plan.max_segments > 0)  // segments first: the source pass reads their partials
-    launch_kernel<spmm_arg_dx_segment_kernel<scalar_t, index_t>>(warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<spmm_arg_dx_segment_kernel<scalar_t, index_t>>(p.transpose_plan.max_segments, stream, p);
   if (p.num_src > 0)
-    launch_kernel<spmm_arg_dx_kernel<scalar_t, index_t>>(warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<spmm_arg_dx_kernel<scalar_t, index_t>>(p.num_src, stream, p);
   if (p.dweight && p.num_edges > 0)
-    launch_kernel<spmm_arg_dweight_kernel<scalar_t, index_t>>(warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<spmm_arg_dweight_kernel<scalar_t, index_t>>((p.num_edges + kWarp - 1) / kWarp, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_gat(const GatParams& p, cudaStream_t stream) {
   if (p.num_rows == 0) return;
   if (p.plan.max_segments > 0)  // segments first: the row pass reads their partials
-    launch_kernel<gat_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
-  launch_kernel<gat_kernel<scalar_t, index_t>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<gat_segment_kernel<scalar_t, index_t>>(p.plan.max_segments, stream, p);
+  launch_warps<gat_kernel<scalar_t, index_t>>(p.num_rows, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_gat_backward(const GatBackwardParams& p, cudaStream_t stream) {
   // Segments first: the row passes read their partials (same stream, so ordered).
   if (p.plan.max_segments > 0)
-    launch_kernel<gat_dst_grad_segment_kernel<scalar_t, index_t>>(warp_blocks(p.plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<gat_dst_grad_segment_kernel<scalar_t, index_t>>(p.plan.max_segments, stream, p);
   if (p.transpose_plan.max_segments > 0)
-    launch_kernel<gat_src_grad_segment_kernel<scalar_t, index_t>>(warp_blocks(p.transpose_plan.max_segments), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<gat_src_grad_segment_kernel<scalar_t, index_t>>(p.transpose_plan.max_segments, stream, p);
   if (p.num_rows > 0)
-    launch_kernel<gat_dst_grad_kernel<scalar_t, index_t>>(warp_blocks(p.num_rows), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<gat_dst_grad_kernel<scalar_t, index_t>>(p.num_rows, stream, p);
   if (p.num_src > 0)
-    launch_kernel<gat_src_grad_kernel<scalar_t, index_t>>(warp_blocks(p.num_src), kWarp * kWarpsPerBlock, 0, stream, p);
+    launch_warps<gat_src_grad_kernel<scalar_t, index_t>>(p.num_src, stream, p);
 }
 
 template <typename scalar_t, typename index_t>
 void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
   if (p.num_edges == 0 || p.num_rows == 0) return;
-  launch_kernel<sddmm_kernel<scalar_t, index_t>>(warp_blocks((p.num_edges + kWarp - 1) / kWarp), kWarp * kWarpsPerBlock, 0, stream, p);
+  launch_warps<sddmm_kernel<scalar_t, index_t>>((p.num_edges + kWarp - 1) / kWarp, stream, p);
 }
 
-}  // namespace cuda
-}  // namespace scangraph
-
-namespace scangraph {
-namespace cuda {
 // Index-only kernel: instantiated once, in sparse_fp32.cu.
 inline void launch_common_neighbors(const CommonNeighborParams& p, cudaStream_t stream) {
   constexpr int kThreads = 256;
   if (p.num_pairs == 0) return;
   const unsigned blocks = unsigned((p.num_pairs + kThreads - 1) / kThreads);
-  if (p.col_is_int32) launch_kernel<common_neighbors_kernel<int32_t>>(blocks, kThreads, 0, stream, p);
-  else launch_kernel<common_neighbors_kernel<int64_t>>(blocks, kThreads, 0, stream, p);
+  dispatch_index(p.col_is_int32, [&](auto index) {
+    launch_kernel<common_neighbors_kernel<decltype(index)>>(blocks, kThreads, 0, stream, p);
+  });
 }
 }  // namespace cuda
-}  // namespace scangraph
 
-namespace scangraph {
-// The column indices' width is a run-time property of the graph: each entry point picks it.
+// The entry points of sparse.h, for the graph's index type.
 template <typename T>
 void spmm_cuda(const SpmmParams& p, cudaStream_t stream) {
-  if (p.col_is_int32) cuda::launch_spmm<T, int32_t>(p, stream);
-  else cuda::launch_spmm<T, int64_t>(p, stream);
+  dispatch_index(p.col_is_int32, [&](auto index) { cuda::launch_spmm<T, decltype(index)>(p, stream); });
 }
 template <typename T>
 void spmm_arg_backward_cuda(const SpmmArgBackwardParams& p, cudaStream_t stream) {
-  if (p.col_is_int32) cuda::launch_spmm_arg_backward<T, int32_t>(p, stream);
-  else cuda::launch_spmm_arg_backward<T, int64_t>(p, stream);
+  dispatch_index(p.col_is_int32, [&](auto index) { cuda::launch_spmm_arg_backward<T, decltype(index)>(p, stream); });
 }
 template <typename T>
 void gat_cuda(const GatParams& p, cudaStream_t stream) {
-  if (p.col_is_int32) cuda::launch_gat<T, int32_t>(p, stream);
-  else cuda::launch_gat<T, int64_t>(p, stream);
+  dispatch_index(p.col_is_int32, [&](auto index) { cuda::launch_gat<T, decltype(index)>(p, stream); });
 }
 template <typename T>
 void gat_backward_cuda(const GatBackwardParams& p, cudaStream_t stream) {
-  if (p.col_is_int32) cuda::launch_gat_backward<T, int32_t>(p, stream);
-  else cuda::launch_gat_backward<T, int64_t>(p, stream);
+  dispatch_index(p.col_is_int32, [&](auto index) { cuda::launch_gat_backward<T, decltype(index)>(p, stream); });
 }
 template <typename T>
 void sddmm_cuda(const SddmmParams& p, cudaStream_t stream) {
-  if (p.col_is_int32) cuda::launch_sddmm<T, int32_t>(p, stream);
-  else cuda::launch_sddmm<T, int64_t>(p, stream);
+  dispatch_index(p.col_is_int32, [&](auto index) { cuda::launch_sddmm<T, decltype(index)>(p, stream); });
 }
 }  // namespace scangraph
 
