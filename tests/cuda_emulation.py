@@ -90,6 +90,7 @@ def load():
         return _state["error"]
     import scangraph  # noqa: F401  (the scangraph op namespace must exist first)
     from scangraph.ops import _lowp_lib, _prefix_attention_lib, _selective_scan_lib, _sparse_lib
+    from scangraph.ops._twins import register_compiled
 
     try:
         build()
@@ -97,7 +98,7 @@ def load():
         _state["error"] = f"the CUDA emulation could not be built: {error}"
         return _state["error"]
     for family in (_sparse_lib, _selective_scan_lib, _prefix_attention_lib, _lowp_lib):
-        family.register_compiled_ops("_cuda_emulated")
+        register_compiled(family.FAKES, family.autograd, "cuda_emulated")
     _state["loaded"] = True
     return None
 

@@ -107,7 +107,13 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     return name
 
 
+def op_name(op: str, name: str) -> str:
+    """The qualified name of op `op` on the concrete backend `name`: scangraph::<op> (the C++ /
+    CUDA library), its Triton twin scangraph::<op>_triton, or the emulated CUDA twin
+    scangraph::<op>_cuda_emulated."""
+    return f"scangraph::{op}{_OP_SUFFIX[name]}"
+
+
 def op_for(op: str, name: str):
-    """The op `scangraph::<op>` that the concrete backend `name` (from resolve) runs: the C++ /
-    CUDA op, its Triton twin `<op>_triton`, or the emulated CUDA twin `<op>_cuda_emulated`."""
+    """The op `op` that the concrete backend `name` (from resolve) runs (see op_name)."""
     return getattr(torch.ops.scangraph, op + _OP_SUFFIX[name])

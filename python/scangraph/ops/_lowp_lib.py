@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from scangraph.ops._twins import register_autograd, register_compiled
 from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 
@@ -46,27 +47,12 @@ def _not_differentiable(name):
     return backward, setup
 
 
-def _register_autograd(suffix: str):
-    for name in ("qlinear", "qspmm"):
-        backward, setup = _not_differentiable(name)
-        torch.library.register_autograd(f"scangraph::{name}{suffix}", backward, setup_context=setup)
+def autograd(ops):
+    """qlinear and qspmm are inference ops: their backward raises (ops/_twins.py)."""
+    return {name: _not_differentiable(name) for name in ("qlinear", "qspmm")}
 
 
-def register_compiled_ops(suffix: str = ""):
-    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
-    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
-    torch.library.register_fake(f"scangraph::quantize{suffix}")(_quantize_fake)
-    torch.library.register_fake(f"scangraph::qlinear{suffix}")(_qlinear_fake)
-    torch.library.register_fake(f"scangraph::qspmm{suffix}")(_qspmm_fake)
-    _register_autograd(suffix)
-
-
-def _register_cpp_ops():
-    if not hasattr(torch.ops.scangraph, "qlinear"):  # compiled library not loaded (or too old)
-        return
-    register_compiled_ops("")
-    torch.library.register_fake("scangraph::_qlinear_cpu_isa")(_qlinear_isa_fake)
-    torch.library.register_fake("scangraph::_qspmm_cpu_isa")(_qspmm_isa_fake)
+FAKES = {"quantize": _quantize_fake, "qlinear": _qlinear_fake, "qspmm": _qspmm_fake}
 
 
 def _register_triton_ops():
@@ -99,8 +85,11 @@ def _register_triton_ops():
         kernels.launch_qspmm(wrap_triton, rowptr, col, weight, x.contiguous(), x_scale.contiguous(), reduce, out)
         return out
 
-    _register_autograd("_triton")
+    register_autograd(autograd, "triton")
 
 
-_register_cpp_ops()
+if hasattr(torch.ops.scangraph, "qlinear"):  # else the compiled library is not loaded (or too old)
+    register_compiled(FAKES, autograd)
+    torch.library.register_fake("scangraph::_qlinear_cpu_isa")(_qlinear_isa_fake)
+    torch.library.register_fake("scangraph::_qspmm_cpu_isa")(_qspmm_isa_fake)
 _register_triton_ops()

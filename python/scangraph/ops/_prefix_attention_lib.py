@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from scangraph.ops._rules import opmath_dtype
+from scangraph.ops._twins import register_autograd, register_compiled
 from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 
@@ -38,9 +39,10 @@ def _step_fake(m, c, w, q, k, v, scale):
 
 
 # ---- autograd --------------------------------------------------------------------------------
-def _register_autograd(suffix: str):
-    """Autograd of prefix_attention<suffix>, whose backward runs prefix_attention_backward<suffix>."""
-    backward_op = getattr(torch.ops.scangraph, f"prefix_attention_backward{suffix}")
+def autograd(ops):
+    """The autograd of prefix_attention, whose backward runs `ops("prefix_attention_backward")` of
+    the forward's own backend (ops/_twins.py)."""
+    backward_op = ops("prefix_attention_backward")
 
     def setup(ctx, inputs, output):
         q, k, v, scale, m0, c0, w0, cu_seqlens = inputs
@@ -59,21 +61,11 @@ def _register_autograd(suffix: str):
             dm0 = dc0 = dw0 = None
         return dq, dk, dv, None, dm0, dc0, dw0, None
 
-    torch.library.register_autograd(f"scangraph::prefix_attention{suffix}", backward, setup_context=setup)
+    return {"prefix_attention": (backward, setup)}
 
 
-def register_compiled_ops(suffix: str = ""):
-    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
-    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
-    torch.library.register_fake(f"scangraph::prefix_attention{suffix}")(_forward_fake)
-    torch.library.register_fake(f"scangraph::prefix_attention_backward{suffix}")(_backward_fake)
-    torch.library.register_fake(f"scangraph::prefix_attention_step{suffix}")(_step_fake)
-    _register_autograd(suffix)
-
-
-def _register_cpp_ops():
-    if hasattr(torch.ops.scangraph, "prefix_attention"):  # else the compiled library is not loaded
-        register_compiled_ops("")
+FAKES = {"prefix_attention": _forward_fake, "prefix_attention_backward": _backward_fake,
+         "prefix_attention_step": _step_fake}
 
 
 def _register_triton_ops():
@@ -125,8 +117,9 @@ def _register_triton_ops():
                                o, None, None, m, c, w)
         return o.squeeze(1)
 
-    _register_autograd("_triton")
+    register_autograd(autograd, "triton")
 
 
-_register_cpp_ops()
+if hasattr(torch.ops.scangraph, "prefix_attention"):  # else the compiled library is not loaded
+    register_compiled(FAKES, autograd)
 _register_triton_ops()

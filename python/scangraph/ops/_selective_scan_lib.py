@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from scangraph.ops._rules import SCAN_CHUNK, opmath_dtype
+from scangraph.ops._twins import register_autograd, register_compiled
 from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 
@@ -38,8 +39,10 @@ def _state_update_fake(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
 
 
 # ---- autograd -------------------------------------------------------------------------------
-def _register_autograd(suffix: str):
-    backward_op = getattr(torch.ops.scangraph, f"selective_scan_backward{suffix}")
+def autograd(ops):
+    """The autograd of selective_scan, whose backward runs `ops("selective_scan_backward")` of the
+    forward's own backend (ops/_twins.py)."""
+    backward_op = ops("selective_scan_backward")
 
     def setup(ctx, inputs, output):
         (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse) = inputs
@@ -59,21 +62,11 @@ def _register_autograd(suffix: str):
                 ddelta_bias if delta_bias is not None else None, None,
                 dinitial if initial_state is not None else None, None, None)
 
-    torch.library.register_autograd(f"scangraph::selective_scan{suffix}", backward, setup_context=setup)
+    return {"selective_scan": (backward, setup)}
 
 
-def register_compiled_ops(suffix: str = ""):
-    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
-    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
-    torch.library.register_fake(f"scangraph::selective_scan{suffix}")(_scan_fake)
-    torch.library.register_fake(f"scangraph::selective_scan_backward{suffix}")(_scan_backward_fake)
-    torch.library.register_fake(f"scangraph::selective_state_update{suffix}")(_state_update_fake)
-    _register_autograd(suffix)
-
-
-def _register_cpp_ops():
-    if hasattr(torch.ops.scangraph, "selective_scan"):  # else the compiled library is not loaded
-        register_compiled_ops("")
+FAKES = {"selective_scan": _scan_fake, "selective_scan_backward": _scan_backward_fake,
+         "selective_state_update": _state_update_fake}
 
 
 def _triton_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens):
@@ -163,8 +156,9 @@ def _register_triton_ops():
             state.copy_(work)
         return out
 
-    _register_autograd("_triton")
+    register_autograd(autograd, "triton")
 
 
-_register_cpp_ops()
+if hasattr(torch.ops.scangraph, "selective_scan"):  # else the compiled library is not loaded
+    register_compiled(FAKES, autograd)
 _register_triton_ops()

@@ -7,6 +7,7 @@ import torch
 
 from scangraph.graph import csr_transpose
 from scangraph.ops._rules import opmath_dtype
+from scangraph.ops._twins import register_autograd, register_compiled
 from scangraph.triton_kernels import UNAVAILABLE as _TRITON_UNAVAILABLE
 
 
@@ -73,14 +74,11 @@ def _divide_by_degree(grad, rowptr):
     return grad / degree.reshape((-1,) + (1,) * (grad.dim() - 1))
 
 
-def _register_autograd(suffix: str):
-    """Autograd of the ops named <op><suffix> ("" for C++/CUDA, "_triton"), whose backwards
-    call ops of the same suffix."""
-    spmm_name, sddmm_name, arg_name = f"spmm{suffix}", f"sddmm{suffix}", f"spmm_arg{suffix}"
-    spmm_op = getattr(torch.ops.scangraph, spmm_name)
-    sddmm_op = getattr(torch.ops.scangraph, sddmm_name)
-    arg_backward_op = getattr(torch.ops.scangraph, f"spmm_arg_backward{suffix}")
-    gat_backward_op = getattr(torch.ops.scangraph, f"gat_aggregate_backward{suffix}")
+def autograd(ops):
+    """The autograd of spmm, gat_aggregate, spmm_arg and sddmm, whose backwards run `ops(name)`,
+    the ops of the forward's own backend (ops/_twins.py)."""
+    spmm_op, sddmm_op = ops("spmm"), ops("sddmm")
+    arg_backward_op, gat_backward_op = ops("spmm_arg_backward"), ops("gat_aggregate_backward")
 
     def spmm_setup(ctx, inputs, output):
         rowptr, col, weight, x, reduce, rowptr_t, col_t, perm_t = inputs
@@ -161,25 +159,13 @@ def _register_autograd(suffix: str):
                                              row_sum, delta, grad.contiguous(), ctx.negative_slope, ctx.dropout, rng)
         return None, None, dx, da_src, da_dst, None, None, None, None, None, None
 
-    torch.library.register_autograd(f"scangraph::{spmm_name}", spmm_backward, setup_context=spmm_setup)
-    torch.library.register_autograd(f"scangraph::gat_aggregate{suffix}", gat_backward, setup_context=gat_setup)
-    torch.library.register_autograd(f"scangraph::{arg_name}", arg_backward, setup_context=arg_setup)
-    torch.library.register_autograd(f"scangraph::{sddmm_name}", sddmm_backward, setup_context=sddmm_setup)
+    return {"spmm": (spmm_backward, spmm_setup), "gat_aggregate": (gat_backward, gat_setup),
+            "spmm_arg": (arg_backward, arg_setup), "sddmm": (sddmm_backward, sddmm_setup)}
 
 
-def register_compiled_ops(suffix: str = ""):
-    """Fake kernels and autograd of the compiled ops scangraph::<op><suffix>: "" for the C++ /
-    CUDA library, "_cuda_emulated" for the test-only CUDA emulation."""
-    for name, fake in (("spmm", _spmm_fake), ("sddmm", _sddmm_fake), ("spmm_arg", _spmm_arg_fake),
-                       ("spmm_arg_backward", _spmm_arg_backward_fake), ("gat_aggregate", _gat_outputs),
-                       ("common_neighbors", _common_neighbors_fake), ("gat_aggregate_backward", _gat_backward_fake)):
-        torch.library.register_fake(f"scangraph::{name}{suffix}")(fake)
-    _register_autograd(suffix)
-
-
-def _register_cpp_ops():
-    if hasattr(torch.ops.scangraph, "spmm"):  # else the compiled library is not loaded
-        register_compiled_ops("")
+FAKES = {"spmm": _spmm_fake, "sddmm": _sddmm_fake, "spmm_arg": _spmm_arg_fake,
+         "spmm_arg_backward": _spmm_arg_backward_fake, "gat_aggregate": _gat_outputs,
+         "common_neighbors": _common_neighbors_fake, "gat_aggregate_backward": _gat_backward_fake}
 
 
 def _register_triton_ops():
@@ -266,8 +252,9 @@ def _register_triton_ops():
         kernels.launch_common_neighbors(wrap_triton, rowptr, col, src, dst, None, ptr, neighbors)
         return ptr, neighbors
 
-    _register_autograd("_triton")
+    register_autograd(autograd, "triton")
 
 
-_register_cpp_ops()
+if hasattr(torch.ops.scangraph, "spmm"):  # else the compiled library is not loaded
+    register_compiled(FAKES, autograd)
 _register_triton_ops()
