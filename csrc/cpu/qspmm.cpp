@@ -227,8 +227,7 @@ at::Tensor qspmm_impl(const at::Tensor& rowptr, const at::Tensor& col, const std
                       const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce, QSpmmIsa isa) {
   KernelCall<QSpmmParams> call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
   validate_csr(rowptr, col, x.size(0), "scangraph::qspmm");
-  if (call.params.col_is_int32) qspmm_dispatch<int32_t>(call.params, isa);
-  else qspmm_dispatch<int64_t>(call.params, isa);
+  dispatch_index(call.params.col_is_int32, [&](auto index) { qspmm_dispatch<decltype(index)>(call.params, isa); });
   return call.out;
 }
 

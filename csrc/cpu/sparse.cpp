@@ -573,18 +573,16 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_cpu", [&] {
     const bool weighted = p.weight != nullptr;
     if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
-      if (p.col_is_int32) {
-        weighted ? spmm_extreme_rows<scalar_t, int32_t, true>(p) : spmm_extreme_rows<scalar_t, int32_t, false>(p);
-      } else {
-        weighted ? spmm_extreme_rows<scalar_t, int64_t, true>(p) : spmm_extreme_rows<scalar_t, int64_t, false>(p);
-      }
+      dispatch_index(p.col_is_int32, [&](auto index) {
+        using index_t = decltype(index);
+        weighted ? spmm_extreme_rows<scalar_t, index_t, true>(p) : spmm_extreme_rows<scalar_t, index_t, false>(p);
+      });
       return;
     }
-    if (p.col_is_int32) {
-      weighted ? spmm_rows<scalar_t, int32_t, true>(p) : spmm_rows<scalar_t, int32_t, false>(p);
-    } else {
-      weighted ? spmm_rows<scalar_t, int64_t, true>(p) : spmm_rows<scalar_t, int64_t, false>(p);
-    }
+    dispatch_index(p.col_is_int32, [&](auto index) {
+      using index_t = decltype(index);
+      weighted ? spmm_rows<scalar_t, index_t, true>(p) : spmm_rows<scalar_t, index_t, false>(p);
+    });
   });
   return call;
 }
@@ -617,8 +615,7 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cpu(
   validate_csr(rowptr, col, x.size(0), "spmm_arg_backward");
   validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "spmm_arg_backward (transpose)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_arg_backward_cpu", [&] {
-    if (p.col_is_int32) spmm_arg_backward_rows<scalar_t, int32_t>(p);
-    else spmm_arg_backward_rows<scalar_t, int64_t>(p);
+    dispatch_index(p.col_is_int32, [&](auto index) { spmm_arg_backward_rows<scalar_t, decltype(index)>(p); });
   });
   return {call.out, call.out2};
 }
@@ -631,8 +628,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cpu(
   const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, rng);
   validate_csr(rowptr, col, x.size(0), "gat_aggregate");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_cpu", [&] {
-    if (call.params.col_is_int32) gat_rows<scalar_t, int32_t>(call.params);
-    else gat_rows<scalar_t, int64_t>(call.params);
+    dispatch_index(call.params.col_is_int32, [&](auto index) { gat_rows<scalar_t, decltype(index)>(call.params); });
   });
   return {call.out, call.out2, call.owned.back()};
 }
@@ -648,8 +644,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cpu(
   validate_csr(rowptr, col, x.size(0), "gat_aggregate_backward");
   validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "gat_aggregate_backward (transpose)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_backward_cpu", [&] {
-    if (call.params.col_is_int32) gat_backward_rows<scalar_t, int32_t>(call.params);
-    else gat_backward_rows<scalar_t, int64_t>(call.params);
+    dispatch_index(call.params.col_is_int32,
+                   [&](auto index) { gat_backward_rows<scalar_t, decltype(index)>(call.params); });
   });
   return {call.out, call.out2, call.owned.back()};
 }
@@ -667,7 +663,7 @@ std::tuple<at::Tensor, at::Tensor> common_neighbors_cpu(const at::Tensor& rowptr
   }
   at::Tensor counts = at::empty({p.num_pairs}, src.options());
   p.counts = counts.data_ptr<int64_t>();
-  auto run = [&] { p.col_is_int32 ? common_neighbors_pairs<int32_t>(p) : common_neighbors_pairs<int64_t>(p); };
+  auto run = [&] { dispatch_index(p.col_is_int32, [&](auto index) { common_neighbors_pairs<decltype(index)>(p); }); };
   run();
   at::Tensor ptr = at::cat({at::zeros({1}, src.options()), counts.cumsum(0)});
   at::Tensor neighbors = at::empty({ptr[-1].item<int64_t>()}, col.options());
@@ -687,7 +683,7 @@ at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::
   const SddmmParams& p = call.params;
   validate_csr(rowptr, col, b.size(0), "sddmm");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sddmm_cpu", [&] {
-    if (p.col_is_int32) sddmm_rows<scalar_t, int32_t>(p); else sddmm_rows<scalar_t, int64_t>(p);
+    dispatch_index(p.col_is_int32, [&](auto index) { sddmm_rows<scalar_t, decltype(index)>(p); });
   });
   return call.out;
 }

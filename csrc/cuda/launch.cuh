@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
-#include <cstdint>
 
 namespace scangraph {
 
@@ -17,14 +16,6 @@ inline void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, cudaStream
 #else
   Kernel<<<grid, block, shared_bytes, stream>>>(args...);
 #endif
-}
-
-// A graph's column indices are int32 or int64, a run-time property of the graph (its params'
-// col_is_int32): the one switch to a sparse kernel's index type, `launch(index_t{})`.
-template <typename Launch>
-inline void dispatch_index(bool col_is_int32, Launch&& launch) {
-  if (col_is_int32) launch(int32_t{});
-  else launch(int64_t{});
 }
 
 }  // namespace scangraph

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "scangraph/host_device.h"
+#include "scangraph/index_type.h"
 
 namespace scangraph {
 

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 
+#include "scangraph/index_type.h"
 #include "scangraph/philox.h"
 
 namespace scangraph {
