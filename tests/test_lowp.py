@@ -397,7 +397,7 @@ def test_inference_ops_have_no_gradient():
 
 @pytest.mark.parametrize("case", [
     ("bits", lambda: scangraph.quantize(torch.randn(3, 4), bits=3), ValueError, "bits must be 8 or 4"),
-    ("bits op", lambda: torch.ops.scangraph.quantize(torch.randn(3, 4), 2, 0), RuntimeError, "bits must be 8 or 4"),
+    ("bits op", lambda: torch.ops.scangraph.quantize(torch.randn(3, 4), 2, 0), ValueError, "bits must be 8 or 4"),
     ("axis", lambda: scangraph.quantize(torch.randn(3, 4), 8, 2), ValueError, "axis"),
     ("int x", lambda: scangraph.quantize(torch.ones(3, 4, dtype=torch.int32)), TypeError, "float32"),
     ("nan", lambda: scangraph.quantize(torch.tensor([[1.0, float("nan")]])), RuntimeError, "NaN or inf"),
@@ -405,7 +405,7 @@ def test_inference_ops_have_no_gradient():
      RuntimeError, "NaN or inf"),
     ("K", lambda: scangraph.qlinear(torch.randn(3, 5), scangraph.quantize(torch.randn(4, 6))), ValueError, "K = 6"),
     ("K op", lambda: torch.ops.scangraph.qlinear(torch.randn(3, 5), torch.zeros(4, 6, dtype=torch.int8),
-                                                  torch.ones(4), 8, 6, None), RuntimeError, "K = 5"),
+                                                  torch.ones(4), 8, 6, None), ValueError, r"K = 6 .*\(3, 5\)"),
     ("w dtype", lambda: torch.ops.scangraph.qlinear(torch.randn(3, 6), torch.zeros(4, 6), torch.ones(4), 8, 6, None),
      RuntimeError, "must be int8"),
     ("w4 shape", lambda: torch.ops.scangraph.qlinear(torch.randn(3, 6), torch.zeros(4, 6, dtype=torch.uint8),
@@ -422,7 +422,7 @@ def test_inference_ops_have_no_gradient():
     ("activation", lambda: scangraph.qlinear(torch.randn(3, 4), scangraph.quantize(torch.randn(2, 4)),
                                              activation="tanh"), ValueError, "activation"),
     ("int32 + bias", lambda: scangraph.qlinear(torch.randn(3, 4), scangraph.quantize(torch.randn(2, 4)),
-                                               torch.ones(2), out_dtype=torch.int32), RuntimeError, "raw"),
+                                               torch.ones(2), out_dtype=torch.int32), ValueError, "raw"),
     ("qspmm bits", lambda: scangraph.qspmm(make_graph("karate"), scangraph.quantize(torch.randn(34, 4), 4)),
      ValueError, "8-bit"),
     ("qspmm rows", lambda: scangraph.qspmm(make_graph("karate"), scangraph.quantize(torch.randn(30, 4))),

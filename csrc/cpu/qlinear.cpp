@@ -18,7 +18,7 @@ template <typename scalar_t, bool kOffset>
 SCANGRAPH_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, int64_t Kp,
                                          int8_t* __restrict__ q) {
   const float amax = absmax(x, K);
-  check_finite(amax, "scangraph::qlinear");
+  check_finite(amax, "qlinear");
   const float scale = amax / 127.0f;
   const int offset = kOffset ? 128 : 0;
   if (scale > 0.0f) {
@@ -44,7 +44,7 @@ SCANGRAPH_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, i
 __attribute__((target("avx2"))) float quantize_row_avx2(const float* __restrict__ x, int64_t K, int64_t Kp,
                                                         int8_t* __restrict__ q) {
   const float amax = absmax(x, K);
-  check_finite(amax, "scangraph::qlinear");
+  check_finite(amax, "qlinear");
   const float scale = amax / 127.0f;
   if (!(scale > 0.0f)) {
     std::memset(q, 0, Kp);
@@ -428,7 +428,7 @@ void qlinear_kernel(const QLinearParams& p, QLinearIsa isa) {
   if (isa == QLinearIsa::Avx512Vnni) groups = &qlinear_vnni_groups<scalar_t, out_t>;
   if (amx) groups = &qlinear_amx_groups<scalar_t, out_t>;
 #else
-  TORCH_CHECK(isa == QLinearIsa::Scalar, "scangraph::qlinear: only the scalar path is compiled on this platform");
+  TORCH_CHECK(isa == QLinearIsa::Scalar, "qlinear: only the scalar path is compiled on this platform");
 #endif
   at::parallel_for(0, (p.M + kGroupRows - 1) / kGroupRows, 1, [&](int64_t g0, int64_t g1) {
     GroupBuffers buffers(panel);
@@ -454,7 +454,7 @@ at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tens
     const QLinearParams& p = call.params;
     for (int64_t n = 0; n < p.N; ++n)
       for (int64_t k = 0; k < p.K; ++k)
-        TORCH_CHECK(p.w[n * p.w_row_stride + k] != -128, "scangraph::qlinear: 8-bit weights must lie in "
+        TORCH_CHECK(p.w[n * p.w_row_stride + k] != -128, "qlinear: 8-bit weights must lie in "
                     "[-127, 127], found -128 in row ", n, " (quantize with scangraph.quantize)");
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qlinear_cpu", [&] {
@@ -482,7 +482,7 @@ at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
                            int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
                            std::optional<at::ScalarType> out_dtype, c10::string_view isa) {
-  const char* op = "scangraph::_qlinear_cpu_isa";
+  const char* op = "_qlinear_cpu_isa";
   QLinearIsa chosen = QLinearIsa::Scalar;
   if (isa == "avx2") {
     TORCH_CHECK(cpu::has_avx2(), op, ": this CPU has no AVX2");

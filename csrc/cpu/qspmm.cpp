@@ -226,7 +226,7 @@ void qspmm_dispatch(const QSpmmParams& p, QSpmmIsa isa) {
 at::Tensor qspmm_impl(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
                       const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce, QSpmmIsa isa) {
   KernelCall<QSpmmParams> call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
-  validate_csr(rowptr, col, x.size(0), "scangraph::qspmm");
+  validate_csr(rowptr, col, x.size(0), "qspmm");
   dispatch_index(call.params.col_is_int32, [&](auto index) { qspmm_dispatch<decltype(index)>(call.params, isa); });
   return call.out;
 }
@@ -240,7 +240,7 @@ at::Tensor qspmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const std:
 at::Tensor qspmm_cpu_isa(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
                          const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce,
                          c10::string_view isa) {
-  const char* op = "scangraph::_qspmm_cpu_isa";
+  const char* op = "_qspmm_cpu_isa";
   QSpmmIsa chosen = QSpmmIsa::Scalar;
   if (isa == "avx2") {
     TORCH_CHECK(cpu::has_avx2_fma(), op, ": this CPU has no AVX2 with FMA");

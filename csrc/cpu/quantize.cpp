@@ -17,7 +17,7 @@ void quantize_kernel(const QuantizeParams& p) {
         const float mo = absmax(x + (o * p.channels + c) * p.inner, p.inner);
         m = (mo > m || mo != mo) ? mo : m;  // keeps a NaN once seen
       }
-      check_finite(m, "scangraph::quantize");
+      check_finite(m, "quantize");
       p.scale[c] = m / float(qmax);
     }
   });

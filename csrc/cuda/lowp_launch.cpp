@@ -26,7 +26,7 @@ LowpType lowp_type(at::ScalarType t) {
 std::tuple<at::Tensor, at::Tensor> quantize_cuda_op(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
   const CudaDeviceGuard guard(x.device());
   KernelCall<QuantizeParams> call = prepare_quantize(x, bits, axis);
-  TORCH_CHECK(call.params.channels < (int64_t(1) << 31), "scangraph::quantize: at most 2^31 - 1 channels on CUDA");
+  TORCH_CHECK(call.params.channels < (int64_t(1) << 31), "quantize: at most 2^31 - 1 channels on CUDA");
   quantize_cuda(call.params, lowp_type(x.scalar_type()), current_cuda_stream());
   check_cuda_launch();
   return {call.out, call.out2};
@@ -38,7 +38,7 @@ at::Tensor qlinear_cuda_op(const at::Tensor& x, const at::Tensor& w, const at::T
   const CudaDeviceGuard guard(x.device());
   KernelCall<QLinearParams> call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
   // Output tiles of 64: grid.y (N) is limited to 65535 blocks.
-  TORCH_CHECK(call.params.N <= int64_t(65535) * 64, "scangraph::qlinear: N = ", call.params.N,
+  TORCH_CHECK(call.params.N <= int64_t(65535) * 64, "qlinear: N = ", call.params.N,
               " exceeds the CUDA kernel's limit of ", int64_t(65535) * 64);
   qlinear_cuda(call.params, lowp_type(x.scalar_type()), lowp_type(call.out.scalar_type()),
                current_cuda_stream());

@@ -1,5 +1,7 @@
 // Torch-side argument checks and parameter packing shared by the CPU and CUDA glue of the
-// low-precision ops. Kernels see only the torch-free structs of scangraph/lowp_params.h.
+// low-precision ops. Kernels see only the torch-free structs of scangraph/lowp_params.h. Where
+// the public function (ops/lowp.py) checks the same thing, the exception and the message are
+// its own (tests/test_bad_input.py asserts it).
 #pragma once
 #include <ATen/ATen.h>
 #include <optional>
@@ -12,29 +14,24 @@
 namespace scangraph {
 
 inline void check_bits(int64_t bits, const char* op) {
-  TORCH_CHECK(bits == 8 || bits == 4, op, ": bits must be 8 or 4, got ", bits);
-}
-
-inline void check_float_input(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
-                  t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-              op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(bits == 8 || bits == 4, op, ": bits must be 8 or 4, got ", bits);
 }
 
 // quantize -> (data, scale) as (out, out2): data int8 of x's shape (8 bits) or uint8 with the
 // last dimension halved, rounded up (4 bits); scale (channels,) float32.
 inline KernelCall<QuantizeParams> prepare_quantize(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
-  const char* op = "scangraph::quantize";
+  const char* op = "quantize";
   check_bits(bits, op);
-  check_float_input(x, op, "x");
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension, got a scalar");
+  check_float(x, op, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension, got a scalar");
   KernelCall<QuantizeParams> call;
   const at::Tensor xc = x.contiguous();
   call.owned.push_back(xc);
   int64_t outer = 1, channels = 1, inner = x.numel();
   if (axis.has_value()) {
     const int64_t a = *axis < 0 ? *axis + x.dim() : *axis;
-    TORCH_CHECK(a >= 0 && a < x.dim(), op, ": axis ", *axis, " is out of range for a ", x.dim(), "-D tensor");
+    TORCH_CHECK_VALUE(a >= 0 && a < x.dim(), op, ": axis must be None or an int in [", -x.dim(), ", ", x.dim(),
+                      "), got ", *axis);
     outer = 1;
     for (int64_t d = 0; d < a; ++d) outer *= x.size(d);
     channels = x.size(a);
@@ -63,7 +60,8 @@ inline Activation parse_activation(c10::string_view name, const char* op) {
   if (name == "relu") return Activation::Relu;
   if (name == "gelu") return Activation::Gelu;
   if (name == "silu") return Activation::Silu;
-  TORCH_CHECK(false, op, ": activation must be 'none', 'relu', 'gelu' or 'silu', got '", std::string(name), "'");
+  TORCH_CHECK_VALUE(false, op, ": activation must be one of (None, 'none', 'relu', 'gelu', 'silu'), got '",
+                    std::string(name), "'");
 }
 
 // x (M, K) float; w (N, K) int8 or (N, ceil(K / 2)) uint8 for 4 bits; w_scale (N,) float32;
@@ -71,13 +69,14 @@ inline Activation parse_activation(c10::string_view name, const char* op) {
 inline KernelCall<QLinearParams> prepare_qlinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
                                    int64_t w_bits, int64_t in_features, const std::optional<at::Tensor>& bias,
                                    c10::string_view activation, std::optional<at::ScalarType> out_dtype) {
-  const char* op = "scangraph::qlinear";
+  const char* op = "qlinear";
   check_bits(w_bits, op);
-  check_float_input(x, op, "x");
-  TORCH_CHECK(x.dim() == 2, op, ": x must be (M, K), got shape ", x.sizes());
+  check_float(x, op, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == in_features, op, ": x must be (..., K) with K = ", in_features,
+                    " (the weight's in_features), got shape ", shape_str(x.sizes()));
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": the op takes x as (M, K) (the public function flattens the leading "
+                    "dimensions), got shape ", shape_str(x.sizes()));
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(in_features == K, op, ": x has K = ", K, " features but the weight was quantized with ",
-              in_features, " input features");
   TORCH_CHECK(K <= kMaxExactK, op, ": K = ", K, " exceeds ", kMaxExactK,
               ", beyond which the int32 accumulator could overflow");
   TORCH_CHECK(w.dim() == 2, op, ": w must be 2-D (N, K), got shape ", w.sizes());
@@ -92,18 +91,17 @@ inline KernelCall<QLinearParams> prepare_qlinear(const at::Tensor& x, const at::
   }
   TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.size(0) == N, op,
               ": w_scale must be float32 (N,) = (", N, ",), got ", w_scale.scalar_type(), " ", w_scale.sizes());
-  TORCH_CHECK(w.device() == x.device() && w_scale.device() == x.device(), op,
-              ": x, w and w_scale must be on one device, got ", x.device(), ", ", w.device(), ", ",
-              w_scale.device());
+  check_same_device(x, w, op, "x", "w");
+  check_same_device(w_scale, w, op, "w_scale", "w");
   const at::ScalarType out_type =
       out_dtype.value_or(x.scalar_type() == at::kDouble ? at::kFloat : x.scalar_type());
-  TORCH_CHECK(out_type == at::kFloat || out_type == at::kHalf || out_type == at::kBFloat16 ||
-                  out_type == at::kInt,
-              op, ": out_dtype must be float32, float16, bfloat16 or int32 (the raw accumulator), got ", out_type);
+  TORCH_CHECK_VALUE(out_type == at::kFloat || out_type == at::kHalf || out_type == at::kBFloat16 ||
+                        out_type == at::kInt,
+                    op, ": out_dtype must be None, float32, float16, bfloat16 or int32, got ", dtype_name(out_type));
   const Activation act = parse_activation(activation, op);
   const bool int_output = out_type == at::kInt;
-  TORCH_CHECK(!int_output || (act == Activation::None && !bias.has_value()), op,
-              ": out_dtype=int32 returns the raw integer accumulator: bias and activation must be None");
+  TORCH_CHECK_VALUE(!int_output || (act == Activation::None && !bias.has_value()), op,
+                    ": out_dtype=int32 returns the raw integer accumulator: bias and activation must be None");
   KernelCall<QLinearParams> call;
   QLinearParams& p = call.params;
   at::Tensor xv = x.stride(1) == 1 ? x : x.contiguous();
@@ -111,9 +109,10 @@ inline KernelCall<QLinearParams> prepare_qlinear(const at::Tensor& x, const at::
   const at::Tensor wc = call.owned.emplace_back(w.contiguous());
   const at::Tensor sc = call.owned.emplace_back(w_scale.contiguous());
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && at::isFloatingType(bias->scalar_type()), op,
-                ": bias must be a float (N,) = (", N, ",) tensor, got ", bias->scalar_type(), " ", bias->sizes());
-    TORCH_CHECK(bias->device() == x.device(), op, ": bias must be on ", x.device(), ", got ", bias->device());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N && at::isFloatingType(bias->scalar_type()), op,
+                      ": bias must be a float (", N, ",) tensor, got ", dtype_name(bias->scalar_type()), " ",
+                      shape_str(bias->sizes()));
+    check_same_device(*bias, x, op, "bias", "x");
     // The epilogue adds the bias in fp32 (rounded once to the output at the end).
     p.bias = call.owned.emplace_back(bias->to(at::kFloat).contiguous()).data_ptr();
   }
@@ -135,10 +134,10 @@ inline KernelCall<QLinearParams> prepare_qlinear(const at::Tensor& x, const at::
 
 inline KernelCall<QSpmmParams> prepare_qspmm(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
                                const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
-  const char* op = "scangraph::qspmm";
+  const char* op = "qspmm";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
-  TORCH_CHECK(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
-              ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
+  TORCH_CHECK_VALUE(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
+                    ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kChar, op,
               ": x must be int8 (num_src, F) (8-bit per-row quantized features), got ", x.scalar_type(), " ",
               x.sizes());
@@ -149,11 +148,14 @@ inline KernelCall<QSpmmParams> prepare_qspmm(const at::Tensor& rowptr, const at:
   KernelCall<QSpmmParams> call;
   QSpmmParams& p = call.params;
   if (weight.has_value()) {
-    TORCH_CHECK(weight->scalar_type() == at::kFloat && weight->dim() == 1 && weight->size(0) == num_edges, op,
-                ": edge_weight must be float32 (num_edges,) = (", num_edges, ",), got ", weight->scalar_type(), " ",
-                weight->sizes());
-    TORCH_CHECK(weight->device() == x.device(), op, ": edge_weight must be on ", x.device());
-    p.weight = call.owned.emplace_back(weight->contiguous()).data_ptr<float>();
+    // The public function's order and messages: the dtype, the device, then the shape.
+    TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), op, ": edge_weight must be a float (", num_edges,
+                     ",) tensor, got ", dtype_name(weight->scalar_type()));
+    check_same_device(*weight, rowptr, op, "edge_weight", "the graph");
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == num_edges, op, ": edge_weight must be (", num_edges,
+                      ",), got ", shape_str(weight->sizes()));
+    // The kernels weigh in fp32, as the public function passes them.
+    p.weight = call.owned.emplace_back(weight->to(at::kFloat).contiguous()).data_ptr<float>();
   }
   const at::Tensor xv = call.owned.emplace_back(x.stride(1) == 1 ? x : x.contiguous());
   const at::Tensor sv = call.owned.emplace_back(x_scale.contiguous());

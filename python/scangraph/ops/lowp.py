@@ -15,7 +15,7 @@ from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.graph import CSRGraph
 from scangraph.ops import _lowp_lib  # noqa: F401  (importing it registers the ops, their fakes and autograd)
-from scangraph.ops._rules import FLOAT_DTYPES
+from scangraph.ops._rules import check_tensor, dtype_name
 
 ACTIVATIONS = (None, "none", "relu", "gelu", "silu")
 
@@ -101,11 +101,8 @@ def quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, *, backend
         axis: torch's per-channel convention: for (rows, cols), axis=0 is one scale per row
             (per-token activations; per-output-channel weights of an (out, in) weight).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"quantize: x must be a torch.Tensor, got {type(x).__name__}")
     _check_bits("quantize", bits)
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"quantize: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    check_tensor("quantize", "x", x)
     if x.dim() == 0:
         raise ValueError("quantize: x must have at least one dimension, got a scalar")
     axis = _normalize_axis("quantize", axis, x.dim())
@@ -146,11 +143,8 @@ def qlinear(x: torch.Tensor, w: QTensor, bias: Optional[torch.Tensor] = None, ac
     Returns (..., N). Not differentiable (backward raises): use fake_quantize for training.
     """
     op = "qlinear"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(op, "x", x)
     _check_qtensor(op, "w", w)
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if act_bits != 8:
         raise ValueError(f"{op}: act_bits must be 8 (activations are quantized to int8), got {act_bits!r}")
     if len(w.shape) != 2:
@@ -164,13 +158,17 @@ def qlinear(x: torch.Tensor, w: QTensor, bias: Optional[torch.Tensor] = None, ac
     if activation not in ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
     if out_dtype not in (None, torch.float32, torch.float16, torch.bfloat16, torch.int32):
-        raise ValueError(f"{op}: out_dtype must be None, float32, float16, bfloat16 or int32, got {out_dtype}")
+        got = dtype_name(out_dtype) if isinstance(out_dtype, torch.dtype) else repr(out_dtype)
+        raise ValueError(f"{op}: out_dtype must be None, float32, float16, bfloat16 or int32, got {got}")
+    if out_dtype == torch.int32 and (bias is not None or activation not in (None, "none")):
+        raise ValueError(f"{op}: out_dtype=int32 returns the raw integer accumulator: bias and activation must be None")
     if w.device != x.device:
         raise ValueError(f"{op}: x is on {x.device} but w is on {w.device}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"{op}: bias must be a float ({w.shape[0]},) tensor or None, got {type(bias).__name__}")
     if bias is not None and (bias.shape != (w.shape[0],) or not bias.is_floating_point()):
-        raise ValueError(f"{op}: bias must be a float ({w.shape[0]},) tensor, got {bias.dtype} {tuple(bias.shape)}")
+        raise ValueError(f"{op}: bias must be a float ({w.shape[0]},) tensor, got {dtype_name(bias.dtype)} "
+                         f"{tuple(bias.shape)}")
     if bias is not None and bias.device != x.device:
         raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
     n = w.shape[0]
@@ -214,8 +212,8 @@ def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Option
     weight = edge_weight
     if weight is not None:
         if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-            raise TypeError(f"{op}: edge_weight must be a float ({graph.num_edges},) tensor, got "
-                            f"{getattr(weight, 'dtype', type(weight).__name__)}")
+            got = dtype_name(weight.dtype) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise TypeError(f"{op}: edge_weight must be a float ({graph.num_edges},) tensor, got {got}")
         if weight.device != graph.device:
             raise ValueError(f"{op}: edge_weight is on {weight.device} but the graph is on {graph.device}")
         if weight.shape != (graph.num_edges,):
@@ -243,15 +241,14 @@ def fake_quantize(x: torch.Tensor, bits: int = 8, axis: Optional[int] = 0, scale
     plain autograd (x - x.detach() masked), so torch.compile traces it.
     """
     _check_bits("fake_quantize", bits)
-    if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"fake_quantize: x must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    check_tensor("fake_quantize", "x", x)
     axis = _normalize_axis("fake_quantize", axis, max(x.dim(), 1))
     if scale is not None:
         # Shape and dtype only: a check of the values would synchronise the device every step.
         channels = 1 if axis is None else x.shape[axis]
         if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
-            raise TypeError(f"fake_quantize: scale must be a float tensor, got "
-                            f"{getattr(scale, 'dtype', type(scale).__name__)}")
+            got = dtype_name(scale.dtype) if isinstance(scale, torch.Tensor) else type(scale).__name__
+            raise TypeError(f"fake_quantize: scale must be a float tensor, got {got}")
         if scale.numel() != channels or scale.dim() > 1:
             raise ValueError(f"fake_quantize: scale must hold {channels} value(s), one per index along axis "
                              f"{axis} (axis=None: one), as a 0-d or 1-D tensor, got shape {tuple(scale.shape)}")
