@@ -444,15 +444,14 @@ def _raw_qspmm(graph, xq, reduce="sum", edge_weight=None):
 # Every case that the raw ops can see as the public functions do. Not: the prefix-attention
 # initial_state cases (the raw ops take m0, c0, w0 apart, already in the accumulation dtype), the
 # step's state cases (the public function checks the tuple before the raw op sees its parts),
-# the graph and reduce cases (the raw sparse ops take rowptr / col, and spmm's max / min are the
-# op spmm_arg), the row counts of the source side (the raw ops take the graph's column count
+# the graph cases (the raw sparse ops take rowptr / col), the row counts of the source side (the raw ops take the graph's column count
 # from the features themselves), and what a QTensor carries apart from its data and scales (its
 # bits, axis and logical shape), or the public function alone takes (act_bits).
 RAW_CASES = [case for case in CASES if case[0] == "selective_scan" or (
     case[0] in ("prefix_attention", "prefix_attention_step") and "state" not in case[1]) or case in (
     ("spmm", "x rank 1"), ("spmm", "x rank 4"), ("spmm", "x int"), ("spmm", "x bool"), ("spmm", "edge_weight shape"),
     ("spmm", "edge_weight heads"), ("spmm", "edge_weight dtype"), ("sddmm", "a rows"), ("sddmm", "a rank 1"),
-    ("sddmm", "b dtype"), ("sddmm", "trailing shape"), ("sddmm", "b int"))] + [
+    ("sddmm", "b dtype"), ("sddmm", "trailing shape"), ("sddmm", "b int"), ("spmm", "reduce"))] + [
     case for case in CASES if case[0] in ("quantize", "qlinear", "qspmm") and case[1] in (
         "bits", "axis", "x int", "x scalar", "x NaN", "x inf", "x K", "bias shape", "bias int", "activation",
         "out_dtype", "int32 with bias", "reduce", "edge_weight shape", "edge_weight int", "unvalidated col")]

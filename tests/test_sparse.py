@@ -358,7 +358,7 @@ def _bad_spmm_calls():
                                "edge_weight must be"),
         "weight wrong dtype": (lambda: scangraph.spmm(graph, x, "sum", torch.rand(graph.num_edges).double()),
                                ValueError, "match x in dtype"),
-        "unknown reduce": (lambda: scangraph.spmm(graph, x, "prod"), ValueError, "reduce must be one of"),
+        "unknown reduce": (lambda: scangraph.spmm(graph, x, "prod"), ValueError, "reduce must be .sum., .mean., .max. or .min."),
         "not a graph": (lambda: scangraph.spmm(graph.rowptr, x), TypeError, "CSRGraph"),
         "sddmm trailing shapes": (lambda: scangraph.sddmm(graph, x, x[:, :3]), ValueError, "trailing shape"),
         "unknown backend": (lambda: scangraph.spmm(graph, x, backend="numba"), ValueError, "backend must be"),

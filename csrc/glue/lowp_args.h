@@ -136,8 +136,7 @@ inline KernelCall<QSpmmParams> prepare_qspmm(const at::Tensor& rowptr, const at:
                                const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
   const char* op = "qspmm";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
-  TORCH_CHECK_VALUE(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
-                    ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
+  check_reduce(op, reduce);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kChar, op,
               ": x must be int8 (num_src, F) (8-bit per-row quantized features), got ", x.scalar_type(), " ",
               x.sizes());

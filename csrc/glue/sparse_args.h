@@ -30,14 +30,22 @@ inline int64_t check_csr(const at::Tensor& rowptr, const at::Tensor& col, const 
   return col.numel();
 }
 
+// check_reduce of ops/_rules.py: the reductions of spmm and qspmm.
+inline void check_reduce(const char* op, c10::string_view reduce) {
+  TORCH_CHECK_VALUE(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
+                    ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
+}
+
 // spmm (sum | mean) and spmm_arg (max | min) are separate ops: the latter returns the winners.
+// A reduction that neither takes gets the public function's message.
 inline void check_reduce_for(const char* op, c10::string_view reduce, bool extreme) {
+  check_reduce(op, reduce);
   if (extreme) {
-    TORCH_CHECK(reduce == "max" || reduce == "min", op, ": reduce must be 'max' or 'min', got '",
-                std::string(reduce), "'");
+    TORCH_CHECK_VALUE(reduce == "max" || reduce == "min", op, ": reduce must be 'max' or 'min', got '",
+                      std::string(reduce), "'");
   } else {
-    TORCH_CHECK(reduce == "sum" || reduce == "mean", op, ": reduce must be 'sum' or 'mean' ",
-                "(max / min are spmm_arg), got '", std::string(reduce), "'");
+    TORCH_CHECK_VALUE(reduce == "sum" || reduce == "mean", op, ": reduce must be 'sum' or 'mean' ",
+                      "(max / min are spmm_arg), got '", std::string(reduce), "'");
   }
 }
 
@@ -57,8 +65,7 @@ inline KernelCall<SpmmParams> prepare_spmm(const at::Tensor& rowptr, const at::T
                                            const at::Tensor& x, c10::string_view reduce) {
   const char* op = "spmm";
   const int64_t num_edges = check_csr(rowptr, col, x, op);
-  TORCH_CHECK(reduce == "sum" || reduce == "mean" || reduce == "max" || reduce == "min", op,
-              ": reduce must be 'sum', 'mean', 'max' or 'min', got '", std::string(reduce), "'");
+  check_reduce(op, reduce);
   KernelCall<SpmmParams> call;
   SpmmParams& p = call.params;
   const at::Tensor xv = call.owned.emplace_back(as_node_head_feature(x, op, "x"));

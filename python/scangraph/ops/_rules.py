@@ -35,6 +35,16 @@ def check_tensor(op: str, name: str, t, shape=None, dtypes=FLOAT_DTYPES, like=No
         raise ValueError(f"{op}: {name} is on {t.device} but {like_name} is on {like.device}")
 
 
+# The reductions of the sparse aggregations (spmm, qspmm).
+REDUCES = ("sum", "mean", "max", "min")
+
+
+def check_reduce(op: str, reduce) -> None:
+    """reduce is one of REDUCES, else ValueError (check_reduce in csrc/glue/sparse_args.h)."""
+    if reduce not in REDUCES:
+        raise ValueError(f"{op}: reduce must be 'sum', 'mean', 'max' or 'min', got {reduce!r}")
+
+
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The kernels accumulate in float32, or in float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -15,7 +15,7 @@ from scangraph import backend as _backend
 from scangraph import reference
 from scangraph.graph import CSRGraph
 from scangraph.ops import _lowp_lib  # noqa: F401  (importing it registers the ops, their fakes and autograd)
-from scangraph.ops._rules import check_tensor, dtype_name
+from scangraph.ops._rules import check_reduce, check_tensor, dtype_name
 
 ACTIVATIONS = (None, "none", "relu", "gelu", "silu")
 
@@ -205,8 +205,7 @@ def qspmm(graph: CSRGraph, xq: QTensor, reduce: str = "sum", edge_weight: Option
                          f"got shape {xq.shape}")
     if xq.axis not in (0, None):
         raise ValueError(f"{op}: xq must be quantized per row (axis=0) or per tensor, got axis={xq.axis}")
-    if reduce not in ("sum", "mean", "max", "min"):
-        raise ValueError(f"{op}: reduce must be 'sum', 'mean', 'max' or 'min', got {reduce!r}")
+    check_reduce(op, reduce)
     if xq.device != graph.device:
         raise ValueError(f"{op}: xq is on {xq.device} but the graph is on {graph.device}")
     weight = edge_weight

@@ -24,9 +24,8 @@ from scangraph import reference
 from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph
 from scangraph.ops import _sparse_lib  # noqa: F401  (importing it registers the ops, their fakes and autograd)
-from scangraph.ops._rules import FLOAT_DTYPES, dtype_name, dtype_names
+from scangraph.ops._rules import FLOAT_DTYPES, check_reduce, dtype_name, dtype_names
 
-REDUCES = ("sum", "mean", "max", "min")
 
 # ---- public functions ------------------------------------------------------------------------
 def _check_features(op: str, name: str, t, graph: CSRGraph, rows: int, rows_what: str):
@@ -112,8 +111,7 @@ def spmm(graph: CSRGraph, x: torch.Tensor, reduce: str = "sum",
         return spmm(graph.local, graph.exchange(x), reduce, graph.local_edge_tensor(edge_weight), backend=backend)
     _check_graph("spmm", graph)
     _check_features("spmm", "x", x, graph, graph.num_cols, "one per source node of the graph")
-    if reduce not in REDUCES:
-        raise ValueError(f"spmm: reduce must be one of {REDUCES}, got {reduce!r}")
+    check_reduce("spmm", reduce)
     if return_arg and reduce not in ("max", "min"):
         raise ValueError(f"spmm: return_arg needs reduce 'max' or 'min', got {reduce!r}")
     weight = _edge_weight("spmm", graph, edge_weight, x)
