@@ -17,10 +17,6 @@ from scangraph.triton_kernels import selective_scan as kernels  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() and not triton_kernels.INTERPRETED else "cpu"
 
 
-def _direct(kernel):  # stands in for torch.library.wrap_triton outside an op
-    return kernel
-
-
 def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -62,7 +58,7 @@ def run_forward(case):
     out = torch.empty_like(u)
     last = torch.empty(states, dim, A.shape[1], dtype=acc, device=u.device)
     ckpt = torch.empty(batch, dim, math.ceil(length / CHUNK), A.shape[1], dtype=acc, device=u.device)
-    kernels.launch_selective_scan(_direct, out=out, last_state=last, checkpoints=ckpt, **case)
+    kernels.launch_selective_scan(out=out, last_state=last, checkpoints=ckpt, **case)
     return out, last, ckpt
 
 
@@ -75,7 +71,7 @@ def run_backward(case, grad_out, grad_last, checkpoints):
         dD=torch.empty_like(case["D"]) if case["D"] is not None else None,
         ddelta_bias=torch.empty_like(case["delta_bias"]) if case["delta_bias"] is not None else None,
         dinitial_state=torch.empty_like(case["initial_state"]) if case["initial_state"] is not None else None)
-    kernels.launch_selective_scan_backward(_direct, grad_out, grad_last, checkpoints=checkpoints, **case, **grads)
+    kernels.launch_selective_scan_backward(grad_out, grad_last, checkpoints=checkpoints, **case, **grads)
     return grads
 
 
@@ -252,7 +248,7 @@ def test_state_update(dtype, groups):
         *(t.double() for t in (state, x, dt, A, B, C, D, z, bias)), dt_softplus=True)
     out = torch.empty_like(x)
     work = state.clone()
-    kernels.launch_selective_state_update(_direct, work, x, dt, A, B, C, D, z, bias, True, out)
+    kernels.launch_selective_state_update(work, x, dt, A, B, C, D, z, bias, True, out)
     _close(out, ref_out, dtype)
     _close(work, ref_state, dtype)
 

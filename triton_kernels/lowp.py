@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import wrap_triton
+
 # quantize: elements per program step.
 QUANT_BLOCK = 256
 # qlinear tiles: tl.dot on int8 needs every dimension >= 16; 32 x 32 x 32 keeps the
@@ -71,7 +73,7 @@ def quantize_kernel(x_ptr, scale_ptr, data_ptr, last_dim, row_bytes, channels, i
         tl.store(data_ptr + row * row_bytes + b, byte.to(tl.uint8), mask=bmask)
 
 
-def launch_quantize(wrap, x, bits, axis, data, scale):
+def launch_quantize(x, bits, axis, data, scale):
     outer, channels, inner = 1, 1, x.numel()
     if axis is not None:
         channels = x.shape[axis]
@@ -82,13 +84,13 @@ def launch_quantize(wrap, x, bits, axis, data, scale):
         for d in x.shape[axis + 1:]:
             inner *= d
     qmax = 127 if bits == 8 else 7
-    wrap(absmax_scale_kernel)[(channels,)](x, scale, outer, channels, inner, QMAX=qmax, BLOCK=QUANT_BLOCK)
+    wrap_triton(absmax_scale_kernel)[(channels,)](x, scale, outer, channels, inner, QMAX=qmax, BLOCK=QUANT_BLOCK)
     last = x.shape[-1]
     rows = x.numel() // last if last else 0
     row_bytes = data.shape[-1]
     if rows and row_bytes:
         grid = (rows, triton.cdiv(row_bytes, QUANT_BLOCK))
-        wrap(quantize_kernel)[grid](x, scale, data, last, row_bytes, channels, inner, BITS=bits, BLOCK=QUANT_BLOCK)
+        wrap_triton(quantize_kernel)[grid](x, scale, data, last, row_bytes, channels, inner, BITS=bits, BLOCK=QUANT_BLOCK)
 
 
 @triton.jit
@@ -145,7 +147,7 @@ def qlinear_kernel(x_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, x_row_
         tl.store(out_ptr + out_offsets, y.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-def launch_qlinear(wrap, x, w, w_scale, w_bits, in_features, bias, activation, out):
+def launch_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out):
     if w_bits not in (8, 4):
         raise ValueError(f"qlinear_triton: w_bits must be 8 or 4, got {w_bits}")
     if x.dim() != 2 or x.shape[1] != in_features:
@@ -160,7 +162,7 @@ def launch_qlinear(wrap, x, w, w_scale, w_bits, in_features, bias, activation, o
     if M == 0 or N == 0:
         return
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-    wrap(qlinear_kernel)[grid](x, w, w_scale, bias if bias is not None else w_scale, out, M, N, K, x.stride(0),
+    wrap_triton(qlinear_kernel)[grid](x, w, w_scale, bias if bias is not None else w_scale, out, M, N, K, x.stride(0),
                                w.stride(0), W_INT4=w_bits == 4, HAS_BIAS=bias is not None,
                                ACTIVATION=_ACTIVATION_CODES[activation], INT_OUT=int_out,
                                BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
@@ -200,7 +202,7 @@ def qspmm_kernel(rowptr_ptr, col_ptr, weight_ptr, x_ptr, scale_ptr, out_ptr, num
     tl.store(out_ptr + row * num_features + features, acc, mask=feature_mask)
 
 
-def launch_qspmm(wrap, rowptr, col, weight, x, x_scale, reduce, out):
+def launch_qspmm(rowptr, col, weight, x, x_scale, reduce, out):
     if reduce not in _REDUCE_CODES:
         raise ValueError(f"qspmm_triton: reduce must be one of {tuple(_REDUCE_CODES)}, got {reduce!r}")
     if x.dtype != torch.int8 or x_scale.dtype != torch.float32:
@@ -210,6 +212,6 @@ def launch_qspmm(wrap, rowptr, col, weight, x, x_scale, reduce, out):
         return
     block_f = min(MAX_BLOCK_F, triton.next_power_of_2(features))
     grid = (rows, triton.cdiv(features, block_f))
-    wrap(qspmm_kernel)[grid](rowptr, col, weight if weight is not None else x_scale, x, x_scale, out, features,
+    wrap_triton(qspmm_kernel)[grid](rowptr, col, weight if weight is not None else x_scale, x, x_scale, out, features,
                              x.stride(0), HAS_WEIGHT=weight is not None, REDUCE=_REDUCE_CODES[reduce],
                              BLOCK_E=BLOCK_E, BLOCK_F=block_f)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from scangraph.ops._rules import opmath_dtype
 
-from . import TARGET_WARPS
+from . import TARGET_WARPS, wrap_triton
 from .accumulate import accumulator
 
 # The chunk's (BLOCK_L, BLOCK_L, BLOCK_DV) product is the largest live tile: 16K values keeps it
@@ -359,9 +359,9 @@ def _plan(seqs, heads, seqlen, block_l, like):
     return length, segments, scratch
 
 
-def launch_prefix_attention(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last, c_last, w_last):
-    """Fills o, the statistics m, c (None: not kept) and the final state; `wrap` is
-    torch.library.wrap_triton. The final state may be the initial state's tensors (the step op)."""
+def launch_prefix_attention(q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, m_last, c_last, w_last):
+    """Fills o, the statistics m, c (None: not kept) and the final state. The final state may be
+    the initial state's tensors (the step op)."""
     batch, seqlen, heads, dim = k.shape
     dim_v = v.shape[3]
     seqs = batch if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -378,14 +378,14 @@ def launch_prefix_attention(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, 
                   ACC=accumulator(k.dtype), BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_DV=block_dv)
 
     def walk(mode):
-        wrap(prefix_attention_fwd_kernel)[(seqs, heads, segments)](
+        wrap_triton(prefix_attention_fwd_kernel)[(seqs, heads, segments)](
             q3, k, v, o, m if has_stats else o, c if has_stats else o, *initial, m_last, c_last, w_last, cu, scratch,
             _scale_tensor(scale, k), seqlen, heads, dim, dim_v, length, segments, q_batch_stride, q3.stride(1),
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), MODE=mode, **common)
 
     if segments > 1:
         walk(1)
-        wrap(prefix_attention_combine_kernel)[(seqs, heads)](
+        wrap_triton(prefix_attention_combine_kernel)[(seqs, heads)](
             *initial, cu, scratch, seqlen, heads, dim_v, length, segments, HAS_STATE=has_state,
             VARLEN=cu_seqlens is not None, ACC=accumulator(k.dtype), BLOCK_DV=block_dv)
         walk(2)
@@ -393,7 +393,7 @@ def launch_prefix_attention(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, 
         walk(0)
 
 
-def launch_prefix_attention_backward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last,
+def launch_prefix_attention_backward(q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last,
                     grad_c_last, grad_w_last, dq_partial, dk, dv, dm0, dc0, dw0):
     batch, seqlen, heads, dim = k.shape
     dim_v = v.shape[3]
@@ -409,7 +409,7 @@ def launch_prefix_attention_backward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlen
     m, c, c_last, w_last = (t.contiguous() for t in (m, c, c_last, w_last))
 
     def walk(mode):
-        wrap(prefix_attention_bwd_kernel)[(seqs, heads, segments)](
+        wrap_triton(prefix_attention_bwd_kernel)[(seqs, heads, segments)](
             q3, k, v, o, m, c, m0.contiguous() if has_state else o, c0.contiguous() if has_state else o,
             w0.contiguous() if has_state else o, c_last, w_last, grad_o, grad_m_last, grad_c_last, grad_w_last,
             cu, scratch, dq_segments, dk, dv, dm0, dc0, dw0, _scale_tensor(scale, k), seqlen, heads, dim, dim_v,
@@ -420,7 +420,7 @@ def launch_prefix_attention_backward(wrap, q, k, v, scale, m0, c0, w0, cu_seqlen
 
     if segments > 1:
         walk(1)
-        wrap(prefix_attention_combine_bwd_kernel)[(seqs, heads)](
+        wrap_triton(prefix_attention_combine_bwd_kernel)[(seqs, heads)](
             grad_c_last, grad_w_last, cu, scratch, seqlen, heads, dim_v, length, segments,
             VARLEN=cu_seqlens is not None, ACC=accumulator(k.dtype), BLOCK_DV=block_dv)
         walk(2)

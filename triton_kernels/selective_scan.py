@@ -30,7 +30,7 @@ import triton.language as tl
 
 from scangraph.ops._rules import SCAN_CHUNK as CHUNK, opmath_dtype, scan_partitions
 
-from . import TARGET_WARPS
+from . import TARGET_WARPS, wrap_triton
 from .accumulate import accumulator
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -642,14 +642,14 @@ def _segment_scratch(like, units, segments, dstate, acc):
     return make((3, units, segments, dstate), dtype=acc, device=like.device)
 
 
-def _compose(wrap, scratch, segments, right_to_left):
+def _compose(scratch, segments, right_to_left):
     units, dstate = scratch.shape[1], scratch.shape[3]
     block = 256
-    wrap(selective_scan_segments_kernel)[(triton.cdiv(units * dstate, block),)](
+    wrap_triton(selective_scan_segments_kernel)[(triton.cdiv(units * dstate, block),)](
         scratch, units, segments, dstate, RIGHT_TO_LEFT=right_to_left, BLOCK=block)
 
 
-def launch_selective_scan(wrap, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+def launch_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                           cu_seqlens, reverse, out, last_state, checkpoints):
     """Fills out (batch, dim, L), last_state (S, dim, N) and checkpoints (batch, dim, chunks, N):
     the carried state entering scan position k * 64, before the reset of a sequence starting there.
@@ -665,7 +665,7 @@ def launch_selective_scan(wrap, u, delta, A, B, C, D, z, delta_bias, delta_softp
             if segments > 1 else checkpoints
 
         def run(mode):
-            wrap(selective_scan_fwd_kernel)[(batch * dim, segments)](
+            wrap_triton(selective_scan_fwd_kernel)[(batch * dim, segments)](
                 u, delta, z if z is not None else u, A, B, C, D if D is not None else A,
                 delta_bias if delta_bias is not None else A, initial_state if initial_state is not None else A,
                 start, end, out, last_state, checkpoints, scratch,
@@ -677,24 +677,24 @@ def launch_selective_scan(wrap, u, delta, A, B, C, D, z, delta_bias, delta_softp
 
         if segments > 1:
             run(1)
-            _compose(wrap, scratch, segments, False)
+            _compose(scratch, segments, False)
             run(2)
         else:
             run(0)
-    _fill_empty(wrap, initial_state, last_state, cu_seqlens, length, dim * dstate)
+    _fill_empty(initial_state, last_state, cu_seqlens, length, dim * dstate)
 
 
-def _fill_empty(wrap, src, dst, cu_seqlens, length, row_size):
+def _fill_empty(src, dst, cu_seqlens, length, row_size):
     # Without cu_seqlens only L == 0 leaves sequences empty: known here without a device sync.
     if dst.shape[0] * row_size == 0 or (cu_seqlens is None and length > 0):
         return
     block = min(1024, triton.next_power_of_2(row_size))
-    wrap(selective_scan_fill_empty_kernel)[(dst.shape[0], triton.cdiv(row_size, block))](
+    wrap_triton(selective_scan_fill_empty_kernel)[(dst.shape[0], triton.cdiv(row_size, block))](
         src if src is not None else dst, dst, cu_seqlens if cu_seqlens is not None else dst, length, row_size,
         HAS_SRC=src is not None, HAS_CU=cu_seqlens is not None, BLOCK=block)
 
 
-def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
+def launch_selective_scan_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
                                    delta_softplus, initial_state, cu_seqlens, reverse, checkpoints,
                                    du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dinitial_state):
     """Gradients as in prepare_selective_scan_backward. Varying B / C: one program per (batch,
@@ -727,11 +727,11 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
         zz = z if z is not None else u
         bias = delta_bias if delta_bias is not None else A
         if segments > 1:
-            wrap(selective_scan_flow_kernel)[(batch * dim, segments)](
+            wrap_triton(selective_scan_flow_kernel)[(batch * dim, segments)](
                 grad_out, glast, u, delta, zz, A, B, C, bias, start, end, scratch,
                 dim, length, dstate, cpg, groups, seg_len, segments, **common)
-            _compose(wrap, scratch, segments, True)
-        wrap(selective_scan_bwd_kernel)[(programs, segments)](
+            _compose(scratch, segments, True)
+        wrap_triton(selective_scan_bwd_kernel)[(programs, segments)](
             grad_out, glast, u, delta, zz, A, B, C, D if D is not None else A, bias,
             initial_state if initial_state is not None else A, start, end, checkpoints, scratch,
             du, ddelta, dz if dz is not None else du, dinitial_state if dinitial_state is not None else A,
@@ -739,7 +739,7 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
             batch, dim, length, dstate, cpg, groups, parts, checkpoints.shape[2], seg_len, segments,
             HAS_D=D is not None, HAS_H0=initial_state is not None, CHUNK_=CHUNK, **common)
     if dim > 0:
-        wrap(selective_scan_param_reduce_kernel)[(dim,)](
+        wrap_triton(selective_scan_param_reduce_kernel)[(dim,)](
             param_partial, dA, dB, dC, dD if dD is not None else dA,
             ddelta_bias if ddelta_bias is not None else dA, segments * batch, dim, dstate,
             FIXED_BC=not varying, HAS_D=dD is not None, HAS_BIAS=ddelta_bias is not None, ACC=acc, NP=np_)
@@ -747,13 +747,13 @@ def launch_selective_scan_backward(wrap, grad_out, grad_last_state, u, delta, A,
         total = batch * groups * 2 * dstate * length
         if total > 0:
             block = 1024
-            wrap(selective_scan_bc_reduce_kernel)[(triton.cdiv(total, block),)](
+            wrap_triton(selective_scan_bc_reduce_kernel)[(triton.cdiv(total, block),)](
                 bc_partial, dB, dC, bc_partial.shape[0], total, dstate * length, ACC=acc, BLOCK=block)
     if dinitial_state is not None:
-        _fill_empty(wrap, grad_last_state, dinitial_state, cu_seqlens, length, dim * dstate)
+        _fill_empty(grad_last_state, dinitial_state, cu_seqlens, length, dim * dstate)
 
 
-def launch_selective_state_update(wrap, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out):
+def launch_selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, out):
     """One decode step: state (batch, dim, N) acc updated in place, out (batch, dim)."""
     batch, dim = x.shape
     dstate = A.shape[1]
@@ -762,7 +762,7 @@ def launch_selective_state_update(wrap, state, x, dt, A, B, C, D, z, dt_bias, dt
     block_d = max(1, min(64, 2048 // np_, triton.next_power_of_2(max(dim, 1))))
     if batch * dim == 0:
         return
-    wrap(selective_state_update_kernel)[(batch, triton.cdiv(dim, block_d))](
+    wrap_triton(selective_state_update_kernel)[(batch, triton.cdiv(dim, block_d))](
         state, x, dt, A, B, C, D if D is not None else A, z if z is not None else x,
         dt_bias if dt_bias is not None else A, out, dim, dstate, dim // groups, groups,
         HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from scangraph.ops._rules import opmath_dtype
 
+from . import wrap_triton
 from .accumulate import accumulator
 
 from .philox import dropout_factor, dropout_scale, dropout_threshold
@@ -198,8 +199,8 @@ def long_row_plan(rowptr: torch.Tensor, num_edges: int, split_edges: int):
     return segment_ptr, segment_row, max_segments
 
 
-def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
-    """Fills out (contiguous, (num_rows, [heads,] F)); `wrap` is torch.library.wrap_triton."""
+def launch_spmm(rowptr, col, weight, x, reduce, out):
+    """Fills out (contiguous, (num_rows, [heads,] F))."""
     xv = _node_head_feature(x)
     num_rows, heads, features = rowptr.numel() - 1, xv.shape[1], xv.shape[2]
     if num_rows == 0 or features == 0:
@@ -217,26 +218,26 @@ def launch_spmm(wrap, rowptr, col, weight, x, reduce, out):
     segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
         _, segment_row, max_segments = plan
-        wrap(spmm_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
+        wrap_triton(spmm_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
             rowptr, col, weight_arg, xv, segment_ptr, segment_row, partial,
             num_rows, heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
             HAS_WEIGHT=weight is not None, ACC=acc, SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
     grid = (num_rows, heads, triton.cdiv(features, block_f))
-    wrap(spmm_kernel)[grid](
+    wrap_triton(spmm_kernel)[grid](
         rowptr, col, weight_arg, xv, out, segment_ptr, partial,
         heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
         HAS_WEIGHT=weight is not None, MEAN=reduce == "mean", SPLIT=plan is not None, ACC=acc,
         BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 
-def launch_sddmm(wrap, rowptr, col, a, b, out):
+def launch_sddmm(rowptr, col, a, b, out):
     av, bv = _node_head_feature(a), _node_head_feature(b)
     num_rows, heads, features = rowptr.numel() - 1, av.shape[1], av.shape[2]
     num_edges = col.numel()
     if num_rows == 0 or num_edges == 0:
         return
     grid = (triton.cdiv(num_edges, BLOCK_E), heads)
-    wrap(sddmm_kernel)[grid](
+    wrap_triton(sddmm_kernel)[grid](
         rowptr, col, av, bv, out, num_rows, num_edges, _search_steps(num_rows), heads, features,
         av.stride(0), av.stride(1), bv.stride(0), bv.stride(1),
         ACC=accumulator(a.dtype), BLOCK_E=BLOCK_E, BLOCK_F=_feature_block(features))
@@ -420,7 +421,7 @@ def _weight_strides(weight, heads):
     return (weight, 1, 0) if weight.dim() == 1 else (weight, heads, 1)
 
 
-def launch_spmm_extreme(wrap, rowptr, col, weight, x, reduce, out, arg):
+def launch_spmm_extreme(rowptr, col, weight, x, reduce, out, arg):
     xv = _node_head_feature(x)
     num_rows, heads, features = rowptr.numel() - 1, xv.shape[1], xv.shape[2]
     if num_rows == 0 or features == 0:
@@ -435,19 +436,19 @@ def launch_spmm_extreme(wrap, rowptr, col, weight, x, reduce, out, arg):
     segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
         _, segment_row, max_segments = plan
-        wrap(spmm_extreme_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
+        wrap_triton(spmm_extreme_segment_kernel)[(max_segments, heads, triton.cdiv(features, block_f))](
             rowptr, col, weight_arg, xv, segment_ptr, segment_row, partial, partial_arg,
             num_rows, heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
             HAS_WEIGHT=weight is not None, IS_MAX=reduce == "max", ACC=acc, SPLIT_EDGES=SPLIT_EDGES,
             BLOCK_E=BLOCK_E, BLOCK_F=block_f)
-    wrap(spmm_extreme_kernel)[(num_rows, heads, triton.cdiv(features, block_f))](
+    wrap_triton(spmm_extreme_kernel)[(num_rows, heads, triton.cdiv(features, block_f))](
         rowptr, col, weight_arg, xv, out, arg, segment_ptr, partial, partial_arg,
         heads, features, xv.stride(0), xv.stride(1), w_edge, w_head,
         HAS_WEIGHT=weight is not None, IS_MAX=reduce == "max", SPLIT=plan is not None, ACC=acc,
         BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 
-def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, dx, dweight):
+def launch_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, dx, dweight):
     xv = _node_head_feature(x)
     num_src, heads, features = xv.shape
     if features == 0:
@@ -465,13 +466,13 @@ def launch_spmm_arg_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, weight,
         config = dict(HAS_WEIGHT=weight is not None, ACC=accumulator(x.dtype), SPLIT_EDGES=SPLIT_EDGES,
                       BLOCK_E=BLOCK_E, BLOCK_F=block_f)
         if plan is not None:
-            wrap(spmm_arg_dx_kernel)[(plan[2], heads, triton.cdiv(features, block_f))](
+            wrap_triton(spmm_arg_dx_kernel)[(plan[2], heads, triton.cdiv(features, block_f))](
                 *args, SEGMENTS=True, SPLIT=False, **config)
-        wrap(spmm_arg_dx_kernel)[(num_src, heads, triton.cdiv(features, block_f))](
+        wrap_triton(spmm_arg_dx_kernel)[(num_src, heads, triton.cdiv(features, block_f))](
             *args, SEGMENTS=False, SPLIT=plan is not None, **config)
     if dweight is not None and rowptr.numel() > 1 and col.numel():
         num_rows = rowptr.numel() - 1
-        wrap(spmm_arg_dweight_kernel)[(triton.cdiv(col.numel(), BLOCK_E), heads)](
+        wrap_triton(spmm_arg_dweight_kernel)[(triton.cdiv(col.numel(), BLOCK_E), heads)](
             rowptr, col, xv, grad, arg, dweight, num_rows, col.numel(), _search_steps(num_rows), heads, features,
             xv.stride(0), xv.stride(1),
             ACC=accumulator(x.dtype), BLOCK_E=BLOCK_E, BLOCK_F=block_f)
@@ -761,7 +762,7 @@ def _dropout_args(x, negative_slope, dropout, rng):
     return _scalars(x, negative_slope, dropout_scale(dropout)), rng, dropout_threshold(dropout), True
 
 
-def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, row_max, row_sum,
+def launch_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, row_max, row_sum,
                dropout=0.0, rng=None):
     num_rows, (_, heads, features) = rowptr.numel() - 1, x.shape
     if num_rows == 0 or heads == 0:
@@ -776,17 +777,17 @@ def launch_gat(wrap, rowptr, col, x, alpha_src, alpha_dst, negative_slope, out, 
     segment_ptr = rowptr if plan is None else plan[0]  # rowptr: a placeholder, unread without a plan
     if plan is not None:
         _, segment_row, max_segments = plan
-        wrap(gat_segment_kernel)[(max_segments, heads, grid_f)](
+        wrap_triton(gat_segment_kernel)[(max_segments, heads, grid_f)](
             rowptr, col, x, alpha_src, alpha_dst, segment_ptr, segment_row, partial, stats,
             num_rows, heads, features, scalars, rng, threshold,
             DROPOUT=with_dropout, ACC=acc, SPLIT_EDGES=SPLIT_EDGES, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
-    wrap(gat_kernel)[(num_rows, heads, grid_f)](
+    wrap_triton(gat_kernel)[(num_rows, heads, grid_f)](
         rowptr, col, x, alpha_src, alpha_dst, out, row_max, row_sum, segment_ptr, partial, stats,
         heads, features, scalars, rng, threshold,
         SPLIT=plan is not None, DROPOUT=with_dropout, ACC=acc, BLOCK_E=BLOCK_E, BLOCK_F=block_f)
 
 
-def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum,
+def launch_gat_backward(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum,
                         delta, grad, negative_slope, dx, da_src, da_dst, dropout=0.0, rng=None):
     num_rows, (num_src, heads, features) = rowptr.numel() - 1, x.shape
     if heads == 0:
@@ -804,8 +805,8 @@ def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src
         args = (rowptr, col, x, alpha_src, alpha_dst, *stats, grad, da_dst, segment_ptr, segment_row, partial,
                 num_rows, heads, features, scalars, rng, threshold)
         if plan is not None:
-            wrap(gat_dst_grad_kernel)[(plan[2], heads)](*args, SEGMENTS=True, SPLIT=False, **config)
-        wrap(gat_dst_grad_kernel)[(num_rows, heads)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)
+            wrap_triton(gat_dst_grad_kernel)[(plan[2], heads)](*args, SEGMENTS=True, SPLIT=False, **config)
+        wrap_triton(gat_dst_grad_kernel)[(num_rows, heads)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)
     if num_src:
         plan = long_row_plan(rowptr_t, col_t.numel(), SPLIT_EDGES)
         partial = _split_scratch(plan, (heads, features), row_max.dtype, x.device)
@@ -814,8 +815,8 @@ def launch_gat_backward(wrap, rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src
         args = (rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, *stats, grad, dx, da_src, segment_ptr,
                 segment_row, partial, partial_da, num_src, heads, features, scalars, rng, threshold)
         if plan is not None:
-            wrap(gat_src_grad_kernel)[(plan[2], heads, grid_f)](*args, SEGMENTS=True, SPLIT=False, **config)
-        wrap(gat_src_grad_kernel)[(num_src, heads, grid_f)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)
+            wrap_triton(gat_src_grad_kernel)[(plan[2], heads, grid_f)](*args, SEGMENTS=True, SPLIT=False, **config)
+        wrap_triton(gat_src_grad_kernel)[(num_src, heads, grid_f)](*args, SEGMENTS=False, SPLIT=plan is not None, **config)
 
 
 # ---- common neighbours ------------------------------------------------------------------------
@@ -851,11 +852,11 @@ def common_neighbors_kernel(rowptr_ptr, col_ptr, src_ptr, dst_ptr, counts_ptr, o
         tl.store(counts_ptr + pair, count)
 
 
-def launch_common_neighbors(wrap, rowptr, col, src, dst, counts, offsets, neighbors):
+def launch_common_neighbors(rowptr, col, src, dst, counts, offsets, neighbors):
     """Pass 1 when offsets is None (fills counts), else pass 2 (fills neighbors)."""
     if src.numel() == 0:
         return
     write = offsets is not None
-    wrap(common_neighbors_kernel)[(src.numel(),)](
+    wrap_triton(common_neighbors_kernel)[(src.numel(),)](
         rowptr, col, src, dst, counts if counts is not None else src, offsets if write else src,
         neighbors if write else col, rowptr.numel() - 1, WRITE=write)

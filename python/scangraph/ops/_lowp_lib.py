@@ -60,12 +60,12 @@ def _register_triton_ops():
         return
     from torch.library import triton_op
 
-    from scangraph.triton_kernels import lowp as kernels, wrap_triton
+    from scangraph.triton_kernels import lowp as kernels
 
     @triton_op("scangraph::quantize_triton", mutates_args=())
     def quantize_triton(x: torch.Tensor, bits: int, axis: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         data, scale = _quantize_fake(x, bits, axis)
-        kernels.launch_quantize(wrap_triton, x.contiguous(), bits, axis, data, scale)
+        kernels.launch_quantize(x.contiguous(), bits, axis, data, scale)
         return data, scale
 
     @triton_op("scangraph::qlinear_triton", mutates_args=())
@@ -73,7 +73,7 @@ def _register_triton_ops():
                        bias: Optional[torch.Tensor], activation: str = "none",
                        out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         out = _qlinear_fake(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype)
-        kernels.launch_qlinear(wrap_triton, x if x.stride(-1) == 1 else x.contiguous(), w.contiguous(),
+        kernels.launch_qlinear(x if x.stride(-1) == 1 else x.contiguous(), w.contiguous(),
                                w_scale.contiguous(), w_bits, in_features,
                                None if bias is None else bias.float().contiguous(), activation, out)
         return out
@@ -82,7 +82,7 @@ def _register_triton_ops():
     def qspmm_triton(rowptr: torch.Tensor, col: torch.Tensor, weight: Optional[torch.Tensor], x: torch.Tensor,
                      x_scale: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
         out = _qspmm_fake(rowptr, col, weight, x, x_scale, reduce)
-        kernels.launch_qspmm(wrap_triton, rowptr, col, weight, x.contiguous(), x_scale.contiguous(), reduce, out)
+        kernels.launch_qspmm(rowptr, col, weight, x.contiguous(), x_scale.contiguous(), reduce, out)
         return out
 
     register_autograd(autograd, "triton")

@@ -73,7 +73,7 @@ def _register_triton_ops():
         return
     from torch.library import triton_op
 
-    from scangraph.triton_kernels import prefix_attention as kernels, wrap_triton
+    from scangraph.triton_kernels import prefix_attention as kernels
 
     @triton_op("scangraph::prefix_attention_triton", mutates_args=())
     def prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -81,7 +81,7 @@ def _register_triton_ops():
                                 cu_seqlens: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                              torch.Tensor, torch.Tensor, torch.Tensor]:
         outputs = _forward_fake(q, k, v, scale, m0, c0, w0, cu_seqlens)
-        kernels.launch_prefix_attention(wrap_triton, q, k, v, scale, m0, c0, w0, cu_seqlens, *outputs)
+        kernels.launch_prefix_attention(q, k, v, scale, m0, c0, w0, cu_seqlens, *outputs)
         return outputs
 
     @triton_op("scangraph::prefix_attention_backward_triton", mutates_args=())
@@ -96,7 +96,7 @@ def _register_triton_ops():
         dq_partial = k.new_empty((seqs, heads, dim), dtype=c_last.dtype)
         dk, dv = k.new_empty(k.shape), v.new_empty(v.shape)
         dm0, dc0, dw0 = torch.empty_like(c_last), torch.empty_like(c_last), torch.empty_like(w_last)
-        kernels.launch_prefix_attention_backward(wrap_triton, q, k, v, scale, m0, c0, w0, cu_seqlens, o.contiguous(), m, c, c_last,
+        kernels.launch_prefix_attention_backward(q, k, v, scale, m0, c0, w0, cu_seqlens, o.contiguous(), m, c, c_last,
                                 w_last, grad_o.contiguous(), grad_m_last.contiguous(), grad_c_last.contiguous(),
                                 grad_w_last.contiguous(), dq_partial, dk, dv, dm0, dc0, dw0)
         # One partial per sequence, summed in a fixed order when one query serves several.
@@ -113,7 +113,7 @@ def _register_triton_ops():
                 raise ValueError(f"prefix_attention_step_triton: the state tensor {name} is updated in place "
                                  "and must be contiguous")
         o = v.new_empty((v.shape[0], 1) + tuple(v.shape[1:]))
-        kernels.launch_prefix_attention(wrap_triton, q, k.unsqueeze(1), v.unsqueeze(1), scale, m, c, w, None,
+        kernels.launch_prefix_attention(q, k.unsqueeze(1), v.unsqueeze(1), scale, m, c, w, None,
                                o, None, None, m, c, w)
         return o.squeeze(1)
 

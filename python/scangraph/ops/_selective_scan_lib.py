@@ -92,7 +92,7 @@ def _register_triton_ops():
         return
     from torch.library import triton_op
 
-    from scangraph.triton_kernels import selective_scan as kernels, wrap_triton
+    from scangraph.triton_kernels import selective_scan as kernels
 
     @triton_op("scangraph::selective_scan_triton", mutates_args=())
     def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -104,7 +104,7 @@ def _register_triton_ops():
                                                   initial_state, cu_seqlens, reverse)
         (u_, delta_, A_, B_, C_, D_, z_, bias_, h0_, cu_) = _triton_inputs(
             u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
-        kernels.launch_selective_scan(wrap_triton, u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus, h0_,
+        kernels.launch_selective_scan(u_, delta_, A_, B_, C_, D_, z_, bias_, delta_softplus, h0_,
                                       cu_, reverse, out, last_state, checkpoints)
         return out, last_state, checkpoints
 
@@ -128,7 +128,7 @@ def _register_triton_ops():
         dh0 = torch.empty_like(h0_) if initial_state is not None else None
         g_last = None if grad_last_state is None else grad_last_state.to(acc).contiguous()
         kernels.launch_selective_scan_backward(
-            wrap_triton, grad_out.to(u.dtype).contiguous(), g_last, u_, delta_, A_, B_, C_, D_, z_, bias_,
+            grad_out.to(u.dtype).contiguous(), g_last, u_, delta_, A_, B_, C_, D_, z_, bias_,
             delta_softplus, h0_, cu_, reverse, checkpoints.contiguous(), du, ddelta, dz, dA, dB, dC, dD, dbias,
             dh0)
         def absent():  # each output its own tensor: outputs of an op must not alias
@@ -149,7 +149,7 @@ def _register_triton_ops():
         work = state if state.dtype == acc and state.is_contiguous() else state.to(acc).contiguous()
         bc = [(t.unsqueeze(1) if t.dim() == 2 else t).contiguous() for t in (B, C)]
         kernels.launch_selective_state_update(
-            wrap_triton, work, x.contiguous(), dt.contiguous(), A.to(acc).contiguous(), bc[0], bc[1],
+            work, x.contiguous(), dt.contiguous(), A.to(acc).contiguous(), bc[0], bc[1],
             None if D is None else D.to(acc).contiguous(), None if z is None else z.contiguous(),
             None if dt_bias is None else dt_bias.to(acc).contiguous(), dt_softplus, out)
         if work is not state:

@@ -173,7 +173,7 @@ def _register_triton_ops():
         return
     from torch.library import triton_op
 
-    from scangraph.triton_kernels import sparse as kernels, wrap_triton
+    from scangraph.triton_kernels import sparse as kernels
 
     @triton_op("scangraph::spmm_triton", mutates_args=())
     def spmm_triton(rowptr: torch.Tensor, col: torch.Tensor, weight: Optional[torch.Tensor],
@@ -181,7 +181,7 @@ def _register_triton_ops():
                     col_t: Optional[torch.Tensor] = None,
                     perm_t: Optional[torch.Tensor] = None) -> torch.Tensor:
         out = x.new_empty((rowptr.shape[0] - 1,) + tuple(x.shape[1:]))
-        kernels.launch_spmm(wrap_triton, rowptr, col, weight, x, reduce, out)
+        kernels.launch_spmm(rowptr, col, weight, x, reduce, out)
         return out
 
     @triton_op("scangraph::sddmm_triton", mutates_args=())
@@ -189,7 +189,7 @@ def _register_triton_ops():
                      rowptr_t: Optional[torch.Tensor] = None, col_t: Optional[torch.Tensor] = None,
                      perm_t: Optional[torch.Tensor] = None) -> torch.Tensor:
         out = a.new_empty((col.shape[0],) + tuple(a.shape[1:-1]))
-        kernels.launch_sddmm(wrap_triton, rowptr, col, a, b, out)
+        kernels.launch_sddmm(rowptr, col, a, b, out)
         return out
 
     @triton_op("scangraph::spmm_arg_triton", mutates_args=())
@@ -199,7 +199,7 @@ def _register_triton_ops():
                         perm_t: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         out = x.new_empty((rowptr.shape[0] - 1,) + tuple(x.shape[1:]))
         arg = out.new_empty(out.shape, dtype=torch.int64)
-        kernels.launch_spmm_extreme(wrap_triton, rowptr, col, weight, x, reduce, out, arg)
+        kernels.launch_spmm_extreme(rowptr, col, weight, x, reduce, out, arg)
         return out, arg
 
     @triton_op("scangraph::spmm_arg_backward_triton", mutates_args=())
@@ -210,7 +210,7 @@ def _register_triton_ops():
         heads = x.shape[1] if x.dim() == 3 else 1
         dx = x.new_empty(x.shape)
         dweight = x.new_empty((col.shape[0] if weight_grad else 0, heads))
-        kernels.launch_spmm_arg_backward(wrap_triton, rowptr, col, rowptr_t, col_t, perm_t, weight,
+        kernels.launch_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight,
                                          x, grad.contiguous(), arg.contiguous(), dx,
                                          dweight if weight_grad else None)
         return dx, dweight
@@ -223,7 +223,7 @@ def _register_triton_ops():
                              rng: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         _check_dropout("scangraph::gat_aggregate_triton", dropout, rng, x)
         out, row_max, row_sum = _gat_outputs(rowptr, col, x, alpha_src, alpha_dst)
-        kernels.launch_gat(wrap_triton, rowptr, col, x.contiguous(), alpha_src.contiguous(), alpha_dst.contiguous(),
+        kernels.launch_gat(rowptr, col, x.contiguous(), alpha_src.contiguous(), alpha_dst.contiguous(),
                            negative_slope, out, row_max, row_sum, dropout, rng)
         return out, row_max, row_sum
 
@@ -237,7 +237,7 @@ def _register_triton_ops():
         _check_dropout("scangraph::gat_aggregate_backward_triton", dropout, rng, x)
         dx, da_src, da_dst = _gat_backward_fake(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst,
                                                 row_max, row_sum, delta, grad, negative_slope)
-        kernels.launch_gat_backward(wrap_triton, rowptr, col, rowptr_t, col_t, perm_t.contiguous(), x.contiguous(),
+        kernels.launch_gat_backward(rowptr, col, rowptr_t, col_t, perm_t.contiguous(), x.contiguous(),
                                     alpha_src.contiguous(), alpha_dst.contiguous(), row_max, row_sum, delta,
                                     grad.contiguous(), negative_slope, dx, da_src, da_dst, dropout, rng)
         return dx, da_src, da_dst
@@ -246,10 +246,10 @@ def _register_triton_ops():
     def common_neighbors_triton(rowptr: torch.Tensor, col: torch.Tensor, src: torch.Tensor,
                                 dst: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         counts = src.new_empty(src.shape)
-        kernels.launch_common_neighbors(wrap_triton, rowptr, col, src, dst, counts, None, None)
+        kernels.launch_common_neighbors(rowptr, col, src, dst, counts, None, None)
         ptr = torch.cat([src.new_zeros(1), counts.cumsum(0)])
         neighbors = col.new_empty((int(ptr[-1]),))  # data-dependent size: one read of the total
-        kernels.launch_common_neighbors(wrap_triton, rowptr, col, src, dst, None, ptr, neighbors)
+        kernels.launch_common_neighbors(rowptr, col, src, dst, None, ptr, neighbors)
         return ptr, neighbors
 
     register_autograd(autograd, "triton")
