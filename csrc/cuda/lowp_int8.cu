@@ -25,19 +25,15 @@
 #include "lowp.h"
 #include "scangraph/lowp_params.h"
 #include "launch.cuh"
+#include "numeric.cuh"
 
 namespace scangraph {
 namespace lowp_cuda {
 
 constexpr int kWarp = 32;
 
-template <typename T> __device__ __forceinline__ float to_f(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f(float v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using numeric::from_float;
+using numeric::to_float;
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -57,7 +53,7 @@ __global__ void __launch_bounds__(kQuantThreads) absmax_scale_kernel(QuantizePar
   float m = 0.0f;
   for (int64_t t = threadIdx.x; t < total; t += blockDim.x) {
     const int64_t o = t / p.inner, i = t % p.inner;
-    m = fmaxf(m, fabsf(to_f(x[(o * p.channels + c) * p.inner + i])));
+    m = fmaxf(m, fabsf(to_float(x[(o * p.channels + c) * p.inner + i])));
   }
   m = warp_max(m);
   if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = m;
@@ -80,7 +76,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_values_kernel(Quantize
     const int64_t r = idx / row_bytes, b = idx % row_bytes;
     auto q_at = [&](int64_t j) {
       const int64_t flat = r * p.last_dim + j;
-      return quantize_value(to_f(x[flat]), p.scale[(flat / p.inner) % p.channels], qmax);
+      return quantize_value(to_float(x[flat]), p.scale[(flat / p.inner) % p.channels], qmax);
     };
     if (p.bits == 8) {
       p.data[idx] = static_cast<int8_t>(q_at(b));
@@ -139,7 +135,7 @@ __global__ void __launch_bounds__(kLinearThreads) qlinear_wmma_kernel(QLinearPar
     const int64_t m = m0 + r;
     float amax = 0.0f;
     if (m < p.M)
-      for (int64_t k = lane; k < p.K; k += kWarp) amax = fmaxf(amax, fabsf(to_f(x[m * p.x_row_stride + k])));
+      for (int64_t k = lane; k < p.K; k += kWarp) amax = fmaxf(amax, fabsf(to_float(x[m * p.x_row_stride + k])));
     amax = warp_max(amax);
     if (lane == 0) row_scale[r] = __fdiv_rn(amax, 127.0f);
   }
@@ -158,7 +154,7 @@ __global__ void __launch_bounds__(kLinearThreads) qlinear_wmma_kernel(QLinearPar
       const int r = e / kTileK, kk = e % kTileK;
       const int64_t m = m0 + r, k = k0 + kk;
       int q = 0;
-      if (m < p.M && k < p.K) q = quantize_value(to_f(x[m * p.x_row_stride + k]), row_scale[r], 127);
+      if (m < p.M && k < p.K) q = quantize_value(to_float(x[m * p.x_row_stride + k]), row_scale[r], 127);
       a_tile[kk / kFrag][r][kk % kFrag] = static_cast<int8_t>(q);
     }
     for (int e = threadIdx.x; e < kTileN * kTileK; e += kLinearThreads) {
@@ -206,7 +202,7 @@ __global__ void __launch_bounds__(kLinearThreads) qlinear_wmma_kernel(QLinearPar
     } else {
       float v = __fmul_rn(__fmul_rn(float(a), row_scale[r]), p.w_scale[n]);
       if (bias) v = __fadd_rn(v, bias[n]);
-      out[m * p.N + n] = from_f<out_t>(activate(v, p.activation));
+      out[m * p.N + n] = from_float<out_t>(activate(v, p.activation));
     }
   }
 }

@@ -26,6 +26,10 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, flo
   return __float2bfloat16_rn(v);
 }
 
+// fp32 whatever the storage type, fp64 included: the low-precision kernels scale in fp32.
+template <typename T> __device__ __forceinline__ float to_float(T v) { return static_cast<float>(to_acc(v)); }
+template <typename T> __device__ __forceinline__ T from_float(float v) { return from_acc<T, float>(v); }
+
 // Precise math (no fast-math intrinsics): the tests compare with float64 references.
 __device__ __forceinline__ float exp_acc(float x) { return expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
