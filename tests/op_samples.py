@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 
 import scangraph
+from scangraph.ops._rules import opmath_dtype as opmath
 from graphs import make_graph
 
 FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -47,10 +48,6 @@ def rnd(*shape, dtype, scale=1.0, shift=0.0):
 
 def uniform(*shape, dtype, low=0.0, high=1.0):
     return (torch.rand(*shape, dtype=torch.float64) * (high - low) + low).to(dtype)
-
-
-def opmath(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---- sparse message passing -------------------------------------------------------------------

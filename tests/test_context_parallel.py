@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import scangraph
+from scangraph.ops._rules import opmath_dtype
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -33,7 +34,7 @@ def _scan_inputs(seed, batch, dim, length, dstate, varying, dtype, cu=None):
         inputs["B"], inputs["C"] = rand(batch, 1, dstate, length), rand(batch, 1, dstate, length)
     else:
         inputs["B"], inputs["C"] = rand(dim, dstate), rand(dim, dstate)
-    inputs["A"] = inputs["A"].to(torch.float64 if dtype == torch.float64 else torch.float32)
+    inputs["A"] = inputs["A"].to(opmath_dtype(dtype))
     states = batch if cu is None else len(cu) - 1  # packed: one state per sequence
     inputs["initial_state"] = rand(states, dim, dstate).to(inputs["A"].dtype)
     grads = dict(out=rand(batch, dim, length), last=rand(states, dim, dstate).to(inputs["A"].dtype))

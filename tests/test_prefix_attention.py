@@ -8,14 +8,11 @@ import torch
 
 import scangraph
 from scangraph import reference
+from scangraph.ops._rules import opmath_dtype as _acc
 from conftest import TOLERANCE, assert_close, backend_params, emulated
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 HEADS, DIM, DIM_V = 2, 11, 9  # d, dv not multiples of 8: vector tails on CPU, masked lanes in Triton
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _qkv(batch, seqlen, dtype, device, per_batch=False, spread=1.0):

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import scangraph
 from scangraph import CSRGraph, reference
+from scangraph.ops._rules import opmath_dtype
 from conftest import assert_close
 
 # Derandomized: CI runs the same examples every time (a red run is reproducible); set
@@ -180,7 +181,7 @@ def scan_cases(draw):
 def test_selective_scan(case, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     batch, dim, length, dstate, groups = (case[k] for k in ("batch", "dim", "length", "dstate", "groups"))
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = opmath_dtype(dtype)
     u = _rand(g, batch, dim, length, dtype=dtype, transposed=case["transposed"])
     # Raw deltas may be negative only ahead of the softplus: a negative step makes exp(delta A) > 1,
     # the state grows without bound, and no fp32 tolerance relative to the output holds.
@@ -197,6 +198,8 @@ def test_selective_scan(case, dtype, seed):
     D = _rand(g, dim, dtype=acc) if case["with_d"] else None
     z = _rand(g, batch, dim, length, dtype=dtype) if case["with_z"] else None
     bias = _rand(g, dim, dtype=acc) * 0.5 if case["with_bias"] else None
+    if bias is not None and not case["softplus"]:
+        bias = bias.abs()  # delta + bias is the step itself: negative, it too makes the state grow
     states = batch if case["cu"] is None else case["cu"].numel() - 1
     h0 = _rand(g, states, dim, dstate, dtype=acc) if case["initial"] else None
     inputs = [t if t is None else t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias, h0)]
@@ -235,7 +238,7 @@ def test_prefix_attention(dtype, batch, length, heads, dim, dim_v, per_batch_q, 
         batch = 1
         cu = torch.tensor([0] + sorted(min(c, length) for c in cuts) + [length], dtype=torch.int32)
     seqs = batch if cu is None else cu.numel() - 1
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = opmath_dtype(dtype)
     q = _rand(g, *((batch, heads, dim) if per_batch_q else (heads, dim)), dtype=dtype)
     k = _rand(g, batch, heads, length, dim, dtype=dtype).transpose(1, 2) if transposed else \
         _rand(g, batch, length, heads, dim, dtype=dtype)

@@ -6,6 +6,7 @@ import torch
 
 import scangraph
 from scangraph import reference
+from scangraph.ops._rules import opmath_dtype
 from conftest import assert_close, backend_params, emulated
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -38,7 +39,7 @@ def _inputs(batch, dim, length, dstate, groups, with_d, with_z, with_bias, dtype
         B, C = rnd(batch, g, dstate, length), rnd(batch, g, dstate, length)
     if groups == 0:
         B, C = B.float() if dtype != torch.float64 else B, C.float() if dtype != torch.float64 else C
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = opmath_dtype(dtype)
     A = A.to(acc)
     D = torch.randn(dim, dtype=acc) if with_d else None
     z = rnd(batch, dim, length) if with_z else None

@@ -11,14 +11,10 @@ from scangraph import reference
 triton_kernels = pytest.importorskip("scangraph.triton_kernels")
 if triton_kernels.UNAVAILABLE is not None:
     pytest.skip(f"triton is unavailable: {triton_kernels.UNAVAILABLE}", allow_module_level=True)
-from scangraph.ops._rules import SCAN_CHUNK as CHUNK  # noqa: E402
+from scangraph.ops._rules import SCAN_CHUNK as CHUNK, opmath_dtype as _acc  # noqa: E402
 from scangraph.triton_kernels import selective_scan as kernels  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and not triton_kernels.INTERPRETED else "cpu"
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def make_case(batch, dim, length, dstate, groups=None, dtype=torch.float64, D=True, z=True, bias=True,

@@ -326,8 +326,7 @@ def prefix_attention_bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, m_stats_ptr, c_stats
 
 def _scale_tensor(scale: float, k: torch.Tensor) -> torch.Tensor:
     """scale in the accumulation dtype: Triton passes Python floats as fp32, too coarse for fp64."""
-    return torch.full((1,), scale, dtype=torch.float64 if k.dtype == torch.float64 else torch.float32,
-                      device=k.device)
+    return torch.full((1,), scale, dtype=opmath_dtype(k.dtype), device=k.device)
 
 
 def _layout(q, k, v):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from scangraph.distributed import context_parallel
+from scangraph.ops._rules import opmath_dtype
 from scangraph.ops.prefix_attention import prefix_attention, prefix_attention_step
 
 State = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -93,7 +94,7 @@ class Aaren(nn.Module):
         accumulation dtype the ops use: float64 for float64 modules, else float32."""
         device = self.query.device if device is None else device
         if dtype is None:
-            dtype = torch.float64 if self.query.dtype == torch.float64 else torch.float32
+            dtype = opmath_dtype(self.query.dtype)
         m = torch.full((batch, self.heads), float("-inf"), device=device, dtype=dtype)
         denom = torch.zeros(batch, self.heads, device=device, dtype=dtype)
         numer = torch.zeros(batch, self.heads, self.head_dim, device=device, dtype=dtype)
