@@ -222,15 +222,20 @@ def test_opcheck(sample, target, dtype):
     with _RecordOps() as forward:
         result = getattr(scangraph, sample.op)(**kwargs, backend=backend)
     outputs = [o for o in tensors_of(result) if o.requires_grad]
+    # Triton's interpreter checks the forward ops alone: the backward ops cost it about ten times
+    # as much (9 s a call for the scan's), while their results are checked in
+    # test_forward_backward and their schema twice, against the C++ op's
+    # (test_twins_share_one_schema) and here on a GPU.
+    interpreted = backend == "triton" and device == "cpu"
     with _RecordOps() as backward:
-        if outputs:
+        if outputs and not interpreted:
             torch.autograd.grad(sum((o.double() * torch.randn_like(o).double()).sum() for o in outputs),
                                 _leaves(kwargs, sample.grads), allow_unused=True)
     assert forward.calls, "the public function ran no scangraph op"
     # Fake-tensor tracing of Triton kernels launched on CPU tensors is not supported by
     # torch.compile (the interpreter runs eagerly); those checks run on the GPU.
     utils = ("test_schema", "test_autograd_registration")
-    if backend != "triton" or device == "cuda":
+    if not interpreted:
         utils += ("test_faketensor", "test_aot_dispatch_dynamic")
     for recorder, differentiable in ((forward, bool(sample.grads)), (backward, False)):
         for func, (args, kw) in recorder.calls.items():
