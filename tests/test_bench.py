@@ -105,3 +105,22 @@ def test_results_append_only_to_a_file_of_the_same_columns(tmp_path):
     with pytest.raises(SystemExit, match="not the bench's"):
         append_rows(str(other), rows)
     assert other.read_text() == "op,ms\nspmm,1\n"
+
+
+def test_hf_mamba_cases_run_on_request_only(tmp_path):
+    """The HF transformers family is opt-in (its baseline's CPU training step takes minutes at the
+    default shape): a plain run leaves it out, --ops runs the model's training step and greedy
+    decoding on scangraph against transformers' own path."""
+    pytest.importorskip("transformers")
+    import subprocess
+    from scangraph import bench
+    assert "hf_mamba" in bench.all_ops() and "hf_mamba" not in bench.default_ops()
+    out = tmp_path / "hf"
+    result = subprocess.run([sys.executable, "-m", "scangraph.bench", "--quick", "--ops", "hf_mamba,hf_mamba_decode",
+                             "--out", str(out), "--no-plot"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(f"{out}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["op"], r["pass"]) for r in rows} == {("hf_mamba", "fwd"), ("hf_mamba", "fwd+bwd"),
+                                                    ("hf_mamba_decode", "fwd")}
+    assert all(float(r["ms_transformers"]) > 0 and float(r["ms"]) > 0 for r in rows), rows

@@ -2,8 +2,9 @@
 import importlib
 
 # One module per kernel family, each with OPS (the case names --ops accepts) and
-# cases(device, dtype, options) yielding scangraph.bench.case.Case.
-FAMILY_MODULES = ("sparse", "selective_scan", "prefix_attention", "lowp")
+# cases(device, dtype, options) yielding scangraph.bench.case.Case. A family with OPT_IN = True
+# runs only when --ops names its cases.
+FAMILY_MODULES = ("sparse", "selective_scan", "prefix_attention", "lowp", "hf_mamba")
 
 
 def families():
@@ -12,6 +13,10 @@ def families():
 
 def all_ops():
     return [op for family in families() for op in family.OPS]
+
+
+def default_ops():
+    return [op for family in families() if not getattr(family, "OPT_IN", False) for op in family.OPS]
 
 
 def cases(device, dtype, options):

@@ -234,8 +234,9 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="every shape and baseline (about 40 minutes on 2 cores)")
     parser.add_argument("--quick", action="store_true", help="tiny graphs, short timings (smoke test)")
     parser.add_argument("--features", default=None, help="comma-separated feature sizes of the sparse family")
-    parser.add_argument("--ops", default=",".join(bench.all_ops()),
-                        help=f"comma-separated cases (default: all of {', '.join(bench.all_ops())})")
+    parser.add_argument("--ops", default=",".join(bench.default_ops()),
+                        help=f"comma-separated cases of {', '.join(bench.all_ops())} "
+                             f"(default: all but {', '.join(sorted(set(bench.all_ops()) - set(bench.default_ops())))})")
     parser.add_argument("--data", default=None, help="folder holding graphs/*.npz (default: ../shared/data when present)")
     parser.add_argument("--large", action="store_true",
                         help="also the 1M-node / 16M-edge R-MAT graph (its baselines need ~8 GB at F = 128)")

@@ -110,7 +110,7 @@ def plan_rows(dtype=torch.float32, ops=None, data_dir=None):
 
     with record_cuda():  # loads the emulated CUDA kernels (backend "cuda_emulated") the cases need
         pass
-    options = Options(quick=False, data_dir=data_dir, features=[128], ops=tuple(ops or bench.all_ops()),
+    options = Options(quick=False, data_dir=data_dir, features=[128], ops=tuple(ops or bench.default_ops()),
                       gpu_shapes=True, backends=("cuda_emulated", "triton"),
                       graphs=("email-Enron",) if data_dir else None)
     launches, op_rows = [], []
