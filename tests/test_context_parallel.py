@@ -276,7 +276,7 @@ def _module_worker(rank, world, port, folder):
         for name, (model, x, bounds) in _modules(world, group=dist.group.WORLD).items():
             lo, hi = bounds[rank], bounds[rank + 1]
             part = x[:, lo:hi].clone().requires_grad_()
-            out = model(part)
+            out = model(part, **_packing(name, x))
             (out * _module_grad(x)[:, lo:hi]).sum().backward()
             results[name] = dict(out=out.detach(), dx=part.grad,
                                  params={n: p.grad for n, p in model.named_parameters()})
@@ -289,18 +289,28 @@ def _modules(world, group=None):
     """The context-parallel modules with fixed parameters, their input and the ranks' slices."""
     bounds = {2: [0, 23, 60], 4: [0, 9, 30, 33, 60]}[world]
     made = {}
-    for name in ("mamba", "bimamba", "aaren"):
+    for name in ("mamba", "bimamba", "aaren", "mamba_packed", "bimamba_packed"):
         torch.manual_seed(5)
-        if name == "mamba":
+        if name == "mamba" or name == "mamba_packed":
             model = scangraph.nn.Mamba(6, d_state=4, d_conv=4, expand=2, process_group=group)
-        elif name == "bimamba":
+        elif name.startswith("bimamba"):
             model = scangraph.nn.BiMamba(6, d_state=4, d_conv=3, process_group=group)
         else:
             model = scangraph.nn.Aaren(6, heads=2, process_group=group)
         model = model.double()
-        x = torch.randn(2, 60, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        x = torch.randn(1 if name.endswith("packed") else 2, 60, 6, generator=torch.Generator().manual_seed(6),
+                        dtype=torch.float64)
         made[name] = (model, x, bounds)
     return made
+
+
+# Packed sequences through the whole L of 60 (an empty one, one of a single position, several
+# crossing the slices' bounds of _modules): the same offsets on every rank.
+PACKED_OFFSETS = [0, 5, 21, 21, 22, 40, 60]
+
+
+def _packing(name, x):
+    return {"cu_seqlens": torch.tensor(PACKED_OFFSETS, dtype=torch.int32)} if name.endswith("packed") else {}
 
 
 def _module_grad(x):
@@ -309,15 +319,16 @@ def _module_grad(x):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_modules_run_context_parallel(world):
-    """Mamba (the conv's window reaching into the previous slice), BiMamba (and into the next)
-    and Aaren with a process group: the slices' outputs and input gradients concatenated, and
+    """Mamba (the conv's window reaching into the previous slice), BiMamba (and into the next),
+    both also over packed sequences crossing the slices (cu_seqlens), and Aaren with a process
+    group: the slices' outputs and input gradients concatenated, and
     the parameter gradients summed over the ranks, equal the module on the whole sequence."""
     with tempfile.TemporaryDirectory() as folder:
         mp.spawn(_module_worker, args=(world, _free_port(), folder), nprocs=world, join=True)
         ranks = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world)]
     for name, (model, x, _) in _modules(world).items():
         x = x.clone().requires_grad_()
-        out = model(x)
+        out = model(x, **_packing(name, x))
         (out * _module_grad(x)).sum().backward()
         per_rank = [r[name] for r in ranks]
         tol = dict(rtol=1e-9, atol=1e-9)

@@ -126,6 +126,16 @@ def neighbour_positions(x: torch.Tensor, count: int, after: bool, group=None) ->
     return parts[neighbour] if 0 <= neighbour < world else parts[rank] * 0
 
 
+def slice_start(x: torch.Tensor, group=None) -> int:
+    """The index in the whole L of this rank's first position: the lengths (x's last dim) of the
+    slices of the ranks before it."""
+    rank, world = _group_info("scangraph.distributed.slice_start", group, x)
+    mine = torch.tensor([x.shape[-1]], dtype=torch.int64, device=x.device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    return int(sum(t.item() for t in every[:rank]))
+
+
 def _order(world: int, reverse: bool):
     return list(range(world - 1, -1, -1)) if reverse else list(range(world))
 

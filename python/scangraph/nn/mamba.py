@@ -49,7 +49,8 @@ class Mamba(nn.Module):
     whole sequence would compute it: the conv reads the d_conv - 1 positions before the slice
     (after it, when reverse) from the neighbouring rank, the scan runs through
     scangraph.distributed.selective_scan. Every slice needs at least d_conv - 1 positions.
-    Parameters are replicated: sum their gradients over the group (DDP's mean, scaled).
+    cu_seqlens then holds the offsets into the whole L, the same on every rank; the sequences
+    may cross the slices' boundaries. Parameters are replicated: sum their gradients over the group (DDP's mean, scaled).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
@@ -100,13 +101,19 @@ class Mamba(nn.Module):
         """Depthwise conv over L of x (batch, d_inner, L), causal (anti-causal when reverse)."""
         length = x.shape[-1]
         k = self.d_conv
-        if self.process_group is not None and k > 1:
+        if k == 1:  # one tap: no window, no boundaries
+            return self.conv1d(x)
+        if self.process_group is not None:
             # The neighbouring slice's k - 1 positions, then the conv of the joined window.
             halo = context_parallel.neighbour_positions(x, k - 1, self.reverse, self.process_group)
-            joined = torch.cat([x, halo] if self.reverse else [halo, x], dim=-1)
+            window = torch.cat([x, halo] if self.reverse else [halo, x], dim=-1)
+            if cu_seqlens is not None:  # positions counted in the whole L, cut to this slice
+                start = context_parallel.slice_start(x, self.process_group)
+                position = _sequence_positions(cu_seqlens, int(cu_seqlens[-1]), from_end=self.reverse)
+                return self._packed_conv(window, position[start:start + length])
             if not self.reverse:
-                return self.conv1d(joined)[..., k - 1:k - 1 + length]
-            return F.conv1d(joined, self.conv1d.weight.flip(-1), self.conv1d.bias, padding=k - 1,
+                return self.conv1d(window)[..., k - 1:k - 1 + length]
+            return F.conv1d(window, self.conv1d.weight.flip(-1), self.conv1d.bias, padding=k - 1,
                             groups=self.d_inner)[..., k - 1:k - 1 + length]
         if cu_seqlens is None:
             if not self.reverse:  # padded by k - 1 on both sides: keep the causal window
@@ -115,17 +122,24 @@ class Mamba(nn.Module):
             # t + s, i.e. the flipped kernel over the look-ahead window.
             return F.conv1d(x, self.conv1d.weight.flip(-1), self.conv1d.bias, padding=k - 1,
                             groups=self.d_inner)[..., k - 1:]
-        # Packed sequences: a tap that reaches across a boundary must see zeros, as it would at
-        # the edge of its own sequence. Sum the k shifted, masked copies (k is small, 4).
-        position = _sequence_positions(cu_seqlens, length, from_end=self.reverse)
+        window = F.pad(x, (0, k - 1) if self.reverse else (k - 1, 0))
+        return self._packed_conv(window, _sequence_positions(cu_seqlens, length, from_end=self.reverse))
+
+    def _packed_conv(self, window: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """The conv over packed sequences: a tap that reaches across a sequence's boundary must
+        see zeros, as it would at the edge of its own sequence. window (batch, d_inner, L + k - 1)
+        holds the k - 1 positions before the L outputs (after them when reverse); position (L,)
+        is each output's index within its sequence (from the sequence's end when reverse). Sums
+        the k shifted, masked copies (k is small, 4)."""
+        k, length = self.d_conv, position.numel()
         weight = self.conv1d.weight[:, 0, :]  # (d_inner, k); tap k-1 meets the current position
-        out = x * weight[:, k - 1:k]
-        for shift in range(1, k):
-            if self.reverse:  # tap k-1-shift meets position t + shift
-                moved = F.pad(x[..., shift:], (0, shift))
-            else:
-                moved = F.pad(x[..., :length - shift], (shift, 0))
-            out = out + moved * (position >= shift).to(x.dtype) * weight[:, k - 1 - shift:k - shift]
+        out = None
+        for shift in range(k):  # tap k-1-shift meets position t - shift (t + shift when reverse)
+            begin = shift if self.reverse else k - 1 - shift
+            term = window[..., begin:begin + length] * weight[:, k - 1 - shift:k - shift]
+            if shift:
+                term = term * (position >= shift).to(window.dtype)
+            out = term if out is None else out + term
         return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
 
     def forward(self, hidden_states: torch.Tensor, inference_params=None, *,
@@ -145,9 +159,9 @@ class Mamba(nn.Module):
             inference_cache = self._states_from_cache(inference_params, hidden_states.shape[0])
             if inference_params.seqlen_offset > 0:  # decoding: one token at a time, states in place
                 return self.step(hidden_states, *inference_cache)[0]
-        if self.process_group is not None and (cu_seqlens is not None or inference_cache is not None):
-            raise ValueError("Mamba with a process_group (context parallelism) runs one sequence split along L: "
-                             "cu_seqlens and decoding states are not supported there")
+        if self.process_group is not None and inference_cache is not None:
+            raise ValueError("Mamba with a process_group (context parallelism) splits L across the ranks: "
+                             "decoding states are not supported there")
         batch, length, _ = hidden_states.shape
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)
@@ -164,7 +178,7 @@ class Mamba(nn.Module):
             y = context_parallel.selective_scan(
                 x.contiguous(), dt.contiguous(), A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
                 self.D.float(), z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                reverse=self.reverse, group=self.process_group)
+                cu_seqlens=cu_seqlens, reverse=self.reverse, group=self.process_group)
             return self.out_proj(y.transpose(1, 2))
         y = selective_scan(x.contiguous(), dt.contiguous(), A, B.transpose(1, 2).contiguous(),
                            C.transpose(1, 2).contiguous(), self.D.float(), z=z.contiguous(),
