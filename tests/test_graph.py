@@ -27,6 +27,34 @@ def test_from_edge_index_orders_by_destination_then_source():
     assert torch.equal(edge_index[:, graph.edge_ids], graph.to_edge_index())
 
 
+def test_from_edge_index_with_a_bipartite_size():
+    """PyG's size (num_sources, num_targets): num_targets rows over num_sources columns."""
+    edge_index = torch.tensor([[4, 0, 3, 4], [1, 1, 0, 1]])
+    graph = CSRGraph.from_edge_index(edge_index, (5, 2))
+    assert (graph.num_rows, graph.num_cols) == (2, 5)
+    assert graph.rowptr.tolist() == [0, 1, 4] and graph.col.tolist() == [3, 0, 4, 4]
+    assert torch.equal(edge_index[:, graph.edge_ids], graph.to_edge_index())
+    with pytest.raises(ValueError, match="target ids outside"):
+        CSRGraph.from_edge_index(edge_index, (5, 1))
+    with pytest.raises(ValueError, match="source ids outside"):
+        CSRGraph.from_edge_index(edge_index, (4, 2))
+
+
+def test_from_scatter_index_is_torch_scatter():
+    """spmm over the scatter's graph reduces the rows of src by index (empty rows 0)."""
+    index = torch.tensor([2, 0, 2, 2, 4, 0])
+    src = torch.randn(6, 3, dtype=torch.float64)
+    graph = CSRGraph.from_scatter_index(index, 6)
+    assert (graph.num_rows, graph.num_cols) == (6, 6)
+    want = torch.zeros(6, 3, dtype=torch.float64).index_add_(0, index, src)
+    torch.testing.assert_close(scangraph.spmm(graph, src, "sum"), want)
+    want_max = torch.zeros(6, 3, dtype=torch.float64).scatter_reduce_(
+        0, index[:, None].expand(-1, 3), src, "amax", include_self=False)
+    torch.testing.assert_close(scangraph.spmm(graph, src, "max"), want_max)
+    with pytest.raises(ValueError, match="outside"):
+        CSRGraph.from_scatter_index(index, 4)
+
+
 @pytest.mark.parametrize("name", ("random", "hub", "bipartite", "empty", "no_edges"))
 def test_transpose_is_the_reversed_graph_and_cached(name):
     graph = make_graph(name)

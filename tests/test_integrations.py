@@ -185,7 +185,7 @@ def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
 
 
 def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
-    """Bipartite inputs, edge features, size=, a loop-adding GCN on adj_t,
+    """A bipartite pair without targets, bipartite GAT, edge features, a loop-adding GCN on adj_t,
     PyG's cached / improved GCN and hooks on message passing
     run PyG's own code: same results, no scangraph kernel."""
     calls = _calls(monkeypatch)
@@ -197,9 +197,9 @@ def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
     seen = []
     hooked.register_message_forward_pre_hook(lambda module, inputs: seen.append(1))
     cases = [
-        (pyg_nn.SAGEConv(8, 6), ((x, x_dst), edge_index), {}),
+        (pyg_nn.SAGEConv(8, 6), ((x, None), edge_index), {"size": (n, n)}),
+        (pyg_nn.GATConv(8, 6), ((x, x_dst), edge_index), {}),
         (pyg_nn.GATConv(8, 6, edge_dim=3), (x, edge_index, torch.randn(60, 3)), {}),
-        (pyg_nn.GINConv(torch.nn.Linear(8, 6)), (x, edge_index), {"size": (n, n)}),
         (pyg_nn.GCNConv(8, 6), (x, adj_t), {}),
         (pyg_nn.GCNConv(8, 6, cached=True), (x, edge_index), {}),
         (pyg_nn.GCNConv(8, 6, improved=True), (x, edge_index), {}),
@@ -207,13 +207,125 @@ def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
     ]
     for layer, args, kwargs in cases:
         want = layer.eval()(*args, **kwargs)
-        pyg_patch.patch()
+        pyg_patch.patch(aggregations=False)
         got = layer(*args, **kwargs)
         pyg_patch.unpatch()
         want, got = (want[0], got[0]) if isinstance(want, tuple) else (want, got)
         torch.testing.assert_close(got, want)
     assert len(seen) == 2  # the hook ran unpatched and patched
     assert calls["n"] == 0
+
+
+BIPARTITE_LAYERS = {
+    "sage_mean": lambda: pyg_nn.SAGEConv((8, 5), 6),
+    "sage_max_normalize": lambda: pyg_nn.SAGEConv((8, 5), 6, aggr="max", normalize=True),
+    "gin": lambda: pyg_nn.GINConv(torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU()), eps=0.2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BIPARTITE_LAYERS))
+def test_patched_pyg_layers_on_bipartite_inputs_match_pyg(name, pyg_patch, monkeypatch):
+    """PyG's bipartite (x_src, x_dst) with an edge_index in no order (and `size=` saying the same),
+    and one node set with size=(N, N): the fused kernels, PyG's outputs and gradients (both
+    feature sets and the parameters)."""
+    calls = _calls(monkeypatch)
+    torch.manual_seed(3)
+    num_src, num_dst = 30, 12
+    edge_index = torch.stack([torch.randint(0, num_src, (90,)), torch.randint(0, num_dst, (90,))])
+    layer = BIPARTITE_LAYERS[name]()
+    x_src, x_dst = torch.randn(num_src, 8), torch.randn(num_dst, 5 if name.startswith("sage") else 8)
+    square = pyg_nn.SAGEConv(8, 6) if name.startswith("sage") else pyg_nn.GINConv(torch.nn.Linear(8, 6))
+    for module, x, kwargs in ((layer, (x_src, x_dst), {}), (layer, (x_src, x_dst), {"size": (num_src, num_dst)}),
+                              (square, x_src, {"size": (num_src, num_src)})):
+        results = []
+        for patched in (False, True):
+            if patched:
+                pyg_patch.patch()
+            module.zero_grad()
+            xs = [t.detach().clone().requires_grad_() for t in (x if isinstance(x, tuple) else (x,))]
+            out = module(tuple(xs) if isinstance(x, tuple) else xs[0], edge_index, **kwargs)
+            out.backward(torch.arange(out.numel()).reshape(out.shape) % 5 - 2.0)
+            results.append([out.detach()] + [t.grad for t in xs] + [p.grad.clone() for p in module.parameters()])
+            pyg_patch.unpatch()
+        for got, want in zip(results[1], results[0]):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert calls["n"] == 3
+
+
+def _aggregations(monkeypatch):
+    count = {"n": 0}
+    original = sg_pyg.aggregate_messages
+
+    def counted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        count["n"] += out is not NotImplemented
+        return out
+    monkeypatch.setattr(sg_pyg, "aggregate_messages", counted)
+    return count
+
+
+MESSAGE_PASSING_LAYERS = {  # layers the layer patch leaves to PyG, on the patched aggregations
+    "graph_conv_max": lambda n: (pyg_nn.GraphConv(8, 6, aggr="max"), ()),
+    "graph_conv_min": lambda n: (pyg_nn.GraphConv(8, 6, aggr="min"), ()),
+    "graph_conv_mean": lambda n: (pyg_nn.GraphConv(8, 6, aggr="mean"), ()),
+    "edge_conv_max": lambda n: (pyg_nn.EdgeConv(torch.nn.Linear(16, 6)), ()),
+    "gat_edge_features": lambda n: (pyg_nn.GATConv(8, 6, heads=2, edge_dim=3), (torch.randn(121, 3),)),
+    "sage_project": lambda n: (pyg_nn.SAGEConv(8, 6, project=True), ()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGE_PASSING_LAYERS))
+def test_patched_aggregations_match_pyg_in_message_passing_layers(name, pyg_patch, monkeypatch):
+    """Layers that reach MessagePassing's aggregation (messages of shape (E, F) or (E, heads, F))
+    give PyG's outputs and gradients with scangraph's scatter doing the reduction."""
+    count = _aggregations(monkeypatch)
+    edge_index, n = _graphs()[0][1:]
+    torch.manual_seed(2)
+    layer, extra = MESSAGE_PASSING_LAYERS[name](n)
+    x = torch.randn(n, 8)
+    want = _run(layer, x, edge_index, *extra)
+    pyg_patch.patch()
+    got = _run(layer, x, edge_index, *extra)
+    pyg_patch.unpatch()
+    assert count["n"] >= 1
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-4)
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("reduce", ["Sum", "Mean", "Max", "Min"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_patched_aggregation_modules_match_pyg(reduce, dtype, pyg_patch, monkeypatch):
+    """The aggregation modules by index (in no order, with empty rows and dim_size past the last
+    index) and by ptr, on (E, F) and (E, heads, F) messages: PyG's values and gradients (PyG's
+    computed in float64 and rounded once: in half types scangraph accumulates in fp32, PyG in the
+    half type); an index past dim_size still raises PyG's error."""
+    torch.manual_seed(0)
+    count = _aggregations(monkeypatch)
+    module = getattr(pyg_nn.aggr, f"{reduce}Aggregation")()
+    index = torch.tensor([3, 0, 0, 5, 3, 3, 1, 5, 0])
+    order = torch.argsort(index, stable=True)
+    ptr = torch.tensor([0, 3, 4, 4, 7, 7, 9, 9])
+    for shape, dim in (((9, 4), -2), ((9, 2, 3), 0)):
+        messages = torch.randn(shape, dtype=torch.float64).to(dtype).double()
+        for kwargs, values in (({"index": index, "dim_size": 8}, messages), ({"index": index}, messages),
+                               ({"ptr": ptr}, messages[order])):
+            results = []
+            for patched, run_dtype in ((False, torch.float64), (True, dtype)):
+                if patched:
+                    pyg_patch.patch()
+                src = values.to(run_dtype).detach().clone().requires_grad_()
+                out = module(src, dim=dim, **kwargs)
+                out.backward(torch.arange(out.numel(), dtype=run_dtype).reshape(out.shape))
+                results.append((out.detach().to(dtype), src.grad.to(dtype)))
+                pyg_patch.unpatch()
+            (want, want_grad), (got, got_grad) = results
+            torch.testing.assert_close(got, want)
+            torch.testing.assert_close(got_grad, want_grad)
+    assert count["n"] == 6
+    pyg_patch.patch()
+    with pytest.raises(ValueError, match="dim_size"):
+        module(torch.randn(9, 4), index=index, dim_size=4)
 
 
 def test_patched_gat_attention_weights_and_dropout(pyg_patch, monkeypatch):

@@ -114,6 +114,21 @@ def test_graph_cache_reuses_and_invalidates():
     assert graph_for(edge_index.clone(), 23, "probe", build) is not first  # another tensor
 
 
+def test_scatter_graph_is_cached_per_view_of_an_edge_index():
+    """A layer's aggregation index is a new view of its edge_index every call: one build per
+    edge_index and row, rebuilt after an in-place edit."""
+    from scangraph.nn.graph_cache import scatter_graph
+    clear_graph_cache()
+    edge_index = random_graph()
+    first = scatter_graph(edge_index[1], 23)
+    assert scatter_graph(edge_index[1], 23) is first
+    assert scatter_graph(edge_index[0], 23) is not first and scatter_graph(edge_index[1], 24) is not first
+    edge_index[1, 5] = (edge_index[1, 5] + 1) % 23
+    rebuilt = scatter_graph(edge_index[1], 23)
+    assert rebuilt is not first
+    assert torch.equal(rebuilt.col, CSRGraph.from_scatter_index(edge_index[1].clone(), 23).col)
+
+
 # ---- Mamba -----------------------------------------------------------------------------------------
 def test_mamba_state_dict_layout_matches_mamba_ssm():
     d_model, d_state, d_conv, expand = 20, 8, 3, 2

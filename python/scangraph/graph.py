@@ -93,10 +93,12 @@ class CSRGraph:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_edge_index(cls, edge_index: torch.Tensor, num_nodes: Optional[int] = None,
+    def from_edge_index(cls, edge_index: torch.Tensor, num_nodes=None,
                         edge_weight: Optional[torch.Tensor] = None,
                         index_dtype: torch.dtype = torch.int64) -> "CSRGraph":
-        """From a PyG-style (2, E) edge_index: row 0 sources, row 1 targets (destinations)."""
+        """From a PyG-style (2, E) edge_index: row 0 sources, row 1 targets (destinations).
+        num_nodes: the node count (default: the largest id + 1), or PyG's bipartite size
+        (num_sources, num_targets): a graph of num_targets rows over num_sources columns."""
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must have shape (2, num_edges), got {tuple(edge_index.shape)}")
         if edge_index.dtype not in (torch.int32, torch.int64):
@@ -104,15 +106,31 @@ class CSRGraph:
         src, dst = edge_index[0].to(torch.int64), edge_index[1].to(torch.int64)
         if num_nodes is None:
             num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
-        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-            raise ValueError(f"edge_index holds node ids outside [0, {num_nodes})")
-        # Sort by (destination, source); the key fits int64 for any num_nodes < 3e9.
-        order = torch.argsort(dst * num_nodes + src, stable=True)
+        num_src, num_dst = map(int, num_nodes) if isinstance(num_nodes, (tuple, list)) else (int(num_nodes),) * 2
+        for ids, count, what in ((src, num_src, "source"), (dst, num_dst, "target")):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= count):
+                raise ValueError(f"edge_index holds {what} ids outside [0, {count})")
+        # Sort by (destination, source); the key fits int64 for any num_src < 3e9.
+        order = torch.argsort(dst * num_src + src, stable=True)
         rowptr = torch.searchsorted(
-            dst[order], torch.arange(num_nodes + 1, device=dst.device, dtype=torch.int64))
+            dst[order], torch.arange(num_dst + 1, device=dst.device, dtype=torch.int64))
         weight = None if edge_weight is None else edge_weight[order]
-        return cls(rowptr, src[order].to(index_dtype), weight, num_cols=num_nodes,
+        return cls(rowptr, src[order].to(index_dtype), weight, num_cols=num_src,
                    edge_ids=order, validate=False)
+
+    @classmethod
+    def from_scatter_index(cls, index: torch.Tensor, num_rows: int) -> "CSRGraph":
+        """The graph of a scatter: row i reads the positions e with index[e] == i, so that
+        spmm(graph, src, reduce) equals torch_scatter's scatter(src, index, 0, num_rows, reduce)
+        on a (len(index), F) src (ties in max / min: the first position)."""
+        if index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"index must be a 1-D int32 or int64 tensor, got {index.dtype} of shape "
+                             f"{tuple(index.shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_rows):
+            raise ValueError(f"index holds values outside [0, {num_rows})")
+        order = torch.argsort(index, stable=True)
+        rowptr = torch.searchsorted(index[order], torch.arange(num_rows + 1, device=index.device, dtype=index.dtype))
+        return cls(rowptr.to(torch.int64), order, num_cols=index.numel(), validate=False)
 
     @classmethod
     def from_sparse(cls, matrix: torch.Tensor) -> "CSRGraph":

@@ -41,6 +41,18 @@ class Case:
     # impls[name][pass] with pass in ("fwd", "fwd+bwd"); our backends are named "scangraph.<backend>"
 
 
+def with_integration(fn: Callable[[], object], apply: Callable[[], object], revert: Callable[[], object]):
+    """fn run with an integration's patch applied and undone after each call, so that the
+    baseline, timed in the same rounds, runs unpatched."""
+    def run():
+        apply()
+        try:
+            return fn()
+        finally:
+            revert()
+    return run
+
+
 def our_backends(op: str, device: torch.device, options: Options) -> List[str]:
     """The compiled backends that run `op` on `device`; on CPU the Triton interpreter is a
     correctness tool, not a speed contender, so it is left out. options.backends overrides."""

@@ -5,11 +5,11 @@ backward) and greedy generate(). The model is built from a config (no download: 
 in the run's dtype; the projections and the causal conv are transformers' torch code in both, so
 the difference is the selective scan (the parallel scan of a step, the state update of a
 decoded token). transformers is an optional extra: without it this family has no cases."""
-import contextlib
+import functools
 
 import torch
 
-from scangraph.bench.case import Case, Options, our_backends
+from scangraph.bench.case import Case, Options, our_backends, with_integration
 
 OPS = ("hf_mamba", "hf_mamba_decode")
 # Only on request (--ops): on a CPU, transformers' own training step at the default shape takes
@@ -25,17 +25,6 @@ def _shape(device: torch.device, options: Options) -> dict:
     return dict(hidden=256, layers=4, vocab=1024, batch=2, length=512, prompt=32, new=32)
 
 
-@contextlib.contextmanager
-def _on_scangraph(backend: str):
-    """transformers' SSM functions swapped for scangraph's for one call, then restored."""
-    from scangraph.integrations import transformers as sg_hf
-    sg_hf.apply(backend=backend)
-    try:
-        yield
-    finally:
-        sg_hf.revert()
-
-
 def cases(device: torch.device, dtype: torch.dtype, options: Options):
     wanted = [op for op in OPS if op in options.ops]
     if not wanted:
@@ -44,6 +33,7 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
         import transformers
     except ImportError:
         return
+    from scangraph.integrations import transformers as sg_hf
     transformers.logging.set_verbosity_error()  # the slow-path notice on every model build
     s = _shape(device, options)
     torch.manual_seed(0)
@@ -74,7 +64,8 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
         case = Case(op="hf_mamba", label=label, dtype=dtype, device=device, bytes_fwd=weight_bytes,
                     columns={**columns, "L": s["length"]})
         for backend in backends:
-            case.impls[f"scangraph.{backend}"] = {pass_name: _patched(fn, backend)
+            apply = functools.partial(sg_hf.apply, backend=backend)
+            case.impls[f"scangraph.{backend}"] = {pass_name: with_integration(fn, apply, sg_hf.revert)
                                                   for pass_name, fn in (("fwd", forward), ("fwd+bwd", step))}
         case.impls["transformers"] = {"fwd": forward, "fwd+bwd": step}
         if options.only is None or options.only == label:
@@ -94,14 +85,9 @@ def cases(device: torch.device, dtype: torch.dtype, options: Options):
         case = Case(op="hf_mamba_decode", label=label, dtype=dtype, device=device,
                     bytes_fwd=weight_bytes * (1 + s["new"]), columns={**columns, "L": s["prompt"] + s["new"]})
         for backend in backends:
-            case.impls[f"scangraph.{backend}"] = {"fwd": _patched(generate, backend)}
+            apply = functools.partial(sg_hf.apply, backend=backend)
+            case.impls[f"scangraph.{backend}"] = {"fwd": with_integration(generate, apply, sg_hf.revert)}
         case.impls["transformers"] = {"fwd": generate}
         if options.only is None or options.only == label:
             yield case
 
-
-def _patched(fn, backend: str):
-    def run():
-        with _on_scangraph(backend):
-            return fn()
-    return run

@@ -1,31 +1,39 @@
 """PyG's own layers on scangraph's kernels:
 
     from scangraph.integrations import pyg as sg_pyg
-    sg_pyg.patch()      # torch_geometric.nn.GCNConv / SAGEConv / GINConv / GATConv use scangraph
+    sg_pyg.patch()      # torch_geometric.nn.GCNConv / SAGEConv / GINConv / GATConv, and the
+                        # sum / mean / max / min aggregations of every MessagePassing layer
     sg_pyg.unpatch()    # PyG's own forward again
 
-patch() wraps the forward of those four classes (process-wide, every instance, their own
-parameters untouched). A call runs on scangraph's fused kernels when all of its inputs are ones
+patch() wraps the forward of those four classes and of torch_geometric.nn.aggr's
+SumAggregation, MeanAggregation, MaxAggregation and MinAggregation (process-wide, every
+instance, their own parameters untouched). A call runs on scangraph's fused kernels when all of its inputs are ones
 scangraph computes exactly as PyG does (`supported` below says which); any other call runs
 PyG's own forward unchanged, so a patched model never gives a silently different result.
 torch.jit.script cannot compile a patched layer's forward: script it unpatched.
 
 Covered (else PyG's forward runs):
-- all four: x a 2-D tensor (not a bipartite pair), the graph an `edge_index` (2, E) tensor or a
-  square torch sparse adj_t (COO / CSR; its values are edge weights, out = adj_t @ x), `size`
-  None, flow "source_to_target", none of MessagePassing's internals in use (explain mode,
+- all four: x a 2-D tensor, the graph an `edge_index` (2, E) tensor or a square torch sparse
+  adj_t (COO / CSR; its values are edge weights, out = adj_t @ x), `size` None or the size x
+  implies, flow "source_to_target", none of MessagePassing's internals in use (explain mode,
   decomposed layers, hooks on propagate / message / aggregate);
+- SAGEConv and GINConv also on PyG's bipartite pair (x_src, x_dst) with an edge_index;
 - GCNConv: `edge_weight` (in edge_index order) with an edge_index; an adj_t without
   add_self_loops (PyG adds a second loop where adj_t has one); cached=False (PyG's cache reuses
   the first call's graph for every later call; scangraph caches per edge_index anyway);
   improved=True only with edge_weight (without it PyG's gcn_norm gives the loops weight 1, not 2);
 - SAGEConv: aggr "mean" / "sum" / "max" / "min", project=False;
 - GINConv: the default "add" aggregation;
-- GATConv: an edge_index tensor, no edge_attr / edge_dim, no residual, a shared `lin`;
+- GATConv: an edge_index tensor, `size` None, no edge_attr / edge_dim, no residual, a shared `lin`;
   return_attention_weights=True returns PyG's (out, (edge_index, alpha)). Attention dropout in
   training runs in the fused kernel: the same distribution as PyG's (Bernoulli per edge and
   head, after the softmax), drawn from scangraph's Philox stream, so the masks differ from
-  PyG's draws (as any two dropout implementations' do).
+  PyG's draws (as any two dropout implementations' do);
+- the aggregations, which every MessagePassing layer with a string `aggr` calls on its gathered
+  messages (and any layer the rows above leave to PyG): messages reduced over dim 0 (a (E, ...)
+  tensor in a float dtype) by an `index` (a CSR graph of the scatter, spmm over it) or by a
+  `ptr`. Empty rows give 0, as in PyG. Ties in max / min give the gradient to the first of the
+  tied messages, as torch_scatter's scatter_max does (PyG's torch-only path splits it among them).
 """
 import functools
 import inspect
@@ -33,11 +41,14 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from scangraph.graph import CSRGraph
 from scangraph.nn.conv import gat_forward, gcn_propagation_graph
-from scangraph.nn.graph_cache import as_csr
+from scangraph.nn.graph_cache import as_csr, as_csr_of, scatter_graph
+from scangraph.ops._rules import FLOAT_DTYPES
 from scangraph.ops.sparse import spmm
 
-_originals: dict = {}  # class -> PyG's forward
+_originals: dict = {}  # class -> PyG's forward, while patched
+_wrapped: dict = {}  # class -> (PyG's forward, its wrapper)
 _MESSAGE_PASSING_STEPS = ("propagate", "message", "aggregate", "message_and_aggregate", "edge_update")
 _REDUCE = {"mean": "mean", "sum": "sum", "add": "sum", "max": "max", "min": "min"}
 
@@ -50,10 +61,26 @@ def _pyg():
     return pyg_nn
 
 
-def _graph_ok(module, x, edge_index, size, dense_only=False) -> bool:
-    """The inputs every patched layer shares: plain node features and a plain graph."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or size is not None:
-        return False
+def _node_features(x, size):
+    """(x_src, x_dst, num_nodes) of a layer's x, a tensor or PyG's bipartite pair (x_src, x_dst),
+    with `size` checked against it; num_nodes is None for one node set, else (num_src, num_dst).
+    None where PyG's own code must run (a pair with x_dst None, a size that disagrees with x)."""
+    if isinstance(x, torch.Tensor):
+        x_src = x_dst = x
+    elif isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(t, torch.Tensor) for t in x):
+        x_src, x_dst = x
+    else:
+        return None
+    if x_src.dim() != 2 or x_dst.dim() != 2 or x_src.dtype != x_dst.dtype or x_src.device != x_dst.device:
+        return None
+    pair = (x_src.shape[0], x_dst.shape[0])
+    if size is not None and tuple(size) != pair:
+        return None
+    return x_src, x_dst, (None if x_src is x_dst else pair)
+
+
+def _graph_ok(module, x, edge_index, bipartite=False, dense_only=False) -> bool:
+    """The inputs every patched layer shares: a plain graph, no MessagePassing internals in use."""
     if getattr(module, "flow", "source_to_target") != "source_to_target":
         return False
     if getattr(module, "_explain", None) or getattr(module, "decomposed_layers", 1) != 1:
@@ -65,16 +92,20 @@ def _graph_ok(module, x, edge_index, size, dense_only=False) -> bool:
         return False  # a torch_sparse SparseTensor: PyG's layers treat its values differently
     if edge_index.layout == torch.strided:
         return edge_index.dim() == 2 and edge_index.shape[0] == 2 and not edge_index.is_floating_point()
-    if dense_only or edge_index.layout not in (torch.sparse_coo, torch.sparse_csr):
+    if bipartite or dense_only or edge_index.layout not in (torch.sparse_coo, torch.sparse_csr):
         return False
     return edge_index.dim() == 2 and edge_index.shape[0] == edge_index.shape[1] == x.shape[0]
+
+
+def _plain(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 2
 
 
 def _gcn(self, x, edge_index, edge_weight=None):
     matrix = isinstance(edge_index, torch.Tensor) and edge_index.layout != torch.strided
     # On an adj_t PyG adds a loop to every node even where one exists (on an edge_index it adds
     # the missing ones only, as scangraph does): leave that case to PyG.
-    if not _graph_ok(self, x, edge_index, None) or (matrix and (edge_weight is not None or self.add_self_loops)):
+    if not _plain(x) or not _graph_ok(self, x, edge_index) or (matrix and (edge_weight is not None or self.add_self_loops)):
         return NotImplemented
     if self.cached:  # PyG's cache keeps the first call's graph for every later call: its semantics, its code
         return NotImplemented
@@ -86,30 +117,65 @@ def _gcn(self, x, edge_index, edge_weight=None):
 
 
 def _sage(self, x, edge_index, size=None):
-    if not _graph_ok(self, x, edge_index, size) or getattr(self, "project", False) \
-            or not isinstance(self.aggr, str) or self.aggr not in _REDUCE:
+    features = _node_features(x, size)
+    if features is None or getattr(self, "project", False) or not isinstance(self.aggr, str) \
+            or self.aggr not in _REDUCE or not _graph_ok(self, features[0], edge_index, features[2] is not None):
         return NotImplemented
-    graph = as_csr(x, edge_index)
-    out = self.lin_l(spmm(graph, x, _REDUCE[self.aggr]))
+    x_src, x_dst, num_nodes = features
+    graph = as_csr(x_src, edge_index) if num_nodes is None else as_csr_of(edge_index, num_nodes)
+    out = self.lin_l(spmm(graph, x_src, _REDUCE[self.aggr]))
     if self.root_weight:
-        out = out + self.lin_r(x)
+        out = out + self.lin_r(x_dst)
     return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
 
 
 def _gin(self, x, edge_index, size=None):
-    if not _graph_ok(self, x, edge_index, size) or self.aggr not in ("add", "sum"):
+    features = _node_features(x, size)
+    if features is None or self.aggr not in ("add", "sum") \
+            or not _graph_ok(self, features[0], edge_index, features[2] is not None):
         return NotImplemented
-    graph = as_csr(x, edge_index)
-    return self.nn(spmm(graph, x, "sum") + (1 + self.eps) * x)
+    x_src, x_dst, num_nodes = features
+    graph = as_csr(x_src, edge_index) if num_nodes is None else as_csr_of(edge_index, num_nodes)
+    return self.nn(spmm(graph, x_src, "sum") + (1 + self.eps) * x_dst)
 
 
 def _gat(self, x, edge_index, edge_attr=None, size=None, return_attention_weights=None):
-    if (not _graph_ok(self, x, edge_index, size, dense_only=True) or edge_attr is not None
+    if (not _plain(x) or size is not None or not _graph_ok(self, x, edge_index, dense_only=True) or edge_attr is not None
             or getattr(self, "edge_dim", None) is not None or getattr(self, "res", None) is not None
             or getattr(self, "lin", None) is None):
         return NotImplemented
     # PyG's GATConv removes every loop, then adds one per node: as ours does.
     return gat_forward(self, x, edge_index, return_attention_weights)
+
+
+def _aggregation(reduce: str):
+    def aggregate(self, x, index=None, ptr=None, dim_size=None, dim=-2):
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.dtype not in FLOAT_DTYPES:
+            return NotImplemented
+        if (dim + x.dim() if dim < 0 else dim) != 0:  # messages along another dim: a batch of scatters
+            return NotImplemented
+        return aggregate_messages(x, index, ptr, dim_size, reduce)
+    return aggregate
+
+
+def aggregate_messages(x, index, ptr, dim_size, reduce):
+    """x (E, ...) reduced over its rows by index (or by the segments of ptr), as PyG's scatter /
+    segment; NotImplemented where PyG's own code must run (or raise its own error)."""
+    num_messages = x.shape[0]
+    if index is not None:
+        if index.dim() != 1 or index.numel() != num_messages or index.device != x.device:
+            return NotImplemented
+        rows = dim_size if dim_size is not None else (int(index.max()) + 1 if index.numel() else 0)
+        try:
+            graph = scatter_graph(index, rows)
+        except ValueError:  # an index outside [0, dim_size): PyG raises its 'invalid dim_size' error
+            return NotImplemented
+    elif ptr is not None and ptr.dim() == 1 and ptr.device == x.device and int(ptr[-1]) == num_messages:
+        graph = CSRGraph(ptr.to(torch.int64), torch.arange(num_messages, device=x.device), num_cols=num_messages)
+    else:
+        return NotImplemented
+    out = spmm(graph, x.reshape(num_messages, -1), reduce)
+    return out.reshape(graph.num_rows, *x.shape[1:])
 
 
 def _wrap(ours, original):
@@ -127,14 +193,23 @@ def _wrap(ours, original):
     return forward
 
 
-def patch():
-    """Route PyG's GCNConv, SAGEConv, GINConv and GATConv to scangraph where covered."""
+def patch(layers: bool = True, aggregations: bool = True):
+    """Route PyG's GCNConv, SAGEConv, GINConv and GATConv (`layers`) and the sum / mean / max /
+    min aggregations of MessagePassing (`aggregations`) to scangraph where covered."""
     pyg_nn = _pyg()
-    for cls, ours in ((pyg_nn.GCNConv, _gcn), (pyg_nn.SAGEConv, _sage), (pyg_nn.GINConv, _gin),
-                      (pyg_nn.GATConv, _gat)):
+    targets = []
+    if layers:
+        targets += [(pyg_nn.GCNConv, _gcn), (pyg_nn.SAGEConv, _sage), (pyg_nn.GINConv, _gin), (pyg_nn.GATConv, _gat)]
+    if aggregations:
+        targets += [(getattr(pyg_nn.aggr, f"{name}Aggregation"), _aggregation(reduce))
+                    for name, reduce in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max"), ("Min", "min"))]
+    for cls, ours in targets:
         if cls not in _originals:
             _originals[cls] = cls.forward
-            cls.forward = _wrap(ours, cls.forward)
+            # The wrapper is built once per class and forward: patching again is an assignment.
+            if _wrapped.get(cls, (None,))[0] is not cls.forward:
+                _wrapped[cls] = (cls.forward, _wrap(ours, cls.forward))
+            cls.forward = _wrapped[cls][1]
 
 
 def unpatch():

@@ -34,13 +34,31 @@ def clear_graph_cache() -> None:
     _matrix_graphs.clear()
 
 
-def _key(edge_index: torch.Tensor, num_nodes: Optional[int], variant: str):
+def _key(tensor: torch.Tensor, extra):
     try:
-        version = edge_index._version
+        version = tensor._version
     except RuntimeError:  # inference tensors have no version counter: do not cache them
         return None
-    return (id(edge_index), edge_index.data_ptr(), tuple(edge_index.shape), tuple(edge_index.stride()),
-            str(edge_index.device), version, num_nodes, variant)
+    return (id(tensor), tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), str(tensor.device), version,
+            extra)
+
+
+def cached_on(tensor: torch.Tensor, extra, build: Callable[[], CSRGraph]) -> CSRGraph:
+    """build(), cached on the identity of `tensor` (see above) plus `extra` (what the graph is
+    built from it: a hashable description)."""
+    key = _key(tensor, extra)
+    if key is not None and key in _cache:
+        ref, cached = _cache[key]
+        if ref() is tensor:
+            _cache.move_to_end(key)
+            return cached
+        del _cache[key]
+    built = build()
+    if key is not None:
+        _cache[key] = (weakref.ref(tensor), built)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return built
 
 
 def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
@@ -57,20 +75,21 @@ def graph_for(graph: GraphLike, num_nodes: Optional[int], variant: str,
     if not isinstance(graph, torch.Tensor):
         raise TypeError(f"expected an edge_index tensor (2, num_edges), a scangraph.CSRGraph, or an adjacency "
                         f"adj_t (a torch sparse matrix or a torch_sparse SparseTensor), got {type(graph).__name__}")
-    key = _key(graph, num_nodes, variant)
-    if key is not None and key in _cache:
-        ref, cached = _cache[key]
-        if ref() is graph:
-            _cache.move_to_end(key)
-            return cached
-        del _cache[key]
+    return cached_on(graph, (num_nodes, variant), lambda: _build(graph, num_nodes, variant, build))
+
+
+def _build(graph: torch.Tensor, num_nodes, variant: str, build: Callable[[CSRGraph], CSRGraph]) -> CSRGraph:
     base = as_csr_of(graph, num_nodes) if variant != "raw" else CSRGraph.from_edge_index(graph, num_nodes=num_nodes)
-    built = build(base)
-    if key is not None:
-        _cache[key] = (weakref.ref(graph), built)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return built
+    return build(base)
+
+
+def scatter_graph(index: torch.Tensor, num_rows: int) -> CSRGraph:
+    """CSRGraph.from_scatter_index, cached. A message-passing layer's index is a view of its
+    edge_index (a new view object each call), so the cache keys on the viewed tensor and the
+    view's place in it."""
+    base = index if index._base is None else index._base
+    where = ("scatter", index.dtype, index.storage_offset(), tuple(index.stride()), tuple(index.shape), num_rows)
+    return cached_on(base, where, lambda: CSRGraph.from_scatter_index(index, num_rows))
 
 
 def as_csr(x: torch.Tensor, graph: GraphLike) -> CSRGraph:
