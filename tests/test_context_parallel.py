@@ -75,27 +75,32 @@ def _run_scan(mine, grads, lo, hi, reverse, group=None, cu=None):
                 grads={k: g for k, g in zip(names, got)})
 
 
-def _attention_inputs(seed, batch, length, heads, d, dv):
+def _attention_inputs(seed, batch, length, heads, d, dv, seqs=None):
+    """q, k, v and an initial state per sequence (batch rows, or `seqs` packed sequences)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    rows = batch if seqs is None else seqs
     inputs = dict(q=r(heads, d), k=r(batch, length, heads, d) * 2, v=r(batch, length, heads, dv),
-                  m0=r(batch, heads), c0=torch.rand(batch, heads, generator=g, dtype=torch.float64) + 0.5,
-                  w0=r(batch, heads, dv))
-    grads = dict(out=r(batch, length, heads, dv), m=r(batch, heads), c=r(batch, heads), w=r(batch, heads, dv))
+                  m0=r(rows, heads), c0=torch.rand(rows, heads, generator=g, dtype=torch.float64) + 0.5,
+                  w0=r(rows, heads, dv))
+    grads = dict(out=r(batch, length, heads, dv), m=r(rows, heads), c=r(rows, heads), w=r(rows, heads, dv))
     return inputs, grads
 
 
-def _run_attention(inputs, grads, lo, hi, rank, world, distributed):
+def _run_attention(inputs, grads, lo, hi, rank, world, distributed, cu=None):
+    """Packed (cu): the initial states are every sequence's, on every rank; each rank's final
+    states are those of the sequences it finishes (the empty state elsewhere)."""
     q = inputs["q"].clone().requires_grad_()
     k = inputs["k"][:, lo:hi].clone().requires_grad_()
     v = inputs["v"][:, lo:hi].clone().requires_grad_()
     leaves = dict(q=q, k=k, v=v)
     state = None
-    if rank == 0:
+    if rank == 0 or cu is not None:
         state = tuple(inputs[n].clone().requires_grad_() for n in ("m0", "c0", "w0"))
         leaves.update(m0=state[0], c0=state[1], w0=state[2])
     run = scangraph.distributed.prefix_attention if distributed else scangraph.prefix_attention
-    out, final = run(q, k, v, initial_state=state, return_state=True)
+    packing = {} if cu is None else {"cu_seqlens": torch.tensor(cu, dtype=torch.int32)}
+    out, final = run(q, k, v, initial_state=state, return_state=True, **packing)
     loss = (out * grads["out"][:, lo:hi]).sum()
     if final is not None:
         # the final max m has no gradient of its own (the state is invariant to it): weight c, w
@@ -121,7 +126,10 @@ def _cases(world):
                                                 reverse=True, dtype=torch.float64, bounds=scan_bounds,
                                                 cu=[0, 0, 30, 31, 140, 150])),
              ("attention", dict(kind="attention", seed=3, shape=(2, 90, 2, 4, 3),
-                                bounds={2: [0, 50, 90], 4: [0, 20, 20, 61, 90]}[world]))]
+                                bounds={2: [0, 50, 90], 4: [0, 20, 20, 61, 90]}[world])),
+             ("attention-packed", dict(kind="attention", seed=7, shape=(1, 90, 2, 4, 3),
+                                       bounds={2: [0, 50, 90], 4: [0, 20, 20, 61, 90]}[world],
+                                       cu=[0, 10, 10, 65, 66, 90, 90]))]
     if world == 4:
         L = 65536
         cases.append(("scan-64k", dict(kind="scan", seed=4, shape=(1, 4, L, 8), varying=True, reverse=False,
@@ -137,8 +145,9 @@ def _run_case(case, rank, world, distributed):
         first = world - 1 if case["reverse"] else 0
         mine = _scan_slice(inputs, lo, hi, rank, first, case["varying"], packed=cu is not None)
         return _run_scan(mine, grads, lo, hi, case["reverse"], group=None if distributed else False, cu=cu)
-    inputs, grads = _attention_inputs(case["seed"], *case["shape"])
-    return _run_attention(inputs, grads, lo, hi, rank, world, distributed)
+    cu = case.get("cu")
+    inputs, grads = _attention_inputs(case["seed"], *case["shape"], seqs=None if cu is None else len(cu) - 1)
+    return _run_attention(inputs, grads, lo, hi, rank, world, distributed, cu)
 
 
 def _worker(rank, world, port, folder):
@@ -184,7 +193,14 @@ def test_context_parallel_equals_one_process(world):
         torch.testing.assert_close(_cat([r["out"] for r in per_rank], seq_dim), whole["out"], **tol, msg=name)
         packed = case.get("cu") is not None
         exit_rank = 0 if case.get("reverse") else world - 1
-        if packed:  # every rank: the rows of the sequences it finishes, zeros elsewhere
+        if packed and case["kind"] == "attention":  # the ranks' states combined: every final state
+            from scangraph.distributed.context_parallel import _combine
+            combined = per_rank[0]["last"]
+            for r in per_rank[1:]:
+                combined = _combine(combined, r["last"])
+            for got, want in zip(combined, whole["last"]):
+                torch.testing.assert_close(got, want, **tol, msg=f"{name}: final states")
+        elif packed:  # every rank: the rows of the sequences it finishes, zeros elsewhere
             torch.testing.assert_close(sum(r["last"] for r in per_rank), whole["last"], **tol,
                                        msg=f"{name}: final states")
         else:
@@ -204,7 +220,8 @@ def test_context_parallel_equals_one_process(world):
             else:  # replicated: each rank's share, summed over the group (packed initial states:
                 # None on a rank where no sequence starts)
                 shares = [r["grads"][key] for r in per_rank]
-                assert all(g is not None for g in shares) or (packed and key == "initial_state"), (name, key)
+                assert all(g is not None for g in shares) or (packed and key in ("initial_state", "m0", "c0", "w0")), \
+                    (name, key)
                 got = sum(g for g in shares if g is not None)
             torch.testing.assert_close(got, want, **tol, msg=f"{name}: gradient of {key}")
 
@@ -289,7 +306,7 @@ def _modules(world, group=None):
     """The context-parallel modules with fixed parameters, their input and the ranks' slices."""
     bounds = {2: [0, 23, 60], 4: [0, 9, 30, 33, 60]}[world]
     made = {}
-    for name in ("mamba", "bimamba", "aaren", "mamba_packed", "bimamba_packed"):
+    for name in ("mamba", "bimamba", "aaren", "mamba_packed", "bimamba_packed", "aaren_packed"):
         torch.manual_seed(5)
         if name == "mamba" or name == "mamba_packed":
             model = scangraph.nn.Mamba(6, d_state=4, d_conv=4, expand=2, process_group=group)
@@ -320,7 +337,7 @@ def _module_grad(x):
 @pytest.mark.parametrize("world", [2, 4])
 def test_modules_run_context_parallel(world):
     """Mamba (the conv's window reaching into the previous slice), BiMamba (and into the next),
-    both also over packed sequences crossing the slices (cu_seqlens), and Aaren with a process
+    and Aaren, each also over packed sequences crossing the slices (cu_seqlens), with a process
     group: the slices' outputs and input gradients concatenated, and
     the parameter gradients summed over the ranks, equal the module on the whole sequence."""
     with tempfile.TemporaryDirectory() as folder:

@@ -15,10 +15,11 @@ backward: the gradient reaching a rank's entering state goes back through the co
 the earlier ranks' summaries (their slices' gradients) in one reduce of the same size. The
 backward is deterministic: fixed-order sums, no atomics.
 
-Packed sequences (the selective scan's cu_seqlens) may cross the ranks' boundaries: each slice
-is cut into one piece per sequence it touches, and only the piece the scan enters the slice by
-can continue a sequence, so the slice's map is its decays when one sequence runs through it and
-P = 0 when one starts in it (_packed_selective_scan).
+Packed sequences (cu_seqlens) may cross the ranks' boundaries: each slice is cut into one piece
+per sequence it touches, and only the piece the scan enters the slice by can continue a
+sequence, so the slice's map is its decays when one sequence runs through it and P = 0 when one
+starts in it (_packed_selective_scan); prefix attention's slice likewise combines the entering
+state into the one it hands on only when one sequence runs through it (_packed_prefix_attention).
 
 Parameters (A, D, delta_bias; prefix attention's q) are replicated: each rank's gradient is its
 slice's share, and the sum over the group (or DDP's mean over it, scaled) is the full gradient.
@@ -315,22 +316,34 @@ def _combine(a, b):
 
 def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
                      initial_state: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
-                     return_state: bool = False, group=None, backend: str = "auto"):
+                     return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, group=None,
+                     backend: str = "auto"):
     """scangraph.prefix_attention over one sequence split along L across `group`: k (batch,
     L_rank, heads, d) and v (batch, L_rank, heads, dv) are this rank's slice, in rank order; q
     is replicated. initial_state (m, denom, numer) is read on rank 0 (the others pass None);
-    with return_state, the last rank returns the final state and the others None."""
+    with return_state, the last rank returns the final state and the others None.
+
+    Packed sequences: cu_seqlens (int32, num_seqs + 1 offsets into the whole L, batch 1) is the
+    same on every rank, and its sequences may cross the ranks' boundaries. initial_state is then
+    every sequence's ((num_seqs, heads), (num_seqs, heads), (num_seqs, heads, dv)), the same on
+    every rank, and with return_state every rank returns the final states of the sequences it
+    finishes, with the empty state (m = -inf, 0, 0) elsewhere: their combine over the group is
+    every final state (as the selective scan's packed states sum to it)."""
     op = "scangraph.distributed.prefix_attention"
     if not isinstance(k, torch.Tensor) or k.dim() != 4 or not isinstance(v, torch.Tensor) or v.dim() != 4:
         raise ValueError(f"{op}: k and v must be (batch, L, heads, d) tensors")
     rank, world = _group_info(op, group, k)
     batch, _, heads, dk = k.shape
     dv = v.shape[3]
-    every = _agree(op, group, world, k, dict(
+    fields = dict(
         batch=batch, heads=heads, d=dk, dv=dv, dtype=FLOAT_CODES.get(k.dtype, -1), q_batched=int(q.dim() == 3),
         return_state=int(bool(return_state)),
         scale_bits=struct.unpack("<q", struct.pack("<d", scale))[0] if scale is not None else -1,
-        initial_state=int(initial_state is not None)))
+        initial_state=int(initial_state is not None))
+    if cu_seqlens is not None:
+        return _packed_prefix_attention(op, rank, world, fields, q, k, v, scale, initial_state, return_state,
+                                        cu_seqlens, group, backend)
+    every = _agree(op, group, world, k, fields)
     _check_initial_state(op, every, 0)
     acc = opmath_dtype(v.dtype)
     # 1. The slice's summary from the empty state.
@@ -341,17 +354,100 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale
         m0 = torch.full_like(m, float("-inf"))
         c0, w0 = torch.zeros_like(c), torch.zeros_like(w)
     # 2. Gather (m, c, w) of every rank and the initial state; compose the ranks before this one.
-    packed = torch.cat([torch.stack([m, c], -1), w, torch.stack([m0, c0], -1), w0], -1)
-    summaries = _gather(packed, group, world)
-
-    def unpack(t, offset):
-        return t[..., offset], t[..., offset + 1], t[..., offset + 2:offset + 2 + dv]
-
-    state = unpack(summaries[0], 2 + dv)
+    summaries = _gather(torch.cat([_pack_state((m, c, w)), _pack_state((m0, c0, w0))], -1), group, world)
+    state = _unpack_state(summaries[0][..., 2 + dv:])
     for r in range(rank):
-        state = _combine(state, unpack(summaries[r], 0))
+        state = _combine(state, _unpack_state(summaries[r][..., :2 + dv]))
     # 3. The slice from its true initial state.
     out, final = _prefix_attention(q, k, v, scale=scale, initial_state=state, return_state=True, backend=backend)
     if not return_state:
         return out
     return out, (final if rank == world - 1 else None)
+
+
+def _pack_state(state):
+    """(m, c, w) as one tensor (..., 2 + dv), as the ranks exchange it."""
+    m, c, w = state
+    return torch.cat([torch.stack([m, c], -1), w], -1)
+
+
+def _unpack_state(t):
+    return t[..., 0], t[..., 1], t[..., 2:]
+
+
+def _packed_prefix_attention(op, rank, world, fields, q, k, v, scale, initial_state, return_state, cu_seqlens,
+                             group, backend):
+    """Prefix attention over packed sequences. As for the scan (_packed_selective_scan), a rank's
+    slice is cut into one piece per sequence it touches, and only its first piece can continue a
+    sequence from the ranks before. The state a slice hands on is combine(h_in, S) when one
+    piece continues through the whole slice (or the slice is empty, S then the empty state), and
+    S alone when a sequence starts in it, S being its last piece's state from that piece's own
+    entering state (its sequence's initial state where it starts the sequence, else empty)."""
+    batch, length, heads, _ = k.shape
+    dv = v.shape[3]
+    num_seqs = cu_seqlens.numel() - 1 if isinstance(cu_seqlens, torch.Tensor) else -1
+    every = _agree(op, group, world, k, dict(
+        fields, num_seqs=num_seqs, length=length,
+        offsets=hash(tuple(cu_seqlens.tolist())) & 0x7FFFFFFF if num_seqs >= 0 else -1), per_rank=("length",))
+    lengths = [d["length"] for d in every]
+    num_seqs = check_cu_seqlens(op, cu_seqlens, k, batch, sum(lengths))
+    offsets = cu_seqlens.tolist()
+    acc = opmath_dtype(v.dtype)
+    if initial_state is not None:
+        want = ((num_seqs, heads), (num_seqs, heads), (num_seqs, heads, dv))
+        if len(initial_state) != 3 or any(tuple(t.shape) != shape for t, shape in zip(initial_state, want)):
+            raise ValueError(f"{op}: with cu_seqlens, initial_state is every sequence's (m, denom, numer), the same on "
+                             f"every rank: shapes {want}")
+        initial_state = tuple(t.to(acc) for t in initial_state)
+    empty = (torch.full((heads,), float("-inf"), dtype=acc, device=k.device),
+             torch.zeros(heads, dtype=acc, device=k.device), torch.zeros(heads, dv, dtype=acc, device=k.device))
+    bounds = [sum(lengths[:r]) for r in range(world + 1)]
+    every_pieces = [_pieces(offsets, bounds[r], bounds[r + 1], False) for r in range(world)]
+    pieces = every_pieces[rank]
+    local_cu = torch.tensor([0] + [stop for _, _, stop, _, _ in pieces] if pieces else [0, 0], dtype=torch.int32,
+                            device=k.device)
+
+    def continues(r):  # whether rank r's slice combines the state entering it into the one it hands on
+        return not every_pieces[r] or (len(every_pieces[r]) == 1 and not every_pieces[r][0][3])
+
+    def entering(carried, anchor=0):
+        """Each piece's initial state: its sequence's where it starts the sequence, else
+        `carried`; `anchor`, a zero, added to the sums."""
+        rows = [(tuple(t[j] for t in initial_state) if initial_state is not None else empty) if enters else carried
+                for j, _, _, enters, _ in pieces] or [empty]
+        m, c, w = (torch.stack([row[i] for row in rows]) for i in range(3))
+        if isinstance(anchor, torch.Tensor):
+            c, w = c + anchor, w + anchor[..., None]
+        return m, c, w
+
+    common = dict(scale=scale, return_state=True, cu_seqlens=local_cu, backend=backend)
+    # 1. The slice's summary S: its last piece's state from its own entering state.
+    _, last = _prefix_attention(q, k, v, initial_state=entering(empty), **common)
+    # (A slice without positions scans one empty sequence: its summary is the empty state, taken
+    # from the op's output all the same, so that the gather below is in this rank's graph.)
+    summary = tuple(t[-1] for t in last)
+    # 2. Gather the summaries; compose those of the ranks before this one.
+    summaries = _gather(_pack_state(summary), group, world)
+    state = empty
+    for r in range(rank):
+        theirs = _unpack_state(summaries[r])
+        state = _combine(state, theirs) if continues(r) else theirs
+    # 3. The slice from the true entering states. The anchor, a zero product of the gathered
+    #    sums (finite, unlike an empty m), keeps the gather in every rank's graph, so that every
+    #    rank runs the backward's collective (_AllGather).
+    anchor = summaries[rank][..., 1] * 0
+    out, last = _prefix_attention(q, k, v, initial_state=entering(state, anchor), **common)
+    if not return_state:
+        return out
+    # The final states of the sequences this slice finishes (an empty sequence's, its initial
+    # state, on rank 0), the empty state elsewhere: combining them over the ranks gives every
+    # sequence's, as the combine leaves a state unchanged by the empty one.
+    mine = [empty] * num_seqs
+    for i, (j, _, _, _, leaves) in enumerate(pieces):
+        if leaves:
+            mine[j] = tuple(t[i] for t in last)
+    if rank == 0 and initial_state is not None:
+        for j, (a, b) in enumerate(zip(offsets, offsets[1:])):
+            if a == b:
+                mine[j] = tuple(t[j] for t in initial_state)
+    return out, tuple(torch.stack([row[i] for row in mine]) for i in range(3))

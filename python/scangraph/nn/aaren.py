@@ -36,8 +36,11 @@ class Aaren(nn.Module):
         float32 (float64 for float64 modules): running max, softmax denominator, numerator.
     process_group (torch.distributed): context parallelism, each rank passing its own slice of
         L in rank order (scangraph.distributed.prefix_attention): `state` is read on rank 0 and
-        the final state returned on the last rank (None on the others). Parameters are
-        replicated: sum their gradients over the group.
+        the final state returned on the last rank (None on the others). With cu_seqlens (offsets
+        into the whole L, the same on every rank), `state` is every sequence's on every rank, and
+        each rank returns the final states of the sequences it finishes (the empty state
+        elsewhere; combined over the group, every final state). Parameters are replicated: sum
+        their gradients over the group.
     """
 
     def __init__(self, dim: int, heads: int = 1, head_dim: Optional[int] = None, bias: bool = True,
@@ -78,11 +81,9 @@ class Aaren(nn.Module):
         k, v = self._keys_values(x)
         # The op wants q, k and v in one dtype (autocast may have changed the projections').
         if self.process_group is not None:
-            if cu_seqlens is not None:
-                raise ValueError("Aaren with a process_group (context parallelism) runs one sequence split along L: "
-                                 "cu_seqlens is not supported there")
             o, last = context_parallel.prefix_attention(self.query.to(k.dtype), k, v, initial_state=state,
-                                                        return_state=True, group=self.process_group)
+                                                        return_state=True, cu_seqlens=cu_seqlens,
+                                                        group=self.process_group)
         else:
             o, last = prefix_attention(self.query.to(k.dtype), k, v, initial_state=state, return_state=True,
                                        cu_seqlens=cu_seqlens)
