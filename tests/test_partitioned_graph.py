@@ -269,3 +269,17 @@ def test_bench_partition_choice():
         with pytest.raises(RuntimeError, match="needs pymetis"):
             bench.node_parts(graph, 4, "metis")
         assert torch.equal(bench.node_parts(graph, 4, "auto"), contiguous)
+
+
+def test_halo_overlap_rows_split_into_interior_and_boundary():
+    """The overlap measurement's split (bench/halo_overlap.py): interior rows read owned columns
+    only, boundary rows the rest, and their spmm rows are the whole graph's."""
+    from scangraph.bench.halo_overlap import split_rows
+    local = scangraph.CSRGraph.from_edge_index(torch.randint(0, 30, (2, 200)), num_nodes=30)
+    (inner_rows, inner), (edge_rows, boundary) = split_rows(local, 20)  # columns 20.. stand for the halo
+    assert torch.equal(torch.cat([inner_rows, edge_rows]).sort().values, torch.arange(30))
+    assert inner.num_cols == 20 and bool((inner.col < 20).all()) and bool(((boundary.col >= 20).sum() > 0))
+    x = torch.randn(30, 4, dtype=torch.float64)
+    whole = scangraph.spmm(local, x, "sum")
+    torch.testing.assert_close(scangraph.spmm(inner, x[:20], "sum"), whole[inner_rows])
+    torch.testing.assert_close(scangraph.spmm(boundary, x, "sum"), whole[edge_rows])
