@@ -3,8 +3,7 @@ scangraph's kernels through scangraph.integrations.pyg.patch() against PyG's own
 (E, F) messages a layer has gathered reduced into (N, F) by an unsorted destination index, a
 view of the layer's edge_index. The patched call builds the scatter's CSR graph (a stable sort
 of the index) once per edge_index, as a training loop calls its layers with the same one, and
-spmm reduces over it. PyG is an
-optional extra: without it this family has no cases."""
+spmm reduces over it. PyG is an optional extra: without it this family has no cases."""
 import functools
 
 import torch

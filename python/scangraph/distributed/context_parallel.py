@@ -130,11 +130,10 @@ def neighbour_positions(x: torch.Tensor, count: int, after: bool, group=None) ->
 def slice_start(x: torch.Tensor, group=None) -> int:
     """The index in the whole L of this rank's first position: the lengths (x's last dim) of the
     slices of the ranks before it."""
-    rank, world = _group_info("scangraph.distributed.slice_start", group, x)
-    mine = torch.tensor([x.shape[-1]], dtype=torch.int64, device=x.device)
-    every = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(every, mine, group=group)
-    return int(sum(t.item() for t in every[:rank]))
+    op = "scangraph.distributed.slice_start"
+    rank, world = _group_info(op, group, x)
+    every = _agree(op, group, world, x, dict(length=x.shape[-1]), per_rank=("length",))
+    return sum(d["length"] for d in every[:rank])
 
 
 def _order(world: int, reverse: bool):
@@ -216,6 +215,28 @@ def _pieces(offsets, lo: int, hi: int, reverse: bool):
     return pieces
 
 
+def _packed_slices(op, group, world, fields, like, batch, length, cu_seqlens, reverse):
+    """The packed sequences cut at the ranks' slices, once the ranks agree on the call and on the
+    offsets: (num_seqs, the offsets as a list, every rank's pieces (_pieces))."""
+    num_seqs = cu_seqlens.numel() - 1 if isinstance(cu_seqlens, torch.Tensor) else -1
+    every = _agree(op, group, world, like, dict(
+        fields, num_seqs=num_seqs, length=length,
+        # the offsets themselves (a hash of ints, the same in every process): ranks must agree
+        offsets=hash(tuple(cu_seqlens.tolist())) & 0x7FFFFFFF if num_seqs >= 0 else -1), per_rank=("length",))
+    lengths = [d["length"] for d in every]
+    num_seqs = check_cu_seqlens(op, cu_seqlens, like, batch, sum(lengths))
+    offsets = cu_seqlens.tolist()
+    bounds = [sum(lengths[:r]) for r in range(world + 1)]
+    return num_seqs, offsets, [_pieces(offsets, bounds[r], bounds[r + 1], reverse) for r in range(world)]
+
+
+def _local_offsets(pieces, device) -> torch.Tensor:
+    """A slice's pieces as rank-local packed sequences, one each; a slice without positions scans
+    one empty sequence (the ops need one), which hands nothing on."""
+    return torch.tensor([0] + [stop for _, _, stop, _, _ in pieces] if pieces else [0, 0], dtype=torch.int32,
+                        device=device)
+
+
 def _packed_selective_scan(op, rank, world, fields, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                            return_last_state, initial_state, cu_seqlens, reverse, group, backend):
     """Context parallelism over packed sequences. A rank's slice is cut into pieces, one per
@@ -227,15 +248,7 @@ def _packed_selective_scan(op, rank, world, fields, u, delta, A, B, C, D, z, del
     the one-sequence case; a slice with no positions hands the state on unchanged (P = 1)."""
     batch, dim, length = u.shape
     dstate = A.shape[-1]
-    num_seqs = cu_seqlens.numel() - 1 if isinstance(cu_seqlens, torch.Tensor) else -1
-    every = _agree(op, group, world, u, dict(
-        fields, num_seqs=num_seqs, length=length,
-        # the offsets themselves (a hash of ints, the same in every process): ranks must agree
-        offsets=hash(tuple(cu_seqlens.tolist())) & 0x7FFFFFFF if num_seqs >= 0 else -1), per_rank=("length",))
-    lengths = [d["length"] for d in every]
-    lo = sum(lengths[:rank])
-    num_seqs = check_cu_seqlens(op, cu_seqlens, u, batch, sum(lengths))
-    offsets = cu_seqlens.tolist()
+    num_seqs, offsets, every_pieces = _packed_slices(op, group, world, fields, u, batch, length, cu_seqlens, reverse)
     acc = opmath_dtype(u.dtype)
     if initial_state is not None:
         if tuple(initial_state.shape) != (num_seqs, dim, dstate):
@@ -243,11 +256,8 @@ def _packed_selective_scan(op, rank, world, fields, u, delta, A, B, C, D, z, del
                              f"(num_seqs, dim, N) = {(num_seqs, dim, dstate)}, got {tuple(initial_state.shape)}")
         initial_state = initial_state.to(acc)
     order = _order(world, reverse)
-    pieces = _pieces(offsets, lo, lo + length, reverse)
-    # Local offsets: every piece is one local sequence; a slice without positions scans one empty
-    # sequence (the ops need one), which hands nothing on.
-    local_cu = torch.tensor([0] + [stop for _, _, stop, _, _ in pieces] if pieces else [0, 0], dtype=torch.int32,
-                            device=u.device)
+    pieces = every_pieces[rank]
+    local_cu = _local_offsets(pieces, u.device)
     zeros = torch.zeros(max(len(pieces), 1), dim, dstate, dtype=acc, device=u.device)
 
     def entering(carried, anchor=0):
@@ -385,13 +395,7 @@ def _packed_prefix_attention(op, rank, world, fields, q, k, v, scale, initial_st
     entering state (its sequence's initial state where it starts the sequence, else empty)."""
     batch, length, heads, _ = k.shape
     dv = v.shape[3]
-    num_seqs = cu_seqlens.numel() - 1 if isinstance(cu_seqlens, torch.Tensor) else -1
-    every = _agree(op, group, world, k, dict(
-        fields, num_seqs=num_seqs, length=length,
-        offsets=hash(tuple(cu_seqlens.tolist())) & 0x7FFFFFFF if num_seqs >= 0 else -1), per_rank=("length",))
-    lengths = [d["length"] for d in every]
-    num_seqs = check_cu_seqlens(op, cu_seqlens, k, batch, sum(lengths))
-    offsets = cu_seqlens.tolist()
+    num_seqs, offsets, every_pieces = _packed_slices(op, group, world, fields, k, batch, length, cu_seqlens, False)
     acc = opmath_dtype(v.dtype)
     if initial_state is not None:
         want = ((num_seqs, heads), (num_seqs, heads), (num_seqs, heads, dv))
@@ -401,11 +405,8 @@ def _packed_prefix_attention(op, rank, world, fields, q, k, v, scale, initial_st
         initial_state = tuple(t.to(acc) for t in initial_state)
     empty = (torch.full((heads,), float("-inf"), dtype=acc, device=k.device),
              torch.zeros(heads, dtype=acc, device=k.device), torch.zeros(heads, dv, dtype=acc, device=k.device))
-    bounds = [sum(lengths[:r]) for r in range(world + 1)]
-    every_pieces = [_pieces(offsets, bounds[r], bounds[r + 1], False) for r in range(world)]
     pieces = every_pieces[rank]
-    local_cu = torch.tensor([0] + [stop for _, _, stop, _, _ in pieces] if pieces else [0, 0], dtype=torch.int32,
-                            device=k.device)
+    local_cu = _local_offsets(pieces, k.device)
 
     def continues(r):  # whether rank r's slice combines the state entering it into the one it hands on
         return not every_pieces[r] or (len(every_pieces[r]) == 1 and not every_pieces[r][0][3])

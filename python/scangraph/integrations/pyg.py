@@ -7,8 +7,8 @@
 
 patch() wraps the forward of those four classes and of torch_geometric.nn.aggr's
 SumAggregation, MeanAggregation, MaxAggregation and MinAggregation (process-wide, every
-instance, their own parameters untouched). A call runs on scangraph's fused kernels when all of its inputs are ones
-scangraph computes exactly as PyG does (`supported` below says which); any other call runs
+instance, their own parameters untouched). A call runs on scangraph's fused kernels when all of
+its inputs are ones scangraph computes exactly as PyG does (`supported` below says which); any other call runs
 PyG's own forward unchanged, so a patched model never gives a silently different result.
 torch.jit.script cannot compile a patched layer's forward: script it unpatched.
 
@@ -79,6 +79,12 @@ def _node_features(x, size):
     return x_src, x_dst, (None if x_src is x_dst else pair)
 
 
+def _with_graph(features, edge_index):
+    """(x_src, x_dst, the CSRGraph of edge_index over them), from _node_features' answer."""
+    x_src, x_dst, num_nodes = features
+    return x_src, x_dst, as_csr(x_src, edge_index) if num_nodes is None else as_csr_of(edge_index, num_nodes)
+
+
 def _graph_ok(module, x, edge_index, bipartite=False, dense_only=False) -> bool:
     """The inputs every patched layer shares: a plain graph, no MessagePassing internals in use."""
     if getattr(module, "flow", "source_to_target") != "source_to_target":
@@ -121,8 +127,7 @@ def _sage(self, x, edge_index, size=None):
     if features is None or getattr(self, "project", False) or not isinstance(self.aggr, str) \
             or self.aggr not in _REDUCE or not _graph_ok(self, features[0], edge_index, features[2] is not None):
         return NotImplemented
-    x_src, x_dst, num_nodes = features
-    graph = as_csr(x_src, edge_index) if num_nodes is None else as_csr_of(edge_index, num_nodes)
+    x_src, x_dst, graph = _with_graph(features, edge_index)
     out = self.lin_l(spmm(graph, x_src, _REDUCE[self.aggr]))
     if self.root_weight:
         out = out + self.lin_r(x_dst)
@@ -134,8 +139,7 @@ def _gin(self, x, edge_index, size=None):
     if features is None or self.aggr not in ("add", "sum") \
             or not _graph_ok(self, features[0], edge_index, features[2] is not None):
         return NotImplemented
-    x_src, x_dst, num_nodes = features
-    graph = as_csr(x_src, edge_index) if num_nodes is None else as_csr_of(edge_index, num_nodes)
+    x_src, x_dst, graph = _with_graph(features, edge_index)
     return self.nn(spmm(graph, x_src, "sum") + (1 + self.eps) * x_dst)
 
 

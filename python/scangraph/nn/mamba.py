@@ -50,7 +50,8 @@ class Mamba(nn.Module):
     (after it, when reverse) from the neighbouring rank, the scan runs through
     scangraph.distributed.selective_scan. Every slice needs at least d_conv - 1 positions.
     cu_seqlens then holds the offsets into the whole L, the same on every rank; the sequences
-    may cross the slices' boundaries. Parameters are replicated: sum their gradients over the group (DDP's mean, scaled).
+    may cross the slices' boundaries. Parameters are replicated: sum their gradients over the
+    group (DDP's mean, scaled).
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
