@@ -56,6 +56,21 @@ inline constexpr const char* kSchemas[] = {
     "selective_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, "
         "Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor",
 
+    // Causal depthwise convolution of Mamba's block (the causal-conv1d package's): x (batch, dim,
+    // L), weight (dim, W), W <= 4, bias (dim,); out = silu?(bias + sum_j weight_j x_{l-W+1+j}).
+    // seq_idx (batch, L) int32 keeps taps within a packed sequence; initial_states (batch, dim,
+    // W - 1) are the inputs before position 0 (the two exclude each other).
+    "causal_conv1d(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
+        "bool silu) -> Tensor",
+    // -> (dx, dweight, dbias, dinitial_states); absent inputs get zero-size gradients.
+    "causal_conv1d_backward(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, "
+        "Tensor grad_out, bool silu) -> (Tensor, Tensor, Tensor, Tensor)",
+    // One decoding call: x (batch, dim, seqlen); conv_state (slots, dim, state_len) updated in
+    // place, a circular buffer with cache_seqlens (batch,) int32; conv_state_indices (batch,)
+    // int32 picks each row's slot, negative for padding rows (out 0, state untouched).
+    "causal_conv1d_update(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, bool silu, "
+        "Tensor? cache_seqlens, Tensor? conv_state_indices) -> Tensor",
+
     // Prefix-scan attention (Aaren): o_t = sum_{j<=t} softmax_j(scale q . k_j) v_j for every t.
     // q (heads, d) or (batch, heads, d); k (batch, L, heads, d); v (batch, L, heads, dv). The
     // initial state (m0, c0, w0) is none or all three, opmath (float; double for double inputs),

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("SCANGRAPH_EMULATION_BUILD", os.path.join(ROOT, "build", "cuda_emulated"))
 NAME = "scangraph_cuda_emulated"
 # Every family's kernels, through their own glue; each family registers its ops' twins.
-FAMILIES = ("sparse", "selective_scan", "prefix_attention", "lowp")
+FAMILIES = ("sparse", "selective_scan", "causal_conv1d", "prefix_attention", "lowp")
 
 _state = {"loaded": False, "error": None}
 
@@ -89,7 +89,7 @@ def load():
     if _state["loaded"] or _state["error"] is not None:
         return _state["error"]
     import scangraph  # noqa: F401  (the scangraph op namespace must exist first)
-    from scangraph.ops import _lowp_lib, _prefix_attention_lib, _selective_scan_lib, _sparse_lib
+    from scangraph.ops import _causal_conv1d_lib, _lowp_lib, _prefix_attention_lib, _selective_scan_lib, _sparse_lib
     from scangraph.ops._twins import register_compiled
 
     try:
@@ -97,7 +97,7 @@ def load():
     except Exception as error:  # reported by the tests as the reason they skip
         _state["error"] = f"the CUDA emulation could not be built: {error}"
         return _state["error"]
-    for family in (_sparse_lib, _selective_scan_lib, _prefix_attention_lib, _lowp_lib):
+    for family in (_sparse_lib, _selective_scan_lib, _causal_conv1d_lib, _prefix_attention_lib, _lowp_lib):
         register_compiled(family.FAKES, family.autograd, "cuda_emulated")
     _state["loaded"] = True
     return None

@@ -208,6 +208,62 @@ SCAN += [
 ]
 
 
+# ---- causal convolution ---------------------------------------------------------------------------
+def _conv(batch, dim, length, width, bias=True, silu=True, mode="plain", final=False, weight_acc=False):
+    """mode: plain, init (initial_states in, their gradient out) or seq (three packed sequences
+    per row, empty and one-position ones included)."""
+    def make(dtype):
+        w_dtype = opmath(dtype) if weight_acc else dtype
+        kwargs = dict(x=rnd(batch, dim, length, dtype=dtype), weight=rnd(dim, width, dtype=w_dtype, scale=0.5),
+                      bias=rnd(dim, dtype=w_dtype) if bias else None, activation="silu" if silu else None,
+                      return_final_states=final)
+        if mode == "init":
+            kwargs["initial_states"] = rnd(batch, dim, width - 1, dtype=dtype)
+        if mode == "seq":
+            cuts = torch.sort(torch.randint(0, length + 1, (batch, 3)), dim=1).values
+            kwargs["seq_idx"] = (torch.arange(length)[None, :, None] >= cuts[:, None, :]).sum(-1).to(torch.int32)
+        return kwargs
+    return make
+
+
+def _conv_update(batch, dim, seqlen, width, state_len, circular=False, slots=False):
+    """slots: four cache slots for three rows, the middle row a padding one (-1)."""
+    def make(dtype):
+        rows = 4 if slots else batch
+        kwargs = dict(x=rnd(batch, dim, seqlen, dtype=dtype), conv_state=rnd(rows, dim, state_len, dtype=dtype),
+                      weight=rnd(dim, width, dtype=dtype, scale=0.5), bias=rnd(dim, dtype=dtype), activation="silu")
+        if circular:
+            kwargs["cache_seqlens"] = torch.randint(0, 3 * state_len, (batch,), dtype=torch.int32)
+        if slots:
+            kwargs["conv_state_indices"] = torch.tensor([3, -1, 0], dtype=torch.int32)
+        return kwargs
+    return make
+
+
+CONV_GRADS = ("x", "weight", "bias", "initial_states")
+CONV = [
+    Sample("causal_conv1d_fn", "w4-silu-final", _conv(2, 5, 37, 4, final=True), grads=CONV_GRADS, grad_tol=2.0,
+           core=True),
+    Sample("causal_conv1d_fn", "w3-init-final", _conv(2, 3, 20, 3, mode="init", final=True), grads=CONV_GRADS,
+           grad_tol=2.0, core=True),
+    Sample("causal_conv1d_fn", "w2-seq_idx", _conv(3, 4, 40, 2, mode="seq"), grads=CONV_GRADS, grad_tol=2.0,
+           core=True),
+    Sample("causal_conv1d_fn", "w4-nobias-linear-fp32-weight", _conv(1, 6, 19, 4, bias=False, silu=False,
+                                                                     weight_acc=True), grads=CONV_GRADS),
+    # Longer than a gradient block (256 positions): the weight gradients' partials span blocks.
+    Sample("causal_conv1d_fn", "w4-blocks-init", _conv(2, 2, 600, 4, mode="init"), grads=CONV_GRADS, grad_tol=4.0),
+    Sample("causal_conv1d_fn", "w1", _conv(2, 3, 9, 1, final=True), grads=CONV_GRADS),
+    Sample("causal_conv1d_fn", "short-init-final", _conv(2, 3, 2, 4, mode="init", final=True), grads=CONV_GRADS),
+    Sample("causal_conv1d_fn", "L0", _conv(2, 3, 0, 4, mode="init", final=True), grads=CONV_GRADS),
+    Sample("causal_conv1d_update", "one-step", _conv_update(3, 5, 1, 4, 3), mutated=("conv_state",), core=True),
+    Sample("causal_conv1d_update", "chunk-long-state", _conv_update(2, 4, 3, 3, 5), mutated=("conv_state",)),
+    Sample("causal_conv1d_update", "circular-slots", _conv_update(3, 4, 2, 4, 5, circular=True, slots=True),
+           mutated=("conv_state",), core=True),
+    Sample("causal_conv1d_update", "circular-wraps", _conv_update(2, 3, 7, 2, 3, circular=True),
+           mutated=("conv_state",)),
+]
+
+
 # ---- prefix attention -------------------------------------------------------------------------
 def _prefix(batch, length, heads, dim, dim_v, per_batch_query=False, initial=False, varlen=None):
     def make(dtype):
@@ -305,7 +361,7 @@ CORE = {"spmm-hub-sum-per_head", "spmm-hub-max-per_head", "spmm-random-mean-per_
         "qlinear-w4a8-relu-bias", "qlinear-int32-out", "qspmm-hub-sum-weighted", "qspmm-hub-max-plain",
         "fake_quantize-int8-rows"}
 SAMPLES = [s if s.core or s.id not in CORE else Sample(**{**s.__dict__, "core": True})
-           for s in SPARSE + SCAN + PREFIX + LOWP]
+           for s in SPARSE + SCAN + CONV + PREFIX + LOWP]
 assert CORE <= {s.id for s in SAMPLES}, CORE - {s.id for s in SAMPLES}
 
 

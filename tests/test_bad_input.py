@@ -36,6 +36,18 @@ def _step(**changes):
     return args
 
 
+def _conv(**changes):
+    args = dict(x=torch.randn(2, 4, 7), weight=torch.randn(4, 3), bias=torch.randn(4))
+    args.update(changes)
+    return args
+
+
+def _conv_step(**changes):
+    args = dict(x=torch.randn(2, 4), conv_state=torch.randn(2, 4, 3), weight=torch.randn(4, 3), bias=torch.randn(4))
+    args.update(changes)
+    return args
+
+
 def _qkv(batch=2, seqlen=5):
     return (torch.randn(HEADS, DIM), torch.randn(batch, seqlen, HEADS, DIM), torch.randn(batch, seqlen, HEADS, DIM_V))
 
@@ -53,6 +65,7 @@ def _cu(*offsets):
 
 
 ss, ssu = scangraph.selective_scan, scangraph.selective_state_update
+cc, ccu = scangraph.causal_conv1d_fn, scangraph.causal_conv1d_update
 pa, pas = scangraph.prefix_attention, scangraph.prefix_attention_step
 
 
@@ -125,6 +138,57 @@ CASES = {
     ("selective_scan", "cu_seqlens initial_state count"): (
         lambda: ss(**_scan(cu_seqlens=_cu(0, 3, 8), initial_state=torch.randn(1, 4, 3))), ValueError,
         "initial_state"),
+    # -- causal_conv1d_fn / causal_conv1d_update -----------------------------------------------
+    ("causal_conv1d_fn", "x int"): (lambda: cc(**_conv(x=torch.ones(2, 4, 7, dtype=torch.int32))), TypeError,
+                                    r"\bx must"),
+    ("causal_conv1d_fn", "x rank 2"): (lambda: cc(**_conv(x=torch.randn(4, 7))), ValueError, r"\bx must"),
+    ("causal_conv1d_fn", "weight int"): (lambda: cc(**_conv(weight=torch.ones(4, 3, dtype=torch.int64))), TypeError,
+                                         r"\bweight must"),
+    ("causal_conv1d_fn", "weight wide"): (lambda: cc(**_conv(weight=torch.randn(4, 5))), ValueError,
+                                          r"\bweight must"),
+    ("causal_conv1d_fn", "weight 3-D"): (lambda: cc(**_conv(weight=torch.randn(4, 1, 3))), ValueError,
+                                         r"\bweight must"),
+    ("causal_conv1d_fn", "weight dim"): (lambda: cc(**_conv(weight=torch.randn(5, 3))), ValueError, r"\bweight must"),
+    ("causal_conv1d_fn", "bias shape"): (lambda: cc(**_conv(bias=torch.randn(3))), ValueError, r"\bbias must"),
+    ("causal_conv1d_fn", "bias int"): (lambda: cc(**_conv(bias=torch.ones(4, dtype=torch.int32))), TypeError,
+                                       r"\bbias must"),
+    ("causal_conv1d_fn", "seq_idx int64"): (lambda: cc(**_conv(seq_idx=torch.zeros(2, 7, dtype=torch.int64))),
+                                            TypeError, r"\bseq_idx must"),
+    ("causal_conv1d_fn", "seq_idx shape"): (lambda: cc(**_conv(seq_idx=torch.zeros(2, 6, dtype=torch.int32))),
+                                            ValueError, r"\bseq_idx must"),
+    ("causal_conv1d_fn", "initial_states shape"): (lambda: cc(**_conv(initial_states=torch.randn(2, 4, 3))),
+                                                   ValueError, r"\binitial_states must"),
+    ("causal_conv1d_fn", "initial_states dtype"): (
+        lambda: cc(**_conv(initial_states=torch.randn(2, 4, 2, dtype=torch.float64))), TypeError,
+        r"\binitial_states must"),
+    ("causal_conv1d_fn", "seq_idx with initial_states"): (
+        lambda: cc(**_conv(seq_idx=torch.zeros(2, 7, dtype=torch.int32), initial_states=torch.randn(2, 4, 2))),
+        ValueError, r"seq_idx and initial_states"),
+    ("causal_conv1d_fn", "final states with seq_idx"): (
+        lambda: cc(**_conv(seq_idx=torch.zeros(2, 7, dtype=torch.int32), return_final_states=True)), ValueError,
+        r"return_final_states"),
+    ("causal_conv1d_fn", "activation"): (lambda: cc(**_conv(activation="relu")), NotImplementedError,
+                                         r"\bactivation must"),
+    ("causal_conv1d_update", "x rank 4"): (lambda: ccu(**_conv_step(x=torch.randn(2, 4, 1, 1))), ValueError,
+                                           r"\bx must"),
+    ("causal_conv1d_update", "conv_state dtype"): (
+        lambda: ccu(**_conv_step(conv_state=torch.randn(2, 4, 3, dtype=torch.float64))), TypeError,
+        r"\bconv_state must"),
+    ("causal_conv1d_update", "conv_state short"): (lambda: ccu(**_conv_step(conv_state=torch.randn(2, 4, 1))),
+                                                   ValueError, r"\bconv_state must"),
+    ("causal_conv1d_update", "conv_state rows"): (lambda: ccu(**_conv_step(conv_state=torch.randn(3, 4, 3))),
+                                                  ValueError, r"\bconv_state must"),
+    ("causal_conv1d_update", "cache_seqlens int64"): (
+        lambda: ccu(**_conv_step(cache_seqlens=torch.zeros(2, dtype=torch.int64))), TypeError,
+        r"\bcache_seqlens must"),
+    ("causal_conv1d_update", "conv_state_indices shape"): (
+        lambda: ccu(**_conv_step(conv_state_indices=torch.zeros(3, dtype=torch.int32))), ValueError,
+        r"\bconv_state_indices must"),
+    ("causal_conv1d_update", "conv_state_indices past the slots"): (
+        lambda: ccu(**_conv_step(conv_state_indices=torch.tensor([0, 2], dtype=torch.int32))), ValueError,
+        r"\bconv_state_indices holds slot 2"),
+    ("causal_conv1d_update", "activation"): (lambda: ccu(**_conv_step(activation="gelu")), NotImplementedError,
+                                             r"\bactivation must"),
     # -- selective_state_update -------------------------------------------------------------
     ("selective_state_update", "x rank 4"): (lambda: ssu(**_step(x=torch.randn(2, 4, 1, 1))), ValueError, r"\bx must"),
     ("selective_state_update", "heads: A 2-D"): (lambda: ssu(**_step(x=torch.randn(2, 2, 2), dt=torch.rand(2, 2, 2))),
@@ -423,6 +487,19 @@ def _raw_spmm(graph, x, reduce="sum", edge_weight=None):
     return op(graph.rowptr, graph.col, edge_weight, x, reduce, None, None, None)
 
 
+def _raw_causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                       activation=None):
+    assert not return_final_states and activation is None
+    return torch.ops.scangraph.causal_conv1d(x, weight, bias, seq_idx, initial_states, False)
+
+
+def _raw_causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,
+                              conv_state_indices=None):
+    assert activation is None
+    return torch.ops.scangraph.causal_conv1d_update(x if x.dim() != 2 else x[..., None], conv_state, weight, bias,
+                                                    False, cache_seqlens, conv_state_indices)
+
+
 def _raw_sddmm(graph, a, b):
     return torch.ops.scangraph.sddmm(graph.rowptr, graph.col, a, b, None, None, None)
 
@@ -448,6 +525,8 @@ def _raw_qspmm(graph, xq, reduce="sum", edge_weight=None):
 # from the features themselves), and what a QTensor carries apart from its data and scales (its
 # bits, axis and logical shape), or the public function alone takes (act_bits).
 RAW_CASES = [case for case in CASES if case[0] == "selective_scan" or (
+    case[0] in ("causal_conv1d_fn", "causal_conv1d_update") and "activation" not in case[1]
+    and "final states" not in case[1]) or (
     case[0] in ("prefix_attention", "prefix_attention_step") and "state" not in case[1]) or case in (
     ("spmm", "x rank 1"), ("spmm", "x rank 4"), ("spmm", "x int"), ("spmm", "x bool"), ("spmm", "edge_weight shape"),
     ("spmm", "edge_weight heads"), ("spmm", "edge_weight dtype"), ("sddmm", "a rows"), ("sddmm", "a rank 1"),
@@ -468,6 +547,8 @@ def test_raw_op_message_equals_the_public_one(case, monkeypatch):
     with pytest.raises(error) as public:
         call()
     monkeypatch.setattr(sys.modules[__name__], "ss", _raw_selective_scan)
+    monkeypatch.setattr(sys.modules[__name__], "cc", _raw_causal_conv1d)
+    monkeypatch.setattr(sys.modules[__name__], "ccu", _raw_causal_conv1d_update)
     monkeypatch.setattr(sys.modules[__name__], "pa", _raw_prefix_attention)
     monkeypatch.setattr(sys.modules[__name__], "pas", _raw_prefix_attention_step)
     monkeypatch.setattr(scangraph, "spmm", _raw_spmm)

@@ -10,6 +10,8 @@ from scangraph.backend import BACKENDS, BackendUnavailable, use_backend
 from scangraph.graph import CSRGraph
 from scangraph import datasets, distributed, nn, reference
 from scangraph.ops.selective_scan import selective_scan, selective_state_update
+from scangraph.ops.causal_conv1d import causal_conv1d_fn, causal_conv1d_update, causal_conv1d_varlen_states
+from scangraph.ops.mamba_inner import mamba_inner_fn
 from scangraph.ops.sparse import common_neighbor_aggregate, gat_aggregate, sddmm, spmm
 from scangraph.ops.lowp import QTensor, dequantize, fake_quantize, qlinear, qspmm, quantize
 from scangraph.ops.prefix_attention import prefix_attention, prefix_attention_step
@@ -17,7 +19,8 @@ from scangraph.ops.prefix_attention import prefix_attention, prefix_attention_st
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "CSRGraph", "QTensor", "common_neighbor_aggregate", "cpp_built",
-    "cuda_built", "dequantize", "fake_quantize", "gat_aggregate", "prefix_attention", "prefix_attention_step",
+    "BACKENDS", "BackendUnavailable", "CSRGraph", "QTensor", "causal_conv1d_fn", "causal_conv1d_update",
+    "causal_conv1d_varlen_states", "common_neighbor_aggregate", "cpp_built",
+    "cuda_built", "dequantize", "fake_quantize", "gat_aggregate", "mamba_inner_fn", "prefix_attention", "prefix_attention_step",
     "qlinear", "qspmm", "quantize", "sddmm", "selective_scan", "selective_state_update", "spmm", "use_backend",
 ]

@@ -8,7 +8,8 @@ import scangraph
 from scangraph import _extension
 from scangraph.backend import AUTO, triton_unavailable_reason
 
-OPS = ("spmm", "spmm_arg", "sddmm", "gat_aggregate", "common_neighbors", "selective_scan", "prefix_attention",
+OPS = ("spmm", "spmm_arg", "sddmm", "gat_aggregate", "common_neighbors", "selective_scan", "causal_conv1d",
+       "prefix_attention",
        "quantize", "qlinear",
        "qspmm")
 

@@ -235,6 +235,58 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     return out.squeeze(-1), new_state
 
 # ---- prefix-scan attention (Aaren) ------------------------------------------------------------
+def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, silu=False):
+    """out[b, d, l] = act(bias[d] + sum_j weight[d, j] x(l - (W - 1) + j)), where x(p) for p < 0
+    is initial_states[b, d, W - 1 + p] (or 0), and with seq_idx a tap reads x(p) only when
+    seq_idx[b, p] == seq_idx[b, l] (positions before 0 then read 0)."""
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    before = initial_states if initial_states is not None else x.new_zeros(batch, dim, width - 1)
+    padded = torch.cat([before.to(x.dtype), x], dim=-1)  # padded[..., p + W - 1] = x(p)
+    out = torch.zeros_like(x) if bias is None else bias.to(x.dtype)[:, None].expand(batch, dim, length)
+    positions = torch.arange(length, device=x.device)
+    for j in range(width):
+        tap = padded[..., j:j + length]  # x(l - (W - 1) + j)
+        if seq_idx is not None:
+            source = positions - (width - 1) + j
+            same = (source >= 0) & (seq_idx.gather(1, source.clamp(min=0).expand(batch, -1)) == seq_idx)
+            tap = tap * same[:, None, :].to(x.dtype)
+        out = out + weight[:, j].to(x.dtype)[:, None] * tap
+    return torch.nn.functional.silu(out) if silu else out
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, silu=False, cache_seqlens=None, conv_state_indices=None):
+    """One decoding call, input by input: returns (out, new conv_state). x (batch, dim, seqlen);
+    conv_state (slots, dim, state_len): the last state_len inputs oldest first, or with
+    cache_seqlens a circular buffer written at cache_seqlens[b] % state_len onwards; row b uses
+    slot conv_state_indices[b] (default b), a negative slot gives out 0 and leaves the state."""
+    batch, dim, seqlen = x.shape
+    width, state_len = weight.shape[1], conv_state.shape[2]
+    state = conv_state.clone()
+    out = x.new_zeros(x.shape)
+    for b in range(batch):
+        slot = b if conv_state_indices is None else int(conv_state_indices[b])
+        if slot < 0:
+            continue
+        if cache_seqlens is None:
+            history = list(state[slot].unbind(-1))
+        else:  # unrolled, oldest first
+            head = int(cache_seqlens[b]) % state_len if state_len else 0
+            history = [state[slot, :, (head + i) % state_len] for i in range(state_len)]
+        for i in range(seqlen):
+            history.append(x[b, :, i])
+            window = torch.stack(history[len(history) - width:], dim=-1) if width > 1 else x[b, :, i:i + 1]
+            pre = (window * weight.to(x.dtype)).sum(-1) + (0 if bias is None else bias.to(x.dtype))
+            out[b, :, i] = torch.nn.functional.silu(pre) if silu else pre
+        if state_len:
+            if cache_seqlens is None:
+                state[slot] = torch.stack(history[len(history) - state_len:], dim=-1)
+            else:
+                for i in range(seqlen):
+                    state[slot, :, (int(cache_seqlens[b]) + i) % state_len] = x[b, :, i]
+    return out, state
+
+
 def _sequence_spans(batch: int, seqlen: int, cu_seqlens):
     """(batch entry, begin, end) of every sequence: the batch entries, or the packed ones."""
     if cu_seqlens is None:

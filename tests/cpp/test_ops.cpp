@@ -1,5 +1,6 @@
 // ctest: loads the op library built by CMake and checks spmm / sddmm through the dispatcher
-// against dense products on a random graph, and that a bad column index raises.
+// against dense products on a random graph, that a bad column index raises, and the causal
+// convolution against at::conv1d.
 #include <dlfcn.h>
 
 #include <ATen/ATen.h>
@@ -71,5 +72,15 @@ int main(int argc, char** argv) {
     raised = true;
   }
   expect(raised, "an out-of-range column index raises");
+
+  auto conv = c10::Dispatcher::singleton()
+                  .findSchemaOrThrow("scangraph::causal_conv1d", "")
+                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const Opt&, const Opt&, const Opt&, bool)>();
+  const int64_t channels = 6, width = 4, length = 33;
+  at::Tensor signal = at::randn({2, channels, length}, at::kDouble);
+  at::Tensor taps = at::randn({channels, width}, at::kDouble), shift = at::randn({channels}, at::kDouble);
+  at::Tensor causal = conv.call(signal, taps, shift, {}, {}, /*silu=*/false);
+  at::Tensor dense = at::conv1d(signal, taps.unsqueeze(1), shift, 1, width - 1, 1, channels).slice(2, 0, length);
+  expect(at::allclose(causal, dense, 1e-12, 1e-12), "causal_conv1d equals the padded grouped conv1d");
   return failures == 0 ? 0 : 1;
 }

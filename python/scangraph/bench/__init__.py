@@ -4,7 +4,7 @@ import importlib
 # One module per kernel family, each with OPS (the case names --ops accepts) and
 # cases(device, dtype, options) yielding scangraph.bench.case.Case. A family with OPT_IN = True
 # runs only when --ops names its cases.
-FAMILY_MODULES = ("sparse", "selective_scan", "prefix_attention", "lowp", "pyg_aggr", "hf_mamba")
+FAMILY_MODULES = ("sparse", "selective_scan", "causal_conv1d", "prefix_attention", "lowp", "pyg_aggr", "hf_mamba")
 
 
 def families():

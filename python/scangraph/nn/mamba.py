@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scangraph.distributed import context_parallel
+from scangraph.ops.causal_conv1d import MAX_WIDTH, causal_conv1d_fn
 from scangraph.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -126,6 +127,20 @@ class Mamba(nn.Module):
         window = F.pad(x, (0, k - 1) if self.reverse else (k - 1, 0))
         return self._packed_conv(window, _sequence_positions(cu_seqlens, length, from_end=self.reverse))
 
+    def _conv_silu(self, x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> torch.Tensor:
+        """silu(conv(x)): scangraph's causal_conv1d kernel (the activation fused, packed sequences
+        through seq_idx) for the causal block in one process, _conv for the others (anti-causal,
+        split across ranks, or wider than the kernel's 4 taps)."""
+        if self.process_group is None and not self.reverse and self.d_conv <= MAX_WIDTH:
+            seq_idx = None
+            if cu_seqlens is not None:  # each position's sequence; output_size: no host sync
+                counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+                seq_idx = torch.repeat_interleave(torch.arange(counts.numel(), device=x.device, dtype=torch.int32),
+                                                  counts, output_size=x.shape[-1])[None]
+            return causal_conv1d_fn(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, seq_idx=seq_idx,
+                                    activation="silu")
+        return F.silu(self._conv(x, cu_seqlens))
+
     def _packed_conv(self, window: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """The conv over packed sequences: a tap that reaches across a sequence's boundary must
         see zeros, as it would at the edge of its own sequence. window (batch, d_inner, L + k - 1)
@@ -167,7 +182,7 @@ class Mamba(nn.Module):
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)
         conv_input = x
-        x = F.silu(self._conv(x, cu_seqlens))
+        x = self._conv_silu(x, cu_seqlens)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (batch, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias

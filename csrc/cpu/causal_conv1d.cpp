@@ -1,0 +1,211 @@
+// CPU kernels of the causal depthwise convolution (docs/causal_conv1d.md): forward, backward and
+// the decoding update. Work is split over (batch, channel) rows; a row's W <= 4 weights stay in
+// registers and its positions are walked once. The backward's weight and bias gradients go
+// through the partials of causal_conv1d_params.h, summed per channel in (batch, block) order:
+// the same bits as the CUDA kernels' reduction, for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "glue/causal_conv1d_args.h"
+
+namespace scangraph {
+namespace {
+
+// One (batch, channel) row of the convolution: its inputs, the taps' masks and the activation.
+template <typename T>
+struct ConvRow {
+  using acc_t = at::opmath_type<T>;
+  const T* x;
+  const T* init;        // (W - 1) initial inputs, or nullptr
+  const int32_t* seq;   // the row's seq_idx, or nullptr
+  acc_t w[kMaxConvWidth];
+  acc_t bias;
+  int64_t length, width;
+
+  ConvRow(const CausalConv1dParams& p, int64_t row) : length(p.length), width(p.width) {
+    const int64_t b = row / p.dim, d = row % p.dim;
+    x = static_cast<const T*>(p.x) + row * p.length;
+    init = p.initial_states ? static_cast<const T*>(p.initial_states) + row * (p.width - 1) : nullptr;
+    seq = p.seq_idx ? p.seq_idx + b * p.length : nullptr;
+    for (int64_t j = 0; j < p.width; ++j) w[j] = static_cast<const acc_t*>(p.weight)[d * p.width + j];
+    bias = p.bias ? static_cast<const acc_t*>(p.bias)[d] : acc_t(0);
+  }
+  // x(pos) as the output at l reads it: masked across sequences, initial states before 0.
+  acc_t input(int64_t l, int64_t pos) const {
+    if (pos < 0) return init ? acc_t(init[width - 1 + pos]) : acc_t(0);
+    if (seq && seq[pos] != seq[l]) return acc_t(0);
+    return acc_t(x[pos]);
+  }
+  acc_t pre(int64_t l) const {
+    acc_t s = bias;
+    for (int64_t j = 0; j < width; ++j) s += w[j] * input(l, l - (width - 1) + j);
+    return s;
+  }
+};
+
+template <typename acc_t> acc_t silu(acc_t v) { return v / (acc_t(1) + std::exp(-v)); }
+template <typename acc_t> acc_t silu_grad(acc_t v) {
+  const acc_t s = acc_t(1) / (acc_t(1) + std::exp(-v));
+  return s * (acc_t(1) + v * (acc_t(1) - s));
+}
+
+template <typename T>
+void conv_forward(const CausalConv1dParams& p) {
+  at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      const ConvRow<T> c(p, row);
+      T* out = static_cast<T*>(p.out) + row * p.length;
+      for (int64_t l = 0; l < p.length; ++l) {
+        const auto v = c.pre(l);
+        out[l] = T(p.silu ? silu(v) : v);
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv_backward(const CausalConv1dBackwardParams& q) {
+  using acc_t = at::opmath_type<T>;
+  const CausalConv1dParams& p = q.fwd;
+  const int64_t W = p.width, L = p.length, blocks = conv_grad_blocks(L);
+  acc_t* partial = static_cast<acc_t*>(q.partial);
+  at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> g(L);  // the gradient of the pre-activation
+    for (int64_t row = r0; row < r1; ++row) {
+      const ConvRow<T> c(p, row);
+      const T* grad_out = static_cast<const T*>(q.grad_out) + row * L;
+      for (int64_t l = 0; l < L; ++l) {
+        const acc_t go = acc_t(grad_out[l]);
+        g[l] = p.silu ? go * silu_grad(c.pre(l)) : go;
+      }
+      // x(t) feeds the outputs l = t + W - 1 - j through tap j, within its sequence.
+      T* dx = static_cast<T*>(q.dx) + row * L;
+      for (int64_t t = 0; t < L; ++t) {
+        acc_t s = 0;
+        for (int64_t j = 0; j < W; ++j) {
+          const int64_t l = t + W - 1 - j;
+          if (l < L && !(c.seq && c.seq[l] != c.seq[t])) s += c.w[j] * g[l];
+        }
+        dx[t] = T(s);
+      }
+      if (q.dinitial_states) {  // initial input i is x(i - (W - 1)), read by outputs l = i - j
+        T* dinit = static_cast<T*>(q.dinitial_states) + row * (W - 1);
+        for (int64_t i = 0; i < W - 1; ++i) {
+          acc_t s = 0;
+          for (int64_t j = 0; j <= i; ++j)
+            if (i - j < L) s += c.w[j] * g[i - j];
+          dinit[i] = T(s);
+        }
+      }
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        acc_t sums[kMaxConvWidth + 1] = {};
+        for (int64_t l = blk * kConvGradBlock; l < std::min(L, (blk + 1) * kConvGradBlock); ++l) {
+          for (int64_t j = 0; j < W; ++j) sums[j] += g[l] * c.input(l, l - (W - 1) + j);
+          sums[W] += g[l];
+        }
+        for (int64_t j = 0; j <= W; ++j) partial[(row * blocks + blk) * (W + 1) + j] = sums[j];
+      }
+    }
+  });
+  at::parallel_for(0, p.dim, 16, [&](int64_t d0, int64_t d1) {
+    for (int64_t d = d0; d < d1; ++d) {
+      acc_t sums[kMaxConvWidth + 1] = {};
+      for (int64_t b = 0; b < p.batch; ++b)
+        for (int64_t blk = 0; blk < blocks; ++blk)
+          for (int64_t j = 0; j <= W; ++j) sums[j] += partial[((b * p.dim + d) * blocks + blk) * (W + 1) + j];
+      for (int64_t j = 0; j < W; ++j) static_cast<acc_t*>(q.dweight)[d * W + j] = sums[j];
+      if (q.dbias) static_cast<acc_t*>(q.dbias)[d] = sums[W];
+    }
+  });
+}
+
+template <typename T>
+void conv_update(const CausalConv1dUpdateParams& p) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t W = p.width, S = p.state_len, n = p.seqlen;
+  at::parallel_for(0, p.batch * p.dim, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t b = row / p.dim, d = row % p.dim;
+      const T* x = static_cast<const T*>(p.x) + row * n;
+      T* out = static_cast<T*>(p.out) + row * n;
+      const int64_t slot = p.conv_state_indices ? p.conv_state_indices[b] : b;
+      if (slot < 0) {  // a padding row
+        for (int64_t i = 0; i < n; ++i) out[i] = T(0);
+        continue;
+      }
+      T* state = static_cast<T*>(p.conv_state) + (slot * p.dim + d) * S;
+      const acc_t* w = static_cast<const acc_t*>(p.weight) + d * W;
+      const acc_t bias = p.bias ? static_cast<const acc_t*>(p.bias)[d] : acc_t(0);
+      // The window: the last W - 1 inputs before this call, oldest first, then each new x.
+      acc_t window[kMaxConvWidth] = {};
+      const int64_t head = p.cache_seqlens && S > 0 ? p.cache_seqlens[b] % S : 0;
+      for (int64_t i = 0; i < W - 1; ++i) {
+        const int64_t at = p.cache_seqlens ? (head - (W - 1) + i + S) % S : S - (W - 1) + i;
+        window[i] = acc_t(state[at]);
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        window[W - 1] = acc_t(x[i]);
+        acc_t s = bias;
+        for (int64_t j = 0; j < W; ++j) s += w[j] * window[j];
+        out[i] = T(p.silu ? silu(s) : s);
+        for (int64_t j = 0; j + 1 < W; ++j) window[j] = window[j + 1];
+      }
+      if (S == 0) continue;
+      if (p.cache_seqlens) {  // x goes in at the head, in order (a later input wins a slot)
+        for (int64_t i = 0; i < n; ++i) state[(head + i) % S] = x[i];
+      } else {  // shift left by n, x fills the end
+        for (int64_t i = 0; i < S; ++i) {
+          const int64_t from = i + n;  // index into (state, x)
+          state[i] = from < S ? state[from] : x[from - S];
+        }
+      }
+    }
+  });
+}
+
+at::Tensor causal_conv1d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& seq_idx,
+                             const std::optional<at::Tensor>& initial_states, bool silu) {
+  ConvCall call = prepare_causal_conv1d(x, weight, bias, seq_idx, initial_states, silu);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_cpu",
+                                  [&] { conv_forward<scalar_t>(call.params); });
+  return call.out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backward_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& seq_idx, const std::optional<at::Tensor>& initial_states,
+    const at::Tensor& grad_out, bool silu) {
+  ConvBackwardCall call = prepare_causal_conv1d_backward(x, weight, bias, seq_idx, initial_states, grad_out, silu);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_backward_cpu",
+                                  [&] { conv_backward<scalar_t>(call.params); });
+  return conv_backward_results(call, weight, bias);
+}
+
+at::Tensor causal_conv1d_update_cpu(const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias, bool silu,
+                                    const std::optional<at::Tensor>& cache_seqlens,
+                                    const std::optional<at::Tensor>& conv_state_indices) {
+  ConvUpdateCall call =
+      prepare_causal_conv1d_update(x, conv_state, weight, bias, silu, cache_seqlens, conv_state_indices);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_update_cpu",
+                                  [&] { conv_update<scalar_t>(call.params); });
+  if (call.copy_back) const_cast<at::Tensor&>(conv_state).copy_(call.state);
+  return call.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
+  m.impl("causal_conv1d", &causal_conv1d_cpu);
+  m.impl("causal_conv1d_backward", &causal_conv1d_backward_cpu);
+  m.impl("causal_conv1d_update", &causal_conv1d_update_cpu);
+}
+
+}  // namespace scangraph

@@ -1,0 +1,4 @@
+// Instantiates the causal convolution kernels for float (one file per dtype keeps nvcc runs parallel).
+#include "causal_conv1d.h"
+#include "causal_conv1d_kernel.cuh"
+SCANGRAPH_INSTANTIATE_CONV(float)
