@@ -9,7 +9,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "glue/causal_conv1d_args.h"
@@ -55,18 +57,86 @@ template <typename acc_t> acc_t silu_grad(acc_t v) {
   return s * (acc_t(1) + v * (acc_t(1) - s));
 }
 
+// The pre-activations of a row. The positions whose taps all read x of the row (l >= W - 1, no
+// seq_idx) take no masks and W is a constant, so their loop vectorises; the others go through
+// ConvRow::pre.
+template <int W, typename T>
+void row_pre(const ConvRow<T>& c, at::opmath_type<T>* pre) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t edge = c.seq ? c.length : std::min<int64_t>(c.length, W - 1);
+  for (int64_t l = 0; l < edge; ++l) pre[l] = c.pre(l);
+  for (int64_t l = edge; l < c.length; ++l) {
+    acc_t s = c.bias;
+    for (int j = 0; j < W; ++j) s += c.w[j] * acc_t(c.x[l - (W - 1) + j]);
+    pre[l] = s;
+  }
+}
+
+// Calls f(std::integral_constant<int, W>) for the run-time width W in [1, kMaxConvWidth].
+template <typename F>
+void with_width(int64_t width, F&& f) {
+  switch (width) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
+}
+
 template <typename T>
 void conv_forward(const CausalConv1dParams& p) {
+  using acc_t = at::opmath_type<T>;
   at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> pre(p.length);
     for (int64_t row = r0; row < r1; ++row) {
       const ConvRow<T> c(p, row);
+      with_width(p.width, [&](auto w) { row_pre<decltype(w)::value>(c, pre.data()); });
       T* out = static_cast<T*>(p.out) + row * p.length;
-      for (int64_t l = 0; l < p.length; ++l) {
-        const auto v = c.pre(l);
-        out[l] = T(p.silu ? silu(v) : v);
+      if (p.silu) {
+        for (int64_t l = 0; l < p.length; ++l) out[l] = T(silu(pre[l]));
+      } else {
+        for (int64_t l = 0; l < p.length; ++l) out[l] = T(pre[l]);
       }
     }
   });
+}
+
+// One row's dx and its partials of dweight / dbias from g, the gradient of its pre-activation.
+// Away from the row's ends and without seq_idx no tap is masked.
+template <int W, typename T>
+void row_backward(const ConvRow<T>& c, const at::opmath_type<T>* g, T* dx, at::opmath_type<T>* partial,
+                  int64_t blocks) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t L = c.length;
+  // x(t) feeds the outputs l = t + W - 1 - j through tap j, within its sequence.
+  const int64_t inner_end = c.seq ? 0 : std::max<int64_t>(L - (W - 1), 0);
+  for (int64_t t = 0; t < inner_end; ++t) {
+    acc_t s = 0;
+    for (int j = 0; j < W; ++j) s += c.w[j] * g[t + W - 1 - j];
+    dx[t] = T(s);
+  }
+  for (int64_t t = inner_end; t < L; ++t) {
+    acc_t s = 0;
+    for (int j = 0; j < W; ++j) {
+      const int64_t l = t + W - 1 - j;
+      if (l < L && !(c.seq && c.seq[l] != c.seq[t])) s += c.w[j] * g[l];
+    }
+    dx[t] = T(s);
+  }
+  const int64_t inner_begin = c.seq ? L : std::min<int64_t>(L, W - 1);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    acc_t sums[kMaxConvWidth + 1] = {};
+    const int64_t end = std::min(L, (blk + 1) * kConvGradBlock);
+    for (int64_t l = blk * kConvGradBlock; l < end; ++l) {
+      if (l >= inner_begin) {
+        for (int j = 0; j < W; ++j) sums[j] += g[l] * acc_t(c.x[l - (W - 1) + j]);
+      } else {
+        for (int j = 0; j < W; ++j) sums[j] += g[l] * c.input(l, l - (W - 1) + j);
+      }
+      sums[W] += g[l];
+    }
+    for (int j = 0; j <= W; ++j) partial[blk * (W + 1) + j] = sums[j];
+  }
 }
 
 template <typename T>
@@ -80,20 +150,16 @@ void conv_backward(const CausalConv1dBackwardParams& q) {
     for (int64_t row = r0; row < r1; ++row) {
       const ConvRow<T> c(p, row);
       const T* grad_out = static_cast<const T*>(q.grad_out) + row * L;
-      for (int64_t l = 0; l < L; ++l) {
-        const acc_t go = acc_t(grad_out[l]);
-        g[l] = p.silu ? go * silu_grad(c.pre(l)) : go;
+      if (p.silu) {
+        with_width(W, [&](auto w) { row_pre<decltype(w)::value>(c, g.data()); });
+        for (int64_t l = 0; l < L; ++l) g[l] = acc_t(grad_out[l]) * silu_grad(g[l]);
+      } else {
+        for (int64_t l = 0; l < L; ++l) g[l] = acc_t(grad_out[l]);
       }
-      // x(t) feeds the outputs l = t + W - 1 - j through tap j, within its sequence.
-      T* dx = static_cast<T*>(q.dx) + row * L;
-      for (int64_t t = 0; t < L; ++t) {
-        acc_t s = 0;
-        for (int64_t j = 0; j < W; ++j) {
-          const int64_t l = t + W - 1 - j;
-          if (l < L && !(c.seq && c.seq[l] != c.seq[t])) s += c.w[j] * g[l];
-        }
-        dx[t] = T(s);
-      }
+      with_width(W, [&](auto w) {
+        row_backward<decltype(w)::value>(c, g.data(), static_cast<T*>(q.dx) + row * L,
+                                         partial + row * blocks * (W + 1), blocks);
+      });
       if (q.dinitial_states) {  // initial input i is x(i - (W - 1)), read by outputs l = i - j
         T* dinit = static_cast<T*>(q.dinitial_states) + row * (W - 1);
         for (int64_t i = 0; i < W - 1; ++i) {
@@ -102,14 +168,6 @@ void conv_backward(const CausalConv1dBackwardParams& q) {
             if (i - j < L) s += c.w[j] * g[i - j];
           dinit[i] = T(s);
         }
-      }
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        acc_t sums[kMaxConvWidth + 1] = {};
-        for (int64_t l = blk * kConvGradBlock; l < std::min(L, (blk + 1) * kConvGradBlock); ++l) {
-          for (int64_t j = 0; j < W; ++j) sums[j] += g[l] * c.input(l, l - (W - 1) + j);
-          sums[W] += g[l];
-        }
-        for (int64_t j = 0; j <= W; ++j) partial[(row * blocks + blk) * (W + 1) + j] = sums[j];
       }
     }
   });
