@@ -43,7 +43,7 @@ timeout "$(left 240)" "$PY" -m pytest tests -m cuda -q -p no:cacheprovider --max
 test_rc=$?
 
 # 3. compute-sanitizer on small shapes: one float32 sample per family on the CUDA backend.
-SMALL='test_op_samples.py::test_forward_backward and gpu and float32 and (spmm-hub-max-per_head or gat_aggregate-hub or sddmm-hub or selective_scan-varlen or selective_scan-fixed-full or prefix_attention-varlen or qlinear-w4a8-relu or qspmm-hub-sum) and not triton'
+SMALL='test_op_samples.py::test_forward_backward and gpu and float32 and (spmm-hub-max-per_head or gat_aggregate-hub or sddmm-hub or selective_scan-varlen or selective_scan-fixed-full or causal_conv1d_fn-w3-init-final or causal_conv1d_update-circular-slots or prefix_attention-varlen or qlinear-w4a8-relu or qspmm-hub-sum) and not triton'
 sanitizer_rc=""
 if command -v compute-sanitizer > /dev/null 2>&1; then
   for tool in memcheck racecheck synccheck initcheck; do
