@@ -232,8 +232,8 @@ def _conv_update(batch, dim, seqlen, width, state_len, circular=False, slots=Fal
         rows = 4 if slots else batch
         kwargs = dict(x=rnd(batch, dim, seqlen, dtype=dtype), conv_state=rnd(rows, dim, state_len, dtype=dtype),
                       weight=rnd(dim, width, dtype=dtype, scale=0.5), bias=rnd(dim, dtype=dtype), activation="silu")
-        if circular:
-            kwargs["cache_seqlens"] = torch.randint(0, 3 * state_len, (batch,), dtype=torch.int32)
+        if circular:  # negative ones too: the index wraps as torch.remainder's
+            kwargs["cache_seqlens"] = torch.randint(-3 * state_len, 3 * state_len, (batch,), dtype=torch.int32)
         if slots:
             kwargs["conv_state_indices"] = torch.tensor([3, -1, 0], dtype=torch.int32)
         return kwargs

@@ -129,7 +129,8 @@ def causal_conv1d_update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, cache_ptr, sl
     dmask = d < dim
     slot = tl.load(slot_ptr + b).to(tl.int64) if HAS_SLOTS else b
     live = slot >= 0  # a negative slot is a padding row: out 0, its state untouched
-    head = (tl.load(cache_ptr + b).to(tl.int64) % tl.maximum(S, 1)) if CIRCULAR else 0
+    # The write index in [0, S), also for a negative cache_seqlens (as torch.remainder).
+    head = (tl.load(cache_ptr + b).to(tl.int64) % tl.maximum(S, 1) + S) % tl.maximum(S, 1) if CIRCULAR else 0
     state = state_ptr + (slot * dim + d[:, None]) * S
     x = x_ptr + (b * dim + d[:, None]) * n
     i = tl.arange(0, NP)[None, :]

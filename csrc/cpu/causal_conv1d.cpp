@@ -2,7 +2,7 @@
 // the decoding update. Work is split over (batch, channel) rows; a row's W <= 4 weights stay in
 // registers and its positions are walked once. The backward's weight and bias gradients go
 // through the partials of causal_conv1d_params.h, summed per channel in (batch, block) order:
-// the same bits as the CUDA kernels' reduction, for any thread count.
+// the same summation order over (batch, block) as the CUDA kernels, for any thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -202,7 +202,8 @@ void conv_update(const CausalConv1dUpdateParams& p) {
       const acc_t bias = p.bias ? static_cast<const acc_t*>(p.bias)[d] : acc_t(0);
       // The window: the last W - 1 inputs before this call, oldest first, then each new x.
       acc_t window[kMaxConvWidth] = {};
-      const int64_t head = p.cache_seqlens && S > 0 ? p.cache_seqlens[b] % S : 0;
+      // The write index in [0, S), also for a negative cache_seqlens (as torch.remainder).
+      const int64_t head = p.cache_seqlens && S > 0 ? (p.cache_seqlens[b] % S + S) % S : 0;
       for (int64_t i = 0; i < W - 1; ++i) {
         const int64_t at = p.cache_seqlens ? (head - (W - 1) + i + S) % S : S - (W - 1) + i;
         window[i] = acc_t(state[at]);

@@ -195,7 +195,8 @@ __global__ void __launch_bounds__(256) conv_update_kernel(const CausalConv1dUpda
   const acc_t bias = p.bias ? static_cast<const acc_t*>(p.bias)[d] : acc_t(0);
   // The window: the last W - 1 inputs before this call, oldest first, then each new x.
   acc_t window[kMaxConvWidth] = {};
-  const int64_t head = p.cache_seqlens && S > 0 ? p.cache_seqlens[b] % S : 0;
+  // The write index in [0, S), also for a negative cache_seqlens (as torch.remainder).
+  const int64_t head = p.cache_seqlens && S > 0 ? (p.cache_seqlens[b] % S + S) % S : 0;
   for (int i = 0; i < W - 1; ++i)
     window[i] = to_acc(state[p.cache_seqlens ? (head - (W - 1) + i + S) % S : S - (W - 1) + i]);
   for (int64_t i = 0; i < n; ++i) {

@@ -53,7 +53,8 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
         return_final_states: also return the last width - 1 inputs (batch, dim, width - 1), the
             states a decoding step continues from (initial_states where L < width - 1).
             Differentiable. Not with seq_idx.
-        final_states_out: a (batch, dim, width - 1) tensor the final states are written to.
+        final_states_out: a (batch, dim, width - 1) tensor the final states are written to (and
+            returned as final_states).
         activation: None, "silu" or "swish" (SiLU, fused into the kernel).
         backend: "auto" | "cpp" | "cuda" | "triton" | "reference".
     Returns:
@@ -89,8 +90,7 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     if final_states_out is not None:
         check_tensor(op, "final_states_out", final_states_out, (batch, dim, width - 1), (x.dtype,), like=x,
                      like_name="x")
-        with torch.no_grad():
-            final_states_out.copy_(final_states)
+        final_states = final_states_out.copy_(final_states)  # returned itself, as in causal-conv1d
     return out, final_states
 
 
@@ -105,10 +105,12 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
             state_len inputs, oldest first; shifted left by seqlen and x appended.
         weight: (dim, width), bias: (dim,) as in causal_conv1d_fn. activation: None / silu / swish.
         cache_seqlens: (batch,) int32: conv_state is a circular buffer, x written from index
-            cache_seqlens[b] % state_len on (of inputs that land on one index, the last stays).
+            cache_seqlens[b] mod state_len on (of inputs that land on one index, the last stays).
         conv_state_indices: (batch,) int32, continuous batching: row b uses conv_state row
             conv_state_indices[b] (conv_state then has one row per cache slot); a negative index
-            is a padding row, whose out is 0 and whose state is not touched.
+            is a padding row, whose out is 0 and whose state is not touched. Checked against the
+            number of slots on the CPU only (on a GPU that check would synchronise each step).
+            Two rows naming one slot race, as in the package.
     Returns:
         out in x's shape and dtype. No gradient (inference).
     """
@@ -131,7 +133,11 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
     if conv_state_indices is None and conv_state.shape[0] != batch:
         raise ValueError(f"{op}: without conv_state_indices, conv_state must have one row per batch row ({batch}), "
                          f"got shape {tuple(conv_state.shape)}")
-    if conv_state_indices is not None and batch and int(conv_state_indices.max()) >= conv_state.shape[0]:
+    # On the CPU the kernels index with the slots, so they are checked (the C++ glue does too); on a
+    # GPU that would synchronise every decoding step (and break CUDA-graph capture): not checked,
+    # as in causal-conv1d.
+    if conv_state_indices is not None and x.device.type == "cpu" and batch \
+            and int(conv_state_indices.max()) >= conv_state.shape[0]:
         raise ValueError(f"{op}: conv_state_indices holds slot {int(conv_state_indices.max())}, but conv_state "
                          f"has {conv_state.shape[0]} slots")
     name = _backend.resolve(op, backend, x.device)

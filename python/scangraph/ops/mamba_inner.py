@@ -9,12 +9,12 @@
     out = y @ out_proj_weight.T + out_proj_bias
 
 composed of scangraph's fused kernels (the convolution with its activation, the scan with its
-gate) and torch's matmuls, with autograd through each. checkpoint_lvl=1 keeps the peer's memory
-rule: the convolution's output and delta are not stored but recomputed in the backward.
+gate) and torch's matmuls, with autograd through each. The scan's autograd keeps its inputs, so
+the convolution's output and delta stay stored at either checkpoint_lvl: the memory of mamba_ssm's
+level 0 (its level 1 recomputes them in the backward instead).
 """
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from scangraph.ops.causal_conv1d import causal_conv1d_fn
 from scangraph.ops.selective_scan import selective_scan
@@ -44,8 +44,8 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
         B_proj_bias, C_proj_bias: (N,), added to the projected B / C.
         b_rms_weight, c_rms_weight (N,), dt_rms_weight (dim,): RMS norms of B, C and delta
             (eps b_c_dt_rms_eps), as in mamba_ssm; here their weights get gradients too.
-        checkpoint_lvl: 0 stores the convolution's output and delta for the backward, 1
-            recomputes them there (mamba_ssm's default).
+        checkpoint_lvl: 0 or 1, accepted for mamba_ssm's signature; both store the convolution's
+            output and delta for the backward (mamba_ssm's level 1 recomputes them there).
         backend: "auto" | "cpp" | "cuda" | "triton" | "reference", for both kernels.
     Returns:
         (batch, L, d_model).
@@ -85,10 +85,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
         return conv, delta.to(conv.dtype), Bv.to(conv.dtype) if B is None else Bv, \
             Cv.to(conv.dtype) if C is None else Cv
 
-    if checkpoint_lvl == 1 and torch.is_grad_enabled():
-        conv, delta, Bv, Cv = checkpoint(scan_inputs, x, use_reentrant=False)
-    else:
-        conv, delta, Bv, Cv = scan_inputs(x)
+    conv, delta, Bv, Cv = scan_inputs(x)
     y = selective_scan(conv, delta, A, Bv, Cv, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                        backend=backend)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
