@@ -268,14 +268,11 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, silu=False, cache_seq
         slot = b if conv_state_indices is None else int(conv_state_indices[b])
         if slot < 0:
             continue
-        if cache_seqlens is None:
-            history = list(state[slot].unbind(-1))
-        else:  # unrolled, oldest first
-            head = int(cache_seqlens[b]) % state_len if state_len else 0
-            history = [state[slot, :, (head + i) % state_len] for i in range(state_len)]
+        head = int(cache_seqlens[b]) % state_len if cache_seqlens is not None and state_len else 0
+        history = [state[slot, :, (head + i) % state_len] for i in range(state_len)]  # oldest first
         for i in range(seqlen):
             history.append(x[b, :, i])
-            window = torch.stack(history[len(history) - width:], dim=-1) if width > 1 else x[b, :, i:i + 1]
+            window = torch.stack(history[len(history) - width:], dim=-1)
             pre = (window * weight.to(x.dtype)).sum(-1) + (0 if bias is None else bias.to(x.dtype))
             out[b, :, i] = torch.nn.functional.silu(pre) if silu else pre
         if state_len:
@@ -283,7 +280,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, silu=False, cache_seq
                 state[slot] = torch.stack(history[len(history) - state_len:], dim=-1)
             else:
                 for i in range(seqlen):
-                    state[slot, :, (int(cache_seqlens[b]) + i) % state_len] = x[b, :, i]
+                    state[slot, :, (head + i) % state_len] = x[b, :, i]
     return out, state
 
 

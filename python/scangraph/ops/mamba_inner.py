@@ -65,27 +65,23 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
         else conv1d_weight
     dt_rank, dstate = delta_proj_weight.shape[1], A.shape[-1]
 
-    def scan_inputs(x):
-        conv = causal_conv1d_fn(x, weight, conv1d_bias, activation="silu", backend=backend)
-        x_dbl = F.linear(conv.transpose(1, 2).reshape(batch * length, dim), x_proj_weight)  # (b l, r + 2 N)
-        delta = (delta_proj_weight @ x_dbl[:, :dt_rank].t()).reshape(dim, batch, length).transpose(0, 1)
-        delta = _rms_norm(delta.transpose(1, 2), dt_rms_weight, b_c_dt_rms_eps).transpose(1, 2)
+    conv = causal_conv1d_fn(x, weight, conv1d_bias, activation="silu", backend=backend)
+    x_dbl = F.linear(conv.transpose(1, 2).reshape(batch * length, dim), x_proj_weight)  # (b l, r + 2 N)
+    delta = (delta_proj_weight @ x_dbl[:, :dt_rank].t()).reshape(dim, batch, length).transpose(0, 1)
+    delta = _rms_norm(delta.transpose(1, 2), dt_rms_weight, b_c_dt_rms_eps).transpose(1, 2).to(conv.dtype)
 
-        def projected(given, columns, proj_bias, rms_weight):
-            if given is not None:
-                return given
-            t = x_dbl[:, columns]
-            if proj_bias is not None:
-                t = t + proj_bias.to(t.dtype)
-            t = _rms_norm(t, rms_weight, b_c_dt_rms_eps)
-            return t.reshape(batch, length, 1, dstate).permute(0, 2, 3, 1)  # (b, 1, N, l)
+    def projected(given, columns, proj_bias, rms_weight):
+        """B or C as given, else from its columns of x_dbl: (b, 1, N, l) in the conv's dtype."""
+        if given is not None:
+            return given
+        t = x_dbl[:, columns]
+        if proj_bias is not None:
+            t = t + proj_bias.to(t.dtype)
+        t = _rms_norm(t, rms_weight, b_c_dt_rms_eps)
+        return t.reshape(batch, length, 1, dstate).permute(0, 2, 3, 1).to(conv.dtype)
 
-        Bv = projected(B, slice(dt_rank, dt_rank + dstate), B_proj_bias, b_rms_weight)
-        Cv = projected(C, slice(x_dbl.shape[1] - dstate, x_dbl.shape[1]), C_proj_bias, c_rms_weight)
-        return conv, delta.to(conv.dtype), Bv.to(conv.dtype) if B is None else Bv, \
-            Cv.to(conv.dtype) if C is None else Cv
-
-    conv, delta, Bv, Cv = scan_inputs(x)
+    Bv = projected(B, slice(dt_rank, dt_rank + dstate), B_proj_bias, b_rms_weight)
+    Cv = projected(C, slice(x_dbl.shape[1] - dstate, x_dbl.shape[1]), C_proj_bias, c_rms_weight)
     y = selective_scan(conv, delta, A, Bv, Cv, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                        backend=backend)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
