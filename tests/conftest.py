@@ -6,8 +6,19 @@ import zlib
 # is first imported. bench/gpu_check.sh sets TRITON_INTERPRET=0 to run them compiled on a GPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist each of the N workers would start one OpenMP thread per core: N threads per
+# core, whose spinning barriers made a C++-backend test file run 2.3x slower on CI's 2 cores with
+# 2 workers (2026-12-07). Each worker, and the processes it starts, gets its share of the cores.
+# The kernels' splits over threads are still tested: tests/test_determinism.py runs every op
+# with 1 and 2 threads and compares the bits, and the tests of thread counts set theirs.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
 from scangraph import datasets  # noqa: E402
 from scangraph.backend import BackendUnavailable, resolve  # noqa: E402

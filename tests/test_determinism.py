@@ -5,9 +5,10 @@ The per-family files already check some backward passes across thread counts (sp
 sddmm with common neighbours, the fixed-length selective scan, prefix attention with a batch
 state). This file covers the rest: spmm sum / min with per-head weights, GAT across threads, the
 scan with cu_seqlens and reverse, prefix attention with cu_seqlens, the two decode steps and the
-low-precision ops. Inputs are large enough that the C++ kernels split them over two threads
+low-precision ops and the causal convolution. Inputs are large enough that the C++ kernels split them over two threads
 (row chunks balanced by edges, 16 channels per scan task, 2^16 elements per attention task,
-256 pairs per common-neighbour task, 64 rows per quantization task)."""
+256 pairs per common-neighbour task, 64 rows per quantization task, one (batch, channel) row
+per convolution task)."""
 import pytest
 import torch
 
@@ -120,6 +121,19 @@ def attention_step(device):
     return [o, *state]
 
 
+def causal_conv(device):
+    batch, dim, length, width = 2, 48, 700, 4  # 700 positions: 3 blocks of the weight gradient's partials
+    x, weight = _leaf(batch, dim, length, device=device, seed=27), _leaf(dim, width, device=device, seed=28)
+    bias = _leaf(dim, device=device, seed=29)
+    seq_idx = torch.tensor([0] * 300 + [1] * 400, dtype=torch.int32, device=device).expand(batch, length).contiguous()
+    out = scangraph.causal_conv1d_fn(x, weight, bias, seq_idx=seq_idx, activation="silu")
+    torch.manual_seed(30)  # the same decoding inputs on every call
+    state = torch.randn(batch, dim, 9).to(device)
+    step = scangraph.causal_conv1d_update(torch.randn(batch, dim, 3).to(device), state, weight.detach(),
+                                          bias.detach(), "silu", cache_seqlens=torch.tensor([5, 11], dtype=torch.int32).to(device))
+    return _with_grads(out, [x, weight, bias]) + [step, state]
+
+
 def lowp(device):
     g = torch.Generator().manual_seed(25)
     x = torch.randn(300, 200, generator=g).to(device)
@@ -137,7 +151,7 @@ def lowp(device):
 
 
 OPS = {f.__name__: f for f in (spmm_sum, spmm_min, gat, common_neighbors, sddmm, scan_varlen_reverse, state_update,
-                               attention_varlen, attention_step, lowp)}
+                               attention_varlen, attention_step, lowp, causal_conv)}
 
 
 def _assert_bitwise(first, second, name):

@@ -134,7 +134,7 @@ def _expected(args) -> str:
     if args.device != "cpu":
         return "timing on the GPU (a few minutes with --full)"
     if args.quick:
-        return "a smoke run: about 30 s"
+        return "a smoke run: about 15 s"
     if args.full:
         return "every shape and baseline: about 40 minutes on a 2-core CPU (--memory adds a process per call)"
     return "each family at its headline shape: about 2 minutes on a 2-core CPU (--full: every shape)"
