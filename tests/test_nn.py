@@ -42,6 +42,7 @@ def _conv_pairs(pyg):
         (sgnn.GCNConv(7, 5), pyg.GCNConv(7, 5)),
         (sgnn.GCNConv(7, 5, add_self_loops=False, normalize=False), pyg.GCNConv(7, 5, add_self_loops=False,
                                                                                 normalize=False)),
+        (sgnn.GCNConv(7, 5, normalize=False), pyg.GCNConv(7, 5, normalize=False)),  # no loops by default
         (sgnn.SAGEConv(7, 5), pyg.SAGEConv(7, 5)),
         (sgnn.SAGEConv(4, 9, normalize=True), pyg.SAGEConv(4, 9, normalize=True)),
         (sgnn.GINConv(torch.nn.Sequential(torch.nn.Linear(7, 6), torch.nn.ReLU(), torch.nn.Linear(6, 5)),
@@ -56,6 +57,13 @@ def _conv_pairs(pyg):
         torch.nn.init.normal_(theirs.bias) if getattr(theirs, "bias", None) is not None else None
         ours.load_state_dict(theirs.state_dict())
     return ours_and_theirs
+
+
+def test_gcn_refuses_loops_without_normalisation():
+    """PyG's GCNConv adds self loops inside its normalisation only, and refuses the pair."""
+    with pytest.raises(ValueError, match="normalize=True"):
+        sgnn.GCNConv(7, 5, add_self_loops=True, normalize=False)
+    assert sgnn.GCNConv(7, 5).add_self_loops and not sgnn.GCNConv(7, 5, normalize=False).add_self_loops
 
 
 def test_convs_match_torch_geometric():

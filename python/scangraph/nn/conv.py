@@ -77,7 +77,8 @@ class GCNConv(nn.Module):
     Convolutional Networks" (ICLR 2017): out = D^-1/2 (A + I) D^-1/2 X W + b.
 
     Args as PyG's GCNConv: in_channels, out_channels, improved (self loops weigh 2),
-    add_self_loops, normalize, bias. Parameters: `lin.weight` (out, in), `bias` (out,).
+    add_self_loops (default: normalize, as PyG's; loops without the normalisation raise a
+    ValueError, as there), normalize, bias. Parameters: `lin.weight` (out, in), `bias` (out,).
     Shapes: x (N, in_channels) -> (N, out_channels), or (batch, N, in_channels) over one static
     graph (PyG's batched static graphs). The normalised graph of an edge_index is
     cached per dtype (normalised in fp64); an explicit `edge_weight` (E,) (in the edge order of
@@ -85,10 +86,15 @@ class GCNConv(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, improved: bool = False,
-                 add_self_loops: bool = True, normalize: bool = True, bias: bool = True,
+                 add_self_loops: Optional[bool] = None, normalize: bool = True, bias: bool = True,
                  flow: str = "source_to_target"):
         super().__init__()
         _check_pyg_args("GCNConv", in_channels, flow)
+        if add_self_loops is None:  # PyG's default: loops come with the normalisation
+            add_self_loops = normalize
+        if add_self_loops and not normalize:
+            raise ValueError("GCNConv adds self loops only together with the normalisation (normalize=True), "
+                             "as PyG's GCNConv; pass add_self_loops=False or add the loops to the graph")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.improved, self.add_self_loops, self.normalize = improved, add_self_loops, normalize
         self.lin = nn.Linear(in_channels, out_channels, bias=False)

@@ -145,7 +145,7 @@ class QGCNConv(GCNConv):
         state_dict loads. Shapes: x (N, in_channels) -> (N, out_channels).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, improved: bool = False, add_self_loops: bool = True,
+    def __init__(self, in_channels: int, out_channels: int, improved: bool = False, add_self_loops: Optional[bool] = None,
                  normalize: bool = True, bias: bool = True, weight_bits: int = 8, act_bits: int = ACT_BITS,
                  quantize_messages: bool = True):
         _check_bits(weight_bits, act_bits)
