@@ -1,6 +1,8 @@
 """scangraph.integrations.transformers: HF's MambaForCausalLM and FalconMambaForCausalLM (small
 models built from a config, no download) give the logits, generated tokens and training
 gradients of transformers' own torch path once apply() routes their SSM to scangraph."""
+import warnings
+
 import pytest
 import torch
 
@@ -156,10 +158,27 @@ def _calls(monkeypatch):
     return count
 
 
+def _adjacencies(edge_index, n):
+    """The graph as PyG's adj_t forms, weighted: torch sparse COO and CSR (duplicates summed by
+    coalescing), and where torch_sparse is installed a SparseTensor with and without values."""
+    values = torch.rand(edge_index.shape[1]) + 0.5
+    coo = torch.sparse_coo_tensor(edge_index.flip(0), values, (n, n)).coalesce()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's beta notice for sparse CSR
+        forms = [coo, coo.to_sparse_csr()]
+    try:
+        from torch_sparse import SparseTensor
+    except ImportError:
+        return forms
+    return forms + [SparseTensor(row=edge_index[1], col=edge_index[0], value=values, sparse_sizes=(n, n)),
+                    SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(n, n))]
+
+
 @pytest.mark.parametrize("name", sorted(PYG_LAYERS))
 def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
     """Outputs and gradients (input and parameters) of the patched layer equal PyG's own, with
-    an edge_index, edge weights (GCN) and a torch sparse adj_t, and the kernels really ran."""
+    an edge_index, edge weights (GCN) and weighted adj_t matrices (each form PyG reads its own
+    way: _adjacencies), on graphs with loops and a duplicate edge; and the kernels really ran."""
     calls = _calls(monkeypatch)
     for graph_name, edge_index, n in _graphs():
         torch.manual_seed(1)
@@ -168,10 +187,7 @@ def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
         inputs = [] if name == "gcn_improved" else [(edge_index,)]  # PyG's improved needs weights, see pyg.py
         if name.startswith("gcn"):
             inputs.append((edge_index, torch.rand(edge_index.shape[1])))
-        if not name.startswith(("gat", "gcn")) or name == "gcn_plain":
-            values = torch.ones(edge_index.shape[1])
-            adj_t = torch.sparse_coo_tensor(edge_index.flip(0), values, (n, n)).coalesce().to_sparse_csr()
-            inputs.append((adj_t,))
+        inputs += [(adj_t,) for adj_t in _adjacencies(edge_index, n)]
         for args in inputs:
             want = _run(layer, x, *args)
             before = calls["n"]
@@ -185,9 +201,10 @@ def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
 
 
 def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
-    """A bipartite pair without targets, bipartite GAT, edge features, a loop-adding GCN on adj_t,
-    PyG's cached / improved GCN and hooks on message passing
-    run PyG's own code: same results, no scangraph kernel."""
+    """A bipartite pair without targets, bipartite GAT, edge features, GCN's edge_weight beside an
+    adj_t (PyG ignores it), GAT's attention weights on an adj_t (PyG returns a sparse matrix),
+    PyG's cached / improved GCN and hooks on message passing run PyG's own code: same results,
+    no scangraph kernel."""
     calls = _calls(monkeypatch)
     edge_index, n = torch.randint(0, 20, (2, 60)), 20
     x, x_dst = torch.randn(n, 8), torch.randn(n, 8)
@@ -200,7 +217,8 @@ def test_uncovered_pyg_calls_fall_through(pyg_patch, monkeypatch):
         (pyg_nn.SAGEConv(8, 6), ((x, None), edge_index), {"size": (n, n)}),
         (pyg_nn.GATConv(8, 6), ((x, x_dst), edge_index), {}),
         (pyg_nn.GATConv(8, 6, edge_dim=3), (x, edge_index, torch.randn(60, 3)), {}),
-        (pyg_nn.GCNConv(8, 6), (x, adj_t), {}),
+        (pyg_nn.GCNConv(8, 6), (x, adj_t, torch.rand(60)), {}),
+        (pyg_nn.GATConv(8, 6), (x, adj_t), {"return_attention_weights": True}),
         (pyg_nn.GCNConv(8, 6, cached=True), (x, edge_index), {}),
         (pyg_nn.GCNConv(8, 6, improved=True), (x, edge_index), {}),
         (hooked, (x, edge_index), {}),

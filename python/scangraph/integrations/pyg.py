@@ -13,19 +13,25 @@ PyG's own forward unchanged, so a patched model never gives a silently different
 torch.jit.script cannot compile a patched layer's forward: script it unpatched.
 
 Covered (else PyG's forward runs):
-- all four: x a 2-D tensor, the graph an `edge_index` (2, E) tensor or a square torch sparse
-  adj_t (COO / CSR; its values are edge weights, out = adj_t @ x), `size` None or the size x
-  implies, flow "source_to_target", none of MessagePassing's internals in use (explain mode,
-  decomposed layers, hooks on propagate / message / aggregate);
+- all four: x a 2-D tensor, the graph an `edge_index` (2, E) tensor or a square adj_t (a torch
+  sparse COO / CSR matrix or a torch_sparse SparseTensor, row i = target i), `size` None or the
+  size x implies, flow "source_to_target", none of MessagePassing's internals in use (explain
+  mode, decomposed layers, hooks on propagate / message / aggregate). An adj_t's values are read
+  as PyG's layers read them: GCNConv's edge weights (a SparseTensor without values weighs 1),
+  SAGEConv's and GINConv's message weights for a torch sparse matrix, dropped for a SparseTensor;
 - SAGEConv and GINConv also on PyG's bipartite pair (x_src, x_dst) with an edge_index;
-- GCNConv: `edge_weight` (in edge_index order) with an edge_index; an adj_t without
-  add_self_loops (PyG adds a second loop where adj_t has one); cached=False (PyG's cache reuses
-  the first call's graph for every later call; scangraph caches per edge_index anyway);
-  improved=True only with edge_weight (without it PyG's gcn_norm gives the loops weight 1, not 2);
+- GCNConv: `edge_weight` (in edge_index order) with an edge_index (with an adj_t, which PyG reads
+  without it, PyG's forward runs); its self loops as PyG's gcn_norm adds them to each form
+  (nn/graph_cache.loop_rule: the missing ones to an edge_index, one more per node to a torch
+  sparse adj_t, the loops replaced on a SparseTensor); cached=False (PyG's cache reuses the first
+  call's graph for every later call; scangraph caches per edge_index anyway); improved=True
+  only with edge_weight or an adj_t (without weights PyG's gcn_norm gives an edge_index's loops
+  weight 1, not 2);
 - SAGEConv: aggr "mean" / "sum" / "max" / "min", project=False;
 - GINConv: the default "add" aggregation;
-- GATConv: an edge_index tensor, `size` None, no edge_attr / edge_dim, no residual, a shared `lin`;
-  return_attention_weights=True returns PyG's (out, (edge_index, alpha)). Attention dropout in
+- GATConv: `size` None, no edge_attr / edge_dim, no residual, a shared `lin`; with an
+  edge_index tensor, return_attention_weights=True returns PyG's (out, (edge_index, alpha)) (with
+  an adj_t PyG returns the weights as a sparse matrix: its forward runs). Attention dropout in
   training runs in the fused kernel: the same distribution as PyG's (Bernoulli per edge and
   head, after the softmax), drawn from scangraph's Philox stream, so the masks differ from
   PyG's draws (as any two dropout implementations' do);
@@ -43,7 +49,7 @@ import torch.nn.functional as F
 
 from scangraph.graph import CSRGraph
 from scangraph.nn.conv import gat_forward, gcn_propagation_graph
-from scangraph.nn.graph_cache import as_csr, as_csr_of, scatter_graph
+from scangraph.nn.graph_cache import aggregation_graph, as_csr_of, is_matrix, is_sparse_tensor, scatter_graph
 from scangraph.ops._rules import FLOAT_DTYPES
 from scangraph.ops.sparse import spmm
 
@@ -80,12 +86,12 @@ def _node_features(x, size):
 
 
 def _with_graph(features, edge_index):
-    """(x_src, x_dst, the CSRGraph of edge_index over them), from _node_features' answer."""
+    """(x_src, x_dst, the CSRGraph SAGEConv / GINConv aggregate over), from _node_features' answer."""
     x_src, x_dst, num_nodes = features
-    return x_src, x_dst, as_csr(x_src, edge_index) if num_nodes is None else as_csr_of(edge_index, num_nodes)
+    return x_src, x_dst, aggregation_graph(x_src, edge_index) if num_nodes is None else as_csr_of(edge_index, num_nodes)
 
 
-def _graph_ok(module, x, edge_index, bipartite=False, dense_only=False) -> bool:
+def _graph_ok(module, x, edge_index, bipartite=False) -> bool:
     """The inputs every patched layer shares: a plain graph, no MessagePassing internals in use."""
     if getattr(module, "flow", "source_to_target") != "source_to_target":
         return False
@@ -94,11 +100,13 @@ def _graph_ok(module, x, edge_index, bipartite=False, dense_only=False) -> bool:
     if any(getattr(module, f"_{stage}_forward_{kind}hooks", None)  # hooks on MessagePassing's steps
            for stage in _MESSAGE_PASSING_STEPS for kind in ("pre_", "")):
         return False
+    if is_sparse_tensor(edge_index):
+        return not bipartite and edge_index.dim() == 2 and edge_index.size(0) == edge_index.size(1) == x.shape[0]
     if not isinstance(edge_index, torch.Tensor):
-        return False  # a torch_sparse SparseTensor: PyG's layers treat its values differently
+        return False
     if edge_index.layout == torch.strided:
         return edge_index.dim() == 2 and edge_index.shape[0] == 2 and not edge_index.is_floating_point()
-    if bipartite or dense_only or edge_index.layout not in (torch.sparse_coo, torch.sparse_csr):
+    if bipartite or edge_index.layout not in (torch.sparse_coo, torch.sparse_csr):
         return False
     return edge_index.dim() == 2 and edge_index.shape[0] == edge_index.shape[1] == x.shape[0]
 
@@ -108,14 +116,12 @@ def _plain(x) -> bool:
 
 
 def _gcn(self, x, edge_index, edge_weight=None):
-    matrix = isinstance(edge_index, torch.Tensor) and edge_index.layout != torch.strided
-    # On an adj_t PyG adds a loop to every node even where one exists (on an edge_index it adds
-    # the missing ones only, as scangraph does): leave that case to PyG.
-    if not _plain(x) or not _graph_ok(self, x, edge_index) or (matrix and (edge_weight is not None or self.add_self_loops)):
+    if not _plain(x) or not _graph_ok(self, x, edge_index) or (is_matrix(edge_index) and edge_weight is not None):
         return NotImplemented
     if self.cached:  # PyG's cache keeps the first call's graph for every later call: its semantics, its code
         return NotImplemented
-    if self.improved and edge_weight is None:  # PyG's gcn_norm drops the loops' fill value 2 without weights
+    if self.improved and edge_weight is None and not is_matrix(edge_index):
+        # PyG's gcn_norm drops an edge_index's loops' fill value 2 without weights
         return NotImplemented
     graph = gcn_propagation_graph(x, edge_index, edge_weight, self.add_self_loops, self.normalize, self.improved)
     out = spmm(graph, self.lin(x), "sum")
@@ -144,7 +150,9 @@ def _gin(self, x, edge_index, size=None):
 
 
 def _gat(self, x, edge_index, edge_attr=None, size=None, return_attention_weights=None):
-    if (not _plain(x) or size is not None or not _graph_ok(self, x, edge_index, dense_only=True) or edge_attr is not None
+    if return_attention_weights and is_matrix(edge_index):  # PyG returns them as a sparse matrix
+        return NotImplemented
+    if (not _plain(x) or size is not None or not _graph_ok(self, x, edge_index) or edge_attr is not None
             or getattr(self, "edge_dim", None) is not None or getattr(self, "res", None) is not None
             or getattr(self, "lin", None) is None):
         return NotImplemented

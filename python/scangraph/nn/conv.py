@@ -14,7 +14,8 @@ from torch import nn
 
 from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph, gcn_norm_weight, with_self_loops
-from scangraph.nn.graph_cache import GraphLike, as_csr, as_csr_of, as_graph, gcn_graph, graph_for, is_matrix, num_nodes_of
+from scangraph.nn.graph_cache import (GraphLike, aggregation_graph, as_csr_of, as_graph, gcn_graph, graph_for,
+                                      is_matrix, num_nodes_of)
 from scangraph.ops.sparse import gat_aggregate, spmm
 
 
@@ -53,10 +54,13 @@ def gcn_propagation_graph(x: torch.Tensor, graph: GraphLike, edge_weight: Option
     """The graph GCN propagates over, its weights the normalised edge weights (PyG's gcn_norm):
     cached per graph and dtype without edge_weight; rebuilt on every call with one, as weights
     may change or carry gradients. edge_weight follows the order of the edge list."""
-    graph = as_graph(graph)
+    if edge_weight is not None and is_matrix(graph):
+        raise ValueError("GCNConv: an adj_t sparse matrix carries its edge weights as its values; pass edge_weight "
+                         "with an edge_index or a CSRGraph (PyG's GCNConv ignores it with an adj_t)")
+    graph_or_matrix, graph = graph, as_graph(graph)
     n = num_nodes_of(x, graph)
     if edge_weight is None:
-        return gcn_graph(graph, n, add_self_loops, normalize, improved, x.dtype)
+        return gcn_graph(graph_or_matrix, n, add_self_loops, normalize, improved, x.dtype)  # its loop rule
     if isinstance(graph, PartitionedGraph):  # the whole graph's weights, normalised, cut as the graph is
         return graph.repartition(gcn_propagation_graph(x, graph.graph, edge_weight, add_self_loops, normalize,
                                                        improved))
@@ -142,7 +146,7 @@ class SAGEConv(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike, size=None) -> torch.Tensor:
         _check_size("SAGEConv", size)
-        graph = as_csr(x, edge_index)
+        graph = aggregation_graph(x, edge_index)
         if self.out_channels < self.in_channels:
             # The mean is linear, so projecting first moves fewer features along the edges;
             # the bias is added after, as lin_l(mean) would (empty rows give lin_l(0) = bias).
@@ -181,7 +185,7 @@ class GINConv(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: GraphLike, size=None) -> torch.Tensor:
         _check_size("GINConv", size)
-        graph = as_csr(x, edge_index)
+        graph = aggregation_graph(x, edge_index)
         return self.nn((1 + self.eps) * x + _propagate(graph, x, "sum"))
 
 

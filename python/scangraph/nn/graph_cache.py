@@ -17,7 +17,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from scangraph.distributed.partition import PartitionedGraph
-from scangraph.graph import CSRGraph, gcn_norm_weight, with_self_loops
+from scangraph.graph import CSRGraph, gcn_norm_weight, subgraph_of_edges, with_self_loops
 
 GraphLike = Union[torch.Tensor, CSRGraph]  # an edge_index, an adj_t sparse matrix, or a CSRGraph
 
@@ -126,7 +126,34 @@ def as_graph(graph):
 def is_matrix(graph) -> bool:
     if isinstance(graph, torch.Tensor):
         return graph.layout != torch.strided
-    return type(graph).__name__ == "SparseTensor" and hasattr(graph, "csr")  # torch_sparse's
+    return is_sparse_tensor(graph)
+
+
+def is_sparse_tensor(graph) -> bool:
+    """torch_sparse's SparseTensor (known by its name and csr(): torch_sparse is optional)."""
+    return type(graph).__name__ == "SparseTensor" and hasattr(graph, "csr")
+
+
+def aggregation_graph(x: torch.Tensor, graph: GraphLike) -> CSRGraph:
+    """The graph SAGEConv and GINConv aggregate over: as_csr's, as PyG's layers read each form
+    of adj_t. A torch sparse matrix's values weigh the messages; a torch_sparse SparseTensor's
+    are dropped (PyG's message_and_aggregate sets them to None first)."""
+    base = as_csr(x, graph)
+    if not is_sparse_tensor(graph) or base.edge_weight is None:
+        return base
+    return base.derived("unweighted", lambda g: CSRGraph(g.rowptr, g.col, None, num_cols=g.num_cols,
+                                                         edge_ids=g.edge_ids, validate=False))
+
+
+def loop_rule(graph: GraphLike) -> str:
+    """How GCN's added self loops meet the loops a graph has, as PyG's gcn_norm does for each form:
+    "remaining" for an edge_index or a CSRGraph (add_remaining_self_loops: the missing ones),
+    "added" for a torch sparse adj_t (add_self_loops: one more per node, so an existing loop's
+    weight and the new one's add up), "replaced" for a SparseTensor (fill_diag: the loops weigh
+    the fill value alone)."""
+    if isinstance(graph, torch.Tensor) and graph.layout != torch.strided:
+        return "added"
+    return "replaced" if is_sparse_tensor(graph) else "remaining"
 
 
 def _graph_of_matrix(matrix) -> CSRGraph:
@@ -148,19 +175,27 @@ def _graph_of_matrix(matrix) -> CSRGraph:
 
 def gcn_graph(graph: GraphLike, num_nodes: int, add_self_loops: bool = True, normalize: bool = True,
               improved: bool = False, dtype: torch.dtype = torch.float32) -> CSRGraph:
-    """The (cached, per dtype) graph of a GCN propagation: self loops and symmetric normalisation as
-    edge weights, computed in fp64 and rounded once to `dtype`."""
+    """The (cached, per dtype) graph of a GCN propagation: self loops (loop_rule's, for the form of
+    `graph`) and symmetric normalisation as edge weights, computed in fp64 and rounded once to
+    `dtype`."""
+    rule = loop_rule(graph) if add_self_loops else "none"
+    fill = 2.0 if improved else 1.0
+
     def build(base: CSRGraph) -> CSRGraph:
-        if base.edge_weight is None and not normalize and not (improved and add_self_loops):
-            return with_self_loops(base, 1.0) if add_self_loops else base  # every edge weighs 1
+        if base.edge_weight is None and not normalize and (rule == "none" or (rule == "remaining" and fill == 1.0)):
+            return base if rule == "none" else with_self_loops(base, 1.0)  # every edge weighs 1
         weight = torch.ones(base.num_edges, dtype=torch.float64, device=base.device) if base.edge_weight is None \
             else base.edge_weight.double()  # fp64 norms, rounded once to dtype below
+        if rule == "added":  # the new loop's weight on an old loop's (with_self_loops keeps that one)
+            weight = weight + fill * (base.edge_rows() == base.col)
         base = CSRGraph(base.rowptr, base.col, weight, num_cols=base.num_cols, edge_ids=base.edge_ids,
                         validate=False)
-        if add_self_loops:
-            base = with_self_loops(base, 2.0 if improved else 1.0)
+        if rule == "replaced":
+            base = subgraph_of_edges(base, base.edge_rows() != base.col)
+        if rule != "none":
+            base = with_self_loops(base, fill)
         weight = gcn_norm_weight(base, base.edge_weight) if normalize else base.edge_weight
         return CSRGraph(base.rowptr, base.col, weight.to(dtype), num_cols=base.num_cols, edge_ids=base.edge_ids,
                         validate=False)
 
-    return graph_for(graph, num_nodes, f"gcn:{add_self_loops}:{normalize}:{improved}:{dtype}", build)
+    return graph_for(graph, num_nodes, f"gcn:{rule}:{normalize}:{improved}:{dtype}", build)
