@@ -3,6 +3,8 @@
 They are CSR graphs built from their CSR parts (edge_ids None), so a per-edge tensor's order is
 the CSR order the references take; test_sparse.py's edge-order tests use graphs built from a
 shuffled edge_index."""
+import warnings
+
 import torch
 
 from scangraph import CSRGraph, datasets
@@ -46,3 +48,20 @@ def make_graph(name: str, index_dtype=torch.int64) -> CSRGraph:
 
 
 GRAPHS = ("random", "empty", "no_edges", "isolated", "hub", "karate", "bipartite")
+
+
+def adj_t_forms(edge_index: torch.Tensor, num_nodes: int, values: torch.Tensor) -> list:
+    """An edge_index as PyG's adj_t (row i = target i) in each form PyG's layers take: torch sparse
+    COO (duplicates summed by coalescing) and CSR, and, where torch_sparse is installed, a
+    SparseTensor with `values` and one without."""
+    coo = torch.sparse_coo_tensor(edge_index.flip(0), values, (num_nodes, num_nodes)).coalesce()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's beta notice for sparse CSR
+        forms = [coo, coo.to_sparse_csr()]
+    try:
+        from torch_sparse import SparseTensor
+    except ImportError:
+        return forms
+    sizes = (num_nodes, num_nodes)
+    return forms + [SparseTensor(row=edge_index[1], col=edge_index[0], value=values, sparse_sizes=sizes),
+                    SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=sizes)]

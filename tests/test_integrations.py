@@ -1,12 +1,11 @@
 """scangraph.integrations.transformers: HF's MambaForCausalLM and FalconMambaForCausalLM (small
 models built from a config, no download) give the logits, generated tokens and training
 gradients of transformers' own torch path once apply() routes their SSM to scangraph."""
-import warnings
-
 import pytest
 import torch
 
 from conftest import backend_params
+from graphs import adj_t_forms
 
 transformers = pytest.importorskip("transformers")
 from scangraph.integrations import transformers as sg_hf  # noqa: E402
@@ -158,27 +157,11 @@ def _calls(monkeypatch):
     return count
 
 
-def _adjacencies(edge_index, n):
-    """The graph as PyG's adj_t forms, weighted: torch sparse COO and CSR (duplicates summed by
-    coalescing), and where torch_sparse is installed a SparseTensor with and without values."""
-    values = torch.rand(edge_index.shape[1]) + 0.5
-    coo = torch.sparse_coo_tensor(edge_index.flip(0), values, (n, n)).coalesce()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch's beta notice for sparse CSR
-        forms = [coo, coo.to_sparse_csr()]
-    try:
-        from torch_sparse import SparseTensor
-    except ImportError:
-        return forms
-    return forms + [SparseTensor(row=edge_index[1], col=edge_index[0], value=values, sparse_sizes=(n, n)),
-                    SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(n, n))]
-
-
 @pytest.mark.parametrize("name", sorted(PYG_LAYERS))
 def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
     """Outputs and gradients (input and parameters) of the patched layer equal PyG's own, with
     an edge_index, edge weights (GCN) and weighted adj_t matrices (each form PyG reads its own
-    way: _adjacencies), on graphs with loops and a duplicate edge; and the kernels really ran."""
+    way: graphs.adj_t_forms), on graphs with loops and a duplicate edge; and the kernels really ran."""
     calls = _calls(monkeypatch)
     for graph_name, edge_index, n in _graphs():
         torch.manual_seed(1)
@@ -187,7 +170,7 @@ def test_patched_pyg_layers_match_pyg(name, pyg_patch, monkeypatch):
         inputs = [] if name == "gcn_improved" else [(edge_index,)]  # PyG's improved needs weights, see pyg.py
         if name.startswith("gcn"):
             inputs.append((edge_index, torch.rand(edge_index.shape[1])))
-        inputs += [(adj_t,) for adj_t in _adjacencies(edge_index, n)]
+        inputs += [(adj_t,) for adj_t in adj_t_forms(edge_index, n, torch.rand(edge_index.shape[1]) + 0.5)]
         for args in inputs:
             want = _run(layer, x, *args)
             before = calls["n"]

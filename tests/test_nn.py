@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from scangraph import CSRGraph, datasets
 from scangraph import nn as sgnn
 from scangraph.nn.graph_cache import clear_graph_cache, graph_for
+from graphs import adj_t_forms
 
 # mamba_ssm's Mamba(d_model) state_dict, in its order (a module's own parameters come before its
 # submodules'): names and shapes as functions of (d_model, d_inner, d_state, d_conv, dt_rank),
@@ -621,19 +622,6 @@ def test_convs_take_a_torch_sparse_adj_t(layout):
     torch.testing.assert_close(layers[0](x, adj_t), pyg(x, adj_t), atol=1e-5, rtol=1e-5)
 
 
-def _adj_t_forms(edge_index, n, values):
-    """adj_t as torch sparse COO and CSR, and, where torch_sparse is installed, as a SparseTensor
-    with and without values."""
-    coo = torch.sparse_coo_tensor(edge_index.flip(0), values, (n, n)).coalesce()
-    forms = [coo, coo.to_sparse_csr()]
-    try:
-        from torch_sparse import SparseTensor
-    except ImportError:
-        return forms
-    return forms + [SparseTensor(row=edge_index[1], col=edge_index[0], value=values, sparse_sizes=(n, n)),
-                    SparseTensor(row=edge_index[1], col=edge_index[0], sparse_sizes=(n, n))]
-
-
 def test_convs_read_an_adj_t_as_pyg_does():
     """On a weighted adj_t with self loops and a duplicate edge, each conv equals PyG's on the same
     matrix, which reads each form its own way: GCN's loops added to a torch sparse matrix's
@@ -643,13 +631,13 @@ def test_convs_read_an_adj_t_as_pyg_does():
     torch.manual_seed(0)
     edge_index = random_graph()
     values = torch.rand(edge_index.shape[1]) + 0.5
-    for adj_t in _adj_t_forms(edge_index, 23, values):
+    for adj_t in adj_t_forms(edge_index, 23, values):
         for ours, theirs in _conv_pairs(pyg):
             x = torch.randn(23, ours.in_channels if hasattr(ours, "in_channels") else 7)
             torch.testing.assert_close(ours(x, adj_t), theirs(x, adj_t), atol=1e-5, rtol=1e-4,
                                        msg=lambda m: f"{ours} on {type(adj_t).__name__}: {m}")
     with pytest.raises(ValueError, match="values"):
-        sgnn.GCNConv(7, 5)(torch.randn(23, 7), _adj_t_forms(edge_index, 23, values)[0], values)
+        sgnn.GCNConv(7, 5)(torch.randn(23, 7), adj_t_forms(edge_index, 23, values)[0], values)
 
 
 def test_convs_take_batched_static_graphs_and_refuse_what_they_do_not_support():
