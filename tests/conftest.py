@@ -18,7 +18,8 @@ if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+if _WORKERS > 1:  # torch reads OMP_NUM_THREADS once, and a plugin may have imported it before this file
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from scangraph import datasets  # noqa: E402
 from scangraph.backend import BackendUnavailable, resolve  # noqa: E402

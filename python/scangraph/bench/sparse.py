@@ -9,7 +9,7 @@ col, x read once, out written once (the backward traverses the transpose the sam
 """
 import os
 import warnings
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -176,12 +176,12 @@ def sparse_product_common_neighbors(adjacency: torch.Tensor, x: torch.Tensor, sr
     return torch.sparse.mm(adjacency.index_select(0, src) * adjacency.index_select(0, dst), x)
 
 
-def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device, options: Options,
-                          num_pairs: Optional[int] = None) -> Case:
+def _common_neighbor_case(name: str, graph: CSRGraph, f: int, dtype: torch.dtype, device: torch.device,
+                          options: Options) -> Case:
     """Common-neighbour sums of target edges (the link-prediction setting of NCN) against the
     sparse-product formulation: rows of A for both endpoints multiplied, then A_pairs @ x. 20 000
     pairs, 2 000 in a quick run (the sparse product took 0.45 s a call on 20 000 rmat-4k pairs)."""
-    num_pairs = num_pairs or (2_000 if options.quick else 20_000)
+    num_pairs = 2_000 if options.quick else 20_000
     generator = torch.Generator().manual_seed(0)
     picked = torch.randint(0, max(graph.num_edges, 1), (min(num_pairs, graph.num_edges),), generator=generator)
     src_all, dst_all = graph.to_edge_index()

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from scangraph.graph import CSRGraph
 from scangraph.nn.conv import gat_forward, gcn_propagation_graph
-from scangraph.nn.graph_cache import aggregation_graph, as_csr_of, is_matrix, is_sparse_tensor, scatter_graph
+from scangraph.nn.graph_cache import aggregation_graph, as_csr_of, is_matrix, scatter_graph
 from scangraph.ops._rules import FLOAT_DTYPES
 from scangraph.ops.sparse import spmm
 
@@ -100,15 +100,14 @@ def _graph_ok(module, x, edge_index, bipartite=False) -> bool:
     if any(getattr(module, f"_{stage}_forward_{kind}hooks", None)  # hooks on MessagePassing's steps
            for stage in _MESSAGE_PASSING_STEPS for kind in ("pre_", "")):
         return False
-    if is_sparse_tensor(edge_index):
-        return not bipartite and edge_index.dim() == 2 and edge_index.size(0) == edge_index.size(1) == x.shape[0]
+    if is_matrix(edge_index):  # a square adj_t over x's nodes: a SparseTensor, a torch COO / CSR matrix
+        if bipartite or (isinstance(edge_index, torch.Tensor)
+                         and edge_index.layout not in (torch.sparse_coo, torch.sparse_csr)):
+            return False
+        return edge_index.dim() == 2 and edge_index.size(0) == edge_index.size(1) == x.shape[0]
     if not isinstance(edge_index, torch.Tensor):
         return False
-    if edge_index.layout == torch.strided:
-        return edge_index.dim() == 2 and edge_index.shape[0] == 2 and not edge_index.is_floating_point()
-    if bipartite or edge_index.layout not in (torch.sparse_coo, torch.sparse_csr):
-        return False
-    return edge_index.dim() == 2 and edge_index.shape[0] == edge_index.shape[1] == x.shape[0]
+    return edge_index.dim() == 2 and edge_index.shape[0] == 2 and not edge_index.is_floating_point()
 
 
 def _plain(x) -> bool:

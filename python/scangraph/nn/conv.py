@@ -14,7 +14,7 @@ from torch import nn
 
 from scangraph.distributed.partition import PartitionedGraph
 from scangraph.graph import CSRGraph, gcn_norm_weight, with_self_loops
-from scangraph.nn.graph_cache import (GraphLike, aggregation_graph, as_csr_of, as_graph, gcn_graph, graph_for,
+from scangraph.nn.graph_cache import (GraphLike, aggregation_graph, as_csr_of, gcn_graph, graph_for,
                                       is_matrix, num_nodes_of)
 from scangraph.ops.sparse import gat_aggregate, spmm
 
@@ -57,10 +57,10 @@ def gcn_propagation_graph(x: torch.Tensor, graph: GraphLike, edge_weight: Option
     if edge_weight is not None and is_matrix(graph):
         raise ValueError("GCNConv: an adj_t sparse matrix carries its edge weights as its values; pass edge_weight "
                          "with an edge_index or a CSRGraph (PyG's GCNConv ignores it with an adj_t)")
-    graph_or_matrix, graph = graph, as_graph(graph)
     n = num_nodes_of(x, graph)
     if edge_weight is None:
-        return gcn_graph(graph_or_matrix, n, add_self_loops, normalize, improved, x.dtype)  # its loop rule
+        return gcn_graph(graph, n, add_self_loops, normalize, improved, x.dtype)
+    # From here an edge_index, a CSRGraph or a PartitionedGraph: an adj_t was refused above.
     if isinstance(graph, PartitionedGraph):  # the whole graph's weights, normalised, cut as the graph is
         return graph.repartition(gcn_propagation_graph(x, graph.graph, edge_weight, add_self_loops, normalize,
                                                        improved))

@@ -151,9 +151,9 @@ def loop_rule(graph: GraphLike) -> str:
     "added" for a torch sparse adj_t (add_self_loops: one more per node, so an existing loop's
     weight and the new one's add up), "replaced" for a SparseTensor (fill_diag: the loops weigh
     the fill value alone)."""
-    if isinstance(graph, torch.Tensor) and graph.layout != torch.strided:
-        return "added"
-    return "replaced" if is_sparse_tensor(graph) else "remaining"
+    if is_sparse_tensor(graph):
+        return "replaced"
+    return "added" if is_matrix(graph) else "remaining"
 
 
 def _graph_of_matrix(matrix) -> CSRGraph:
