@@ -4,11 +4,12 @@
 // Rows are split into chunks of equal work (edges + rows), so a few hub rows do not leave
 // threads idle; each row is owned by one thread, which accumulates in registers / a small
 // opmath buffer and writes its output once: no atomics, results independent of thread count.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+//
+// The file builds on torch's regular C++ API (the package) and, with SCANGRAPH_STABLE_ABI, on the
+// LibTorch stable ABI (tools/stable_abi): it names torch only through glue/torch_api.h.
+#ifndef SCANGRAPH_STABLE_ABI
 #include <torch/library.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -67,8 +68,8 @@ SCANGRAPH_INLINE void accumulate_float8(const SpmmParams& p, const index_t* __re
 template <typename scalar_t, typename index_t, bool kWeighted>
 SCANGRAPH_INLINE void accumulate_edges(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
                                               int64_t f0, int64_t width,
-                                              at::opmath_type<scalar_t>* __restrict__ acc) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                              opmath_t<scalar_t>* __restrict__ acc) {
+  using acc_t = opmath_t<scalar_t>;
   const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
   const scalar_t* __restrict__ w = static_cast<const scalar_t*>(p.weight);
   const scalar_t* __restrict__ x = static_cast<const scalar_t*>(p.x) + h * p.x_head_stride + f0;
@@ -94,8 +95,8 @@ SCANGRAPH_INLINE void accumulate_edges(const SpmmParams& p, int64_t begin, int64
 // Rows [row_begin, row_end) of spmm; scratch holds num_features opmath values.
 template <typename scalar_t, typename index_t, bool kWeighted>
 SCANGRAPH_INLINE void spmm_row_range(const SpmmParams& p, int64_t row_begin, int64_t row_end,
-                                            at::opmath_type<scalar_t>* scratch) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                            opmath_t<scalar_t>* scratch) {
+  using acc_t = opmath_t<scalar_t>;
   scalar_t* __restrict__ out = static_cast<scalar_t*>(p.out);
   const int64_t F = p.num_features;
   const bool stream = stream_output(out, p.num_rows * p.num_heads, F, sizeof(scalar_t));
@@ -126,21 +127,21 @@ SCANGRAPH_INLINE void spmm_row_range(const SpmmParams& p, int64_t row_begin, int
 
 template <typename scalar_t, typename index_t, bool kWeighted>
 void spmm_row_range_baseline(const SpmmParams& p, int64_t r0, int64_t r1,
-                             at::opmath_type<scalar_t>* scratch) {
+                             opmath_t<scalar_t>* scratch) {
   spmm_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, scratch);
 }
 
 #if SCANGRAPH_X86
 template <typename scalar_t, typename index_t, bool kWeighted>
 __attribute__((target("avx2"))) void spmm_row_range_avx2(const SpmmParams& p, int64_t r0, int64_t r1,
-                                                          at::opmath_type<scalar_t>* scratch) {
+                                                          opmath_t<scalar_t>* scratch) {
   spmm_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, scratch);
 }
 #endif
 
 template <typename scalar_t, typename index_t, bool kWeighted>
 void spmm_rows(const SpmmParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   auto* range = &spmm_row_range_baseline<scalar_t, index_t, kWeighted>;
 #if SCANGRAPH_X86
   if (cpu::has_avx2()) range = &spmm_row_range_avx2<scalar_t, index_t, kWeighted>;
@@ -189,10 +190,10 @@ SCANGRAPH_INLINE void extreme_float8(const SpmmParams& p, const index_t* __restr
 // CSR order (the lowest column) wins ties. Writes best * sign and the winning edge ids.
 template <typename scalar_t, typename index_t, bool kWeighted>
 SCANGRAPH_INLINE void extreme_edges(const SpmmParams& p, int64_t begin, int64_t end, int64_t h,
-                                           int64_t f0, int64_t width, at::opmath_type<scalar_t> sign,
-                                           at::opmath_type<scalar_t>* __restrict__ best,
+                                           int64_t f0, int64_t width, opmath_t<scalar_t> sign,
+                                           opmath_t<scalar_t>* __restrict__ best,
                                            int64_t* __restrict__ arg) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
   const scalar_t* __restrict__ w = static_cast<const scalar_t*>(p.weight);
   const scalar_t* __restrict__ x = static_cast<const scalar_t*>(p.x) + h * p.x_head_stride + f0;
@@ -225,8 +226,8 @@ SCANGRAPH_INLINE void extreme_edges(const SpmmParams& p, int64_t begin, int64_t 
 
 template <typename scalar_t, typename index_t, bool kWeighted>
 SCANGRAPH_INLINE void spmm_extreme_row_range(const SpmmParams& p, int64_t row_begin, int64_t row_end,
-                                                    at::opmath_type<scalar_t>* best) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                                    opmath_t<scalar_t>* best) {
+  using acc_t = opmath_t<scalar_t>;
   scalar_t* __restrict__ out = static_cast<scalar_t*>(p.out);
   const acc_t sign = p.reduce == Reduce::Max ? acc_t(1) : acc_t(-1);
   const int64_t F = p.num_features;
@@ -252,21 +253,21 @@ SCANGRAPH_INLINE void spmm_extreme_row_range(const SpmmParams& p, int64_t row_be
 
 template <typename scalar_t, typename index_t, bool kWeighted>
 void spmm_extreme_range_baseline(const SpmmParams& p, int64_t r0, int64_t r1,
-                                 at::opmath_type<scalar_t>* best) {
+                                 opmath_t<scalar_t>* best) {
   spmm_extreme_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, best);
 }
 
 #if SCANGRAPH_X86
 template <typename scalar_t, typename index_t, bool kWeighted>
 __attribute__((target("avx2"))) void spmm_extreme_range_avx2(const SpmmParams& p, int64_t r0, int64_t r1,
-                                                             at::opmath_type<scalar_t>* best) {
+                                                             opmath_t<scalar_t>* best) {
   spmm_extreme_row_range<scalar_t, index_t, kWeighted>(p, r0, r1, best);
 }
 #endif
 
 template <typename scalar_t, typename index_t, bool kWeighted>
 void spmm_extreme_rows(const SpmmParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   auto* range = &spmm_extreme_range_baseline<scalar_t, index_t, kWeighted>;
 #if SCANGRAPH_X86
   if (cpu::has_avx2()) range = &spmm_extreme_range_avx2<scalar_t, index_t, kWeighted>;
@@ -279,7 +280,7 @@ void spmm_extreme_rows(const SpmmParams& p) {
 
 template <typename scalar_t, typename index_t>
 void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const index_t* col = static_cast<const index_t*>(p.col);
   const index_t* col_t = static_cast<const index_t*>(p.col_t);
   const scalar_t* w = static_cast<const scalar_t*>(p.weight);
@@ -299,7 +300,7 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
   // edge and the slice tasks' writes, one float per random line, cost more.
   constexpr int64_t kSlice = 64 / int64_t(sizeof(acc_t)), kSliceMaxFeatures = 128;
   const int64_t slices = (F + kSlice - 1) / kSlice;
-  if (F <= kSliceMaxFeatures && H * slices >= at::get_num_threads() && p.num_src > 0) {
+  if (F <= kSliceMaxFeatures && H * slices >= num_threads() && p.num_src > 0) {
     std::vector<acc_t> wide;
     acc_t* sum = reinterpret_cast<acc_t*>(dx);
     if constexpr (!std::is_same_v<acc_t, scalar_t>) {
@@ -308,7 +309,7 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
     } else {
       std::fill(dx, dx + p.num_src * H * F, scalar_t(0));
     }
-    at::parallel_for(0, H * slices, 1, [&](int64_t t0, int64_t t1) {
+    parallel_for(0, H * slices, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t h = t / slices, f0 = (t % slices) * kSlice, f1 = std::min(F, f0 + kSlice);
         for (int64_t i = 0; i < p.num_rows; ++i) {
@@ -326,7 +327,7 @@ void spmm_arg_backward_rows(const SpmmArgBackwardParams& p) {
       }
     });
     if constexpr (!std::is_same_v<acc_t, scalar_t>) {
-      at::parallel_for(0, p.num_src * H * F, 4096, [&](int64_t k0, int64_t k1) {
+      parallel_for(0, p.num_src * H * F, 4096, [&](int64_t k0, int64_t k1) {
         for (int64_t k = k0; k < k1; ++k) dx[k] = scalar_t(wide[k]);
       });
     }
@@ -380,7 +381,7 @@ inline acc_t leaky_relu(acc_t v, acc_t slope) { return v > acc_t(0) ? v : v * sl
 // 1 in the denominator.
 template <typename scalar_t, typename index_t>
 void gat_rows(const GatParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const index_t* col = static_cast<const index_t*>(p.col);
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
   const scalar_t* a_src = static_cast<const scalar_t*>(p.alpha_src);
@@ -439,7 +440,7 @@ void gat_rows(const GatParams& p) {
 // transpose, each output owned by one thread.
 template <typename scalar_t, typename index_t>
 void gat_backward_rows(const GatBackwardParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const index_t* col = static_cast<const index_t*>(p.col);
   const index_t* col_t = static_cast<const index_t*>(p.col_t);
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
@@ -527,7 +528,7 @@ template <typename index_t>
 void common_neighbors_pairs(const CommonNeighborParams& p) {
   const index_t* col = static_cast<const index_t*>(p.col);
   // Pairs cost deg(src) + deg(dst): parallel over pairs in chunks, each pair owned by one thread.
-  at::parallel_for(0, p.num_pairs, 256, [&](int64_t q0, int64_t q1) {
+  parallel_for(0, p.num_pairs, 256, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       if (p.counts) {
         int64_t count = 0;
@@ -543,7 +544,7 @@ void common_neighbors_pairs(const CommonNeighborParams& p) {
 
 template <typename scalar_t, typename index_t>
 void sddmm_rows(const SddmmParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const index_t* __restrict__ col = static_cast<const index_t*>(p.col);
   const scalar_t* __restrict__ a = static_cast<const scalar_t*>(p.a);
   const scalar_t* __restrict__ b = static_cast<const scalar_t*>(p.b);
@@ -564,13 +565,14 @@ void sddmm_rows(const SddmmParams& p) {
   });
 }
 
-KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
-                                const std::optional<at::Tensor>& weight, const at::Tensor& x,
-                                c10::string_view reduce) {
+KernelCall<SpmmParams> run_spmm(const Tensor& rowptr, const Tensor& col,
+                                const std::optional<Tensor>& weight, const Tensor& x,
+                                StringArg reduce) {
   KernelCall<SpmmParams> call = prepare_spmm(rowptr, col, weight, x, reduce);
   const SpmmParams& p = call.params;
   validate_csr(rowptr, col, x.size(0), "spmm");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_cpu", [&] {
+  dispatch_float(x.scalar_type(), "spmm_cpu", [&](auto element) {
+    using scalar_t = element_t<decltype(element)>;
     const bool weighted = p.weight != nullptr;
     if (p.reduce == Reduce::Max || p.reduce == Reduce::Min) {
       dispatch_index(p.col_is_int32, [&](auto index) {
@@ -587,102 +589,105 @@ KernelCall<SpmmParams> run_spmm(const at::Tensor& rowptr, const at::Tensor& col,
   return call;
 }
 
-at::Tensor spmm_cpu(const at::Tensor& rowptr, const at::Tensor& col,
-                    const std::optional<at::Tensor>& weight, const at::Tensor& x,
-                    c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
-                    const std::optional<at::Tensor>& /*col_t*/,
-                    const std::optional<at::Tensor>& /*perm_t*/) {
+Tensor spmm_cpu(const Tensor& rowptr, const Tensor& col, const std::optional<Tensor>& weight, const Tensor& x,
+                StringArg reduce, const std::optional<Tensor>& /*rowptr_t*/, const std::optional<Tensor>& /*col_t*/,
+                const std::optional<Tensor>& /*perm_t*/) {
   check_reduce_for("spmm", reduce, /*extreme=*/false);
   return run_spmm(rowptr, col, weight, x, reduce).out;
 }
 
-std::tuple<at::Tensor, at::Tensor> spmm_arg_cpu(
-    const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
-    const at::Tensor& x, c10::string_view reduce, const std::optional<at::Tensor>& /*rowptr_t*/,
-    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/) {
+std::tuple<Tensor, Tensor> spmm_arg_cpu(
+    const Tensor& rowptr, const Tensor& col, const std::optional<Tensor>& weight,
+    const Tensor& x, StringArg reduce, const std::optional<Tensor>& /*rowptr_t*/,
+    const std::optional<Tensor>& /*col_t*/, const std::optional<Tensor>& /*perm_t*/) {
   check_reduce_for("spmm_arg", reduce, /*extreme=*/true);
   KernelCall<SpmmParams> call = run_spmm(rowptr, col, weight, x, reduce);
   return {call.out, call.out2};
 }
 
-std::tuple<at::Tensor, at::Tensor> spmm_arg_backward_cpu(
-    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
-    const at::Tensor& perm_t, const std::optional<at::Tensor>& weight, const at::Tensor& x,
-    const at::Tensor& grad, const at::Tensor& arg, bool weight_grad) {
+std::tuple<Tensor, Tensor> spmm_arg_backward_cpu(
+    const Tensor& rowptr, const Tensor& col, const Tensor& rowptr_t, const Tensor& col_t,
+    const Tensor& perm_t, const std::optional<Tensor>& weight, const Tensor& x,
+    const Tensor& grad, const Tensor& arg, bool weight_grad) {
   const KernelCall<SpmmArgBackwardParams> call =
       prepare_spmm_arg_backward(rowptr, col, rowptr_t, col_t, perm_t, weight, x, grad, arg, weight_grad);
   const SpmmArgBackwardParams& p = call.params;
   validate_csr(rowptr, col, x.size(0), "spmm_arg_backward");
   validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "spmm_arg_backward (transpose)");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spmm_arg_backward_cpu", [&] {
+  dispatch_float(x.scalar_type(), "spmm_arg_backward_cpu", [&](auto element) {
+    using scalar_t = element_t<decltype(element)>;
     dispatch_index(p.col_is_int32, [&](auto index) { spmm_arg_backward_rows<scalar_t, decltype(index)>(p); });
   });
   return {call.out, call.out2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_cpu(
-    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& x, const at::Tensor& alpha_src,
-    const at::Tensor& alpha_dst, double negative_slope, const std::optional<at::Tensor>& /*rowptr_t*/,
-    const std::optional<at::Tensor>& /*col_t*/, const std::optional<at::Tensor>& /*perm_t*/, double dropout,
-    const std::optional<at::Tensor>& rng) {
+std::tuple<Tensor, Tensor, Tensor> gat_aggregate_cpu(
+    const Tensor& rowptr, const Tensor& col, const Tensor& x, const Tensor& alpha_src,
+    const Tensor& alpha_dst, double negative_slope, const std::optional<Tensor>& /*rowptr_t*/,
+    const std::optional<Tensor>& /*col_t*/, const std::optional<Tensor>& /*perm_t*/, double dropout,
+    const std::optional<Tensor>& rng) {
   const KernelCall<GatParams> call = prepare_gat(rowptr, col, x, alpha_src, alpha_dst, negative_slope, dropout, rng);
   validate_csr(rowptr, col, x.size(0), "gat_aggregate");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_cpu", [&] {
+  dispatch_float(x.scalar_type(), "gat_cpu", [&](auto element) {
+    using scalar_t = element_t<decltype(element)>;
     dispatch_index(call.params.col_is_int32, [&](auto index) { gat_rows<scalar_t, decltype(index)>(call.params); });
   });
   return {call.out, call.out2, call.owned.back()};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gat_aggregate_backward_cpu(
-    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& rowptr_t, const at::Tensor& col_t,
-    const at::Tensor& perm_t, const at::Tensor& x, const at::Tensor& alpha_src, const at::Tensor& alpha_dst,
-    const at::Tensor& row_max, const at::Tensor& row_sum, const at::Tensor& delta, const at::Tensor& grad,
-    double negative_slope, double dropout, const std::optional<at::Tensor>& rng) {
+std::tuple<Tensor, Tensor, Tensor> gat_aggregate_backward_cpu(
+    const Tensor& rowptr, const Tensor& col, const Tensor& rowptr_t, const Tensor& col_t,
+    const Tensor& perm_t, const Tensor& x, const Tensor& alpha_src, const Tensor& alpha_dst,
+    const Tensor& row_max, const Tensor& row_sum, const Tensor& delta, const Tensor& grad,
+    double negative_slope, double dropout, const std::optional<Tensor>& rng) {
   const KernelCall<GatBackwardParams> call =
       prepare_gat_backward(rowptr, col, rowptr_t, col_t, perm_t, x, alpha_src, alpha_dst, row_max, row_sum, delta,
                            grad, negative_slope, dropout, rng);
   validate_csr(rowptr, col, x.size(0), "gat_aggregate_backward");
   validate_csr(rowptr_t, col_t, rowptr.numel() - 1, "gat_aggregate_backward (transpose)");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gat_backward_cpu", [&] {
+  dispatch_float(x.scalar_type(), "gat_backward_cpu", [&](auto element) {
+    using scalar_t = element_t<decltype(element)>;
     dispatch_index(call.params.col_is_int32,
                    [&](auto index) { gat_backward_rows<scalar_t, decltype(index)>(call.params); });
   });
   return {call.out, call.out2, call.owned.back()};
 }
 
-std::tuple<at::Tensor, at::Tensor> common_neighbors_cpu(const at::Tensor& rowptr, const at::Tensor& col,
-                                                        const at::Tensor& src, const at::Tensor& dst) {
+std::tuple<Tensor, Tensor> common_neighbors_cpu(const Tensor& rowptr, const Tensor& col, const Tensor& src,
+                                                const Tensor& dst) {
   CommonNeighborParams p = prepare_common_neighbors(rowptr, col, src, dst);
   const int64_t num_nodes = rowptr.numel() - 1;
   validate_csr(rowptr, col, num_nodes, "common_neighbors");
-  for (const at::Tensor* t : {&src, &dst}) {
-    const int64_t* v = t->data_ptr<int64_t>();
+  for (const Tensor* t : {&src, &dst}) {
+    const int64_t* v = t->const_data_ptr<int64_t>();
     for (int64_t q = 0; q < p.num_pairs; ++q)
-      TORCH_CHECK(v[q] >= 0 && v[q] < num_nodes, "common_neighbors: pair ", q, " names node ", v[q],
-                  ", out of range for ", num_nodes, " nodes");
+      SCANGRAPH_CHECK(v[q] >= 0 && v[q] < num_nodes, "common_neighbors: pair ", q, " names node ", v[q],
+                          ", out of range for ", num_nodes, " nodes");
   }
-  at::Tensor counts = at::empty({p.num_pairs}, src.options());
-  p.counts = counts.data_ptr<int64_t>();
+  // Two passes: the counts, into ptr[1:], summed in place into offsets; then the neighbours.
+  Tensor ptr = empty_output({p.num_pairs + 1}, ScalarType::Long, src);
+  int64_t* offsets = ptr.mutable_data_ptr<int64_t>();
+  offsets[0] = 0;
+  p.counts = offsets + 1;
   auto run = [&] { dispatch_index(p.col_is_int32, [&](auto index) { common_neighbors_pairs<decltype(index)>(p); }); };
   run();
-  at::Tensor ptr = at::cat({at::zeros({1}, src.options()), counts.cumsum(0)});
-  at::Tensor neighbors = at::empty({ptr[-1].item<int64_t>()}, col.options());
+  for (int64_t q = 0; q < p.num_pairs; ++q) offsets[q + 1] += offsets[q];
+  Tensor neighbors = empty_output({offsets[p.num_pairs]}, col.scalar_type(), col);
   p.counts = nullptr;
-  p.offsets = ptr.data_ptr<int64_t>();
-  p.neighbors = neighbors.data_ptr();
+  p.offsets = offsets;
+  p.neighbors = neighbors.mutable_data_ptr();
   run();
   return {ptr, neighbors};
 }
 
-at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& a,
-                     const at::Tensor& b,
-                     const std::optional<at::Tensor>& /*rowptr_t*/,
-                     const std::optional<at::Tensor>& /*col_t*/,
-                     const std::optional<at::Tensor>& /*perm_t*/) {
+Tensor sddmm_cpu(const Tensor& rowptr, const Tensor& col, const Tensor& a, const Tensor& b,
+                 const std::optional<Tensor>& /*rowptr_t*/, const std::optional<Tensor>& /*col_t*/,
+                 const std::optional<Tensor>& /*perm_t*/) {
   const KernelCall<SddmmParams> call = prepare_sddmm(rowptr, col, a, b);
   const SddmmParams& p = call.params;
   validate_csr(rowptr, col, b.size(0), "sddmm");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sddmm_cpu", [&] {
+  dispatch_float(a.scalar_type(), "sddmm_cpu", [&](auto element) {
+    using scalar_t = element_t<decltype(element)>;
     dispatch_index(p.col_is_int32, [&](auto index) { sddmm_rows<scalar_t, decltype(index)>(p); });
   });
   return call.out;
@@ -690,6 +695,18 @@ at::Tensor sddmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::
 
 }  // namespace
 
+#ifdef SCANGRAPH_STABLE_ABI
+// The stable-ABI build (tools/stable_abi): the same kernels behind torch's boxed calling convention.
+STABLE_TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
+  m.impl("spmm", TORCH_BOX(&spmm_cpu));
+  m.impl("spmm_arg", TORCH_BOX(&spmm_arg_cpu));
+  m.impl("spmm_arg_backward", TORCH_BOX(&spmm_arg_backward_cpu));
+  m.impl("sddmm", TORCH_BOX(&sddmm_cpu));
+  m.impl("common_neighbors", TORCH_BOX(&common_neighbors_cpu));
+  m.impl("gat_aggregate", TORCH_BOX(&gat_aggregate_cpu));
+  m.impl("gat_aggregate_backward", TORCH_BOX(&gat_aggregate_backward_cpu));
+}
+#else
 TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
   m.impl("spmm", &spmm_cpu);
   m.impl("spmm_arg", &spmm_arg_cpu);
@@ -699,5 +716,6 @@ TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
   m.impl("gat_aggregate", &gat_aggregate_cpu);
   m.impl("gat_aggregate_backward", &gat_aggregate_backward_cpu);
 }
+#endif
 
 }  // namespace scangraph

@@ -8,16 +8,11 @@
 #include <cuda_fp16.h>
 
 #include "glue/cuda_context.h"
+#include "glue/torch_api.h"  // ElementType, element_t
 
 namespace scangraph {
 
-// Carries an element type into a generic lambda: [&](auto t, cudaStream_t s) { f<element_t<decltype(t)>>(p, s); }.
-template <typename T>
-struct ElementType {
-  using type = T;
-};
-template <typename Tag>
-using element_t = typename Tag::type;
+// launch(ElementType<T>{}, stream), as in [&](auto t, cudaStream_t s) { f<element_t<decltype(t)>>(p, s); }.
 
 template <typename Launch>
 void dispatch_dtype(at::ScalarType dtype, const char* op, Launch&& launch) {

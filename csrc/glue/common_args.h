@@ -4,49 +4,60 @@
 // check (Python before the Triton ops, which have no glue; C++ before the kernels, for callers
 // of the raw ops), the same exception type carries the same message (tests/test_bad_input.py).
 #pragma once
-#include <ATen/ATen.h>
-
 #include <cstdint>
 #include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "glue/torch_api.h"
+
 namespace scangraph {
 
 // The kernels accumulate in float32, or in float64 for float64 inputs (opmath_dtype in Python).
-inline at::ScalarType opmath_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+inline ScalarType opmath_type(ScalarType t) {
+  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
 
 // The kernels' float dtypes: float64, float32, float16, bfloat16 (FLOAT_DTYPES in Python).
-inline bool is_float_dtype(at::ScalarType t) {
-  return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+inline bool is_float_dtype(ScalarType t) {
+  return t == ScalarType::Double || t == ScalarType::Float || t == ScalarType::Half || t == ScalarType::BFloat16;
 }
 
 // A dtype as the messages name it, torch's Python name without "torch.": "float32".
-inline std::string dtype_name(at::ScalarType t) {
+inline std::string dtype_name(ScalarType t) {
   switch (t) {
-    case at::kDouble: return "float64";
-    case at::kFloat: return "float32";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kShort: return "int16";
-    case at::kChar: return "int8";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    case at::kComplexFloat: return "complex64";
-    case at::kComplexDouble: return "complex128";
-    default: return c10::toString(t);
+    case ScalarType::Double: return "float64";
+    case ScalarType::Float: return "float32";
+    case ScalarType::Half: return "float16";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Short: return "int16";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Bool: return "bool";
+    case ScalarType::ComplexFloat: return "complex64";
+    case ScalarType::ComplexDouble: return "complex128";
+    default: return scalar_type_name(t);
   }
 }
 
 // A shape as Python prints a tuple: "(2, 3)", "(5,)", "()".
-inline std::string shape_str(at::IntArrayRef sizes) {
+inline std::string shape_str(IntList sizes) {
   std::ostringstream s;
   s << "(";
   for (size_t i = 0; i < sizes.size(); ++i) s << (i ? ", " : "") << sizes[i];
   s << (sizes.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// Sizes as torch's C++ messages print them: "[2, 3]".
+inline std::string sizes_str(IntList sizes) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s << (i ? ", " : "") << sizes[i];
+  s << "]";
   return s.str();
 }
 
@@ -61,25 +72,25 @@ inline std::string list_str(const int32_t* values, int64_t n) {
 
 // check_tensor of _rules.py, in its order: the shape (ValueError), then the dtype (TypeError),
 // then the device (ValueError).
-inline void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape_str(shape), ", got ",
-                    shape_str(t.sizes()));
+inline void check_shape(const Tensor& t, IntList shape, const char* op, const char* name) {
+  SCANGRAPH_CHECK_VALUE(t.sizes().equals(shape), op, ": ", name, " must have shape ", shape_str(shape), ", got ",
+                        shape_str(t.sizes()));
 }
 
-inline void check_float(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), op, ": ", name,
-                   " must be float64, float32, float16 or bfloat16, got ", dtype_name(t.scalar_type()));
+inline void check_float(const Tensor& t, const char* op, const char* name) {
+  SCANGRAPH_CHECK_TYPE(is_float_dtype(t.scalar_type()), op, ": ", name,
+                       " must be float64, float32, float16 or bfloat16, got ", dtype_name(t.scalar_type()));
 }
 
-inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* op, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype_name(dtype), ", got ",
-                   dtype_name(t.scalar_type()));
+inline void check_dtype(const Tensor& t, ScalarType dtype, const char* op, const char* name) {
+  SCANGRAPH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype_name(dtype), ", got ",
+                       dtype_name(t.scalar_type()));
 }
 
-inline void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name,
+inline void check_same_device(const Tensor& t, const Tensor& like, const char* op, const char* name,
                               const char* like_name = "u") {
-  TORCH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but ", like_name,
-                    " is on ", like.device());
+  SCANGRAPH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " is on ", device_name(t), " but ", like_name,
+                            " is on ", device_name(like));
 }
 
 // What a glue's prepare_<op> returns: the kernel's parameters plus the tensors their pointers
@@ -88,41 +99,41 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& like, const
 template <typename Params>
 struct KernelArgs {
   Params params{};
-  std::vector<at::Tensor> owned;
+  std::vector<Tensor> owned;
 };
 
 // ... with the op's output, and the second one of two-output ops (spmm's arg, quantize's scale,
 // dweight).
 template <typename Params>
 struct KernelCall : KernelArgs<Params> {
-  at::Tensor out;
-  at::Tensor out2;
+  Tensor out;
+  Tensor out2;
 };
 
 // cu_seqlens: a 1-D int32 tensor of num_seqs + 1 >= 2 offsets on like's device, packing the
 // sequences of a batch of one along L. On the CPU its values are checked too (0 first, L last,
 // never decreasing), as the kernels index with them; on a GPU the Python layer checks them (one
 // sync there, none here). Returns num_seqs.
-inline int64_t check_cu_seqlens(const at::Tensor& cu, const at::Tensor& like, int64_t batch, int64_t length,
+inline int64_t check_cu_seqlens(const Tensor& cu, const Tensor& like, int64_t batch, int64_t length,
                                 const char* op) {
-  TORCH_CHECK_TYPE(cu.scalar_type() == at::kInt, op, ": cu_seqlens must be int32 (num_seqs + 1 offsets), got ",
-                   dtype_name(cu.scalar_type()));
-  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.numel() >= 2, op,
-                    ": cu_seqlens must be 1-D with at least 2 offsets (one sequence), got shape ",
-                    shape_str(cu.sizes()));
-  TORCH_CHECK_VALUE(cu.device() == like.device(), op, ": cu_seqlens is on ", cu.device(),
-                    " but the inputs are on ", like.device());
-  TORCH_CHECK_VALUE(batch == 1, op, ": cu_seqlens packs sequences along L and needs batch == 1, got batch ", batch);
-  TORCH_CHECK_VALUE(length < std::numeric_limits<int32_t>::max(), op, ": cu_seqlens is int32, L = ", length,
-                    " does not fit");
-  if (cu.device().is_cpu()) {
-    const at::Tensor offsets = cu.contiguous();
-    const int32_t* c = offsets.data_ptr<int32_t>();
+  SCANGRAPH_CHECK_TYPE(cu.scalar_type() == ScalarType::Int, op,
+                       ": cu_seqlens must be int32 (num_seqs + 1 offsets), got ", dtype_name(cu.scalar_type()));
+  SCANGRAPH_CHECK_VALUE(cu.dim() == 1 && cu.numel() >= 2, op,
+                        ": cu_seqlens must be 1-D with at least 2 offsets (one sequence), got shape ",
+                        shape_str(cu.sizes()));
+  SCANGRAPH_CHECK_VALUE(cu.device() == like.device(), op, ": cu_seqlens is on ", device_name(cu),
+                            " but the inputs are on ", device_name(like));
+  SCANGRAPH_CHECK_VALUE(batch == 1, op, ": cu_seqlens packs sequences along L and needs batch == 1, got batch ", batch);
+  SCANGRAPH_CHECK_VALUE(length < std::numeric_limits<int32_t>::max(), op, ": cu_seqlens is int32, L = ", length,
+                        " does not fit");
+  if (cu.is_cpu()) {
+    const Tensor offsets = as_contiguous(cu);
+    const int32_t* c = offsets.const_data_ptr<int32_t>();
     const int64_t n = offsets.numel();
-    TORCH_CHECK_VALUE(c[0] == 0 && c[n - 1] == length, op, ": cu_seqlens must start at 0 and end at L = ", length,
-                      ", got ", list_str(c, n));
+    SCANGRAPH_CHECK_VALUE(c[0] == 0 && c[n - 1] == length, op, ": cu_seqlens must start at 0 and end at L = ", length,
+                          ", got ", list_str(c, n));
     for (int64_t i = 1; i < n; ++i)
-      TORCH_CHECK_VALUE(c[i] >= c[i - 1], op, ": cu_seqlens must not decrease, got ", list_str(c, n));
+      SCANGRAPH_CHECK_VALUE(c[i] >= c[i - 1], op, ": cu_seqlens must not decrease, got ", list_str(c, n));
   }
   return cu.numel() - 1;
 }

@@ -1,9 +1,10 @@
 // Allocation of the ops' outputs and scratch: every tensor a kernel writes comes from here.
 #pragma once
-#include <ATen/ATen.h>
-
 #include <cstring>
 #include <limits>
+#include <vector>
+
+#include "glue/torch_api.h"
 
 #ifdef SCANGRAPH_CUDA_EMULATION
 namespace cuda_emu {
@@ -25,8 +26,24 @@ namespace scangraph {
 // 3-4 ms with 2 MiB pages, measured on the development VM).
 constexpr int64_t kHugePageOutputBytes = int64_t(8) << 20;
 
-// at::empty, and for large CPU tensors an madvise(MADV_HUGEPAGE) of the 2 MiB-aligned interior
-// before anything touches it. Only a hint: where THP is off (or not Linux) nothing changes.
+// Where the kernel allows them, transparent huge pages back the 2 MiB-aligned interior of a large
+// CPU output, advised before anything touches it. Only a hint: where THP is off (or not Linux)
+// nothing changes.
+inline void advise_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < kHugePageOutputBytes) return;
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + bytes) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+#ifndef SCANGRAPH_STABLE_ABI
+// at::empty, with huge pages for large CPU tensors.
 inline at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& options) {
   at::Tensor out = at::empty(shape, options);
 #ifdef SCANGRAPH_CUDA_EMULATION
@@ -41,16 +58,20 @@ inline at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& o
     std::memset(out.data_ptr(), 0xA5, out.nbytes());
   }
 #endif
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const int64_t bytes = out.numel() * int64_t(out.element_size());
-  if (out.device().is_cpu() && bytes >= kHugePageOutputBytes) {
-    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + bytes) & ~(kHuge - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#endif
+  if (out.device().is_cpu()) advise_huge_pages(out.data_ptr(), out.numel() * int64_t(out.element_size()));
   return out;
+}
+#endif
+
+// A contiguous output of `shape` in `dtype` on the device of `like`, on either torch API.
+inline Tensor empty_output(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+#ifdef SCANGRAPH_STABLE_ABI
+  Tensor out = empty_tensor(shape, dtype, like);
+  if (out.is_cpu()) advise_huge_pages(out.mutable_data_ptr(), out.numel() * int64_t(out.element_size()));
+  return out;
+#else
+  return empty_output(shape, like.options().dtype(dtype));
+#endif
 }
 
 }  // namespace scangraph

@@ -1,16 +1,26 @@
-"""The LibTorch stable-ABI trial (issue 23): one op, `spmm_sum`, registered on the stable ABI
-(stable.cpp) and on the regular C++ API (regular.cpp) over the same kernel (kernel.h).
+"""The LibTorch stable-ABI port of the sparse family (issue 23): its CPU ops built on the stable ABI
+from the package's own sources, loaded under any torch >= 2.10, tested and timed there.
 
-    python tools/stable_abi/measure.py build [OUT]   # with the torch to build against; OUT: build/stable_abi
-    python tools/stable_abi/measure.py run [OUT]     # under any torch: load, check, time
+    python tools/stable_abi/measure.py build [OUT]         # with the torch to build against
+    python tools/stable_abi/measure.py test [OUT] [ARGS]   # under any torch: the family's tests
+    python tools/stable_abi/measure.py time [OUT]          # cost per call, regular against stable
 
-`build` compiles both libraries with g++ against the running torch's headers and prints each
-compile time. `run` loads each library the running torch can load (a regular build fails under
-another torch with an undefined symbol, which it prints), checks the op against index_add on a
-random graph and that a bad dtype raises, and times calls on a tiny graph (16 rows, 32 edges,
-F = 4; one thread), where the call's own cost dominates. Results: docs/packaging.md.
+`build` compiles csrc/cpu/sparse.cpp with SCANGRAPH_STABLE_ABI (glue/torch_api.h) against the
+running torch's headers, targeting torch 2.10, into OUT/libscangraph_sparse_stable.so (OUT:
+build/stable_abi), prints the compile time and the torch symbols the library needs (only C
+shims: no C++ symbol of torch, which is what changes between versions). It also compiles the
+same file on the regular API, for the compile time.
+
+`test` imports scangraph (whose _C, built for the running torch, registers every op), loads the
+stable library, which replaces the CPU kernels of the seven sparse ops, checks in the dispatcher
+that each CPU kernel is now the stable library's, and runs the family's tests on the C++ backend
+in this process (pytest's ARGS replace the default selection).
+
+`time` calls each op on a tiny graph (64 rows, 256 edges, F = 8; one thread), where the call
+costs more than the kernel, with the regular kernels and then, after loading the stable library,
+with the stable ones, and prints microseconds per call. Results: docs/packaging.md.
 """
-import ctypes
+import importlib
 import os
 import subprocess
 import sys
@@ -19,71 +29,173 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "..", "..", "build", "stable_abi")
-# The oldest torch the stable build targets: its shims exist from 2.10 on.
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+DEFAULT_OUT = os.path.join(ROOT, "build", "stable_abi")
+LIBRARY = "libscangraph_sparse_stable.so"
+SOURCE = os.path.join(ROOT, "csrc", "cpu", "sparse.cpp")
+OPS = ("spmm", "spmm_arg", "spmm_arg_backward", "sddmm", "common_neighbors", "gat_aggregate",
+       "gat_aggregate_backward")
+# The oldest torch the stable build targets: the shims it calls exist from 2.10 on.
 TARGET_2_10 = "-DTORCH_TARGET_VERSION=(((0ULL + 2) << 56) | ((0ULL + 10) << 48))"
+# The family's tests, C++ backend: the sparse test files, and the sparse cases of the op samples
+# and of the bad-input tests.
+TESTS = [os.path.join(ROOT, "tests", name) for name in
+         ("test_sparse.py", "test_sparse_oracles.py", "test_gat_dropout.py", "test_op_samples.py", "test_bad_input.py")]
+SELECTION = ["-k", "(cpp or not (triton or cuda or reference)) and (spmm or sddmm or gat or common_neighbor "
+                   "or sparse or csr or oracle)", "-p", "no:cacheprovider", "-q"]
+# The one difference on the stable ABI: a dtype check of the raw op raises RuntimeError where the
+# regular build raises TypeError (glue/torch_api.h says why). These cases of the bad-input test
+# are deselected there and checked by check_type_errors instead, message and all.
+TYPE_ERROR_CASES = (("spmm", "x int"), ("spmm", "x bool"), ("sddmm", "b int"))
+RAW_MESSAGE_TEST = "test_raw_op_message_equals_the_public_one"
+
+
+class DeselectTypeErrorCases:
+    """A pytest plugin: deselects the TYPE_ERROR_CASES of the raw-message test."""
+
+    def pytest_collection_modifyitems(self, config, items):
+        names = {f"{RAW_MESSAGE_TEST}[{op}-{name}]" for op, name in TYPE_ERROR_CASES}
+        chosen = [item for item in items if item.name not in names]
+        deselected = [item for item in items if item.name in names]
+        assert len(deselected) == len(names), f"expected the cases {sorted(names)}"
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = chosen
+
+
+def _compile(flags, output):
+    from torch.utils.cpp_extension import include_paths
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    command = ["g++", "-O3", "-fPIC", "-fopenmp", "-fvisibility=hidden", *flags,
+               *(f"-I{p}" for p in include_paths()), f"-I{ROOT}/csrc", f"-I{ROOT}/csrc/include",
+               SOURCE, "-o", output, f"-L{lib}", "-ltorch_cpu"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
 
 
 def build(out: str) -> None:
-    from torch.utils.cpp_extension import include_paths
     os.makedirs(out, exist_ok=True)
-    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    common = ["g++", "-O2", "-fPIC", "-shared", "-fopenmp", *(f"-I{p}" for p in include_paths()), f"-L{lib}"]
-    # The regular API needs C++20 from torch 2.13 on; the stable headers build as C++17.
-    for name, flags in (("stable", ["-std=c++17", TARGET_2_10]), ("regular", ["-std=c++20", "-lc10"])):
-        start = time.perf_counter()
-        subprocess.run([*common, *flags, os.path.join(HERE, f"{name}.cpp"), "-o", os.path.join(out, f"lib{name}.so"),
-                        "-ltorch_cpu"], check=True)
-        print(f"{name}: compiled against torch {torch.__version__} in {time.perf_counter() - start:.1f} s")
+    library = os.path.join(out, LIBRARY)
+    seconds = _compile(["-shared", "-std=c++17", "-DSCANGRAPH_STABLE_ABI", TARGET_2_10], library)
+    print(f"stable: {SOURCE} compiled against torch {torch.__version__} (target 2.10) in {seconds:.1f} s")
+    # The regular API needs C++20 from torch 2.13 on; -c: the object only, for the time.
+    seconds = _compile(["-c", "-std=c++20"], os.path.join(out, "sparse_regular.o"))
+    print(f"regular: the same file on the regular API in {seconds:.1f} s")
+    symbols = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True, text=True,
+                             check=True).stdout.split()
+    torch_symbols = sorted({s for s in symbols if s.startswith(("aoti_torch", "torch_"))})
+    cxx_torch = [s for s in symbols if s.startswith("_ZN") and ("c104" in s or "2at" in s or "5torch" in s)]
+    print(f"{LIBRARY}: {len(torch_symbols)} torch C shims used, {len(cxx_torch)} torch C++ symbols")
+    assert not cxx_torch, cxx_torch
 
 
-def _graph(rows: int, edges: int, features: int, generator: torch.Generator):
+def load(out: str) -> None:
+    """Loads the stable library over scangraph's _C and checks that it now serves the CPU ops."""
+    import scangraph
+    assert scangraph.cpp_built(), "scangraph's C++ kernels must be built for this torch"
+    path = os.path.join(out, LIBRARY)
+    torch.ops.load_library(path)
+    for op in OPS:
+        table = torch._C._dispatch_dump(f"scangraph::{op}")
+        cpu = next(line for line in table.splitlines() if line.startswith("CPU:"))
+        # The stable library's kernels are boxed only: "[ boxed ]", no unboxed entry.
+        assert "sparse.cpp" in cpu and "unboxed" not in cpu, f"{op}: the CPU kernel is not the stable one: {cpu}"
+    print(f"{LIBRARY} serves the CPU kernels of {len(OPS)} ops under torch {torch.__version__}")
+
+
+def check_type_errors() -> None:
+    """The deselected cases: the public function raises TypeError, the raw op on the stable ABI
+    RuntimeError, with the same message."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import scangraph
+    import test_bad_input as cases
+    for case in TYPE_ERROR_CASES:
+        call, error, _ = cases.CASES[case]
+        assert error is TypeError, case
+        try:
+            call()
+            raise AssertionError(f"{case}: the public function accepted it")
+        except TypeError as public:
+            message = str(public)
+        public_ops = scangraph.spmm, scangraph.sddmm
+        scangraph.spmm, scangraph.sddmm = cases._raw_spmm, cases._raw_sddmm
+        try:
+            call()
+            raise AssertionError(f"{case}: the raw op accepted it")
+        except RuntimeError as raw:
+            assert type(raw) is RuntimeError and str(raw) == message, (case, raw, message)
+        finally:
+            scangraph.spmm, scangraph.sddmm = public_ops
+    print(f"the {len(TYPE_ERROR_CASES)} dtype cases: TypeError from the public functions, RuntimeError with the "
+          "same message from the raw ops")
+
+
+def test(out: str, args) -> int:
+    import pytest
+    load(out)
+    if args:
+        return pytest.main(args)
+    code = pytest.main(TESTS + SELECTION, plugins=[DeselectTypeErrorCases()])
+    check_type_errors()
+    return code
+
+
+def _tiny_calls():
+    generator = torch.Generator().manual_seed(0)
+    rows, edges, features, heads = 64, 256, 8, 2
     dst = torch.randint(0, rows, (edges,), generator=generator).sort().values
-    col = torch.randint(0, rows, (edges,), generator=generator)
     rowptr = torch.zeros(rows + 1, dtype=torch.int64)
     rowptr[1:] = torch.bincount(dst, minlength=rows).cumsum(0)
-    return rowptr, col, torch.randn(rows, features, generator=generator)
+    col = torch.randint(0, rows, (edges,), generator=generator)
+    x = torch.randn(rows, features, generator=generator)
+    xh = torch.randn(rows, heads, features, generator=generator)
+    alpha = torch.randn(rows, heads, generator=generator)
+    pairs = torch.randint(0, rows, (2, 32), generator=generator)
+    ops = torch.ops.scangraph
+    return {
+        "spmm": lambda: ops.spmm(rowptr, col, None, x, "sum"),
+        "spmm_arg": lambda: ops.spmm_arg(rowptr, col, None, x, "max"),
+        "sddmm": lambda: ops.sddmm(rowptr, col, x, x),
+        "gat_aggregate": lambda: ops.gat_aggregate(rowptr, col, xh, alpha, alpha, 0.2),
+        "common_neighbors": lambda: ops.common_neighbors(rowptr, col.sort().values, pairs[0],
+                                                         pairs[1]),
+    }
 
 
-def run(out: str) -> None:
-    torch.set_num_threads(1)
-    ops = {}
-    for name in ("stable", "regular"):
-        path = os.path.join(out, f"lib{name}.so")
-        try:
-            torch.ops.load_library(path)
-            ops[name] = getattr(torch.ops, f"sg{name}").spmm_sum
-            print(f"{name}: loaded under torch {torch.__version__}")
-        except OSError:
-            try:  # torch's message does not say why: the dynamic loader's does
-                ctypes.CDLL(path)
-                reason = "?"
-            except OSError as error:
-                reason = str(error)[:200]
-            print(f"{name}: does not load under torch {torch.__version__}: {reason}")
-    generator = torch.Generator().manual_seed(0)
-    rowptr, col, x = _graph(1000, 8000, 16, generator)
-    rows = torch.repeat_interleave(torch.arange(1000), rowptr[1:] - rowptr[:-1])
-    want = torch.zeros(1000, 16).index_add_(0, rows, x[col])
-    for name, op in ops.items():
-        torch.testing.assert_close(op(rowptr, col, x), want)
-        try:
-            op(rowptr, col, x.double())
-            raise AssertionError(f"{name}: a float64 x did not raise")
-        except RuntimeError as error:
-            print(f"{name}: equals index_add; a bad dtype raises: {str(error).splitlines()[0][:80]}")
-    tiny = _graph(16, 32, 4, generator)
-    for _ in range(3):  # rounds, each op in turn
-        for name, op in ops.items():
-            for _ in range(1000):
-                op(*tiny)
+def _time_calls(calls, rounds=3, repeats=5000):
+    best = {}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(200):
+                call()
             start = time.perf_counter()
-            for _ in range(20000):
-                op(*tiny)
-            print(f"{name}: {(time.perf_counter() - start) / 20000 * 1e6:.2f} us per call")
+            for _ in range(repeats):
+                call()
+            best[name] = min(best.get(name, float("inf")), (time.perf_counter() - start) / repeats * 1e6)
+    return best
+
+
+def time_ops(out: str) -> None:
+    torch.set_num_threads(1)
+    importlib.import_module("scangraph")  # registers the regular kernels
+    calls = _tiny_calls()
+    regular = _time_calls(calls)
+    load(out)
+    stable = _time_calls(calls)
+    print(f"torch {torch.__version__}, one thread, best of 3 rounds of 5000 calls (us per call):")
+    for name in calls:
+        print(f"  {name:18s} regular {regular[name]:6.2f}  stable {stable[name]:6.2f}  "
+              f"(+{stable[name] - regular[name]:.2f})")
 
 
 if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else "run"
+    command = sys.argv[1] if len(sys.argv) > 1 else "test"
     folder = os.path.abspath(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
-    {"build": build, "run": run}[command](folder)
+    if command == "build":
+        build(folder)
+    elif command == "test":
+        sys.exit(test(folder, sys.argv[3:]))
+    elif command == "time":
+        time_ops(folder)
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,141 @@
+// The one place where the glue and the CPU kernels that are ported to it name torch. By default
+// it is torch's regular C++ API (ATen). With SCANGRAPH_STABLE_ABI it is the LibTorch stable ABI
+// of torch >= 2.10 (torch::stable::Tensor, the C shims): a library built that way loads under
+// every torch from 2.10 on (issue 23, docs/packaging.md). The sparse family's CPU ops build both
+// ways from the same sources (tools/stable_abi/measure.py builds the stable one).
+//
+// What differs between the two, and is bridged here:
+// - the tensor, dtype, shape and device types, and the few tensor functions the glue uses;
+// - the checks: TORCH_CHECK_VALUE / _TYPE raise c10 errors, which the stable ABI cannot name.
+//   There, std::invalid_argument reaches Python as ValueError (pybind11's translation) and
+//   std::runtime_error as RuntimeError; no std exception becomes a TypeError, so the type checks
+//   raise RuntimeError there. The public functions check dtypes in Python first
+//   (ops/_rules.py), so only callers of the raw ops see the difference.
+// - the thread pool and the half-precision element types of the kernels.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#ifdef SCANGRAPH_STABLE_ABI
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include <stdexcept>
+#else
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#endif
+
+namespace scangraph {
+
+#ifdef SCANGRAPH_STABLE_ABI
+using Tensor = torch::stable::Tensor;
+using ScalarType = torch::headeronly::ScalarType;
+using IntList = torch::headeronly::IntHeaderOnlyArrayRef;
+using Half = torch::headeronly::Half;
+using BFloat16 = torch::headeronly::BFloat16;
+using StringArg = std::string;  // a `str` argument as the stable ABI unboxes it
+
+inline Tensor as_contiguous(const Tensor& t) { return torch::stable::contiguous(t); }
+inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return torch::stable::unsqueeze(t, dim); }
+inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+  return torch::stable::new_empty(like, IntList(shape), dtype);
+}
+inline const char* scalar_type_name(ScalarType t) { return torch::headeronly::toString(t); }
+// A device as torch prints it: "cpu", "cuda:0".
+inline std::string device_name(const Tensor& t) {
+  if (t.is_cpu()) return "cpu";
+  std::string type = t.is_cuda() ? "cuda" : "device";
+  return t.get_device_index() < 0 ? type : type + ":" + std::to_string(int(t.get_device_index()));
+}
+template <typename F>
+inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  torch::stable::parallel_for(begin, end, grain, f);
+}
+inline int64_t num_threads() { return int64_t(torch::stable::get_num_threads()); }
+#else
+using Tensor = at::Tensor;
+using ScalarType = at::ScalarType;
+using IntList = at::IntArrayRef;
+using Half = c10::Half;
+using BFloat16 = c10::BFloat16;
+using StringArg = c10::string_view;
+
+inline Tensor as_contiguous(const Tensor& t) { return t.contiguous(); }
+inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return t.unsqueeze(dim); }
+inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+  return at::empty(shape, like.options().dtype(dtype));
+}
+inline const char* scalar_type_name(ScalarType t) { return c10::toString(t); }
+inline std::string device_name(const Tensor& t) { return t.device().str(); }
+template <typename F>
+inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  at::parallel_for(begin, end, grain, f);
+}
+inline int64_t num_threads() { return int64_t(at::get_num_threads()); }
+#endif
+
+// A message from its parts, as TORCH_CHECK joins them (operator<< of each).
+template <typename... Parts>
+inline std::string message(const Parts&... parts) {
+  std::ostringstream s;
+  ((s << parts), ...);
+  return s.str();
+}
+
+// The kernels accumulate in float32, or in float64 for float64 inputs (at::opmath_type).
+template <typename T>
+using opmath_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Carries an element type into a generic lambda: [&](auto t) { f<element_t<decltype(t)>>(p); }.
+template <typename T>
+struct ElementType {
+  using type = T;
+};
+template <typename Tag>
+using element_t = typename Tag::type;
+
+}  // namespace scangraph
+
+// SCANGRAPH_CHECK(cond, parts...): RuntimeError; _VALUE: ValueError; _TYPE: TypeError on the
+// regular API and RuntimeError on the stable ABI (above). The message is the parts joined.
+#ifdef SCANGRAPH_STABLE_ABI
+#define SCANGRAPH_THROW_IF_NOT(cond, exception, ...)                   \
+  do {                                                                  \
+    if (!(cond)) throw exception(::scangraph::message(__VA_ARGS__));    \
+  } while (0)
+#define SCANGRAPH_CHECK(cond, ...) SCANGRAPH_THROW_IF_NOT(cond, std::runtime_error, __VA_ARGS__)
+#define SCANGRAPH_CHECK_VALUE(cond, ...) SCANGRAPH_THROW_IF_NOT(cond, std::invalid_argument, __VA_ARGS__)
+#define SCANGRAPH_CHECK_TYPE(cond, ...) SCANGRAPH_THROW_IF_NOT(cond, std::runtime_error, __VA_ARGS__)
+#else
+#define SCANGRAPH_CHECK(cond, ...) TORCH_CHECK(cond, __VA_ARGS__)
+#define SCANGRAPH_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
+#define SCANGRAPH_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, __VA_ARGS__)
+#endif
+
+namespace scangraph {
+
+// The CPU kernels' dtype switch (float64, float32, float16, bfloat16).
+template <typename Launch>
+inline void dispatch_float(ScalarType dtype, const char* op, Launch&& launch) {
+  switch (dtype) {
+    case ScalarType::Double: launch(ElementType<double>{}); break;
+    case ScalarType::Float: launch(ElementType<float>{}); break;
+    case ScalarType::Half: launch(ElementType<Half>{}); break;
+    case ScalarType::BFloat16: launch(ElementType<BFloat16>{}); break;
+    default: SCANGRAPH_CHECK(false, op, ": unsupported dtype ", scalar_type_name(dtype));
+  }
+}
+
+}  // namespace scangraph
