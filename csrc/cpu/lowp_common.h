@@ -1,11 +1,6 @@
 // What the CPU kernels of the low-precision family share: quantize.cpp, qlinear.cpp and
 // qspmm.cpp include it last, after their own headers.
 #pragma once
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -48,8 +43,11 @@ SCANGRAPH_INLINE float absmax(const scalar_t* __restrict__ x, int64_t n) {
   return m;
 }
 
-inline void check_finite(float amax, const char* op) {
-  TORCH_CHECK(std::isfinite(amax), op, ": x holds NaN or inf, which has no symmetric quantization");
+// A NaN or inf in x has no symmetric quantization. The kernels note it inside their parallel
+// regions and raise after them: an exception thrown inside torch::stable::parallel_for's body
+// reaches Python without its message under torch 2.11 (the shim turns it into an error code).
+inline void check_finite(bool finite, const char* op) {
+  SCANGRAPH_CHECK(finite, op, ": x holds NaN or inf, which has no symmetric quantization");
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 // outputs; x is read once and never materialised in int8 in memory. The product runs on AMX,
 // AVX-512 VNNI, AVX2 (vpsignb / vpmaddubsw / vpmaddwd, docs/lowp.md) or a scalar
 // loop, chosen at run time; all are exact integer arithmetic, so they agree bit for bit.
+#include <atomic>
+
 #include "cpu/stream_output.h"
 #include "cpu/lowp_common.h"
 
@@ -11,17 +13,17 @@ namespace scangraph {
 namespace {
 
 // ---- qlinear ------------------------------------------------------------------------------------
-// Quantizes one row of x (K values) into q (Kp bytes, zero padded) and returns its scale.
+// Quantizes one row of x (K values) into q (Kp bytes, zero padded) and returns its scale: not
+// finite for a row holding NaN or inf, whose q is then all zero (the caller raises).
 // kOffset stores q + 128 as uint8 (the VNNI path's unsigned operand). Always inlined into the
 // ISA-specific callers so both loops vectorise for their instruction set.
 template <typename scalar_t, bool kOffset>
 SCANGRAPH_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, int64_t Kp,
                                          int8_t* __restrict__ q) {
   const float amax = absmax(x, K);
-  check_finite(amax, "qlinear");
   const float scale = amax / 127.0f;
   const int offset = kOffset ? 128 : 0;
-  if (scale > 0.0f) {
+  if (scale > 0.0f && std::isfinite(scale)) {
     for (int64_t k = 0; k < K; ++k) {
       float v = round_half_even(to_float(x[k]) / scale);
       v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
@@ -44,9 +46,8 @@ SCANGRAPH_INLINE float quantize_row(const scalar_t* __restrict__ x, int64_t K, i
 __attribute__((target("avx2"))) float quantize_row_avx2(const float* __restrict__ x, int64_t K, int64_t Kp,
                                                         int8_t* __restrict__ q) {
   const float amax = absmax(x, K);
-  check_finite(amax, "qlinear");
   const float scale = amax / 127.0f;
-  if (!(scale > 0.0f)) {
+  if (!(scale > 0.0f && std::isfinite(scale))) {
     std::memset(q, 0, Kp);
     return scale;
   }
@@ -329,6 +330,7 @@ struct GroupBuffers {
   std::vector<int8_t> q;
   std::vector<int32_t> acc;
   std::vector<float> row;
+  bool non_finite = false;  // a row of x held NaN or inf
   explicit GroupBuffers(const WeightPanel& panel)
       : q(kGroupRows * panel.Kq * 4), acc(kGroupRows * panel.Np), row(panel.Np) {}
 };
@@ -367,6 +369,7 @@ SCANGRAPH_INLINE void qlinear_groups(const QLinearParams& p, const WeightPanel& 
         else
 #endif
           sx[r] = quantize_row<scalar_t, kOffset>(xr, p.K, Kp, qbuf + r * Kp);
+        if (!std::isfinite(sx[r])) buffers.non_finite = true;
       } else {
         std::memset(qbuf + r * Kp, kOffset ? 128 : 0, Kp);  // a missing row computes on zeros, is not stored
       }
@@ -428,12 +431,15 @@ void qlinear_kernel(const QLinearParams& p, QLinearIsa isa) {
   if (isa == QLinearIsa::Avx512Vnni) groups = &qlinear_vnni_groups<scalar_t, out_t>;
   if (amx) groups = &qlinear_amx_groups<scalar_t, out_t>;
 #else
-  TORCH_CHECK(isa == QLinearIsa::Scalar, "qlinear: only the scalar path is compiled on this platform");
+  SCANGRAPH_CHECK(isa == QLinearIsa::Scalar, "qlinear: only the scalar path is compiled on this platform");
 #endif
-  at::parallel_for(0, (p.M + kGroupRows - 1) / kGroupRows, 1, [&](int64_t g0, int64_t g1) {
+  std::atomic<bool> non_finite{false};
+  parallel_for(0, (p.M + kGroupRows - 1) / kGroupRows, 1, [&](int64_t g0, int64_t g1) {
     GroupBuffers buffers(panel);
     groups(p, panel, g0, g1, buffers);
+    if (buffers.non_finite) non_finite.store(true, std::memory_order_relaxed);
   });
+  check_finite(!non_finite.load(), "qlinear");
 }
 
 QLinearIsa best_isa() {
@@ -443,68 +449,68 @@ QLinearIsa best_isa() {
   return QLinearIsa::Scalar;
 }
 
-at::Tensor qlinear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
-                        int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
-                        std::optional<at::ScalarType> out_dtype, QLinearIsa isa) {
+Tensor qlinear_impl(const Tensor& x, const Tensor& w, const Tensor& w_scale, int64_t w_bits, int64_t in_features,
+                    const std::optional<Tensor>& bias, StringArg activation, std::optional<ScalarType> out_dtype,
+                    QLinearIsa isa) {
   KernelCall<QLinearParams> call = prepare_qlinear(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype);
-  const at::ScalarType out_type = call.out.scalar_type();
+  const ScalarType out_type = call.out.scalar_type();
   if (w_bits == 8) {
     // Symmetric weights lie in [-127, 127] (quantize never writes -128); the AVX2 sign trick
     // negates w, which would wrap at -128, so every path refuses it alike. N * K bytes: cheap.
     const QLinearParams& p = call.params;
     for (int64_t n = 0; n < p.N; ++n)
       for (int64_t k = 0; k < p.K; ++k)
-        TORCH_CHECK(p.w[n * p.w_row_stride + k] != -128, "qlinear: 8-bit weights must lie in "
-                    "[-127, 127], found -128 in row ", n, " (quantize with scangraph.quantize)");
+        SCANGRAPH_CHECK(p.w[n * p.w_row_stride + k] != -128, "qlinear: 8-bit weights must lie in "
+                        "[-127, 127], found -128 in row ", n, " (quantize with scangraph.quantize)");
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "qlinear_cpu", [&] {
+  dispatch_float(x.scalar_type(), "qlinear_cpu", [&](auto element) {
+    using scalar_t = element_t<decltype(element)>;
     auto run = [&](auto out_tag) {
       using out_t = decltype(out_tag);
       qlinear_kernel<scalar_t, out_t>(call.params, isa);
     };
     switch (out_type) {
-      case at::kInt: run(int32_t{}); break;
-      case at::kHalf: run(at::Half{}); break;
-      case at::kBFloat16: run(at::BFloat16{}); break;
+      case ScalarType::Int: run(int32_t{}); break;
+      case ScalarType::Half: run(Half{}); break;
+      case ScalarType::BFloat16: run(BFloat16{}); break;
       default: run(float{}); break;
     }
   });
   return call.out;
 }
 
-at::Tensor qlinear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
-                       int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
-                       std::optional<at::ScalarType> out_dtype) {
+Tensor qlinear_cpu(const Tensor& x, const Tensor& w, const Tensor& w_scale, int64_t w_bits, int64_t in_features,
+                   const std::optional<Tensor>& bias, StringArg activation, std::optional<ScalarType> out_dtype) {
   return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, best_isa());
 }
 
 // One named instruction-set path, whatever the CPU would pick: tests compare them bit for bit.
-at::Tensor qlinear_cpu_isa(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, int64_t w_bits,
-                           int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view activation,
-                           std::optional<at::ScalarType> out_dtype, c10::string_view isa) {
+Tensor qlinear_cpu_isa(const Tensor& x, const Tensor& w, const Tensor& w_scale, int64_t w_bits, int64_t in_features,
+                       const std::optional<Tensor>& bias, StringArg activation, std::optional<ScalarType> out_dtype,
+                       StringArg isa) {
   const char* op = "_qlinear_cpu_isa";
   QLinearIsa chosen = QLinearIsa::Scalar;
   if (isa == "avx2") {
-    TORCH_CHECK(cpu::has_avx2(), op, ": this CPU has no AVX2");
+    SCANGRAPH_CHECK(cpu::has_avx2(), op, ": this CPU has no AVX2");
     chosen = QLinearIsa::Avx2;
   } else if (isa == "avx512_vnni") {
-    TORCH_CHECK(cpu::has_avx512_vnni(), op, ": this CPU has no AVX-512 VNNI");
+    SCANGRAPH_CHECK(cpu::has_avx512_vnni(), op, ": this CPU has no AVX-512 VNNI");
     chosen = QLinearIsa::Avx512Vnni;
   } else if (isa == "amx") {
-    TORCH_CHECK(cpu::has_amx_int8(), op, ": this CPU (or its operating system) offers no AMX-INT8");
+    SCANGRAPH_CHECK(cpu::has_amx_int8(), op, ": this CPU (or its operating system) offers no AMX-INT8");
     chosen = QLinearIsa::Amx;
   } else {
-    TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2', 'avx512_vnni' or 'amx', got '", std::string(isa),
-                "'");
+    SCANGRAPH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2', 'avx512_vnni' or 'amx', got '", std::string(isa),
+                    "'");
   }
   return qlinear_impl(x, w, w_scale, w_bits, in_features, bias, activation, out_dtype, chosen);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("qlinear", &qlinear_cpu);
-  m.impl("_qlinear_cpu_isa", &qlinear_cpu_isa);
+SCANGRAPH_CPU_IMPLS(m) {
+  SCANGRAPH_IMPL(m, "qlinear", &qlinear_cpu);
+  SCANGRAPH_IMPL(m, "_qlinear_cpu_isa", &qlinear_cpu_isa);
 }
 
 }  // namespace scangraph

@@ -223,42 +223,41 @@ void qspmm_dispatch(const QSpmmParams& p, QSpmmIsa isa) {
   }
 }
 
-at::Tensor qspmm_impl(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
-                      const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce, QSpmmIsa isa) {
+Tensor qspmm_impl(const Tensor& rowptr, const Tensor& col, const std::optional<Tensor>& weight, const Tensor& x,
+                  const Tensor& x_scale, StringArg reduce, QSpmmIsa isa) {
   KernelCall<QSpmmParams> call = prepare_qspmm(rowptr, col, weight, x, x_scale, reduce);
   validate_csr(rowptr, col, x.size(0), "qspmm");
   dispatch_index(call.params.col_is_int32, [&](auto index) { qspmm_dispatch<decltype(index)>(call.params, isa); });
   return call.out;
 }
 
-at::Tensor qspmm_cpu(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
-                     const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce) {
+Tensor qspmm_cpu(const Tensor& rowptr, const Tensor& col, const std::optional<Tensor>& weight, const Tensor& x,
+                 const Tensor& x_scale, StringArg reduce) {
   return qspmm_impl(rowptr, col, weight, x, x_scale, reduce, QSpmmIsa::Best);
 }
 
 // qspmm on a named instruction set (tests run every path the machine has against each other).
-at::Tensor qspmm_cpu_isa(const at::Tensor& rowptr, const at::Tensor& col, const std::optional<at::Tensor>& weight,
-                         const at::Tensor& x, const at::Tensor& x_scale, c10::string_view reduce,
-                         c10::string_view isa) {
+Tensor qspmm_cpu_isa(const Tensor& rowptr, const Tensor& col, const std::optional<Tensor>& weight, const Tensor& x,
+                     const Tensor& x_scale, StringArg reduce, StringArg isa) {
   const char* op = "_qspmm_cpu_isa";
   QSpmmIsa chosen = QSpmmIsa::Scalar;
   if (isa == "avx2") {
-    TORCH_CHECK(cpu::has_avx2_fma(), op, ": this CPU has no AVX2 with FMA");
+    SCANGRAPH_CHECK(cpu::has_avx2_fma(), op, ": this CPU has no AVX2 with FMA");
     chosen = QSpmmIsa::Avx2;
   } else if (isa == "avx512") {
-    TORCH_CHECK(cpu::has_avx512f(), op, ": this CPU has no AVX-512");
+    SCANGRAPH_CHECK(cpu::has_avx512f(), op, ": this CPU has no AVX-512");
     chosen = QSpmmIsa::Avx512;
   } else {
-    TORCH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2' or 'avx512', got '", std::string(isa), "'");
+    SCANGRAPH_CHECK(isa == "scalar", op, ": isa must be 'scalar', 'avx2' or 'avx512', got '", std::string(isa), "'");
   }
   return qspmm_impl(rowptr, col, weight, x, x_scale, reduce, chosen);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("qspmm", &qspmm_cpu);
-  m.impl("_qspmm_cpu_isa", &qspmm_cpu_isa);
+SCANGRAPH_CPU_IMPLS(m) {
+  SCANGRAPH_IMPL(m, "qspmm", &qspmm_cpu);
+  SCANGRAPH_IMPL(m, "_qspmm_cpu_isa", &qspmm_cpu_isa);
 }
 
 }  // namespace scangraph

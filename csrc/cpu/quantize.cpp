@@ -10,21 +10,21 @@ void quantize_kernel(const QuantizeParams& p) {
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
   const int qmax = quant_max(p.bits);
   // Pass 1: absmax of every channel (elements (o, c, i) at (o * channels + c) * inner + i).
-  at::parallel_for(0, p.channels, 1, [&](int64_t c0, int64_t c1) {
+  parallel_for(0, p.channels, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       float m = 0.0f;
       for (int64_t o = 0; o < p.outer; ++o) {
         const float mo = absmax(x + (o * p.channels + c) * p.inner, p.inner);
         m = (mo > m || mo != mo) ? mo : m;  // keeps a NaN once seen
       }
-      check_finite(m, "quantize");
       p.scale[c] = m / float(qmax);
     }
   });
+  for (int64_t c = 0; c < p.channels; ++c) check_finite(std::isfinite(p.scale[c]), "quantize");
   // Pass 2: one output row (of the last dimension) per step, packing pairs for 4 bits.
   const int64_t L = p.last_dim, rows = L == 0 ? 0 : (p.outer * p.channels * p.inner) / L;
   const int64_t row_bytes = p.bits == 4 ? (L + 1) / 2 : L;
-  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+  parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t* xr = x + r * L;
       auto q_at = [&](int64_t j) {
@@ -44,17 +44,17 @@ void quantize_kernel(const QuantizeParams& p) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, int64_t bits, std::optional<int64_t> axis) {
+std::tuple<Tensor, Tensor> quantize_cpu(const Tensor& x, int64_t bits, std::optional<int64_t> axis) {
   KernelCall<QuantizeParams> call = prepare_quantize(x, bits, axis);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_cpu",
-                                  [&] { quantize_kernel<scalar_t>(call.params); });
+  dispatch_float(x.scalar_type(), "quantize_cpu",
+                 [&](auto element) { quantize_kernel<element_t<decltype(element)>>(call.params); });
   return {call.out, call.out2};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("quantize", &quantize_cpu);
+SCANGRAPH_CPU_IMPLS(m) {
+  SCANGRAPH_IMPL(m, "quantize", &quantize_cpu);
 }
 
 }  // namespace scangraph

@@ -7,10 +7,6 @@
 //
 // The file builds on torch's regular C++ API (the package) and, with SCANGRAPH_STABLE_ABI, on the
 // LibTorch stable ABI (tools/stable_abi): it names torch only through glue/torch_api.h.
-#ifndef SCANGRAPH_STABLE_ABI
-#include <torch/library.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -695,27 +691,14 @@ Tensor sddmm_cpu(const Tensor& rowptr, const Tensor& col, const Tensor& a, const
 
 }  // namespace
 
-#ifdef SCANGRAPH_STABLE_ABI
-// The stable-ABI build (tools/stable_abi): the same kernels behind torch's boxed calling convention.
-STABLE_TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("spmm", TORCH_BOX(&spmm_cpu));
-  m.impl("spmm_arg", TORCH_BOX(&spmm_arg_cpu));
-  m.impl("spmm_arg_backward", TORCH_BOX(&spmm_arg_backward_cpu));
-  m.impl("sddmm", TORCH_BOX(&sddmm_cpu));
-  m.impl("common_neighbors", TORCH_BOX(&common_neighbors_cpu));
-  m.impl("gat_aggregate", TORCH_BOX(&gat_aggregate_cpu));
-  m.impl("gat_aggregate_backward", TORCH_BOX(&gat_aggregate_backward_cpu));
+SCANGRAPH_CPU_IMPLS(m) {
+  SCANGRAPH_IMPL(m, "spmm", &spmm_cpu);
+  SCANGRAPH_IMPL(m, "spmm_arg", &spmm_arg_cpu);
+  SCANGRAPH_IMPL(m, "spmm_arg_backward", &spmm_arg_backward_cpu);
+  SCANGRAPH_IMPL(m, "sddmm", &sddmm_cpu);
+  SCANGRAPH_IMPL(m, "common_neighbors", &common_neighbors_cpu);
+  SCANGRAPH_IMPL(m, "gat_aggregate", &gat_aggregate_cpu);
+  SCANGRAPH_IMPL(m, "gat_aggregate_backward", &gat_aggregate_backward_cpu);
 }
-#else
-TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("spmm", &spmm_cpu);
-  m.impl("spmm_arg", &spmm_arg_cpu);
-  m.impl("spmm_arg_backward", &spmm_arg_backward_cpu);
-  m.impl("sddmm", &sddmm_cpu);
-  m.impl("common_neighbors", &common_neighbors_cpu);
-  m.impl("gat_aggregate", &gat_aggregate_cpu);
-  m.impl("gat_aggregate_backward", &gat_aggregate_backward_cpu);
-}
-#endif
 
 }  // namespace scangraph

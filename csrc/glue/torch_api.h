@@ -35,6 +35,7 @@
 #else
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 #endif
 
 namespace scangraph {
@@ -52,7 +53,17 @@ inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return torch::stable::u
 inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
   return torch::stable::new_empty(like, IntList(shape), dtype);
 }
+inline Tensor converted(const Tensor& t, ScalarType dtype) { return torch::stable::to(t, dtype); }
 inline const char* scalar_type_name(ScalarType t) { return torch::headeronly::toString(t); }
+// at::isFloatingType: the float dtypes, float8 included.
+inline bool is_floating_type(ScalarType t) {
+  switch (t) {
+    case ScalarType::Double: case ScalarType::Float: case ScalarType::Half: case ScalarType::BFloat16:
+    case ScalarType::Float8_e5m2: case ScalarType::Float8_e4m3fn: case ScalarType::Float8_e5m2fnuz:
+    case ScalarType::Float8_e4m3fnuz: case ScalarType::Float8_e8m0fnu: return true;
+    default: return false;
+  }
+}
 // A device as torch prints it: "cpu", "cuda:0".
 inline std::string device_name(const Tensor& t) {
   if (t.is_cpu()) return "cpu";
@@ -77,7 +88,9 @@ inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return t.unsqueeze(dim)
 inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
   return at::empty(shape, like.options().dtype(dtype));
 }
+inline Tensor converted(const Tensor& t, ScalarType dtype) { return t.to(dtype); }
 inline const char* scalar_type_name(ScalarType t) { return c10::toString(t); }
+inline bool is_floating_type(ScalarType t) { return at::isFloatingType(t); }
 inline std::string device_name(const Tensor& t) { return t.device().str(); }
 template <typename F>
 inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
@@ -122,6 +135,16 @@ using element_t = typename Tag::type;
 #define SCANGRAPH_CHECK(cond, ...) TORCH_CHECK(cond, __VA_ARGS__)
 #define SCANGRAPH_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
 #define SCANGRAPH_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, __VA_ARGS__)
+#endif
+
+// A file's CPU kernels, registered: SCANGRAPH_CPU_IMPLS(m) { SCANGRAPH_IMPL(m, "op", &op_cpu); }.
+// On the stable ABI a kernel is called through torch's boxed convention (TORCH_BOX).
+#ifdef SCANGRAPH_STABLE_ABI
+#define SCANGRAPH_CPU_IMPLS(m) STABLE_TORCH_LIBRARY_IMPL(scangraph, CPU, m)
+#define SCANGRAPH_IMPL(m, name, kernel) m.impl(name, TORCH_BOX(kernel))
+#else
+#define SCANGRAPH_CPU_IMPLS(m) TORCH_LIBRARY_IMPL(scangraph, CPU, m)
+#define SCANGRAPH_IMPL(m, name, kernel) m.impl(name, kernel)
 #endif
 
 namespace scangraph {

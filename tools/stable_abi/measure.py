@@ -1,24 +1,25 @@
-"""The LibTorch stable-ABI port of the sparse family (issue 23): its CPU ops built on the stable ABI
-from the package's own sources, loaded under any torch >= 2.10, tested and timed there.
+"""The LibTorch stable-ABI port (issue 23): the CPU ops of the sparse and low-precision families built
+on the stable ABI from the package's own sources, loaded under any torch >= 2.10, tested and timed
+there.
 
     python tools/stable_abi/measure.py build [OUT]         # with the torch to build against
-    python tools/stable_abi/measure.py test [OUT] [ARGS]   # under any torch: the family's tests
-    python tools/stable_abi/measure.py time [OUT]          # cost per call, regular against stable
+    python tools/stable_abi/measure.py test [OUT] [ARGS]   # under any torch: the families' tests
+    python tools/stable_abi/measure.py time [OUT]          # compile time and cost per call, both ways
 
-`build` compiles csrc/cpu/sparse.cpp with SCANGRAPH_STABLE_ABI (glue/torch_api.h) against the
-running torch's headers, targeting torch 2.10, into OUT/libscangraph_sparse_stable.so (OUT:
-build/stable_abi), prints the compile time and the torch symbols the library needs (only C
-shims: no C++ symbol of torch, which is what changes between versions). It also compiles the
-same file on the regular API, for the compile time.
+`build` compiles SOURCES with SCANGRAPH_STABLE_ABI (glue/torch_api.h) against the running torch's
+headers, targeting torch 2.10, into OUT/libscangraph_stable.so (OUT: build/stable_abi), prints
+the compile time and the torch symbols the library needs (only C shims: no C++ symbol of torch,
+which is what changes between versions).
 
 `test` imports scangraph (whose _C, built for the running torch, registers every op), loads the
-stable library, which replaces the CPU kernels of the seven sparse ops, checks in the dispatcher
-that each CPU kernel is now the stable library's, and runs the family's tests on the C++ backend
-in this process (pytest's ARGS replace the default selection).
+stable library, which replaces the CPU kernels of OPS, checks in the dispatcher that each CPU
+kernel is now the stable library's, and runs the two families' tests on the C++ backend in this
+process (pytest's ARGS replace the default selection).
 
-`time` calls each op on a tiny graph (64 rows, 256 edges, F = 8; one thread), where the call
-costs more than the kernel, with the regular kernels and then, after loading the stable library,
-with the stable ones, and prints microseconds per call. Results: docs/packaging.md.
+`time` compiles sparse.cpp both ways and prints the two compile times; then it calls each op on a
+tiny graph (64 rows, 256 edges, F = 8; one thread), where the call costs more than the kernel,
+with the regular kernels and then, after loading the stable library, with the stable ones, and
+prints microseconds per call. Results: docs/packaging.md.
 """
 import importlib
 import os
@@ -31,23 +32,27 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 DEFAULT_OUT = os.path.join(ROOT, "build", "stable_abi")
-LIBRARY = "libscangraph_sparse_stable.so"
-SOURCE = os.path.join(ROOT, "csrc", "cpu", "sparse.cpp")
+LIBRARY = "libscangraph_stable.so"
+SOURCES = [os.path.join(ROOT, "csrc", "cpu", name) for name in ("sparse.cpp", "quantize.cpp", "qlinear.cpp", "qspmm.cpp")]
 OPS = ("spmm", "spmm_arg", "spmm_arg_backward", "sddmm", "common_neighbors", "gat_aggregate",
-       "gat_aggregate_backward")
+       "gat_aggregate_backward", "quantize", "qlinear", "_qlinear_cpu_isa", "qspmm", "_qspmm_cpu_isa")
 # The oldest torch the stable build targets: the shims it calls exist from 2.10 on.
 TARGET_2_10 = "-DTORCH_TARGET_VERSION=(((0ULL + 2) << 56) | ((0ULL + 10) << 48))"
-# The family's tests, C++ backend: the sparse test files, and the sparse cases of the op samples
-# and of the bad-input tests.
+# The families' tests, C++ backend: their test files, and their cases of the op samples and of the
+# bad-input tests.
 TESTS = [os.path.join(ROOT, "tests", name) for name in
-         ("test_sparse.py", "test_sparse_oracles.py", "test_gat_dropout.py", "test_op_samples.py", "test_bad_input.py")]
+         ("test_sparse.py", "test_sparse_oracles.py", "test_gat_dropout.py", "test_lowp.py", "test_op_samples.py",
+          "test_bad_input.py")]
 SELECTION = ["-k", "(cpp or not (triton or cuda or reference)) and (spmm or sddmm or gat or common_neighbor "
-                   "or sparse or csr or oracle)", "-p", "no:cacheprovider", "-q"]
+                   "or sparse or csr or oracle or quantize or qlinear or qspmm or lowp)", "-p", "no:cacheprovider",
+             "-q"]
 # The one difference on the stable ABI: a dtype check of the raw op raises RuntimeError where the
 # regular build raises TypeError (glue/torch_api.h says why). These cases of the bad-input test
 # are deselected there and checked by check_type_errors instead, message and all.
-TYPE_ERROR_CASES = (("spmm", "x int"), ("spmm", "x bool"), ("sddmm", "b int"))
+TYPE_ERROR_CASES = (("spmm", "x int"), ("spmm", "x bool"), ("sddmm", "b int"), ("quantize", "x int"),
+                    ("qlinear", "x int"), ("qspmm", "edge_weight int"))
 RAW_MESSAGE_TEST = "test_raw_op_message_equals_the_public_one"
+RAW_OPS = ("spmm", "sddmm", "quantize", "qlinear", "qspmm")
 
 
 class DeselectTypeErrorCases:
@@ -62,12 +67,12 @@ class DeselectTypeErrorCases:
         items[:] = chosen
 
 
-def _compile(flags, output):
+def _compile(flags, sources, output):
     from torch.utils.cpp_extension import include_paths
     lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    command = ["g++", "-O3", "-fPIC", "-fopenmp", "-fvisibility=hidden", *flags,
+    command = ["g++", "-O3", "-fPIC", "-fopenmp", "-fvisibility=hidden", "-Wno-psabi", *flags,
                *(f"-I{p}" for p in include_paths()), f"-I{ROOT}/csrc", f"-I{ROOT}/csrc/include",
-               SOURCE, "-o", output, f"-L{lib}", "-ltorch_cpu"]
+               *sources, "-o", output, f"-L{lib}", "-ltorch_cpu"]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - start
@@ -76,11 +81,9 @@ def _compile(flags, output):
 def build(out: str) -> None:
     os.makedirs(out, exist_ok=True)
     library = os.path.join(out, LIBRARY)
-    seconds = _compile(["-shared", "-std=c++17", "-DSCANGRAPH_STABLE_ABI", TARGET_2_10], library)
-    print(f"stable: {SOURCE} compiled against torch {torch.__version__} (target 2.10) in {seconds:.1f} s")
-    # The regular API needs C++20 from torch 2.13 on; -c: the object only, for the time.
-    seconds = _compile(["-c", "-std=c++20"], os.path.join(out, "sparse_regular.o"))
-    print(f"regular: the same file on the regular API in {seconds:.1f} s")
+    names = ", ".join(os.path.relpath(source, ROOT) for source in SOURCES)
+    seconds = _compile(["-shared", "-std=c++17", "-DSCANGRAPH_STABLE_ABI", TARGET_2_10], SOURCES, library)
+    print(f"stable: {names} compiled against torch {torch.__version__} (target 2.10) in {seconds:.1f} s")
     symbols = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True, text=True,
                              check=True).stdout.split()
     torch_symbols = sorted({s for s in symbols if s.startswith(("aoti_torch", "torch_"))})
@@ -99,7 +102,7 @@ def load(out: str) -> None:
         table = torch._C._dispatch_dump(f"scangraph::{op}")
         cpu = next(line for line in table.splitlines() if line.startswith("CPU:"))
         # The stable library's kernels are boxed only: "[ boxed ]", no unboxed entry.
-        assert "sparse.cpp" in cpu and "unboxed" not in cpu, f"{op}: the CPU kernel is not the stable one: {cpu}"
+        assert "unboxed" not in cpu, f"{op}: the CPU kernel is not the stable one: {cpu}"
     print(f"{LIBRARY} serves the CPU kernels of {len(OPS)} ops under torch {torch.__version__}")
 
 
@@ -117,15 +120,18 @@ def check_type_errors() -> None:
             raise AssertionError(f"{case}: the public function accepted it")
         except TypeError as public:
             message = str(public)
-        public_ops = scangraph.spmm, scangraph.sddmm
-        scangraph.spmm, scangraph.sddmm = cases._raw_spmm, cases._raw_sddmm
+        # The public functions swapped for their raw ops, as the bad-input test does.
+        public_ops = {name: getattr(scangraph, name) for name in RAW_OPS}
+        for name in RAW_OPS:
+            setattr(scangraph, name, getattr(cases, f"_raw_{name}"))
         try:
             call()
             raise AssertionError(f"{case}: the raw op accepted it")
         except RuntimeError as raw:
             assert type(raw) is RuntimeError and str(raw) == message, (case, raw, message)
         finally:
-            scangraph.spmm, scangraph.sddmm = public_ops
+            for name, function in public_ops.items():
+                setattr(scangraph, name, function)
     print(f"the {len(TYPE_ERROR_CASES)} dtype cases: TypeError from the public functions, RuntimeError with the "
           "same message from the raw ops")
 
@@ -152,6 +158,9 @@ def _tiny_calls():
     alpha = torch.randn(rows, heads, generator=generator)
     pairs = torch.randint(0, rows, (2, 32), generator=generator)
     ops = torch.ops.scangraph
+    w, w_scale = ops.quantize(torch.randn(16, features, generator=generator), 8, 0)
+    xq = torch.randint(-127, 128, (rows, features), dtype=torch.int8, generator=generator)
+    xq_scale = torch.rand(rows, generator=generator)
     return {
         "spmm": lambda: ops.spmm(rowptr, col, None, x, "sum"),
         "spmm_arg": lambda: ops.spmm_arg(rowptr, col, None, x, "max"),
@@ -159,6 +168,9 @@ def _tiny_calls():
         "gat_aggregate": lambda: ops.gat_aggregate(rowptr, col, xh, alpha, alpha, 0.2),
         "common_neighbors": lambda: ops.common_neighbors(rowptr, col.sort().values, pairs[0],
                                                          pairs[1]),
+        "quantize": lambda: ops.quantize(x, 8, 0),
+        "qlinear": lambda: ops.qlinear(x[:4], w, w_scale, 8, features, None),
+        "qspmm": lambda: ops.qspmm(rowptr, col, None, xq, xq_scale, "sum"),
     }
 
 
@@ -176,6 +188,12 @@ def _time_calls(calls, rounds=3, repeats=5000):
 
 
 def time_ops(out: str) -> None:
+    # The compile times: the regular API needs C++20 from torch 2.13 on; -c, the objects only.
+    stable = _compile(["-c", "-std=c++17", "-DSCANGRAPH_STABLE_ABI", TARGET_2_10], SOURCES[:1],
+                      os.path.join(out, "stable.o"))
+    regular = _compile(["-c", "-std=c++20"], SOURCES[:1], os.path.join(out, "regular.o"))
+    print(f"{os.path.relpath(SOURCES[0], ROOT)} compiles in {stable:.1f} s on the stable ABI, {regular:.1f} s on the "
+          "regular API")
     torch.set_num_threads(1)
     importlib.import_module("scangraph")  # registers the regular kernels
     calls = _tiny_calls()
