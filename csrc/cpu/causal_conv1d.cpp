@@ -3,12 +3,6 @@
 // registers and its positions are walked once. The backward's weight and bias gradients go
 // through the partials of causal_conv1d_params.h, summed per channel in (batch, block) order:
 // the same summation order over (batch, block) as the CUDA kernels, for any thread count.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -22,7 +16,7 @@ namespace {
 // One (batch, channel) row of the convolution: its inputs, the taps' masks and the activation.
 template <typename T>
 struct ConvRow {
-  using acc_t = at::opmath_type<T>;
+  using acc_t = opmath_t<T>;
   const T* x;
   const T* init;        // (W - 1) initial inputs, or nullptr
   const int32_t* seq;   // the row's seq_idx, or nullptr
@@ -61,8 +55,8 @@ template <typename acc_t> acc_t silu_grad(acc_t v) {
 // seq_idx) take no masks and W is a constant, so their loop vectorises; the others go through
 // ConvRow::pre.
 template <int W, typename T>
-void row_pre(const ConvRow<T>& c, at::opmath_type<T>* pre) {
-  using acc_t = at::opmath_type<T>;
+void row_pre(const ConvRow<T>& c, opmath_t<T>* pre) {
+  using acc_t = opmath_t<T>;
   const int64_t edge = c.seq ? c.length : std::min<int64_t>(c.length, W - 1);
   for (int64_t l = 0; l < edge; ++l) pre[l] = c.pre(l);
   for (int64_t l = edge; l < c.length; ++l) {
@@ -85,8 +79,8 @@ void with_width(int64_t width, F&& f) {
 
 template <typename T>
 void conv_forward(const CausalConv1dParams& p) {
-  using acc_t = at::opmath_type<T>;
-  at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) {
+  using acc_t = opmath_t<T>;
+  parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> pre(p.length);
     for (int64_t row = r0; row < r1; ++row) {
       const ConvRow<T> c(p, row);
@@ -104,9 +98,9 @@ void conv_forward(const CausalConv1dParams& p) {
 // One row's dx and its partials of dweight / dbias from g, the gradient of its pre-activation.
 // Away from the row's ends and without seq_idx no tap is masked.
 template <int W, typename T>
-void row_backward(const ConvRow<T>& c, const at::opmath_type<T>* g, T* dx, at::opmath_type<T>* partial,
+void row_backward(const ConvRow<T>& c, const opmath_t<T>* g, T* dx, opmath_t<T>* partial,
                   int64_t blocks) {
-  using acc_t = at::opmath_type<T>;
+  using acc_t = opmath_t<T>;
   const int64_t L = c.length;
   // x(t) feeds the outputs l = t + W - 1 - j through tap j, within its sequence.
   const int64_t inner_end = c.seq ? 0 : std::max<int64_t>(L - (W - 1), 0);
@@ -141,11 +135,11 @@ void row_backward(const ConvRow<T>& c, const at::opmath_type<T>* g, T* dx, at::o
 
 template <typename T>
 void conv_backward(const CausalConv1dBackwardParams& q) {
-  using acc_t = at::opmath_type<T>;
+  using acc_t = opmath_t<T>;
   const CausalConv1dParams& p = q.fwd;
   const int64_t W = p.width, L = p.length, blocks = conv_grad_blocks(L);
   acc_t* partial = static_cast<acc_t*>(q.partial);
-  at::parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) {
+  parallel_for(0, p.batch * p.dim, 1, [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> g(L);  // the gradient of the pre-activation
     for (int64_t row = r0; row < r1; ++row) {
       const ConvRow<T> c(p, row);
@@ -171,7 +165,7 @@ void conv_backward(const CausalConv1dBackwardParams& q) {
       }
     }
   });
-  at::parallel_for(0, p.dim, 16, [&](int64_t d0, int64_t d1) {
+  parallel_for(0, p.dim, 16, [&](int64_t d0, int64_t d1) {
     for (int64_t d = d0; d < d1; ++d) {
       acc_t sums[kMaxConvWidth + 1] = {};
       for (int64_t b = 0; b < p.batch; ++b)
@@ -185,9 +179,9 @@ void conv_backward(const CausalConv1dBackwardParams& q) {
 
 template <typename T>
 void conv_update(const CausalConv1dUpdateParams& p) {
-  using acc_t = at::opmath_type<T>;
+  using acc_t = opmath_t<T>;
   const int64_t W = p.width, S = p.state_len, n = p.seqlen;
-  at::parallel_for(0, p.batch * p.dim, 16, [&](int64_t r0, int64_t r1) {
+  parallel_for(0, p.batch * p.dim, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t row = r0; row < r1; ++row) {
       const int64_t b = row / p.dim, d = row % p.dim;
       const T* x = static_cast<const T*>(p.x) + row * n;
@@ -228,43 +222,42 @@ void conv_update(const CausalConv1dUpdateParams& p) {
   });
 }
 
-at::Tensor causal_conv1d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const std::optional<at::Tensor>& seq_idx,
-                             const std::optional<at::Tensor>& initial_states, bool silu) {
+Tensor causal_conv1d_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                         const std::optional<Tensor>& seq_idx, const std::optional<Tensor>& initial_states, bool silu) {
   ConvCall call = prepare_causal_conv1d(x, weight, bias, seq_idx, initial_states, silu);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_cpu",
-                                  [&] { conv_forward<scalar_t>(call.params); });
+  dispatch_float(x.scalar_type(), "causal_conv1d_cpu",
+                 [&](auto t) { conv_forward<element_t<decltype(t)>>(call.params); });
   return call.out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backward_cpu(
-    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& seq_idx, const std::optional<at::Tensor>& initial_states,
-    const at::Tensor& grad_out, bool silu) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_backward_cpu(
+    const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& seq_idx, const std::optional<Tensor>& initial_states,
+    const Tensor& grad_out, bool silu) {
   ConvBackwardCall call = prepare_causal_conv1d_backward(x, weight, bias, seq_idx, initial_states, grad_out, silu);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_backward_cpu",
-                                  [&] { conv_backward<scalar_t>(call.params); });
+  dispatch_float(x.scalar_type(), "causal_conv1d_backward_cpu",
+                 [&](auto t) { conv_backward<element_t<decltype(t)>>(call.params); });
   return conv_backward_results(call, weight, bias);
 }
 
-at::Tensor causal_conv1d_update_cpu(const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
-                                    const std::optional<at::Tensor>& bias, bool silu,
-                                    const std::optional<at::Tensor>& cache_seqlens,
-                                    const std::optional<at::Tensor>& conv_state_indices) {
+Tensor causal_conv1d_update_cpu(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+                                const std::optional<Tensor>& bias, bool silu,
+                                const std::optional<Tensor>& cache_seqlens,
+                                const std::optional<Tensor>& conv_state_indices) {
   ConvUpdateCall call =
       prepare_causal_conv1d_update(x, conv_state, weight, bias, silu, cache_seqlens, conv_state_indices);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "causal_conv1d_update_cpu",
-                                  [&] { conv_update<scalar_t>(call.params); });
-  if (call.copy_back) const_cast<at::Tensor&>(conv_state).copy_(call.state);
+  dispatch_float(x.scalar_type(), "causal_conv1d_update_cpu",
+                 [&](auto t) { conv_update<element_t<decltype(t)>>(call.params); });
+  if (call.copy_back) copy_into(conv_state, call.state);
   return call.out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("causal_conv1d", &causal_conv1d_cpu);
-  m.impl("causal_conv1d_backward", &causal_conv1d_backward_cpu);
-  m.impl("causal_conv1d_update", &causal_conv1d_update_cpu);
+SCANGRAPH_CPU_IMPLS(m) {
+  SCANGRAPH_IMPL(m, "causal_conv1d", &causal_conv1d_cpu);
+  SCANGRAPH_IMPL(m, "causal_conv1d_backward", &causal_conv1d_backward_cpu);
+  SCANGRAPH_IMPL(m, "causal_conv1d_update", &causal_conv1d_update_cpu);
 }
 
 }  // namespace scangraph

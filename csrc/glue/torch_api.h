@@ -54,6 +54,10 @@ inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, 
   return torch::stable::new_empty(like, IntList(shape), dtype);
 }
 inline Tensor converted(const Tensor& t, ScalarType dtype) { return torch::stable::to(t, dtype); }
+inline void copy_into(const Tensor& dst, const Tensor& src) {
+  Tensor target = dst;
+  torch::stable::copy_(target, src);
+}
 inline const char* scalar_type_name(ScalarType t) { return torch::headeronly::toString(t); }
 // at::isFloatingType: the float dtypes, float8 included.
 inline bool is_floating_type(ScalarType t) {
@@ -89,6 +93,7 @@ inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, 
   return at::empty(shape, like.options().dtype(dtype));
 }
 inline Tensor converted(const Tensor& t, ScalarType dtype) { return t.to(dtype); }
+inline void copy_into(const Tensor& dst, const Tensor& src) { const_cast<Tensor&>(dst).copy_(src); }
 inline const char* scalar_type_name(ScalarType t) { return c10::toString(t); }
 inline bool is_floating_type(ScalarType t) { return at::isFloatingType(t); }
 inline std::string device_name(const Tensor& t) { return t.device().str(); }

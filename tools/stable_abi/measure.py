@@ -1,6 +1,6 @@
-"""The LibTorch stable-ABI port (issue 23): the CPU ops of the sparse and low-precision families built
-on the stable ABI from the package's own sources, loaded under any torch >= 2.10, tested and timed
-there.
+"""The LibTorch stable-ABI port (issue 23): the CPU ops of the sparse, low-precision and causal-
+convolution families built on the stable ABI from the package's own sources, loaded under any
+torch >= 2.10, tested and timed there.
 
     python tools/stable_abi/measure.py build [OUT]         # with the torch to build against
     python tools/stable_abi/measure.py test [OUT] [ARGS]   # under any torch: the families' tests
@@ -13,7 +13,7 @@ which is what changes between versions).
 
 `test` imports scangraph (whose _C, built for the running torch, registers every op), loads the
 stable library, which replaces the CPU kernels of OPS, checks in the dispatcher that each CPU
-kernel is now the stable library's, and runs the two families' tests on the C++ backend in this
+kernel is now the stable library's, and runs the families' tests on the C++ backend in this
 process (pytest's ARGS replace the default selection).
 
 `time` compiles sparse.cpp both ways and prints the two compile times; then it calls each op on a
@@ -33,24 +33,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 DEFAULT_OUT = os.path.join(ROOT, "build", "stable_abi")
 LIBRARY = "libscangraph_stable.so"
-SOURCES = [os.path.join(ROOT, "csrc", "cpu", name) for name in ("sparse.cpp", "quantize.cpp", "qlinear.cpp", "qspmm.cpp")]
+SOURCES = [os.path.join(ROOT, "csrc", "cpu", name) for name in
+           ("sparse.cpp", "quantize.cpp", "qlinear.cpp", "qspmm.cpp", "causal_conv1d.cpp")]
 OPS = ("spmm", "spmm_arg", "spmm_arg_backward", "sddmm", "common_neighbors", "gat_aggregate",
-       "gat_aggregate_backward", "quantize", "qlinear", "_qlinear_cpu_isa", "qspmm", "_qspmm_cpu_isa")
+       "gat_aggregate_backward", "quantize", "qlinear", "_qlinear_cpu_isa", "qspmm", "_qspmm_cpu_isa",
+       "causal_conv1d", "causal_conv1d_backward", "causal_conv1d_update")
 # The oldest torch the stable build targets: the shims it calls exist from 2.10 on.
 TARGET_2_10 = "-DTORCH_TARGET_VERSION=(((0ULL + 2) << 56) | ((0ULL + 10) << 48))"
 # The families' tests, C++ backend: their test files, and their cases of the op samples and of the
 # bad-input tests.
 TESTS = [os.path.join(ROOT, "tests", name) for name in
-         ("test_sparse.py", "test_sparse_oracles.py", "test_gat_dropout.py", "test_lowp.py", "test_op_samples.py",
-          "test_bad_input.py")]
+         ("test_sparse.py", "test_sparse_oracles.py", "test_gat_dropout.py", "test_lowp.py", "test_causal_conv1d.py",
+          "test_op_samples.py", "test_bad_input.py")]
 SELECTION = ["-k", "(cpp or not (triton or cuda or reference)) and (spmm or sddmm or gat or common_neighbor "
-                   "or sparse or csr or oracle or quantize or qlinear or qspmm or lowp)", "-p", "no:cacheprovider",
+                   "or sparse or csr or oracle or quantize or qlinear or qspmm or lowp or conv)", "-p", "no:cacheprovider",
              "-q"]
 # The one difference on the stable ABI: a dtype check of the raw op raises RuntimeError where the
 # regular build raises TypeError (glue/torch_api.h says why). These cases of the bad-input test
 # are deselected there and checked by check_type_errors instead, message and all.
 TYPE_ERROR_CASES = (("spmm", "x int"), ("spmm", "x bool"), ("sddmm", "b int"), ("quantize", "x int"),
-                    ("qlinear", "x int"), ("qspmm", "edge_weight int"))
+                    ("qlinear", "x int"), ("qspmm", "edge_weight int"), ("causal_conv1d_fn", "x int"),
+                    ("causal_conv1d_fn", "weight int"), ("causal_conv1d_fn", "bias int"),
+                    ("causal_conv1d_fn", "seq_idx int64"), ("causal_conv1d_fn", "initial_states dtype"),
+                    ("causal_conv1d_update", "conv_state dtype"), ("causal_conv1d_update", "cache_seqlens int64"))
 RAW_MESSAGE_TEST = "test_raw_op_message_equals_the_public_one"
 RAW_OPS = ("spmm", "sddmm", "quantize", "qlinear", "qspmm")
 
@@ -121,17 +126,19 @@ def check_type_errors() -> None:
         except TypeError as public:
             message = str(public)
         # The public functions swapped for their raw ops, as the bad-input test does.
-        public_ops = {name: getattr(scangraph, name) for name in RAW_OPS}
-        for name in RAW_OPS:
-            setattr(scangraph, name, getattr(cases, f"_raw_{name}"))
+        swaps = [(scangraph, name, getattr(cases, f"_raw_{name}")) for name in RAW_OPS] + [
+            (cases, "cc", cases._raw_causal_conv1d), (cases, "ccu", cases._raw_causal_conv1d_update)]
+        public = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
+        for owner, name, raw_function in swaps:
+            setattr(owner, name, raw_function)
         try:
             call()
             raise AssertionError(f"{case}: the raw op accepted it")
         except RuntimeError as raw:
             assert type(raw) is RuntimeError and str(raw) == message, (case, raw, message)
         finally:
-            for name, function in public_ops.items():
-                setattr(scangraph, name, function)
+            for owner, name, function in public:
+                setattr(owner, name, function)
     print(f"the {len(TYPE_ERROR_CASES)} dtype cases: TypeError from the public functions, RuntimeError with the "
           "same message from the raw ops")
 
@@ -161,6 +168,9 @@ def _tiny_calls():
     w, w_scale = ops.quantize(torch.randn(16, features, generator=generator), 8, 0)
     xq = torch.randint(-127, 128, (rows, features), dtype=torch.int8, generator=generator)
     xq_scale = torch.rand(rows, generator=generator)
+    # One decoding step of the causal convolution: batch 2, 64 channels, width 4.
+    step_x, conv_state = torch.randn(2, 64, 1, generator=generator), torch.randn(2, 64, 3, generator=generator)
+    conv_weight = torch.randn(64, 4, generator=generator)
     return {
         "spmm": lambda: ops.spmm(rowptr, col, None, x, "sum"),
         "spmm_arg": lambda: ops.spmm_arg(rowptr, col, None, x, "max"),
@@ -171,6 +181,8 @@ def _tiny_calls():
         "quantize": lambda: ops.quantize(x, 8, 0),
         "qlinear": lambda: ops.qlinear(x[:4], w, w_scale, 8, features, None),
         "qspmm": lambda: ops.qspmm(rowptr, col, None, xq, xq_scale, "sum"),
+        "causal_conv1d_update": lambda: ops.causal_conv1d_update(step_x, conv_state, conv_weight, None, True, None,
+                                                                 None),
     }
 
 
@@ -202,7 +214,7 @@ def time_ops(out: str) -> None:
     stable = _time_calls(calls)
     print(f"torch {torch.__version__}, one thread, best of 3 rounds of 5000 calls (us per call):")
     for name in calls:
-        print(f"  {name:18s} regular {regular[name]:6.2f}  stable {stable[name]:6.2f}  "
+        print(f"  {name:22s} regular {regular[name]:6.2f}  stable {stable[name]:6.2f}  "
               f"(+{stable[name] - regular[name]:.2f})")
 
 
