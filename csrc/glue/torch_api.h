@@ -1,8 +1,9 @@
 // The one place where the glue and the CPU kernels that are ported to it name torch. By default
 // it is torch's regular C++ API (ATen). With SCANGRAPH_STABLE_ABI it is the LibTorch stable ABI
 // of torch >= 2.10 (torch::stable::Tensor, the C shims): a library built that way loads under
-// every torch from 2.10 on (issue 23, docs/packaging.md). The sparse family's CPU ops build both
-// ways from the same sources (tools/stable_abi/measure.py builds the stable one).
+// every torch from 2.10 on (issue 23, docs/packaging.md). The CPU ops of the sparse,
+// low-precision and causal-convolution families build both ways from the same sources
+// (tools/stable_abi/measure.py builds the stable library).
 //
 // What differs between the two, and is bridged here:
 // - the tensor, dtype, shape and device types, and the few tensor functions the glue uses;
@@ -11,16 +12,16 @@
 //   std::runtime_error as RuntimeError; no std exception becomes a TypeError, so the type checks
 //   raise RuntimeError there. The public functions check dtypes in Python first
 //   (ops/_rules.py), so only callers of the raw ops see the difference.
-// - the thread pool and the half-precision element types of the kernels.
+// - the thread pool and the half-precision element types of the kernels. A kernel raises after
+//   a parallel region, not inside it: under torch 2.11 an exception thrown inside the body of
+//   torch::stable::parallel_for loses its message in the shim.
 #pragma once
 
 #include <cstdint>
-#include <initializer_list>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #ifdef SCANGRAPH_STABLE_ABI
@@ -89,9 +90,6 @@ using StringArg = c10::string_view;
 
 inline Tensor as_contiguous(const Tensor& t) { return t.contiguous(); }
 inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return t.unsqueeze(dim); }
-inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
-  return at::empty(shape, like.options().dtype(dtype));
-}
 inline Tensor converted(const Tensor& t, ScalarType dtype) { return t.to(dtype); }
 inline void copy_into(const Tensor& dst, const Tensor& src) { const_cast<Tensor&>(dst).copy_(src); }
 inline const char* scalar_type_name(ScalarType t) { return c10::toString(t); }
