@@ -658,7 +658,7 @@ std::tuple<Tensor, Tensor> common_neighbors_cpu(const Tensor& rowptr, const Tens
     const int64_t* v = t->const_data_ptr<int64_t>();
     for (int64_t q = 0; q < p.num_pairs; ++q)
       SCANGRAPH_CHECK(v[q] >= 0 && v[q] < num_nodes, "common_neighbors: pair ", q, " names node ", v[q],
-                          ", out of range for ", num_nodes, " nodes");
+                      ", out of range for ", num_nodes, " nodes");
   }
   // Two passes: the counts, into ptr[1:], summed in place into offsets; then the neighbours.
   Tensor ptr = empty_output({p.num_pairs + 1}, ScalarType::Long, src);

@@ -52,23 +52,18 @@ inline std::string shape_str(IntList sizes) {
   return s.str();
 }
 
-// Sizes as torch's C++ messages print them: "[2, 3]".
-inline std::string sizes_str(IntList sizes) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < sizes.size(); ++i) s << (i ? ", " : "") << sizes[i];
-  s << "]";
-  return s.str();
-}
-
-// Offsets as Python prints a list: "[0, 3, 7]".
-inline std::string list_str(const int32_t* values, int64_t n) {
+// Values as Python prints a list: "[0, 3, 7]".
+template <typename T>
+inline std::string list_str(const T* values, int64_t n) {
   std::ostringstream s;
   s << "[";
   for (int64_t i = 0; i < n; ++i) s << (i ? ", " : "") << values[i];
   s << "]";
   return s.str();
 }
+
+// Sizes as torch's C++ messages print them, which is the same: "[2, 3]".
+inline std::string sizes_str(IntList sizes) { return list_str(sizes.data(), int64_t(sizes.size())); }
 
 // check_tensor of _rules.py, in its order: the shape (ValueError), then the dtype (TypeError),
 // then the device (ValueError).
@@ -90,7 +85,7 @@ inline void check_dtype(const Tensor& t, ScalarType dtype, const char* op, const
 inline void check_same_device(const Tensor& t, const Tensor& like, const char* op, const char* name,
                               const char* like_name = "u") {
   SCANGRAPH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " is on ", device_name(t), " but ", like_name,
-                            " is on ", device_name(like));
+                        " is on ", device_name(like));
 }
 
 // What a glue's prepare_<op> returns: the kernel's parameters plus the tensors their pointers

@@ -209,7 +209,7 @@ inline KernelCall<SddmmParams> prepare_sddmm(const Tensor& rowptr, const Tensor&
 
 inline void check_gat_features(const Tensor& x, const Tensor& alpha_src, const Tensor& alpha_dst,
                                int64_t num_rows, const char* op) {
-  SCANGRAPH_CHECK(x.dim() == 3 && is_float_dtype(x.scalar_type()), op,
+  SCANGRAPH_CHECK(x.dim() == 3 && is_floating_type(x.scalar_type()), op,
                   ": x must be a floating (nodes, heads, features) tensor, got ", sizes_str(x.sizes()), " ",
                   x.scalar_type());
   SCANGRAPH_CHECK(alpha_src.dim() == 2 && alpha_src.size(0) == x.size(0) && alpha_src.size(1) == x.size(1), op,

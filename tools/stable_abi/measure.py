@@ -117,6 +117,7 @@ def check_type_errors() -> None:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import scangraph
     import test_bad_input as cases
+    messages = {}
     for case in TYPE_ERROR_CASES:
         call, error, _ = cases.CASES[case]
         assert error is TypeError, case
@@ -124,21 +125,23 @@ def check_type_errors() -> None:
             call()
             raise AssertionError(f"{case}: the public function accepted it")
         except TypeError as public:
-            message = str(public)
-        # The public functions swapped for their raw ops, as the bad-input test does.
-        swaps = [(scangraph, name, getattr(cases, f"_raw_{name}")) for name in RAW_OPS] + [
-            (cases, "cc", cases._raw_causal_conv1d), (cases, "ccu", cases._raw_causal_conv1d_update)]
-        public = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
-        for owner, name, raw_function in swaps:
-            setattr(owner, name, raw_function)
-        try:
-            call()
-            raise AssertionError(f"{case}: the raw op accepted it")
-        except RuntimeError as raw:
-            assert type(raw) is RuntimeError and str(raw) == message, (case, raw, message)
-        finally:
-            for owner, name, function in public:
-                setattr(owner, name, function)
+            messages[case] = str(public)
+    # The public functions swapped for their raw ops, as the bad-input test does.
+    swaps = [(scangraph, name, getattr(cases, f"_raw_{name}")) for name in RAW_OPS] + [
+        (cases, "cc", cases._raw_causal_conv1d), (cases, "ccu", cases._raw_causal_conv1d_update)]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
+    for owner, name, raw_function in swaps:
+        setattr(owner, name, raw_function)
+    try:
+        for case, message in messages.items():
+            try:
+                cases.CASES[case][0]()
+                raise AssertionError(f"{case}: the raw op accepted it")
+            except RuntimeError as raw:
+                assert type(raw) is RuntimeError and str(raw) == message, (case, raw, message)
+    finally:
+        for owner, name, function in originals:
+            setattr(owner, name, function)
     print(f"the {len(TYPE_ERROR_CASES)} dtype cases: TypeError from the public functions, RuntimeError with the "
           "same message from the raw ops")
 
