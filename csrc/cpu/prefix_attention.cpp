@@ -1,17 +1,11 @@
 // CPU kernels of prefix-scan attention (Aaren): forward (also serving the in-place step op)
 // and backward. The math is in scangraph/prefix_attention_params.h.
 //
-// Tasks of (sequence, block of heads) spread over threads with at::parallel_for: a task walks
+// Tasks of (sequence, block of heads) spread over threads with parallel_for: a task walks
 // its positions once, forms the scores s_t = scale q . k_t on the fly, keeps each head's
 // (m, c, w) in an opmath buffer and writes o_t (and m_t, c_t for the backward). Every output
 // element has one owner, so results do not depend on the thread count; dq is one partial per
 // (sequence, head), summed afterwards in a fixed order.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -70,7 +64,7 @@ constexpr int64_t kTasksPerThread = 4;
 
 template <typename Params>
 TaskLayout task_layout(const Params& p) {
-  const int64_t wanted = std::max<int64_t>(1, at::get_num_threads() * kTasksPerThread);
+  const int64_t wanted = std::max<int64_t>(1, num_threads() * kTasksPerThread);
   const int64_t block = std::clamp<int64_t>(p.num_seqs * p.heads / wanted, 1, std::min(kMaxHeadBlock, p.heads));
   return {block, (p.heads + block - 1) / block};
 }
@@ -88,8 +82,8 @@ SCANGRAPH_INLINE Task task_of(int64_t task, const TaskLayout& layout, int64_t he
 // Forward tasks [task_begin, task_end). Scratch: kMaxHeadBlock * (d + dv) opmath values.
 template <typename scalar_t>
 SCANGRAPH_INLINE void forward_tasks(const PrefixAttentionParams& p, const TaskLayout& layout, int64_t task_begin,
-                                       int64_t task_end, at::opmath_type<scalar_t>* scratch) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                    int64_t task_end, opmath_t<scalar_t>* scratch) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t H = p.heads, D = p.dim, DV = p.dim_v;
   acc_t* __restrict__ qs_all = scratch;                      // scale * q, per head of the block
   acc_t* __restrict__ w_all = scratch + kMaxHeadBlock * D;   // running numerators
@@ -165,8 +159,8 @@ struct ReverseScan {
 // Backward tasks. Scratch: kMaxHeadBlock * (2 d + 2 dv) opmath values.
 template <typename scalar_t>
 SCANGRAPH_INLINE void backward_tasks(const PrefixAttentionBackwardParams& p, const TaskLayout& layout,
-                                        int64_t task_begin, int64_t task_end, at::opmath_type<scalar_t>* scratch) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                     int64_t task_begin, int64_t task_end, opmath_t<scalar_t>* scratch) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t H = p.heads, D = p.dim, DV = p.dim_v;
   acc_t* __restrict__ qs_all = scratch;                                // scale * q
   acc_t* __restrict__ dq_all = scratch + kMaxHeadBlock * D;            // sum_j ds_j k_j
@@ -264,23 +258,23 @@ SCANGRAPH_INLINE void backward_tasks(const PrefixAttentionBackwardParams& p, con
 // Each task loop is compiled twice, for the baseline ISA and for AVX2 (chosen at run time).
 template <typename scalar_t>
 void forward_baseline(const PrefixAttentionParams& p, const TaskLayout& l, int64_t a, int64_t b,
-                      at::opmath_type<scalar_t>* s) {
+                      opmath_t<scalar_t>* s) {
   forward_tasks<scalar_t>(p, l, a, b, s);
 }
 template <typename scalar_t>
 void backward_baseline(const PrefixAttentionBackwardParams& p, const TaskLayout& l, int64_t a, int64_t b,
-                       at::opmath_type<scalar_t>* s) {
+                       opmath_t<scalar_t>* s) {
   backward_tasks<scalar_t>(p, l, a, b, s);
 }
 #if SCANGRAPH_X86
 template <typename scalar_t>
 __attribute__((target("avx2,fma"))) void forward_avx2(const PrefixAttentionParams& p, const TaskLayout& l,
-                                                      int64_t a, int64_t b, at::opmath_type<scalar_t>* s) {
+                                                      int64_t a, int64_t b, opmath_t<scalar_t>* s) {
   forward_tasks<scalar_t>(p, l, a, b, s);
 }
 template <typename scalar_t>
 __attribute__((target("avx2,fma"))) void backward_avx2(const PrefixAttentionBackwardParams& p, const TaskLayout& l,
-                                                       int64_t a, int64_t b, at::opmath_type<scalar_t>* s) {
+                                                       int64_t a, int64_t b, opmath_t<scalar_t>* s) {
   backward_tasks<scalar_t>(p, l, a, b, s);
 }
 #endif
@@ -297,12 +291,13 @@ void run_tasks(const Params& p, const Body& body) {
   const int64_t tasks = p.num_seqs * layout.blocks_per_seq;
   const int64_t work = std::max<int64_t>(1, p.batch * p.seqlen * p.heads * (p.dim + p.dim_v));
   const int64_t grain = std::max<int64_t>(1, kMinParallelWork * tasks / work);
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { body(layout, begin, end); });
+  parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { body(layout, begin, end); });
 }
 
-void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "prefix_attention_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+void run_forward(const PrefixAttentionParams& p, ScalarType dtype) {
+  dispatch_float(dtype, "prefix_attention_cpu", [&](auto t) {
+    using scalar_t = element_t<decltype(t)>;
+    using acc_t = opmath_t<scalar_t>;
     run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(kMaxHeadBlock * (p.dim + p.dim_v));
 #if SCANGRAPH_X86
@@ -313,33 +308,34 @@ void run_forward(const PrefixAttentionParams& p, at::ScalarType dtype) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prefix_attention_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, const std::optional<at::Tensor>& m0,
-    const std::optional<at::Tensor>& c0, const std::optional<at::Tensor>& w0,
-    const std::optional<at::Tensor>& cu_seqlens) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> prefix_attention_cpu(
+    const Tensor& q, const Tensor& k, const Tensor& v, double scale, const std::optional<Tensor>& m0,
+    const std::optional<Tensor>& c0, const std::optional<Tensor>& w0,
+    const std::optional<Tensor>& cu_seqlens) {
   const PrefixAttentionCall call = prepare_prefix_attention(q, k, v, scale, m0, c0, w0, cu_seqlens);
   run_forward(call.params, k.scalar_type());
   return {call.o, call.m, call.c, call.m_last, call.c_last, call.w_last};
 }
 
-at::Tensor prefix_attention_step_cpu(const at::Tensor& m, const at::Tensor& c, const at::Tensor& w,
-                                     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+Tensor prefix_attention_step_cpu(const Tensor& m, const Tensor& c, const Tensor& w,
+                                 const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
   const PrefixAttentionCall call = prepare_prefix_attention_step(m, c, w, q, k, v, scale);
   run_forward(call.params, k.scalar_type());
   return call.o;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prefix_attention_backward_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, const std::optional<at::Tensor>& m0,
-    const std::optional<at::Tensor>& c0, const std::optional<at::Tensor>& w0,
-    const std::optional<at::Tensor>& cu_seqlens, const at::Tensor& o, const at::Tensor& m, const at::Tensor& c,
-    const at::Tensor& c_last, const at::Tensor& w_last, const at::Tensor& grad_o, const at::Tensor& grad_m_last,
-    const at::Tensor& grad_c_last, const at::Tensor& grad_w_last) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> prefix_attention_backward_cpu(
+    const Tensor& q, const Tensor& k, const Tensor& v, double scale, const std::optional<Tensor>& m0,
+    const std::optional<Tensor>& c0, const std::optional<Tensor>& w0,
+    const std::optional<Tensor>& cu_seqlens, const Tensor& o, const Tensor& m, const Tensor& c,
+    const Tensor& c_last, const Tensor& w_last, const Tensor& grad_o, const Tensor& grad_m_last,
+    const Tensor& grad_c_last, const Tensor& grad_w_last) {
   const PrefixAttentionBackwardCall call = prepare_prefix_attention_backward(
       q, k, v, scale, m0, c0, w0, cu_seqlens, o, m, c, c_last, w_last, grad_o, grad_m_last, grad_c_last, grad_w_last);
   const PrefixAttentionBackwardParams& p = call.params;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, k.scalar_type(), "prefix_attention_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  dispatch_float(k.scalar_type(), "prefix_attention_backward_cpu", [&](auto t) {
+    using scalar_t = element_t<decltype(t)>;
+    using acc_t = opmath_t<scalar_t>;
     run_tasks(p, [&](const TaskLayout& layout, int64_t begin, int64_t end) {
       std::vector<acc_t> scratch(kMaxHeadBlock * (2 * p.dim + 2 * p.dim_v));
 #if SCANGRAPH_X86
@@ -353,10 +349,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("prefix_attention", &prefix_attention_cpu);
-  m.impl("prefix_attention_backward", &prefix_attention_backward_cpu);
-  m.impl("prefix_attention_step", &prefix_attention_step_cpu);
+SCANGRAPH_CPU_IMPLS(m) {
+  SCANGRAPH_IMPL(m, "prefix_attention", &prefix_attention_cpu);
+  SCANGRAPH_IMPL(m, "prefix_attention_backward", &prefix_attention_backward_cpu);
+  SCANGRAPH_IMPL(m, "prefix_attention_step", &prefix_attention_step_cpu);
 }
 
 }  // namespace scangraph

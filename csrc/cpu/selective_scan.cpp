@@ -9,12 +9,6 @@
 // checkpoint, so it keeps no (batch, dim, L, N) tensor; its reductions over channels and batch
 // go through fixed partitions (scan_partitions) and run in a fixed order: no atomics, the same
 // bits for any thread count.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -60,62 +54,63 @@ namespace avx512 {
 bool use_avx512(const SelectiveScanParams& p) { return p.dstate > 8 && cpu::has_avx512_dq(); }
 #endif
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu(
-    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
-    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-    const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
-    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& cu_seqlens, bool reverse) {
+std::tuple<Tensor, Tensor, Tensor> selective_scan_cpu(
+    const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+    const std::optional<Tensor>& D, const std::optional<Tensor>& z, const std::optional<Tensor>& delta_bias,
+    bool delta_softplus, const std::optional<Tensor>& initial_state, const std::optional<Tensor>& cu_seqlens,
+    bool reverse) {
   ScanForwardCall call =
       prepare_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, reverse);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_cpu", [&] {
+  const SelectiveScanParams& p = call.in.params;
+  dispatch_float(u.scalar_type(), "selective_scan_cpu", [&](auto t) {
+    using scalar_t = element_t<decltype(t)>;
 #if SCANGRAPH_X86
-    if (use_avx512(call.in.params)) return avx512::scan_forward<scalar_t>(call.in.params);
-    if (cpu::has_avx2_fma()) return avx2::scan_forward<scalar_t>(call.in.params);
+    if (use_avx512(p)) return avx512::scan_forward<scalar_t>(p);
+    if (cpu::has_avx2_fma()) return avx2::scan_forward<scalar_t>(p);
 #endif
-    baseline::scan_forward<scalar_t>(call.in.params);
+    baseline::scan_forward<scalar_t>(p);
   });
   return {call.out, call.last_state, call.checkpoints};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
-selective_scan_backward_cpu(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_last_state,
-                            const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                            const at::Tensor& C, const std::optional<at::Tensor>& D,
-                            const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-                            bool delta_softplus, const std::optional<at::Tensor>& initial_state,
-                            const std::optional<at::Tensor>& cu_seqlens, bool reverse,
-                            const at::Tensor& checkpoints) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selective_scan_backward_cpu(
+    const Tensor& grad_out, const std::optional<Tensor>& grad_last_state, const Tensor& u, const Tensor& delta,
+    const Tensor& A, const Tensor& B, const Tensor& C, const std::optional<Tensor>& D,
+    const std::optional<Tensor>& z, const std::optional<Tensor>& delta_bias, bool delta_softplus,
+    const std::optional<Tensor>& initial_state, const std::optional<Tensor>& cu_seqlens, bool reverse,
+    const Tensor& checkpoints) {
   ScanBackwardCall call = prepare_selective_scan_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z,
                                                           delta_bias, delta_softplus, initial_state, cu_seqlens,
                                                           reverse, checkpoints);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "selective_scan_backward_cpu", [&] {
+  const SelectiveScanBackwardParams& p = call.params;
+  dispatch_float(u.scalar_type(), "selective_scan_backward_cpu", [&](auto t) {
+    using scalar_t = element_t<decltype(t)>;
 #if SCANGRAPH_X86
-    if (use_avx512(call.params.fwd)) return avx512::scan_backward<scalar_t>(call.params);
-    if (cpu::has_avx2_fma()) return avx2::scan_backward<scalar_t>(call.params);
+    if (use_avx512(p.fwd)) return avx512::scan_backward<scalar_t>(p);
+    if (cpu::has_avx2_fma()) return avx2::scan_backward<scalar_t>(p);
 #endif
-    baseline::scan_backward<scalar_t>(call.params);
+    baseline::scan_backward<scalar_t>(p);
   });
   return scan_backward_results(call, A, B, C, D, delta_bias, initial_state);
 }
 
-at::Tensor selective_state_update_cpu(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
-                                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
-                                      const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-                                      const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
+Tensor selective_state_update_cpu(const Tensor& state, const Tensor& x, const Tensor& dt, const Tensor& A,
+                                  const Tensor& B, const Tensor& C, const std::optional<Tensor>& D,
+                                  const std::optional<Tensor>& z, const std::optional<Tensor>& dt_bias,
+                                  bool dt_softplus) {
   StateUpdateCall call = prepare_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "selective_state_update_cpu",
-                                  [&] { baseline::state_update<scalar_t>(call.params); });
-  if (call.copy_back) const_cast<at::Tensor&>(state).copy_(call.state_acc);
+  dispatch_float(x.scalar_type(), "selective_state_update_cpu",
+                 [&](auto t) { baseline::state_update<element_t<decltype(t)>>(call.params); });
+  if (call.copy_back) copy_into(state, call.state_acc);
   return call.out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(scangraph, CPU, m) {
-  m.impl("selective_scan", &selective_scan_cpu);
-  m.impl("selective_scan_backward", &selective_scan_backward_cpu);
-  m.impl("selective_state_update", &selective_state_update_cpu);
+SCANGRAPH_CPU_IMPLS(m) {
+  SCANGRAPH_IMPL(m, "selective_scan", &selective_scan_cpu);
+  SCANGRAPH_IMPL(m, "selective_scan_backward", &selective_scan_backward_cpu);
+  SCANGRAPH_IMPL(m, "selective_state_update", &selective_state_update_cpu);
 }
 
 }  // namespace scangraph

@@ -1,9 +1,9 @@
-// The one place where the glue and the CPU kernels that are ported to it name torch. By default
+// The one place where the glue, the CPU kernels and the schema registration name torch. By default
 // it is torch's regular C++ API (ATen). With SCANGRAPH_STABLE_ABI it is the LibTorch stable ABI
 // of torch >= 2.10 (torch::stable::Tensor, the C shims): a library built that way loads under
-// every torch from 2.10 on (issue 23, docs/packaging.md). The CPU ops of the sparse,
-// low-precision and causal-convolution families build both ways from the same sources
-// (tools/stable_abi/measure.py builds the stable library).
+// every torch from 2.10 on (issue 23, docs/packaging.md). The schemas and every CPU op build
+// both ways from the same sources (`SCANGRAPH_STABLE_ABI=1` in setup.py builds the stable
+// library, CPU kernels only); the CUDA glue is on the regular API.
 //
 // What differs between the two, and is bridged here:
 // - the tensor, dtype, shape and device types, and the few tensor functions the glue uses;
@@ -54,7 +54,16 @@ inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return torch::stable::u
 inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
   return torch::stable::new_empty(like, IntList(shape), dtype);
 }
+inline Tensor zeros_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+  return torch::stable::new_zeros(like, IntList(shape), dtype);
+}
 inline Tensor converted(const Tensor& t, ScalarType dtype) { return torch::stable::to(t, dtype); }
+inline Tensor reshaped(const Tensor& t, IntList shape) { return torch::stable::reshape(t, shape); }
+inline Tensor squeezed(const Tensor& t, int64_t dim) { return torch::stable::squeeze(t, dim); }
+inline Tensor summed(const Tensor& t, int64_t dim) {
+  const int64_t dims[1] = {dim};
+  return torch::stable::sum(t, IntList(dims, 1));
+}
 inline void copy_into(const Tensor& dst, const Tensor& src) {
   Tensor target = dst;
   torch::stable::copy_(target, src);
@@ -68,6 +77,9 @@ inline bool is_floating_type(ScalarType t) {
     case ScalarType::Float8_e4m3fnuz: case ScalarType::Float8_e8m0fnu: return true;
     default: return false;
   }
+}
+inline bool is_complex_type(ScalarType t) {
+  return t == ScalarType::ComplexHalf || t == ScalarType::ComplexFloat || t == ScalarType::ComplexDouble;
 }
 // A device as torch prints it: "cpu", "cuda:0".
 inline std::string device_name(const Tensor& t) {
@@ -90,10 +102,17 @@ using StringArg = c10::string_view;
 
 inline Tensor as_contiguous(const Tensor& t) { return t.contiguous(); }
 inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return t.unsqueeze(dim); }
+inline Tensor zeros_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+  return at::zeros(shape, like.options().dtype(dtype));
+}
 inline Tensor converted(const Tensor& t, ScalarType dtype) { return t.to(dtype); }
+inline Tensor reshaped(const Tensor& t, IntList shape) { return t.reshape(shape); }
+inline Tensor squeezed(const Tensor& t, int64_t dim) { return t.squeeze(dim); }
+inline Tensor summed(const Tensor& t, int64_t dim) { return t.sum(dim); }
 inline void copy_into(const Tensor& dst, const Tensor& src) { const_cast<Tensor&>(dst).copy_(src); }
 inline const char* scalar_type_name(ScalarType t) { return c10::toString(t); }
 inline bool is_floating_type(ScalarType t) { return at::isFloatingType(t); }
+inline bool is_complex_type(ScalarType t) { return at::isComplexType(t); }
 inline std::string device_name(const Tensor& t) { return t.device().str(); }
 template <typename F>
 inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
@@ -140,12 +159,18 @@ using element_t = typename Tag::type;
 #define SCANGRAPH_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, __VA_ARGS__)
 #endif
 
-// A file's CPU kernels, registered: SCANGRAPH_CPU_IMPLS(m) { SCANGRAPH_IMPL(m, "op", &op_cpu); }.
-// On the stable ABI a kernel is called through torch's boxed convention (TORCH_BOX).
+// The op library, defined: SCANGRAPH_LIBRARY(m) { m.def(schema); } (registration.cpp). A file's
+// CPU kernels, registered: SCANGRAPH_CPU_IMPLS(m) { SCANGRAPH_IMPL(m, "op", &op_cpu); }. On the
+// stable ABI a kernel is called through torch's boxed convention (TORCH_BOX).
+// SCANGRAPH_TORCH_ABI names the API in the built library (scangraph._C.TORCH_ABI).
 #ifdef SCANGRAPH_STABLE_ABI
+#define SCANGRAPH_TORCH_ABI "stable"
+#define SCANGRAPH_LIBRARY(m) STABLE_TORCH_LIBRARY(scangraph, m)
 #define SCANGRAPH_CPU_IMPLS(m) STABLE_TORCH_LIBRARY_IMPL(scangraph, CPU, m)
 #define SCANGRAPH_IMPL(m, name, kernel) m.impl(name, TORCH_BOX(kernel))
 #else
+#define SCANGRAPH_TORCH_ABI "regular"
+#define SCANGRAPH_LIBRARY(m) TORCH_LIBRARY(scangraph, m)
 #define SCANGRAPH_CPU_IMPLS(m) TORCH_LIBRARY_IMPL(scangraph, CPU, m)
 #define SCANGRAPH_IMPL(m, name, kernel) m.impl(name, kernel)
 #endif
