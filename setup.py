@@ -5,6 +5,9 @@ Environment:
                          no GPU is needed to build them)
   TORCH_CUDA_ARCH_LIST   CUDA architectures to build for; unset: the visible GPUs', or
                          DEFAULT_CUDA_ARCHS where none is visible (see cuda_arch_list)
+  SCANGRAPH_STABLE_ABI=1 build on the LibTorch stable ABI: one library that loads under every
+                         torch >= 2.10, the CPU kernels only (the CUDA glue is on the
+                         regular API); see docs/packaging.md
   MAX_JOBS               parallel compile jobs (read by torch's ninja build)
   CUDA_HOME              the CUDA toolkit; defaults to /usr/local/cuda where it holds nvcc
 """
@@ -26,6 +29,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # about one more pass of nvcc's device compilation over every .cu file (docs/packaging.md gives
 # the measured times).
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+# A stable-ABI build targets torch 2.10: the C shims it calls exist from 2.10 on, and it loads
+# under every later torch (TORCH_TARGET_VERSION, torch/csrc/stable/version.h).
+STABLE_ABI_FLOOR = "2.10"
+STABLE_ABI_TARGET = "-DTORCH_TARGET_VERSION=0x020a000000000000ULL"
 
 
 def cuda_arch_list(environ, capabilities, newest=None):
@@ -77,6 +86,19 @@ def _nvcc_version(cpp_extension):
     return found.group(1) if found else "unknown"
 
 
+def _want_stable_abi(torch):
+    if os.environ.get("SCANGRAPH_STABLE_ABI", "0") in ("", "0"):
+        return False
+    floor = tuple(int(part) for part in STABLE_ABI_FLOOR.split("."))
+    if tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2]) < floor:
+        sys.exit(f"SCANGRAPH_STABLE_ABI=1 needs torch >= {STABLE_ABI_FLOOR} to build against, found "
+                 f"{torch.__version__}")
+    if os.environ.get("SCANGRAPH_CUDA") == "1":
+        sys.exit("SCANGRAPH_STABLE_ABI=1 builds the CPU kernels only (the CUDA glue is on torch's regular API, "
+                 "docs/packaging.md): drop SCANGRAPH_CUDA=1, or drop SCANGRAPH_STABLE_ABI=1 for a CUDA build")
+    return True
+
+
 def _want_cuda(torch, cpp_extension):
     forced = os.environ.get("SCANGRAPH_CUDA")
     have_toolkit = cpp_extension.CUDA_HOME is not None and (
@@ -96,13 +118,20 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
-def _extension(torch, cpp_extension, with_cuda):
+def _extension(torch, cpp_extension, with_cuda, stable_abi):
     sources = _sources("csrc/registration.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
     # torch adds the C++ standard its headers need; -fopenmp makes at::parallel_for parallel
     # (without it the pragma is ignored and every kernel runs on one thread).
     cxx = ["-O3", "-fvisibility=hidden", "-fopenmp", "-Wno-psabi"]
     link = ["-fopenmp"]
+    if stable_abi:
+        print(f"scangraph: building the CPU kernels on the LibTorch stable ABI (loads under torch >= "
+              f"{STABLE_ABI_FLOOR}; built against {torch.__version__}); no CUDA kernels", file=sys.stderr)
+        _write_build_info(torch, None, stable_abi=True)
+        return cpp_extension.CppExtension(
+            "scangraph._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx + ["-DSCANGRAPH_STABLE_ABI", STABLE_ABI_TARGET]}, extra_link_args=link)
     if not with_cuda:
         print("scangraph: building the CPU kernels only", file=sys.stderr)
         _write_build_info(torch, None)
@@ -130,20 +159,23 @@ def _extension(torch, cpp_extension, with_cuda):
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
 
 
-def _write_build_info(torch, archs):
+def _write_build_info(torch, archs, stable_abi=False):
     """python/scangraph/_build_info.py: what this build was compiled against, for
     `python -m scangraph.info` and the import-time check of the torch version."""
     path = os.path.join(HERE, "python", "scangraph", "_build_info.py")
     text = ('"""Written by setup.py at build time: what the compiled library was built against."""\n'
             f"TORCH_VERSION = {torch.__version__!r}\n"
             f"TORCH_CUDA = {torch.version.cuda!r}\n"
-            f"CUDA_ARCHS = {archs!r}  # None: built without the CUDA kernels\n")
+            f"CUDA_ARCHS = {archs!r}  # None: built without the CUDA kernels\n"
+            "# The oldest torch the library loads under: on the stable ABI any from this one on; on the\n"
+            "# regular API (None) only TORCH_VERSION itself.\n"
+            f"STABLE_ABI_FLOOR = {STABLE_ABI_FLOOR if stable_abi else None!r}\n")
     if not os.path.exists(path) or open(path).read() != text:
         with open(path, "w") as f:
             f.write(text)
 
 
-def _build_ext_class(torch, cpp_extension, with_cuda):
+def _build_ext_class(torch, cpp_extension, with_cuda, stable_abi):
     class BuildExtension(cpp_extension.BuildExtension):
         """torch's BuildExtension, whose failures in a CUDA build end in one message saying what
         was found and how to build without the CUDA kernels, not a traceback from inside torch."""
@@ -173,14 +205,18 @@ def main():
     import torch
     from torch.utils import cpp_extension
 
-    with_cuda = _want_cuda(torch, cpp_extension)
+    stable_abi = _want_stable_abi(torch)
+    with_cuda = not stable_abi and _want_cuda(torch, cpp_extension)
     setup(
         package_dir={"scangraph": "python/scangraph",
                      "scangraph.triton_kernels": "triton_kernels"},
         packages=["scangraph", "scangraph.ops", "scangraph.nn", "scangraph.bench", "scangraph.integrations",
                   "scangraph.distributed", "scangraph.triton_kernels"],
-        ext_modules=[_extension(torch, cpp_extension, with_cuda)],
-        cmdclass={"build_ext": _build_ext_class(torch, cpp_extension, with_cuda)},
+        ext_modules=[_extension(torch, cpp_extension, with_cuda, stable_abi)],
+        cmdclass={"build_ext": _build_ext_class(torch, cpp_extension, with_cuda, stable_abi)},
+        # A stable-ABI build keeps its objects and library apart: a regular build in the same
+        # checkout then neither rebuilds from them nor takes the stable library for its own.
+        options={"build": {"build_base": os.path.join("build", "stable_abi", "build")}} if stable_abi else {},
     )
 
 

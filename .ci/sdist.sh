@@ -8,8 +8,8 @@
 # raw op path once, `-m core`) in float32 on each backend that torch's triton allows (C++,
 # reference, Triton in its interpreter), forward and backward against the reference, opcheck of
 # the C++ ops; the backend checks (tests/test_backend.py), where a Triton too old for the kernels
-# must raise BackendUnavailable; and, for torch >= 2.10, the tests of the CPU ops on the stable-ABI
-# library that the main run built (tools/stable_abi). The environment is deleted
+# must raise BackendUnavailable; and, for torch >= 2.10, the tests against the stable-ABI build
+# that the main run made against its torch (.ci/stable_abi.sh). The environment is deleted
 # afterwards (CI's disk).
 #   bash .ci/sdist.sh 2.11.0   (after .ci/readme_install.sh .venv)
 set -euo pipefail
@@ -31,7 +31,7 @@ venv=$work/venv
 python3 -m venv "$venv"
 # numpy < 2.4: the interpreter of triton <= 3.6 (torch <= 2.11) fails under numpy 2.4, and
 # scangraph then refuses the Triton backend on CPU tensors, saying so (triton_kernels/__init__.py).
-"$venv/bin/python" -m pip install -q "torch==$torch_version" "numpy<2.4" setuptools wheel ninja pybind11 pytest pytest-xdist
+"$venv/bin/python" -m pip install -q "torch==$torch_version" "numpy<2.4" setuptools wheel ninja pybind11 pytest pytest-xdist hypothesis
 start=$(date +%s)
 SCANGRAPH_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" "$venv/bin/python" -m pip install -q --no-build-isolation "$sdist" \
   > install-sdist.log 2>&1 || { tail -60 install-sdist.log; exit 1; }
@@ -49,8 +49,8 @@ tests=(-q -p no:cacheprovider -W ignore::DeprecationWarning --rootdir "$repo" -n
 TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_op_samples.py" "${tests[@]}" \
   -m core -k "((test_opcheck and cpp) or (test_forward_backward and float32)) and not cuda_emulated"
 TRITON_INTERPRET=1 "$venv/bin/python" -m pytest "$repo/tests/test_backend.py" "${tests[@]}"
-# The stable-ABI library (tools/stable_abi) that the main run built against its torch (2.14.1):
-# the same file, loaded under this torch, passes its ops' tests (torch >= 2.10 only).
+# The stable-ABI build that the main run made against its torch (2.14.1): the same library,
+# loaded under this torch, passes the tests (torch >= 2.10 only).
 if "$venv/bin/python" -c "import sys, torch; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < (2, 10))"; then
-  "$venv/bin/python" "$repo/tools/stable_abi/measure.py" test "$repo/build/stable_abi"
+  bash "$repo/.ci/stable_abi.sh" test "$venv/bin/python"
 fi

@@ -88,7 +88,12 @@ def load():
     `_cuda_emulated` ops. Returns None, or why the backend is unavailable."""
     if _state["loaded"] or _state["error"] is not None:
         return _state["error"]
-    import scangraph  # noqa: F401  (the scangraph op namespace must exist first)
+    import scangraph  # the scangraph op namespace must exist first
+    if scangraph._extension.stable_abi():
+        # The emulation tests the CUDA glue, which a stable-ABI build has none of; it would also
+        # rebuild the shared build folder for this torch.
+        _state["error"] = "the loaded scangraph is a stable-ABI build (CPU kernels only, no CUDA glue to emulate)"
+        return _state["error"]
     from scangraph.ops import _causal_conv1d_lib, _lowp_lib, _prefix_attention_lib, _selective_scan_lib, _sparse_lib
     from scangraph.ops._twins import register_compiled
 

@@ -2,6 +2,7 @@
 default for a machine without one (a Docker image, a wheel, a CI runner)."""
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -61,5 +62,51 @@ def test_import_under_another_torch_names_both_versions():
             "try:\n    import scangraph\nexcept ImportError as error:\n    print(error)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(scangraph.__file__)))
-    assert f"built against torch {info.TORCH_VERSION}, but torch 2.6.0+cpu is installed" in out.stdout, \
+    said = " ".join(out.stdout.split())
+    assert f"built against torch {info.TORCH_VERSION}" in said and "but torch 2.6.0+cpu is installed" in said, \
         out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("installed, refused", [("2.10.0", False), ("2.11.0+cu130", False), ("2.14.1", False),
+                                                ("3.0.0", False), ("2.9.1+cpu", True), ("2.6.0", True)])
+def test_stable_abi_build_loads_from_its_floor_on(installed, refused, monkeypatch):
+    """A library on the stable ABI (STABLE_ABI_FLOOR recorded) is accepted under every torch from
+    the floor on, whatever it was built against; below the floor the message names both."""
+    from scangraph import _extension
+
+    class Info:
+        TORCH_VERSION, TORCH_CUDA, CUDA_ARCHS, STABLE_ABI_FLOOR = "2.14.1+cu130", "13.0", None, "2.10"
+
+    monkeypatch.setattr(_extension, "build_info", lambda: Info)
+    monkeypatch.setattr(_extension.torch, "__version__", installed)
+    if refused:
+        with pytest.raises(ImportError, match=rf"stable ABI of torch >= 2\.10 \(built against torch 2\.14\.1\+cu130\), "
+                                              rf"but torch {re.escape(installed)} is installed"):
+            _extension.check_torch_version()
+    else:
+        _extension.check_torch_version()
+    Info.STABLE_ABI_FLOOR = None  # a regular build: only the torch it was built against
+    with pytest.raises(ImportError, match="built against torch 2.14.1"):
+        _extension.check_torch_version()
+
+
+def test_stable_abi_build_is_asked_for_and_cpu_only(setup_py, monkeypatch):
+    """SCANGRAPH_STABLE_ABI=1 asks for the stable-ABI build: torch >= 2.10 to build against, and
+    the CPU kernels only, so SCANGRAPH_CUDA=1 beside it is refused rather than ignored."""
+    class Torch:
+        __version__ = "2.14.1+cu130"
+
+    monkeypatch.delenv("SCANGRAPH_CUDA", raising=False)
+    monkeypatch.delenv("SCANGRAPH_STABLE_ABI", raising=False)
+    assert setup_py._want_stable_abi(Torch) is False
+    monkeypatch.setenv("SCANGRAPH_STABLE_ABI", "0")
+    assert setup_py._want_stable_abi(Torch) is False
+    monkeypatch.setenv("SCANGRAPH_STABLE_ABI", "1")
+    assert setup_py._want_stable_abi(Torch) is True
+    monkeypatch.setenv("SCANGRAPH_CUDA", "1")
+    with pytest.raises(SystemExit, match="builds the CPU kernels only"):
+        setup_py._want_stable_abi(Torch)
+    monkeypatch.setenv("SCANGRAPH_CUDA", "0")
+    Torch.__version__ = "2.9.1+cpu"
+    with pytest.raises(SystemExit, match=r"needs torch >= 2.10 to build against, found 2.9.1\+cpu"):
+        setup_py._want_stable_abi(Torch)

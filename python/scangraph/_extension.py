@@ -11,11 +11,27 @@ def build_info():
     return _build_info
 
 
+def _release(version: str) -> tuple:
+    """(major, minor) of a torch version string: '2.11.0+cu130' -> (2, 11)."""
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+
+
 def check_torch_version() -> None:
-    """A library built against one torch cannot load into another (C++ ABI): say so, naming both,
-    before the loader fails with an undefined symbol."""
+    """A library built on torch's regular C++ API loads only into the torch it was built against
+    (C++ ABI); one built on the stable ABI (STABLE_ABI_FLOOR set) into any torch from that floor
+    on. Otherwise say so, naming both versions, before the loader fails with an undefined symbol."""
     info = build_info()
-    if info is not None and info.TORCH_VERSION != torch.__version__:
+    if info is None:
+        return
+    floor = getattr(info, "STABLE_ABI_FLOOR", None)
+    if floor is not None:
+        if _release(torch.__version__) < _release(floor):
+            raise ImportError(
+                f"scangraph's compiled kernels use the LibTorch stable ABI of torch >= {floor} (built against torch "
+                f"{info.TORCH_VERSION}), but torch {torch.__version__} is installed. Install torch >= {floor}, or "
+                f"build the kernels for this torch (pip install --no-build-isolation --force-reinstall --no-deps "
+                f"scangraph, without SCANGRAPH_STABLE_ABI).")
+    elif info.TORCH_VERSION != torch.__version__:
         raise ImportError(
             f"scangraph's compiled kernels were built against torch {info.TORCH_VERSION}, but torch "
             f"{torch.__version__} is installed. Rebuild them for this torch (pip install --no-build-isolation "
@@ -25,11 +41,18 @@ def check_torch_version() -> None:
 
 check_torch_version()
 try:
-    from scangraph import _C  # noqa: F401  (loading it registers the C++ and CUDA kernels)
+    from scangraph import _C  # loading it registers the C++ and CUDA kernels
 
     LOAD_ERROR = None
 except ImportError as error:  # a source checkout without a build
     LOAD_ERROR = error
+
+
+def stable_abi() -> bool:
+    """True when the loaded op library is built on the LibTorch stable ABI (CPU kernels only). Its
+    dtype checks raise RuntimeError where the regular build's raise TypeError (csrc/glue/torch_api.h
+    says why); the public functions check dtypes first and raise TypeError on both."""
+    return LOAD_ERROR is None and getattr(_C, "TORCH_ABI", "regular") == "stable"
 
 
 def cpp_built() -> bool:

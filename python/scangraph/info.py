@@ -28,7 +28,9 @@ def report() -> str:
         lines.append(f"compiled library: {_extension._C.__file__}")
         built = _extension.build_info()
         if built is not None:
-            lines.append(f"built against torch {built.TORCH_VERSION}; CUDA kernels "
+            floor = getattr(built, "STABLE_ABI_FLOOR", None)
+            abi = f"the LibTorch stable ABI (loads under torch >= {floor})" if floor else "torch's regular C++ API"
+            lines.append(f"built against torch {built.TORCH_VERSION} on {abi}; CUDA kernels "
                          + (f"for TORCH_CUDA_ARCH_LIST={built.CUDA_ARCHS}" if built.CUDA_ARCHS else "not built"))
         lines.append("CUDA kernels: " + ", ".join(f"{op} {'yes' if _extension.cuda_built(op) else 'no'}" for op in OPS))
     lines.append(f"GPU visible: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")

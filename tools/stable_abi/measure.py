@@ -1,27 +1,23 @@
-"""The LibTorch stable-ABI port (issue 23): the CPU ops of the sparse, low-precision and causal-
-convolution families built on the stable ABI from the package's own sources, loaded under any
-torch >= 2.10, tested and timed there.
+"""The LibTorch stable-ABI build (issue 23, docs/packaging.md): what it costs against the regular
+build, measured.
 
-    python tools/stable_abi/measure.py build [OUT]         # with the torch to build against
-    python tools/stable_abi/measure.py test [OUT] [ARGS]   # under any torch: the families' tests
-    python tools/stable_abi/measure.py time [OUT]          # compile time and cost per call, both ways
+    python tools/stable_abi/measure.py symbols SITE   # the torch symbols the stable library needs
+    python tools/stable_abi/measure.py time SITE      # compile time and cost per call, both ways
 
-`build` compiles SOURCES with SCANGRAPH_STABLE_ABI (glue/torch_api.h) against the running torch's
-headers, targeting torch 2.10, into OUT/libscangraph_stable.so (OUT: build/stable_abi), prints
-the compile time and the torch symbols the library needs (only C shims: no C++ symbol of torch,
-which is what changes between versions).
+SITE is a folder holding the stable build of the package (a scangraph/ folder: the wheel of
+`SCANGRAPH_STABLE_ABI=1 pip wheel --no-build-isolation --no-deps .`, unpacked; .ci/stable_abi.sh
+makes one in build/stable_abi/site).
 
-`test` imports scangraph (whose _C, built for the running torch, registers every op), loads the
-stable library, which replaces the CPU kernels of OPS, checks in the dispatcher that each CPU
-kernel is now the stable library's, and runs the families' tests on the C++ backend in this
-process (pytest's ARGS replace the default selection).
+`symbols` lists the undefined symbols of SITE's _C that torch provides: C shims only, no C++
+symbol of torch (those change between torch versions), and fails otherwise.
 
-`time` compiles sparse.cpp both ways and prints the two compile times; then it calls each op on a
-tiny graph (64 rows, 256 edges, F = 8; one thread), where the call costs more than the kernel,
-with the regular kernels and then, after loading the stable library, with the stable ones, and
-prints microseconds per call. Results: docs/packaging.md.
+`time` compiles csrc/cpu/sparse.cpp both ways (objects only) and prints the two compile times;
+then it calls each op of _tiny_calls, where the call costs more than the kernel (a 64-row graph,
+one decoding step), in two processes on one thread: the regular build that this Python imports
+(the installed package, or PYTHONPATH=python in a checkout), and the stable one of SITE. It
+prints microseconds per call.
 """
-import importlib
+import json
 import os
 import subprocess
 import sys
@@ -31,129 +27,35 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-DEFAULT_OUT = os.path.join(ROOT, "build", "stable_abi")
-LIBRARY = "libscangraph_stable.so"
-SOURCES = [os.path.join(ROOT, "csrc", "cpu", name) for name in
-           ("sparse.cpp", "quantize.cpp", "qlinear.cpp", "qspmm.cpp", "causal_conv1d.cpp")]
-OPS = ("spmm", "spmm_arg", "spmm_arg_backward", "sddmm", "common_neighbors", "gat_aggregate",
-       "gat_aggregate_backward", "quantize", "qlinear", "_qlinear_cpu_isa", "qspmm", "_qspmm_cpu_isa",
-       "causal_conv1d", "causal_conv1d_backward", "causal_conv1d_update")
-# The oldest torch the stable build targets: the shims it calls exist from 2.10 on.
-TARGET_2_10 = "-DTORCH_TARGET_VERSION=(((0ULL + 2) << 56) | ((0ULL + 10) << 48))"
-# The families' tests, C++ backend: their test files, and their cases of the op samples and of the
-# bad-input tests.
-TESTS = [os.path.join(ROOT, "tests", name) for name in
-         ("test_sparse.py", "test_sparse_oracles.py", "test_gat_dropout.py", "test_lowp.py", "test_causal_conv1d.py",
-          "test_op_samples.py", "test_bad_input.py")]
-SELECTION = ["-k", "(cpp or not (triton or cuda or reference)) and (spmm or sddmm or gat or common_neighbor "
-                   "or sparse or csr or oracle or quantize or qlinear or qspmm or lowp or conv)", "-p", "no:cacheprovider",
-             "-q"]
-# The one difference on the stable ABI: a dtype check of the raw op raises RuntimeError where the
-# regular build raises TypeError (glue/torch_api.h says why). These cases of the bad-input test
-# are deselected there and checked by check_type_errors instead, message and all.
-TYPE_ERROR_CASES = (("spmm", "x int"), ("spmm", "x bool"), ("sddmm", "b int"), ("quantize", "x int"),
-                    ("qlinear", "x int"), ("qspmm", "edge_weight int"), ("causal_conv1d_fn", "x int"),
-                    ("causal_conv1d_fn", "weight int"), ("causal_conv1d_fn", "bias int"),
-                    ("causal_conv1d_fn", "seq_idx int64"), ("causal_conv1d_fn", "initial_states dtype"),
-                    ("causal_conv1d_update", "conv_state dtype"), ("causal_conv1d_update", "cache_seqlens int64"))
-RAW_MESSAGE_TEST = "test_raw_op_message_equals_the_public_one"
-RAW_OPS = ("spmm", "sddmm", "quantize", "qlinear", "qspmm")
+# setup.py's target for the stable build (STABLE_ABI_TARGET there).
+TARGET_2_10 = "-DTORCH_TARGET_VERSION=0x020a000000000000ULL"
+SPARSE = os.path.join(ROOT, "csrc", "cpu", "sparse.cpp")
 
 
-class DeselectTypeErrorCases:
-    """A pytest plugin: deselects the TYPE_ERROR_CASES of the raw-message test."""
-
-    def pytest_collection_modifyitems(self, config, items):
-        names = {f"{RAW_MESSAGE_TEST}[{op}-{name}]" for op, name in TYPE_ERROR_CASES}
-        chosen = [item for item in items if item.name not in names]
-        deselected = [item for item in items if item.name in names]
-        assert len(deselected) == len(names), f"expected the cases {sorted(names)}"
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = chosen
+def _library(site: str) -> str:
+    folder = os.path.join(site, "scangraph")
+    names = [name for name in os.listdir(folder) if name.startswith("_C.") and name.endswith(".so")]
+    assert len(names) == 1, f"expected one scangraph/_C*.so in {site}, found {names}"
+    return os.path.join(folder, names[0])
 
 
-def _compile(flags, sources, output):
-    from torch.utils.cpp_extension import include_paths
-    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    command = ["g++", "-O3", "-fPIC", "-fopenmp", "-fvisibility=hidden", "-Wno-psabi", *flags,
-               *(f"-I{p}" for p in include_paths()), f"-I{ROOT}/csrc", f"-I{ROOT}/csrc/include",
-               *sources, "-o", output, f"-L{lib}", "-ltorch_cpu"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
-
-
-def build(out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    library = os.path.join(out, LIBRARY)
-    names = ", ".join(os.path.relpath(source, ROOT) for source in SOURCES)
-    seconds = _compile(["-shared", "-std=c++17", "-DSCANGRAPH_STABLE_ABI", TARGET_2_10], SOURCES, library)
-    print(f"stable: {names} compiled against torch {torch.__version__} (target 2.10) in {seconds:.1f} s")
-    symbols = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True, text=True,
-                             check=True).stdout.split()
-    torch_symbols = sorted({s for s in symbols if s.startswith(("aoti_torch", "torch_"))})
-    cxx_torch = [s for s in symbols if s.startswith("_ZN") and ("c104" in s or "2at" in s or "5torch" in s)]
-    print(f"{LIBRARY}: {len(torch_symbols)} torch C shims used, {len(cxx_torch)} torch C++ symbols")
+def symbols(site: str) -> None:
+    library = _library(site)
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True, text=True,
+                               check=True).stdout.split()
+    shims = sorted({s for s in undefined if s.startswith(("aoti_torch", "torch_"))})
+    cxx_torch = [s for s in undefined if s.startswith("_ZN") and ("c104" in s or "2at" in s or "5torch" in s)]
+    print(f"{os.path.relpath(library, site)}: {len(shims)} torch C shims used, {len(cxx_torch)} torch C++ symbols")
     assert not cxx_torch, cxx_torch
 
 
-def load(out: str) -> None:
-    """Loads the stable library over scangraph's _C and checks that it now serves the CPU ops."""
-    import scangraph
-    assert scangraph.cpp_built(), "scangraph's C++ kernels must be built for this torch"
-    path = os.path.join(out, LIBRARY)
-    torch.ops.load_library(path)
-    for op in OPS:
-        table = torch._C._dispatch_dump(f"scangraph::{op}")
-        cpu = next(line for line in table.splitlines() if line.startswith("CPU:"))
-        # The stable library's kernels are boxed only: "[ boxed ]", no unboxed entry.
-        assert "unboxed" not in cpu, f"{op}: the CPU kernel is not the stable one: {cpu}"
-    print(f"{LIBRARY} serves the CPU kernels of {len(OPS)} ops under torch {torch.__version__}")
-
-
-def check_type_errors() -> None:
-    """The deselected cases: the public function raises TypeError, the raw op on the stable ABI
-    RuntimeError, with the same message."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import scangraph
-    import test_bad_input as cases
-    messages = {}
-    for case in TYPE_ERROR_CASES:
-        call, error, _ = cases.CASES[case]
-        assert error is TypeError, case
-        try:
-            call()
-            raise AssertionError(f"{case}: the public function accepted it")
-        except TypeError as public:
-            messages[case] = str(public)
-    # The public functions swapped for their raw ops, as the bad-input test does.
-    swaps = [(scangraph, name, getattr(cases, f"_raw_{name}")) for name in RAW_OPS] + [
-        (cases, "cc", cases._raw_causal_conv1d), (cases, "ccu", cases._raw_causal_conv1d_update)]
-    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
-    for owner, name, raw_function in swaps:
-        setattr(owner, name, raw_function)
-    try:
-        for case, message in messages.items():
-            try:
-                cases.CASES[case][0]()
-                raise AssertionError(f"{case}: the raw op accepted it")
-            except RuntimeError as raw:
-                assert type(raw) is RuntimeError and str(raw) == message, (case, raw, message)
-    finally:
-        for owner, name, function in originals:
-            setattr(owner, name, function)
-    print(f"the {len(TYPE_ERROR_CASES)} dtype cases: TypeError from the public functions, RuntimeError with the "
-          "same message from the raw ops")
-
-
-def test(out: str, args) -> int:
-    import pytest
-    load(out)
-    if args:
-        return pytest.main(args)
-    code = pytest.main(TESTS + SELECTION, plugins=[DeselectTypeErrorCases()])
-    check_type_errors()
-    return code
+def _compile(flags, source, output):
+    from torch.utils.cpp_extension import include_paths
+    command = ["g++", "-O3", "-fPIC", "-fopenmp", "-fvisibility=hidden", "-Wno-psabi", "-c", *flags,
+               *(f"-I{p}" for p in include_paths()), f"-I{ROOT}/csrc", f"-I{ROOT}/csrc/include", source, "-o", output]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
 
 
 def _tiny_calls():
@@ -174,6 +76,12 @@ def _tiny_calls():
     # One decoding step of the causal convolution: batch 2, 64 channels, width 4.
     step_x, conv_state = torch.randn(2, 64, 1, generator=generator), torch.randn(2, 64, 3, generator=generator)
     conv_weight = torch.randn(64, 4, generator=generator)
+    # One decoding step of Mamba's selective scan: batch 2, 64 channels, N = 16, one group.
+    state, step_u = torch.randn(2, 64, 16, generator=generator), torch.randn(2, 64, generator=generator)
+    A, step_b = -torch.rand(64, 16, generator=generator), torch.randn(2, 16, generator=generator)
+    # One step of prefix attention: batch 2, 4 heads, d = dv = 64.
+    m, c = torch.randn(2, 4, generator=generator), torch.rand(2, 4, generator=generator) + 1
+    w_state, q, k_t = (torch.randn(2, 4, 64, generator=generator) for _ in range(3))
     return {
         "spmm": lambda: ops.spmm(rowptr, col, None, x, "sum"),
         "spmm_arg": lambda: ops.spmm_arg(rowptr, col, None, x, "max"),
@@ -186,6 +94,9 @@ def _tiny_calls():
         "qspmm": lambda: ops.qspmm(rowptr, col, None, xq, xq_scale, "sum"),
         "causal_conv1d_update": lambda: ops.causal_conv1d_update(step_x, conv_state, conv_weight, None, True, None,
                                                                  None),
+        "selective_state_update": lambda: ops.selective_state_update(state, step_u, step_u, A, step_b, step_b, None,
+                                                                     None, None, True),
+        "prefix_attention_step": lambda: ops.prefix_attention_step(m, c, w_state, q, k_t, k_t, 0.125),
     }
 
 
@@ -202,33 +113,45 @@ def _time_calls(calls, rounds=3, repeats=5000):
     return best
 
 
-def time_ops(out: str) -> None:
-    # The compile times: the regular API needs C++20 from torch 2.13 on; -c, the objects only.
-    stable = _compile(["-c", "-std=c++17", "-DSCANGRAPH_STABLE_ABI", TARGET_2_10], SOURCES[:1],
-                      os.path.join(out, "stable.o"))
-    regular = _compile(["-c", "-std=c++20"], SOURCES[:1], os.path.join(out, "regular.o"))
-    print(f"{os.path.relpath(SOURCES[0], ROOT)} compiles in {stable:.1f} s on the stable ABI, {regular:.1f} s on the "
-          "regular API")
+def calls(expect_stable: bool) -> None:
+    """In the worker process: the per-call times of the build this process imports, as JSON."""
     torch.set_num_threads(1)
-    importlib.import_module("scangraph")  # registers the regular kernels
-    calls = _tiny_calls()
-    regular = _time_calls(calls)
-    load(out)
-    stable = _time_calls(calls)
+    import scangraph
+    assert scangraph._extension.stable_abi() == expect_stable, (scangraph.__file__, expect_stable)
+    print(json.dumps(_time_calls(_tiny_calls())))
+
+
+def time_ops(site: str) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        # The regular API needs C++20 from torch 2.13 on.
+        stable = _compile(["-std=c++17", "-DSCANGRAPH_STABLE_ABI", TARGET_2_10], SPARSE, os.path.join(out, "s.o"))
+        regular = _compile(["-std=c++20", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C"], SPARSE,
+                           os.path.join(out, "r.o"))
+    print(f"{os.path.relpath(SPARSE, ROOT)} compiles in {stable:.1f} s on the stable ABI, {regular:.1f} s on the "
+          "regular API")
+    results = {}
+    for name, stable_build in (("regular", False), ("stable", True)):
+        env = dict(os.environ)
+        if stable_build:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(site), env.get("PYTHONPATH")]))
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "calls", str(stable_build)], env=env,
+                             cwd=site, capture_output=True, text=True)
+        assert run.returncode == 0, f"the {name} build's calls failed:\n{run.stderr}"
+        results[name] = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"torch {torch.__version__}, one thread, best of 3 rounds of 5000 calls (us per call):")
-    for name in calls:
-        print(f"  {name:22s} regular {regular[name]:6.2f}  stable {stable[name]:6.2f}  "
-              f"(+{stable[name] - regular[name]:.2f})")
+    for op, regular_us in results["regular"].items():
+        stable_us = results["stable"][op]
+        print(f"  {op:22s} regular {regular_us:6.2f}  stable {stable_us:6.2f}  (+{stable_us - regular_us:.2f})")
 
 
 if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else "test"
-    folder = os.path.abspath(sys.argv[2] if len(sys.argv) > 2 else DEFAULT_OUT)
-    if command == "build":
-        build(folder)
-    elif command == "test":
-        sys.exit(test(folder, sys.argv[3:]))
-    elif command == "time":
-        time_ops(folder)
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "symbols" and len(sys.argv) == 3:
+        symbols(sys.argv[2])
+    elif command == "time" and len(sys.argv) == 3:
+        time_ops(sys.argv[2])
+    elif command == "calls":
+        calls(sys.argv[2] == "True")
     else:
         sys.exit(__doc__)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# CI step: the package built on the LibTorch stable ABI (issue 23, docs/packaging.md): one CPU
+# library that loads under every torch >= 2.10.
+#
+#   bash .ci/stable_abi.sh build          # in the main environment (after .ci/readme_install.sh .venv)
+#   bash .ci/stable_abi.sh test [PYTHON]  # the tests, with PYTHON (default: the main environment's)
+#
+# `build` builds the wheel as a user would (SCANGRAPH_STABLE_ABI=1 pip wheel), prints its size and
+# build time, unpacks it into build/stable_abi/site, checks that its library needs no C++ symbol of
+# torch (tools/stable_abi/measure.py symbols), and runs `test`. `test` runs the test suite, outside
+# the checkout, against that unpacked build (PYTHONPATH puts it before any installed scangraph):
+# every test but the Triton ones (no C++ in them) and the CUDA emulation's (CUDA kernels, which a
+# stable build has none of; tests/test_plan.py is all of those). .ci/sdist.sh runs `test` again
+# under torch 2.11 with the same build, made against the main run's torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+site=$repo/build/stable_abi/site
+
+run_tests() {
+  local python=$1
+  local work
+  work=$(mktemp -d)
+  (cd "$work" && PYTHONPATH="$site" "$python" -c \
+    "import scangraph, torch; assert scangraph._extension.stable_abi(), scangraph.__file__; print('the stable build', scangraph.__file__, 'under torch', torch.__version__)")
+  (cd "$work" && PYTHONPATH="$site" "$python" -m pytest "$repo/tests" --rootdir "$repo" -q -p no:cacheprovider -n 2 \
+    -W ignore::DeprecationWarning -k "not (triton or cuda_emulated)" --ignore "$repo/tests/test_plan.py")
+  rm -rf "$work"
+}
+
+case "${1:-}" in
+  build)
+    . .venv/bin/activate
+    rm -rf build/stable_abi/dist "$site"
+    start=$(date +%s)
+    SCANGRAPH_STABLE_ABI=1 SCANGRAPH_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" python -m pip wheel -q --no-build-isolation \
+      --no-deps -w build/stable_abi/dist . > build-stable-abi.log 2>&1 || { tail -60 build-stable-abi.log; exit 1; }
+    wheel=$(ls build/stable_abi/dist/scangraph-*.whl)
+    echo "stable-ABI wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) KiB, built in $(( $(date +%s) - start )) s"
+    mkdir -p "$site"
+    python -m zipfile -e "$wheel" "$site"
+    python tools/stable_abi/measure.py symbols "$site"
+    run_tests "$repo/.venv/bin/python"
+    ;;
+  test)
+    run_tests "${2:-$repo/.venv/bin/python}"
+    ;;
+  *)
+    echo "usage: stable_abi.sh build | test [PYTHON]" >&2
+    exit 2
+    ;;
+esac
