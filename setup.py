@@ -87,8 +87,11 @@ def _nvcc_version(cpp_extension):
 
 
 def _want_stable_abi(torch):
-    if os.environ.get("SCANGRAPH_STABLE_ABI", "0") in ("", "0"):
+    asked = os.environ.get("SCANGRAPH_STABLE_ABI", "")
+    if asked in ("", "0"):
         return False
+    if asked != "1":
+        sys.exit(f"SCANGRAPH_STABLE_ABI must be 1 (the stable-ABI build) or 0 / unset (the regular one), got {asked!r}")
     floor = tuple(int(part) for part in STABLE_ABI_FLOOR.split("."))
     if tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2]) < floor:
         sys.exit(f"SCANGRAPH_STABLE_ABI=1 needs torch >= {STABLE_ABI_FLOOR} to build against, found "
@@ -128,16 +131,18 @@ def _extension(torch, cpp_extension, with_cuda, stable_abi):
     if stable_abi:
         print(f"scangraph: building the CPU kernels on the LibTorch stable ABI (loads under torch >= "
               f"{STABLE_ABI_FLOOR}; built against {torch.__version__}); no CUDA kernels", file=sys.stderr)
-        _write_build_info(torch, None, stable_abi=True)
-        return cpp_extension.CppExtension(
+        extension = cpp_extension.CppExtension(
             "scangraph._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + ["-DSCANGRAPH_STABLE_ABI", STABLE_ABI_TARGET]}, extra_link_args=link)
+        extension.build_record = _build_record(torch, None, stable_abi=True)
+        return extension
     if not with_cuda:
         print("scangraph: building the CPU kernels only", file=sys.stderr)
-        _write_build_info(torch, None)
-        return cpp_extension.CppExtension(
+        extension = cpp_extension.CppExtension(
             "scangraph._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
             extra_link_args=link)
+        extension.build_record = _build_record(torch, None)
+        return extension
     sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     # A pip-installed CUDA torch carries the cuBLAS / cuSPARSE headers that its own headers
     # include; a minimal toolkit may lack them.
@@ -148,37 +153,37 @@ def _extension(torch, cpp_extension, with_cuda, stable_abi):
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     archs, origin = cuda_arch_list(os.environ, _visible_capabilities(torch), _newest_torch_arch(torch))
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by torch's helper when it compiles
-    _write_build_info(torch, archs)
     print(f"scangraph: building CPU + CUDA kernels for TORCH_CUDA_ARCH_LIST={archs} ({origin}; "
           f"nvcc {_nvcc_version(cpp_extension)} at CUDA_HOME={cpp_extension.CUDA_HOME}, "
           f"torch {torch.__version__} with CUDA {torch.version.cuda}). SCANGRAPH_CUDA=0 builds the "
           "CPU kernels only.", file=sys.stderr)
-    return cpp_extension.CUDAExtension(
+    extension = cpp_extension.CUDAExtension(
         "scangraph._C", sources, include_dirs=include_dirs,
         define_macros=[("SCANGRAPH_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
+    extension.build_record = _build_record(torch, archs)
+    return extension
 
 
-def _write_build_info(torch, archs, stable_abi=False):
-    """python/scangraph/_build_info.py: what this build was compiled against, for
-    `python -m scangraph.info` and the import-time check of the torch version."""
-    path = os.path.join(HERE, "python", "scangraph", "_build_info.py")
-    text = ('"""Written by setup.py at build time: what the compiled library was built against."""\n'
+def _build_record(torch, archs, stable_abi=False):
+    """The text of scangraph/_build_info.py: what this build was compiled against, for
+    `python -m scangraph.info` and the import-time check of the torch version. build_ext writes it
+    next to the library it describes (the build folder, or python/scangraph for an in-place build),
+    so a record never outlives its library or describes another build's."""
+    return ('"""Written by setup.py at build time: what the compiled library was built against."""\n'
             f"TORCH_VERSION = {torch.__version__!r}\n"
             f"TORCH_CUDA = {torch.version.cuda!r}\n"
             f"CUDA_ARCHS = {archs!r}  # None: built without the CUDA kernels\n"
             "# The oldest torch the library loads under: on the stable ABI any from this one on; on the\n"
             "# regular API (None) only TORCH_VERSION itself.\n"
             f"STABLE_ABI_FLOOR = {STABLE_ABI_FLOOR if stable_abi else None!r}\n")
-    if not os.path.exists(path) or open(path).read() != text:
-        with open(path, "w") as f:
-            f.write(text)
 
 
-def _build_ext_class(torch, cpp_extension, with_cuda, stable_abi):
+def _build_ext_class(torch, cpp_extension, with_cuda):
     class BuildExtension(cpp_extension.BuildExtension):
         """torch's BuildExtension, whose failures in a CUDA build end in one message saying what
-        was found and how to build without the CUDA kernels, not a traceback from inside torch."""
+        was found and how to build without the CUDA kernels, not a traceback from inside torch.
+        After a build it writes the library's record, _build_info.py, beside it."""
 
         def build_extensions(self):
             try:
@@ -197,6 +202,15 @@ def _build_ext_class(torch, cpp_extension, with_cuda, stable_abi):
                     "  To pick other architectures: TORCH_CUDA_ARCH_LIST='8.0;9.0+PTX' (for example)."
                 ) from None
 
+        def run(self):
+            super().run()
+            # After run, as an in-place build copies the library into the source tree last.
+            for extension in self.extensions:
+                path = os.path.join(os.path.dirname(self.get_ext_fullpath(extension.name)), "_build_info.py")
+                if not os.path.exists(path) or open(path).read() != extension.build_record:
+                    with open(path, "w") as f:
+                        f.write(extension.build_record)
+
     return BuildExtension.with_options(use_ninja=True)
 
 
@@ -213,9 +227,10 @@ def main():
         packages=["scangraph", "scangraph.ops", "scangraph.nn", "scangraph.bench", "scangraph.integrations",
                   "scangraph.distributed", "scangraph.triton_kernels"],
         ext_modules=[_extension(torch, cpp_extension, with_cuda, stable_abi)],
-        cmdclass={"build_ext": _build_ext_class(torch, cpp_extension, with_cuda, stable_abi)},
+        cmdclass={"build_ext": _build_ext_class(torch, cpp_extension, with_cuda)},
         # A stable-ABI build keeps its objects and library apart: a regular build in the same
-        # checkout then neither rebuilds from them nor takes the stable library for its own.
+        # checkout then neither rebuilds from them nor takes the stable library for its own (the
+        # record, _build_info.py, goes beside each library: _build_ext_class).
         options={"build": {"build_base": os.path.join("build", "stable_abi", "build")}} if stable_abi else {},
     )
 

@@ -20,7 +20,7 @@ echo "README install command: $command"
 rm -rf "$VENV"
 python3 -m venv "$VENV"
 . "$VENV/bin/activate"
-unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA MAX_JOBS CUDA_HOME CUDA_PATH
+unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA SCANGRAPH_STABLE_ABI MAX_JOBS CUDA_HOME CUDA_PATH
 start=$(date +%s)
 # The build's own lines (architectures, or why the CUDA kernels are off) and errors.
 (eval "$command") > readme-install.log 2>&1 || { tail -60 readme-install.log; exit 1; }

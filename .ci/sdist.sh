@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 torch_version=${1:?usage: sdist.sh TORCH_VERSION}
 . .venv/bin/activate
-unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA
+unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA SCANGRAPH_STABLE_ABI
 python -m pip install -q build
 rm -rf dist-sdist
 python -m build --sdist --no-isolation --outdir dist-sdist > build-sdist.log 2>&1 || { tail -60 build-sdist.log; exit 1; }

@@ -17,21 +17,23 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 site=$repo/build/stable_abi/site
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
 run_tests() {
   local python=$1
-  local work
-  work=$(mktemp -d)
   (cd "$work" && PYTHONPATH="$site" "$python" -c \
     "import scangraph, torch; assert scangraph._extension.stable_abi(), scangraph.__file__; print('the stable build', scangraph.__file__, 'under torch', torch.__version__)")
   (cd "$work" && PYTHONPATH="$site" "$python" -m pytest "$repo/tests" --rootdir "$repo" -q -p no:cacheprovider -n 2 \
     -W ignore::DeprecationWarning -k "not (triton or cuda_emulated)" --ignore "$repo/tests/test_plan.py")
-  rm -rf "$work"
 }
 
 case "${1:-}" in
   build)
     . .venv/bin/activate
-    rm -rf build/stable_abi/dist "$site"
+    # Objects are kept for an incremental build; the packaged files are not (a removed module must
+    # not reach the wheel).
+    rm -rf build/stable_abi/dist "$site" build/stable_abi/build/lib.* build/stable_abi/build/bdist.*
     start=$(date +%s)
     SCANGRAPH_STABLE_ABI=1 SCANGRAPH_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}" python -m pip wheel -q --no-build-isolation \
       --no-deps -w build/stable_abi/dist . > build-stable-abi.log 2>&1 || { tail -60 build-stable-abi.log; exit 1; }

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 . .venv/bin/activate
-unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA CUDA_HOME CUDA_PATH
+unset TORCH_CUDA_ARCH_LIST SCANGRAPH_CUDA SCANGRAPH_STABLE_ABI CUDA_HOME CUDA_PATH
 python -m pip install -q build
 torch_version=$(python -c 'import torch; print(torch.__version__.split("+")[0])')
 rm -rf dist

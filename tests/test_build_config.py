@@ -68,6 +68,7 @@ def test_import_under_another_torch_names_both_versions():
 
 
 @pytest.mark.parametrize("installed, refused", [("2.10.0", False), ("2.11.0+cu130", False), ("2.14.1", False),
+                                                ("2.10.0a0+git1234", False), ("2.12.0.dev20260101", False),
                                                 ("3.0.0", False), ("2.9.1+cpu", True), ("2.6.0", True)])
 def test_stable_abi_build_loads_from_its_floor_on(installed, refused, monkeypatch):
     """A library on the stable ABI (STABLE_ABI_FLOOR recorded) is accepted under every torch from
@@ -101,6 +102,9 @@ def test_stable_abi_build_is_asked_for_and_cpu_only(setup_py, monkeypatch):
     assert setup_py._want_stable_abi(Torch) is False
     monkeypatch.setenv("SCANGRAPH_STABLE_ABI", "0")
     assert setup_py._want_stable_abi(Torch) is False
+    monkeypatch.setenv("SCANGRAPH_STABLE_ABI", "false")
+    with pytest.raises(SystemExit, match="SCANGRAPH_STABLE_ABI must be 1"):
+        setup_py._want_stable_abi(Torch)
     monkeypatch.setenv("SCANGRAPH_STABLE_ABI", "1")
     assert setup_py._want_stable_abi(Torch) is True
     monkeypatch.setenv("SCANGRAPH_CUDA", "1")

@@ -1,4 +1,6 @@
 """Loads the compiled op library scangraph._C and reports what it was built with."""
+import re
+
 import torch
 
 
@@ -12,8 +14,9 @@ def build_info():
 
 
 def _release(version: str) -> tuple:
-    """(major, minor) of a torch version string: '2.11.0+cu130' -> (2, 11)."""
-    return tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    """(major, minor) of a torch version string: '2.11.0+cu130' -> (2, 11), '2.10.0a0+git' -> (2, 10)."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
 def check_torch_version() -> None:
