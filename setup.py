@@ -6,8 +6,8 @@ Environment:
   TORCH_CUDA_ARCH_LIST   CUDA architectures to build for; unset: the visible GPUs', or
                          DEFAULT_CUDA_ARCHS where none is visible (see cuda_arch_list)
   SCANGRAPH_STABLE_ABI=1 build on the LibTorch stable ABI: one library that loads under every
-                         torch >= 2.10, the CPU kernels only (the CUDA glue is on the
-                         regular API); see docs/packaging.md
+                         torch >= 2.10, with the CPU kernels and, as above, the CUDA ones;
+                         see docs/packaging.md
   MAX_JOBS               parallel compile jobs (read by torch's ninja build)
   CUDA_HOME              the CUDA toolkit; defaults to /usr/local/cuda where it holds nvcc
 """
@@ -96,9 +96,6 @@ def _want_stable_abi(torch):
     if tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2]) < floor:
         sys.exit(f"SCANGRAPH_STABLE_ABI=1 needs torch >= {STABLE_ABI_FLOOR} to build against, found "
                  f"{torch.__version__}")
-    if os.environ.get("SCANGRAPH_CUDA") == "1":
-        sys.exit("SCANGRAPH_STABLE_ABI=1 builds the CPU kernels only (the CUDA glue is on torch's regular API, "
-                 "docs/packaging.md): drop SCANGRAPH_CUDA=1, or drop SCANGRAPH_STABLE_ABI=1 for a CUDA build")
     return True
 
 
@@ -128,20 +125,17 @@ def _extension(torch, cpp_extension, with_cuda, stable_abi):
     # (without it the pragma is ignored and every kernel runs on one thread).
     cxx = ["-O3", "-fvisibility=hidden", "-fopenmp", "-Wno-psabi"]
     link = ["-fopenmp"]
-    if stable_abi:
-        print(f"scangraph: building the CPU kernels on the LibTorch stable ABI (loads under torch >= "
-              f"{STABLE_ABI_FLOOR}; built against {torch.__version__}); no CUDA kernels", file=sys.stderr)
-        extension = cpp_extension.CppExtension(
-            "scangraph._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx + ["-DSCANGRAPH_STABLE_ABI", STABLE_ABI_TARGET]}, extra_link_args=link)
-        extension.build_record = _build_record(torch, None, stable_abi=True)
-        return extension
+    if stable_abi:  # the C++ glue only: the .cu kernels do not include torch
+        cxx += ["-DSCANGRAPH_STABLE_ABI", STABLE_ABI_TARGET]
+        api = f"the LibTorch stable ABI (loads under torch >= {STABLE_ABI_FLOOR}; built against {torch.__version__})"
+    else:
+        api = f"torch {torch.__version__}'s C++ API (loads under that torch only)"
     if not with_cuda:
-        print("scangraph: building the CPU kernels only", file=sys.stderr)
+        print(f"scangraph: building the CPU kernels only, on {api}", file=sys.stderr)
         extension = cpp_extension.CppExtension(
             "scangraph._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
             extra_link_args=link)
-        extension.build_record = _build_record(torch, None)
+        extension.build_record = _build_record(torch, None, stable_abi)
         return extension
     sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     # A pip-installed CUDA torch carries the cuBLAS / cuSPARSE headers that its own headers
@@ -155,13 +149,13 @@ def _extension(torch, cpp_extension, with_cuda, stable_abi):
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by torch's helper when it compiles
     print(f"scangraph: building CPU + CUDA kernels for TORCH_CUDA_ARCH_LIST={archs} ({origin}; "
           f"nvcc {_nvcc_version(cpp_extension)} at CUDA_HOME={cpp_extension.CUDA_HOME}, "
-          f"torch {torch.__version__} with CUDA {torch.version.cuda}). SCANGRAPH_CUDA=0 builds the "
-          "CPU kernels only.", file=sys.stderr)
+          f"torch {torch.__version__} with CUDA {torch.version.cuda}), on {api}. SCANGRAPH_CUDA=0 builds "
+          "the CPU kernels only.", file=sys.stderr)
     extension = cpp_extension.CUDAExtension(
         "scangraph._C", sources, include_dirs=include_dirs,
         define_macros=[("SCANGRAPH_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
-    extension.build_record = _build_record(torch, archs)
+    extension.build_record = _build_record(torch, archs, stable_abi)
     return extension
 
 
@@ -220,7 +214,7 @@ def main():
     from torch.utils import cpp_extension
 
     stable_abi = _want_stable_abi(torch)
-    with_cuda = not stable_abi and _want_cuda(torch, cpp_extension)
+    with_cuda = _want_cuda(torch, cpp_extension)
     setup(
         package_dir={"scangraph": "python/scangraph",
                      "scangraph.triton_kernels": "triton_kernels"},

@@ -1,31 +1,31 @@
 #!/usr/bin/env bash
-# CI step: the package built on the LibTorch stable ABI (issue 23, docs/packaging.md): one CPU
-# library that loads under every torch >= 2.10.
+# CI step: the package built on the LibTorch stable ABI (issue 23, docs/packaging.md): one library
+# that loads under every torch >= 2.10. CI builds its CPU kernels (a second CUDA build would not
+# fit CI's time) and tests its CUDA glue under the CPU emulation, built on the stable ABI too.
 #
 #   bash .ci/stable_abi.sh build          # in the main environment (after .ci/readme_install.sh .venv)
 #   bash .ci/stable_abi.sh test [PYTHON]  # the tests, with PYTHON (default: the main environment's)
 #
 # `build` builds the wheel as a user would (SCANGRAPH_STABLE_ABI=1 pip wheel), prints its size and
 # build time, unpacks it into build/stable_abi/site, checks that its library needs no C++ symbol of
-# torch (tools/stable_abi/measure.py symbols), and runs `test`. `test` runs the test suite, outside
-# the checkout, against that unpacked build (PYTHONPATH puts it before any installed scangraph):
-# every test but the Triton ones (no C++ in them) and the CUDA emulation's (CUDA kernels, which a
-# stable build has none of; tests/test_plan.py is all of those). .ci/sdist.sh runs `test` again
-# under torch 2.11 with the same build, made against the main run's torch.
+# torch (tools/stable_abi/measure.py symbols), builds the CUDA emulation on the stable ABI
+# (tests/cuda_emulation.py, into build/cuda_emulated_stable) and checks its library the same way,
+# and runs `test`. `test` runs the test suite against that unpacked build (PYTHONPATH puts it
+# before any installed scangraph; the checkout has no top-level scangraph to shadow it): every
+# test but the Triton ones (no C++ in them). .ci/sdist.sh runs `test` again under torch 2.11 with
+# the same build, made against the main run's torch, without the emulation's tests (the
+# emulation would rebuild for that torch's headers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 site=$repo/build/stable_abi/site
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-
-run_tests() {
-  local python=$1
-  (cd "$work" && PYTHONPATH="$site" "$python" -c \
-    "import scangraph, torch; assert scangraph._extension.stable_abi(), scangraph.__file__; print('the stable build', scangraph.__file__, 'under torch', torch.__version__)")
-  (cd "$work" && PYTHONPATH="$site" "$python" -m pytest "$repo/tests" --rootdir "$repo" -q -p no:cacheprovider -n 2 \
-    -W ignore::DeprecationWarning -k "not (triton or cuda_emulated)" --ignore "$repo/tests/test_plan.py")
+run_tests() {  # PYTHON SKIP [pytest arguments]
+  local python=$1 skip=$2
+  shift 2
+  PYTHONPATH="$site" "$python" -c \
+    "import scangraph, torch; assert scangraph._extension.stable_abi(), scangraph.__file__; print('the stable build', scangraph.__file__, 'under torch', torch.__version__)"
+  PYTHONPATH="$site" "$python" -m pytest tests -q -p no:cacheprovider -n 2 -W ignore::DeprecationWarning -k "not ($skip)" "$@"
 }
 
 case "${1:-}" in
@@ -42,10 +42,16 @@ case "${1:-}" in
     mkdir -p "$site"
     python -m zipfile -e "$wheel" "$site"
     python tools/stable_abi/measure.py symbols "$site"
-    run_tests "$repo/.venv/bin/python"
+    start=$(date +%s)
+    PYTHONPATH="$site" python tests/cuda_emulation.py > build-stable-abi-emulation.log 2>&1 \
+      || { tail -60 build-stable-abi-emulation.log; exit 1; }
+    echo "the CUDA emulation on the stable ABI: built in $(( $(date +%s) - start )) s"
+    python tools/stable_abi/measure.py symbols build/cuda_emulated_stable/scangraph_cuda_emulated_stable.so
+    run_tests "$repo/.venv/bin/python" "triton"
     ;;
   test)
-    run_tests "${2:-$repo/.venv/bin/python}"
+    # tests/test_plan.py is all emulated launches.
+    run_tests "${2:-$repo/.venv/bin/python}" "triton or cuda_emulated" --ignore tests/test_plan.py
     ;;
   *)
     echo "usage: stable_abi.sh build | test [PYTHON]" >&2

@@ -10,7 +10,9 @@
 #      devices; --maxfail, not -x, so one failure does not hide the others;
 #   3. small shapes once under compute-sanitizer (memcheck, racecheck, synccheck, initcheck);
 #      where the machine refuses the sanitizer, that is recorded and the check goes on;
-#   4. the GPU benchmarks, next to the launch plan's predictions.
+#   4. the GPU benchmarks, next to the launch plan's predictions;
+#   5. with 150 s or more left: the build on the LibTorch stable ABI with the CUDA kernels (sm_90),
+#      and the core op samples on its `cuda` backend (docs/packaging.md: never run on a GPU yet).
 set -uo pipefail
 deadline=$(( $(date +%s) + ${BUDGET_S:-560} ))
 left() {  # seconds for the next step: its own cap, or what is left of the budget (at least 10)
@@ -66,6 +68,19 @@ timeout "$(left 60)" "$PY" -m scangraph.bench --plan > "$OUT/plan.txt" 2>&1
 timeout "$(left 120)" "$PY" -m scangraph.bench --device cuda --dtype bfloat16 --out "$OUT/bench-cuda-bf16" \
   --append "$OUT/gpu.csv" > "$OUT/bench-cuda-bf16.txt" 2>&1
 
-echo "== build rc=$build_rc, cuda tests rc=$test_rc, compute-sanitizer:$sanitizer_rc"
+# 5. The stable-ABI build on the device, last and only with time for it.
+stable_rc="not run (under 150 s left)"
+if (( deadline - $(date +%s) >= 150 )); then
+  site=$(pwd)/build/stable_abi/site
+  rm -rf build/stable_abi/dist "$site"
+  TORCH_CUDA_ARCH_LIST=9.0 SCANGRAPH_STABLE_ABI=1 timeout "$(left 100)" "$PY" -m pip wheel --no-build-isolation \
+    --no-deps --no-index -w build/stable_abi/dist . > "$OUT/stable-build.log" 2>&1 \
+    && mkdir -p "$site" && "$PY" -m zipfile -e build/stable_abi/dist/scangraph-*.whl "$site" \
+    && PYTHONPATH="$site" timeout "$(left 120)" "$PY" -m pytest tests/test_op_samples.py -m "core and cuda" \
+      -k "not triton" -q -p no:cacheprovider --maxfail=10 > "$OUT/stable-cuda-tests.log" 2>&1
+  stable_rc=$?
+fi
+
+echo "== build rc=$build_rc, cuda tests rc=$test_rc, compute-sanitizer:$sanitizer_rc, stable-ABI build + cuda tests rc=$stable_rc"
 tail -n 3 "$OUT/cuda-tests.log"
 cat "$OUT/bench-cuda-fp32.txt" "$OUT/bench-cuda-bf16.txt" | grep -v "%|"

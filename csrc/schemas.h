@@ -1,12 +1,9 @@
 // The one schema list of the scangraph op library, read by registration.cpp (TORCH_LIBRARY)
-// and by the test-only CUDA emulation (csrc/testing), which registers its kernels under
-// `<name>_cuda_emulated` with the same schemas. CPU kernels register in csrc/cpu, CUDA kernels
+// and by the test-only CUDA emulation (csrc/testing/cuda_emulation_schemas.cpp), which defines
+// `<name>_cuda_emulated` twins with the same schemas. CPU kernels register in csrc/cpu, CUDA kernels
 // in csrc/cuda/*_launch.cpp, Triton kernels as `<op>_triton` from Python; fake kernels and
 // autograd are registered in python/scangraph/ops.
 #pragma once
-#include <cstring>
-#include <stdexcept>
-#include <string>
 
 namespace scangraph {
 
@@ -108,13 +105,5 @@ inline constexpr const char* kSchemas[] = {
     "_qspmm_cpu_isa(Tensor rowptr, Tensor col, Tensor? weight, Tensor x, Tensor x_scale, str reduce, "
         "str isa) -> Tensor",
 };
-
-// The schema of op `name` renamed to `name` + suffix (the emulated CUDA kernels' twins).
-inline std::string schema_with_suffix(const char* name, const char* suffix) {
-  const size_t n = std::strlen(name);
-  for (const char* schema : kSchemas)
-    if (std::strncmp(schema, name, n) == 0 && schema[n] == '(') return std::string(name) + suffix + (schema + n);
-  throw std::logic_error(std::string("scangraph: no schema named ") + name);
-}
 
 }  // namespace scangraph

@@ -1,8 +1,10 @@
 """The test-only CUDA emulation backend, "cuda_emulated": the CUDA kernels of csrc/cuda and their
 glue (csrc/cuda/*_launch.cpp), compiled by the host compiler against
 csrc/testing/cuda_emulation.h into one library that registers them as CPU kernels of the ops
-`scangraph::<op>_cuda_emulated` (same schemas). Built once into build/cuda_emulated (ninja keeps
-it between runs; CI builds it before the tests):
+`scangraph::<op>_cuda_emulated` (same schemas). It is built on the torch API of the loaded
+scangraph: the regular one, or the LibTorch stable ABI under a stable-ABI build, so that the
+emulation tests the CUDA glue of that build. Built once into build/cuda_emulated (or
+build/cuda_emulated_stable; ninja keeps it between runs; CI builds it before the tests):
 
     python tests/cuda_emulation.py          # build (MAX_JOBS jobs), then print the ops it registers
 
@@ -16,7 +18,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("SCANGRAPH_EMULATION_BUILD", os.path.join(ROOT, "build", "cuda_emulated"))
-NAME = "scangraph_cuda_emulated"
 # Every family's kernels, through their own glue; each family registers its ops' twins.
 FAMILIES = ("sparse", "selective_scan", "causal_conv1d", "prefix_attention", "lowp")
 
@@ -43,12 +44,31 @@ def cuda_include_dir():
     return None
 
 
-def _sources():
-    """The emulator, each .cu through a stub that includes it after the emulation header (so
-    the host compiler takes it as C++), and the families' torch glue."""
-    stubs = os.path.join(BUILD, "stubs")
+def _target():
+    """(build folder, library name, compiler flags) for the torch API of the loaded scangraph: a
+    stable-ABI build gets its own folder and library, built with the same target version as
+    scangraph itself (TORCH_TARGET_VERSION, from its floor)."""
+    import scangraph
+
+    if not scangraph._extension.stable_abi():
+        return BUILD, "scangraph_cuda_emulated", []
+    major, minor = (int(part) for part in scangraph._extension.build_info().STABLE_ABI_FLOOR.split("."))
+    target = f"-DTORCH_TARGET_VERSION=0x{major:02x}{minor:02x}000000000000ULL"
+    return BUILD + "_stable", "scangraph_cuda_emulated_stable", ["-DSCANGRAPH_STABLE_ABI", target]
+
+
+def library_path():
+    """The emulation's library for the torch API of the loaded scangraph (built or not)."""
+    build_dir, name, _ = _target()
+    return os.path.join(build_dir, f"{name}.so")
+
+
+def _sources(build_dir):
+    """The emulator and the twins' schemas, each .cu through a stub that includes it after the
+    emulation header (so the host compiler takes it as C++), and the families' torch glue."""
+    stubs = os.path.join(build_dir, "stubs")
     os.makedirs(stubs, exist_ok=True)
-    sources = [os.path.join(ROOT, "csrc", "testing", "cuda_emulation.cpp")]
+    sources = [os.path.join(ROOT, "csrc", "testing", name) for name in ("cuda_emulation.cpp", "cuda_emulation_schemas.cpp")]
     for cu in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
         stub = os.path.join(stubs, os.path.basename(cu)[:-3] + ".cpp")
         text = f'#include "testing/cuda_emulation.h"\n#include "{cu}"\n'
@@ -72,15 +92,17 @@ def build(verbose=False):
     if include is None:
         raise RuntimeError("the CUDA headers (cuda_runtime.h, cuda_fp16.h, cuda_bf16.h) were not found: set "
                            "CUDA_HOME to a CUDA toolkit, or install a CUDA build of torch")
-    os.makedirs(BUILD, exist_ok=True)
+    build_dir, name, api_flags = _target()
+    os.makedirs(build_dir, exist_ok=True)
     flags = ["-O1", "-g0", "-ffp-contract=off", "-DSCANGRAPH_CUDA_EMULATION=1", "-Wno-deprecated-declarations"]
+    flags += api_flags
     includes = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "cuda"),
                 include]
     extra = os.environ.get("SCANGRAPH_EMULATION_CFLAGS", "").split()  # tools/sanitize.sh adds ASan here
-    cpp_extension.load(name=NAME, sources=_sources(), extra_cflags=flags + extra, extra_include_paths=includes,
-                       extra_ldflags=extra, build_directory=BUILD, with_cuda=False, is_python_module=False,
-                       verbose=verbose)
-    return os.path.join(BUILD, f"{NAME}.so")
+    cpp_extension.load(name=name, sources=_sources(build_dir), extra_cflags=flags + extra,
+                       extra_include_paths=includes, extra_ldflags=extra, build_directory=build_dir, with_cuda=False,
+                       is_python_module=False, verbose=verbose)
+    return library_path()
 
 
 def load():
@@ -88,12 +110,7 @@ def load():
     `_cuda_emulated` ops. Returns None, or why the backend is unavailable."""
     if _state["loaded"] or _state["error"] is not None:
         return _state["error"]
-    import scangraph  # the scangraph op namespace must exist first
-    if scangraph._extension.stable_abi():
-        # The emulation tests the CUDA glue, which a stable-ABI build has none of; it would also
-        # rebuild the shared build folder for this torch.
-        _state["error"] = "the loaded scangraph is a stable-ABI build (CPU kernels only, no CUDA glue to emulate)"
-        return _state["error"]
+    import scangraph  # noqa: F401  (the scangraph op namespace must exist first)
     from scangraph.ops import _causal_conv1d_lib, _lowp_lib, _prefix_attention_lib, _selective_scan_lib, _sparse_lib
     from scangraph.ops._twins import register_compiled
 

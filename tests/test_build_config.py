@@ -3,6 +3,7 @@ default for a machine without one (a Docker image, a wheel, a CI runner)."""
 import importlib.util
 import os
 import re
+import types
 
 import pytest
 
@@ -91,9 +92,9 @@ def test_stable_abi_build_loads_from_its_floor_on(installed, refused, monkeypatc
         _extension.check_torch_version()
 
 
-def test_stable_abi_build_is_asked_for_and_cpu_only(setup_py, monkeypatch):
-    """SCANGRAPH_STABLE_ABI=1 asks for the stable-ABI build: torch >= 2.10 to build against, and
-    the CPU kernels only, so SCANGRAPH_CUDA=1 beside it is refused rather than ignored."""
+def test_stable_abi_build_is_asked_for(setup_py, monkeypatch):
+    """SCANGRAPH_STABLE_ABI=1 asks for the stable-ABI build, with torch >= 2.10 to build against;
+    SCANGRAPH_CUDA=1 beside it is accepted (the CUDA glue builds on the stable ABI too)."""
     class Torch:
         __version__ = "2.14.1+cu130"
 
@@ -108,9 +109,38 @@ def test_stable_abi_build_is_asked_for_and_cpu_only(setup_py, monkeypatch):
     monkeypatch.setenv("SCANGRAPH_STABLE_ABI", "1")
     assert setup_py._want_stable_abi(Torch) is True
     monkeypatch.setenv("SCANGRAPH_CUDA", "1")
-    with pytest.raises(SystemExit, match="builds the CPU kernels only"):
-        setup_py._want_stable_abi(Torch)
+    assert setup_py._want_stable_abi(Torch) is True
     monkeypatch.setenv("SCANGRAPH_CUDA", "0")
     Torch.__version__ = "2.9.1+cpu"
     with pytest.raises(SystemExit, match=r"needs torch >= 2.10 to build against, found 2.9.1\+cpu"):
         setup_py._want_stable_abi(Torch)
+
+
+def test_stable_abi_cuda_build_puts_the_cuda_glue_on_the_stable_abi(setup_py, monkeypatch, tmp_path):
+    """A stable-ABI build with the CUDA kernels compiles every C++ source, the CUDA glue included,
+    with the stable-ABI defines (the .cu kernels include no torch), and records both its floor and
+    its architectures."""
+    made = {}
+
+    class CppExtensionModule:
+        CUDA_HOME = str(tmp_path)  # no nvcc there: the version printed is "not runnable"
+
+        @staticmethod
+        def CUDAExtension(name, sources, **options):
+            made.update(options, name=name, sources=sources)
+            return types.SimpleNamespace()
+
+    class Torch:
+        __version__ = "2.14.1+cu130"
+        __file__ = str(tmp_path / "torch" / "__init__.py")
+        version = types.SimpleNamespace(cuda="13.0")
+        cuda = types.SimpleNamespace(device_count=lambda: 0, get_arch_list=lambda: ["sm_90"])
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    extension = setup_py._extension(Torch, CppExtensionModule, with_cuda=True, stable_abi=True)
+    cxx = made["extra_compile_args"]["cxx"]
+    assert "-DSCANGRAPH_STABLE_ABI" in cxx and setup_py.STABLE_ABI_TARGET in cxx
+    names = [os.path.basename(source) for source in made["sources"]]
+    assert "sparse_launch.cpp" in names and "sparse_fp32.cu" in names and "registration.cpp" in names
+    assert "STABLE_ABI_FLOOR = '2.10'" in extension.build_record
+    assert "CUDA_ARCHS = '9.0'" in extension.build_record

@@ -1,8 +1,5 @@
 // Torch glue of the causal convolution CUDA kernels: the shared checks and allocations of
 // glue/causal_conv1d_args.h, device guard, current stream, dtype dispatch, launch check.
-#include <ATen/ATen.h>
-#include <torch/library.h>
-
 #include "causal_conv1d.h"
 #include "dispatch_dtype.h"
 #include "glue/causal_conv1d_args.h"
@@ -10,21 +7,21 @@
 namespace scangraph {
 namespace {
 
-at::Tensor causal_conv1d_cuda_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& seq_idx,
-                                 const std::optional<at::Tensor>& initial_states, bool silu) {
-  const CudaDeviceGuard guard(x.device());
+Tensor causal_conv1d_cuda_op(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                                 const std::optional<Tensor>& seq_idx,
+                                 const std::optional<Tensor>& initial_states, bool silu) {
+  const CudaDeviceGuard guard(x);
   ConvCall call = prepare_causal_conv1d(x, weight, bias, seq_idx, initial_states, silu);
   dispatch_dtype(x.scalar_type(), "causal_conv1d",
                  [&](auto t, cudaStream_t s) { causal_conv1d_cuda<element_t<decltype(t)>>(call.params, s); });
   return call.out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backward_cuda_op(
-    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& seq_idx, const std::optional<at::Tensor>& initial_states,
-    const at::Tensor& grad_out, bool silu) {
-  const CudaDeviceGuard guard(x.device());
+std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_backward_cuda_op(
+    const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& seq_idx, const std::optional<Tensor>& initial_states,
+    const Tensor& grad_out, bool silu) {
+  const CudaDeviceGuard guard(x);
   ConvBackwardCall call = prepare_causal_conv1d_backward(x, weight, bias, seq_idx, initial_states, grad_out, silu);
   dispatch_dtype(x.scalar_type(), "causal_conv1d_backward", [&](auto t, cudaStream_t s) {
     causal_conv1d_backward_cuda<element_t<decltype(t)>>(call.params, s);
@@ -32,18 +29,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backwar
   return conv_backward_results(call, weight, bias);
 }
 
-at::Tensor causal_conv1d_update_cuda_op(const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
-                                        const std::optional<at::Tensor>& bias, bool silu,
-                                        const std::optional<at::Tensor>& cache_seqlens,
-                                        const std::optional<at::Tensor>& conv_state_indices) {
-  const CudaDeviceGuard guard(x.device());
+Tensor causal_conv1d_update_cuda_op(const Tensor& x, const Tensor& conv_state, const Tensor& weight,
+                                        const std::optional<Tensor>& bias, bool silu,
+                                        const std::optional<Tensor>& cache_seqlens,
+                                        const std::optional<Tensor>& conv_state_indices) {
+  const CudaDeviceGuard guard(x);
   ConvUpdateCall call =
       prepare_causal_conv1d_update(x, conv_state, weight, bias, silu, cache_seqlens, conv_state_indices);
   dispatch_dtype(x.scalar_type(), "causal_conv1d_update",
                  [&](auto t, cudaStream_t s) { causal_conv1d_update_cuda<element_t<decltype(t)>>(call.params, s); });
   // A strided conv_state was updated as a contiguous copy: write it back in place, as the
   // schema's Tensor(a!) promises.
-  if (call.copy_back) const_cast<at::Tensor&>(conv_state).copy_(call.state);
+  if (call.copy_back) copy_into(conv_state, call.state);
   return call.out;
 }
 

@@ -17,6 +17,9 @@ template <typename T>
 void gat_backward_cuda(const GatBackwardParams& p, cudaStream_t stream);
 template <typename T>
 void sddmm_cuda(const SddmmParams& p, cudaStream_t stream);
-// Common neighbours move indices only: one instantiation, in sparse_fp32.cu.
+// Common neighbours and the split plan's passes move indices only: one instantiation each, in
+// sparse_fp32.cu.
 void common_neighbors_cuda(const CommonNeighborParams& p, cudaStream_t stream);
+void split_plan_counts_cuda(const SplitPlanParams& p, cudaStream_t stream);
+void split_plan_rows_cuda(const SplitPlanParams& p, cudaStream_t stream);
 }  // namespace scangraph

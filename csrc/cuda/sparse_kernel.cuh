@@ -810,13 +810,16 @@ void launch_sddmm(const SddmmParams& p, cudaStream_t stream) {
   launch_warps<sddmm_kernel<scalar_t, index_t>>((p.num_edges + kWarp - 1) / kWarp, stream, p);
 }
 
-// Index-only kernel: instantiated once, in sparse_fp32.cu.
-inline void launch_common_neighbors(const CommonNeighborParams& p, cudaStream_t stream) {
+// The index-only kernels, one thread per item: instantiated once, in sparse_fp32.cu.
+template <auto Kernel, typename Params>
+inline void launch_index_threads(int64_t items, cudaStream_t stream, const Params& p) {
   constexpr int kThreads = 256;
-  if (p.num_pairs == 0) return;
-  const unsigned blocks = unsigned((p.num_pairs + kThreads - 1) / kThreads);
+  if (items > 0) launch_kernel<Kernel>(unsigned((items + kThreads - 1) / kThreads), kThreads, 0, stream, p);
+}
+
+inline void launch_common_neighbors(const CommonNeighborParams& p, cudaStream_t stream) {
   dispatch_index(p.col_is_int32, [&](auto index) {
-    launch_kernel<common_neighbors_kernel<decltype(index)>>(blocks, kThreads, 0, stream, p);
+    launch_index_threads<common_neighbors_kernel<decltype(index)>>(p.num_pairs, stream, p);
   });
 }
 }  // namespace cuda

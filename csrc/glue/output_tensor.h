@@ -42,36 +42,24 @@ inline void advise_huge_pages(void* data, int64_t bytes) {
 #endif
 }
 
-#ifndef SCANGRAPH_STABLE_ABI
-// at::empty, with huge pages for large CPU tensors.
-inline at::Tensor empty_output(at::IntArrayRef shape, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(shape, options);
+// A contiguous output of `shape` in `dtype` on the device of `like`, with huge pages when large
+// and on the CPU.
+inline Tensor empty_output(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+  Tensor out = empty_tensor(shape, dtype, like);
 #ifdef SCANGRAPH_CUDA_EMULATION
   // The emulated CUDA kernels (tests only) must write every element they own: NaN, or 0xA5 bytes
   // for integers, makes an element that no thread wrote fail the tests. Recording a launch plan,
   // nothing runs: zeros keep data-dependent sizes (common neighbours) at zero.
   if (cuda_emu::recording()) {
-    out.zero_();
-  } else if (out.is_floating_point()) {
-    out.fill_(std::numeric_limits<double>::quiet_NaN());
+    fill_in_place(out, 0.0);
+  } else if (is_floating_type(dtype)) {
+    fill_in_place(out, std::numeric_limits<double>::quiet_NaN());
   } else if (out.numel() > 0) {
-    std::memset(out.data_ptr(), 0xA5, out.nbytes());
+    std::memset(out.mutable_data_ptr(), 0xA5, size_t(out.numel()) * out.element_size());
   }
 #endif
-  if (out.device().is_cpu()) advise_huge_pages(out.data_ptr(), out.numel() * int64_t(out.element_size()));
-  return out;
-}
-#endif
-
-// A contiguous output of `shape` in `dtype` on the device of `like`, on either torch API.
-inline Tensor empty_output(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
-#ifdef SCANGRAPH_STABLE_ABI
-  Tensor out = empty_tensor(shape, dtype, like);
   if (out.is_cpu()) advise_huge_pages(out.mutable_data_ptr(), out.numel() * int64_t(out.element_size()));
   return out;
-#else
-  return empty_output(shape, like.options().dtype(dtype));
-#endif
 }
 
 }  // namespace scangraph

@@ -1,9 +1,9 @@
 // The one place where the glue, the CPU kernels and the schema registration name torch. By default
 // it is torch's regular C++ API (ATen). With SCANGRAPH_STABLE_ABI it is the LibTorch stable ABI
 // of torch >= 2.10 (torch::stable::Tensor, the C shims): a library built that way loads under
-// every torch from 2.10 on (issue 23, docs/packaging.md). The schemas and every CPU op build
-// both ways from the same sources (`SCANGRAPH_STABLE_ABI=1` in setup.py builds the stable
-// library, CPU kernels only); the CUDA glue is on the regular API.
+// every torch from 2.10 on (issue 23, docs/packaging.md). The schemas, every CPU op and the CUDA
+// glue build both ways from the same sources (`SCANGRAPH_STABLE_ABI=1` in setup.py builds the
+// stable library); what the CUDA glue needs of the device is in cuda_context.h.
 //
 // What differs between the two, and is bridged here:
 // - the tensor, dtype, shape and device types, and the few tensor functions the glue uses;
@@ -25,6 +25,7 @@
 #include <vector>
 
 #ifdef SCANGRAPH_STABLE_ABI
+#include <torch/csrc/stable/device.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -32,6 +33,7 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include <array>
 #include <stdexcept>
 #else
 #include <ATen/ATen.h>
@@ -57,6 +59,7 @@ inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, 
 inline Tensor zeros_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
   return torch::stable::new_zeros(like, IntList(shape), dtype);
 }
+inline void fill_in_place(const Tensor& t, double value) { torch::stable::fill_(t, value); }
 inline Tensor converted(const Tensor& t, ScalarType dtype) { return torch::stable::to(t, dtype); }
 inline Tensor reshaped(const Tensor& t, IntList shape) { return torch::stable::reshape(t, shape); }
 inline Tensor squeezed(const Tensor& t, int64_t dim) { return torch::stable::squeeze(t, dim); }
@@ -68,6 +71,21 @@ inline void copy_into(const Tensor& dst, const Tensor& src) {
   Tensor target = dst;
   torch::stable::copy_(target, src);
 }
+// t.cumsum_(0) of a 1-d tensor, through the dispatcher (the stable ABI has no wrapper for it).
+inline void prefix_sum_in_place(const Tensor& t) {
+  std::array<StableIValue, 3> stack{torch::stable::detail::from(t), torch::stable::detail::from(int64_t(0)),
+                                    torch::stable::detail::from(std::optional<ScalarType>())};
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::cumsum_", "", stack.data(), TORCH_ABI_VERSION));
+  (void)torch::stable::detail::to<Tensor>(stack[0]);  // releases the returned reference
+}
+// Element i of a 1-d int64 tensor, on the host (a device-to-host copy for a device tensor).
+inline int64_t read_int64(const Tensor& t, int64_t i) {
+  Tensor whole = t;  // narrow takes a non-const reference
+  const Tensor one = torch::stable::to(torch::stable::narrow(whole, 0, i, 1),
+                                       torch::stable::Device(torch::headeronly::DeviceType::CPU));
+  return *static_cast<const int64_t*>(one.const_data_ptr());
+}
+inline int device_index(const Tensor& t) { return int(t.get_device_index()); }
 inline const char* scalar_type_name(ScalarType t) { return torch::headeronly::toString(t); }
 // at::isFloatingType: the float dtypes, float8 included.
 inline bool is_floating_type(ScalarType t) {
@@ -102,14 +120,21 @@ using StringArg = c10::string_view;
 
 inline Tensor as_contiguous(const Tensor& t) { return t.contiguous(); }
 inline Tensor unsqueezed(const Tensor& t, int64_t dim) { return t.unsqueeze(dim); }
+inline Tensor empty_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
+  return at::empty(shape, like.options().dtype(dtype));
+}
 inline Tensor zeros_tensor(const std::vector<int64_t>& shape, ScalarType dtype, const Tensor& like) {
   return at::zeros(shape, like.options().dtype(dtype));
 }
+inline void fill_in_place(const Tensor& t, double value) { const_cast<Tensor&>(t).fill_(value); }
 inline Tensor converted(const Tensor& t, ScalarType dtype) { return t.to(dtype); }
 inline Tensor reshaped(const Tensor& t, IntList shape) { return t.reshape(shape); }
 inline Tensor squeezed(const Tensor& t, int64_t dim) { return t.squeeze(dim); }
 inline Tensor summed(const Tensor& t, int64_t dim) { return t.sum(dim); }
 inline void copy_into(const Tensor& dst, const Tensor& src) { const_cast<Tensor&>(dst).copy_(src); }
+inline void prefix_sum_in_place(const Tensor& t) { const_cast<Tensor&>(t).cumsum_(0); }
+inline int64_t read_int64(const Tensor& t, int64_t i) { return t.select(0, i).item<int64_t>(); }
+inline int device_index(const Tensor& t) { return int(t.get_device()); }
 inline const char* scalar_type_name(ScalarType t) { return c10::toString(t); }
 inline bool is_floating_type(ScalarType t) { return at::isFloatingType(t); }
 inline bool is_complex_type(ScalarType t) { return at::isComplexType(t); }
@@ -159,18 +184,21 @@ using element_t = typename Tag::type;
 #define SCANGRAPH_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, __VA_ARGS__)
 #endif
 
-// The op library, defined: SCANGRAPH_LIBRARY(m) { m.def(schema); } (registration.cpp). A file's
+// The op library, defined: SCANGRAPH_LIBRARY(m) { m.def(schema); } (registration.cpp), and
+// extended by another library: SCANGRAPH_LIBRARY_FRAGMENT(m). A file's
 // CPU kernels, registered: SCANGRAPH_CPU_IMPLS(m) { SCANGRAPH_IMPL(m, "op", &op_cpu); }. On the
 // stable ABI a kernel is called through torch's boxed convention (TORCH_BOX).
 // SCANGRAPH_TORCH_ABI names the API in the built library (scangraph._C.TORCH_ABI).
 #ifdef SCANGRAPH_STABLE_ABI
 #define SCANGRAPH_TORCH_ABI "stable"
 #define SCANGRAPH_LIBRARY(m) STABLE_TORCH_LIBRARY(scangraph, m)
+#define SCANGRAPH_LIBRARY_FRAGMENT(m) STABLE_TORCH_LIBRARY_FRAGMENT(scangraph, m)
 #define SCANGRAPH_CPU_IMPLS(m) STABLE_TORCH_LIBRARY_IMPL(scangraph, CPU, m)
 #define SCANGRAPH_IMPL(m, name, kernel) m.impl(name, TORCH_BOX(kernel))
 #else
 #define SCANGRAPH_TORCH_ABI "regular"
 #define SCANGRAPH_LIBRARY(m) TORCH_LIBRARY(scangraph, m)
+#define SCANGRAPH_LIBRARY_FRAGMENT(m) TORCH_LIBRARY_FRAGMENT(scangraph, m)
 #define SCANGRAPH_CPU_IMPLS(m) TORCH_LIBRARY_IMPL(scangraph, CPU, m)
 #define SCANGRAPH_IMPL(m, name, kernel) m.impl(name, kernel)
 #endif

@@ -52,7 +52,7 @@ except ImportError as error:  # a source checkout without a build
 
 
 def stable_abi() -> bool:
-    """True when the loaded op library is built on the LibTorch stable ABI (CPU kernels only). Its
+    """True when the loaded op library is built on the LibTorch stable ABI. Its
     dtype checks raise RuntimeError where the regular build's raise TypeError (csrc/glue/torch_api.h
     says why); the public functions check dtypes first and raise TypeError on both."""
     return LOAD_ERROR is None and getattr(_C, "TORCH_ABI", "regular") == "stable"

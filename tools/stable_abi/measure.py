@@ -2,14 +2,15 @@
 build, measured.
 
     python tools/stable_abi/measure.py symbols SITE   # the torch symbols the stable library needs
+    python tools/stable_abi/measure.py symbols LIB.so # the same, of another library (the emulation's)
     python tools/stable_abi/measure.py time SITE      # compile time and cost per call, both ways
 
 SITE is a folder holding the stable build of the package (a scangraph/ folder: the wheel of
 `SCANGRAPH_STABLE_ABI=1 pip wheel --no-build-isolation --no-deps .`, unpacked; .ci/stable_abi.sh
 makes one in build/stable_abi/site).
 
-`symbols` lists the undefined symbols of SITE's _C that torch provides: C shims only, no C++
-symbol of torch (those change between torch versions), and fails otherwise.
+`symbols` lists the undefined symbols of SITE's _C (or of the library LIB.so) that torch provides:
+C shims only, no C++ symbol of torch (those change between torch versions), and fails otherwise.
 
 `time` compiles csrc/cpu/sparse.cpp both ways (objects only) and prints the two compile times;
 then it calls each op of _tiny_calls, where the call costs more than the kernel (a 64-row graph,
@@ -40,7 +41,8 @@ def _library(site: str) -> str:
 
 
 def symbols(site: str) -> None:
-    library = _library(site)
+    library = site if os.path.isfile(site) else _library(site)
+    site = os.path.dirname(site) if os.path.isfile(site) else site
     undefined = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True, text=True,
                                check=True).stdout.split()
     shims = sorted({s for s in undefined if s.startswith(("aoti_torch", "torch_"))})

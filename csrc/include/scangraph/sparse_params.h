@@ -36,6 +36,19 @@ struct SplitPlan {
   int64_t max_segments;
 };
 
+// What builds a SplitPlan on the device (sparse_launch.cpp), without a host sync: the counts pass
+// writes segment_ptr[0] = 0 and, for each row, its number of segments (ceil(d / kSpmmSplitEdges)
+// for a row of d > kSpmmSplitEdges edges, else 0) at segment_ptr[row + 1]; the glue prefix-sums
+// segment_ptr in place; the rows pass gives each segment s < max_segments its row, the last row
+// whose segment_ptr is <= s (a surplus slot gets the last row, and is never read).
+struct SplitPlanParams {
+  const int64_t* rowptr;
+  int64_t num_rows;
+  int64_t* segment_ptr;  // (num_rows + 1)
+  int64_t* segment_row;  // (max_segments)
+  int64_t max_segments;
+};
+
 // Sum / mean: out[i, h, :] = scale_i * sum_{e in row i} w[e, h] * x[col[e], h, :], scale_i = 1
 // (sum) or 1 / deg(i) (mean). Max / min: out[i, h, f] = max / min over the same messages, and
 // arg[i, h, f] the edge id that won (the first in CSR order, i.e. the lowest column, on ties).

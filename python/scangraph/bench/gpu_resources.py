@@ -67,7 +67,7 @@ def record_cuda():
     error = cuda_emulation.load()
     if error:
         raise RuntimeError(error)
-    library = ctypes.CDLL(os.path.join(cuda_emulation.BUILD, f"{cuda_emulation.NAME}.so"))
+    library = ctypes.CDLL(cuda_emulation.library_path())
     library.scangraph_emulation_recorded.restype = ctypes.c_longlong
     launches = []
     library.scangraph_emulation_record(1)
