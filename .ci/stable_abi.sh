@@ -11,21 +11,22 @@
 # torch (tools/stable_abi/measure.py symbols), builds the CUDA emulation on the stable ABI
 # (tests/cuda_emulation.py, into build/cuda_emulated_stable) and checks its library the same way,
 # and runs `test`. `test` runs the test suite against that unpacked build (PYTHONPATH puts it
-# before any installed scangraph; the checkout has no top-level scangraph to shadow it): every
-# test but the Triton ones (no C++ in them). .ci/sdist.sh runs `test` again under torch 2.11 with
-# the same build, made against the main run's torch, without the emulation's tests (the
-# emulation would rebuild for that torch's headers).
+# before any installed scangraph; the checkout has no top-level scangraph to shadow it) and that
+# emulation library, loaded as built (SCANGRAPH_EMULATION_LIBRARY): every test but the Triton ones
+# (no C++ in them). .ci/sdist.sh runs `test` again under torch 2.11 with the same two libraries,
+# made against the main run's torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 site=$repo/build/stable_abi/site
+emulation=$repo/build/cuda_emulated_stable/scangraph_cuda_emulated_stable.so
 
-run_tests() {  # PYTHON SKIP [pytest arguments]
-  local python=$1 skip=$2
-  shift 2
+run_tests() {
+  local python=$1
   PYTHONPATH="$site" "$python" -c \
     "import scangraph, torch; assert scangraph._extension.stable_abi(), scangraph.__file__; print('the stable build', scangraph.__file__, 'under torch', torch.__version__)"
-  PYTHONPATH="$site" "$python" -m pytest tests -q -p no:cacheprovider -n 2 -W ignore::DeprecationWarning -k "not ($skip)" "$@"
+  PYTHONPATH="$site" SCANGRAPH_EMULATION_LIBRARY="$emulation" "$python" -m pytest tests -q -p no:cacheprovider -n 2 \
+    -W ignore::DeprecationWarning -k "not triton"
 }
 
 case "${1:-}" in
@@ -46,12 +47,11 @@ case "${1:-}" in
     PYTHONPATH="$site" python tests/cuda_emulation.py > build-stable-abi-emulation.log 2>&1 \
       || { tail -60 build-stable-abi-emulation.log; exit 1; }
     echo "the CUDA emulation on the stable ABI: built in $(( $(date +%s) - start )) s"
-    python tools/stable_abi/measure.py symbols build/cuda_emulated_stable/scangraph_cuda_emulated_stable.so
-    run_tests "$repo/.venv/bin/python" "triton"
+    python tools/stable_abi/measure.py symbols "$emulation"
+    run_tests "$repo/.venv/bin/python"
     ;;
   test)
-    # tests/test_plan.py is all emulated launches.
-    run_tests "${2:-$repo/.venv/bin/python}" "triton or cuda_emulated" --ignore tests/test_plan.py
+    run_tests "${2:-$repo/.venv/bin/python}"
     ;;
   *)
     echo "usage: stable_abi.sh build | test [PYTHON]" >&2

@@ -76,8 +76,10 @@ if (( deadline - $(date +%s) >= 150 )); then
   TORCH_CUDA_ARCH_LIST=9.0 SCANGRAPH_STABLE_ABI=1 timeout "$(left 100)" "$PY" -m pip wheel --no-build-isolation \
     --no-deps --no-index -w build/stable_abi/dist . > "$OUT/stable-build.log" 2>&1 \
     && mkdir -p "$site" && "$PY" -m zipfile -e build/stable_abi/dist/scangraph-*.whl "$site" \
+    && PYTHONPATH="$site" "$PY" -c "import scangraph; assert scangraph._extension.stable_abi(), scangraph.__file__" \
+      >> "$OUT/stable-cuda-tests.log" 2>&1 \
     && PYTHONPATH="$site" timeout "$(left 120)" "$PY" -m pytest tests/test_op_samples.py -m "core and cuda" \
-      -k "not triton" -q -p no:cacheprovider --maxfail=10 > "$OUT/stable-cuda-tests.log" 2>&1
+      -k "not triton" -q -p no:cacheprovider --maxfail=10 >> "$OUT/stable-cuda-tests.log" 2>&1
   stable_rc=$?
 fi
 

@@ -18,6 +18,9 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("SCANGRAPH_EMULATION_BUILD", os.path.join(ROOT, "build", "cuda_emulated"))
+# A library built before, loaded as it is, without a build: CI loads the stable-ABI emulation that
+# it built under its main torch under torch 2.11 too (.ci/stable_abi.sh), the one-binary claim.
+PREBUILT = "SCANGRAPH_EMULATION_LIBRARY"
 # Every family's kernels, through their own glue; each family registers its ops' twins.
 FAMILIES = ("sparse", "selective_scan", "causal_conv1d", "prefix_attention", "lowp")
 
@@ -58,7 +61,10 @@ def _target():
 
 
 def library_path():
-    """The emulation's library for the torch API of the loaded scangraph (built or not)."""
+    """The emulation's library for the torch API of the loaded scangraph (built or not), or the
+    prebuilt one that SCANGRAPH_EMULATION_LIBRARY names."""
+    if os.environ.get(PREBUILT):
+        return os.environ[PREBUILT]
     build_dir, name, _ = _target()
     return os.path.join(build_dir, f"{name}.so")
 
@@ -115,9 +121,13 @@ def load():
     from scangraph.ops._twins import register_compiled
 
     try:
-        build()
+        if os.environ.get(PREBUILT):
+            import torch
+            torch.ops.load_library(os.environ[PREBUILT])
+        else:
+            build()
     except Exception as error:  # reported by the tests as the reason they skip
-        _state["error"] = f"the CUDA emulation could not be built: {error}"
+        _state["error"] = f"the CUDA emulation could not be built or loaded: {error}"
         return _state["error"]
     for family in (_sparse_lib, _selective_scan_lib, _causal_conv1d_lib, _prefix_attention_lib, _lowp_lib):
         register_compiled(family.FAKES, family.autograd, "cuda_emulated")

@@ -92,6 +92,29 @@ def test_stable_abi_build_loads_from_its_floor_on(installed, refused, monkeypatc
         _extension.check_torch_version()
 
 
+@pytest.mark.parametrize("installed_cuda, refused", [("13.0", False), ("13.2", False), ("12.8", True), (None, True)])
+def test_stable_abi_cuda_build_needs_torch_of_its_cuda_major(installed_cuda, refused, monkeypatch):
+    """A stable-ABI library with CUDA kernels loads under any torch from the floor on that is built
+    for the same CUDA major version (it links that CUDA runtime); another says so, naming both."""
+    from scangraph import _extension
+
+    class Info:
+        TORCH_VERSION, TORCH_CUDA, CUDA_ARCHS, STABLE_ABI_FLOOR = "2.14.1+cu130", "13.0", "9.0", "2.10"
+
+    monkeypatch.setattr(_extension, "build_info", lambda: Info)
+    monkeypatch.setattr(_extension.torch, "__version__", "2.11.0")
+    monkeypatch.setattr(_extension.torch.version, "cuda", installed_cuda)
+    if refused:
+        said = "a CPU build" if installed_cuda is None else f"built for CUDA {installed_cuda}"
+        with pytest.raises(ImportError, match=rf"built for CUDA 13\.0 \(torch 2\.14\.1\+cu130\), but the "
+                                              rf"installed torch 2\.11\.0 is {re.escape(said)}"):
+            _extension.check_torch_version()
+    else:
+        _extension.check_torch_version()
+    Info.CUDA_ARCHS = None  # the CPU kernels only: any torch from the floor on
+    _extension.check_torch_version()
+
+
 def test_stable_abi_build_is_asked_for(setup_py, monkeypatch):
     """SCANGRAPH_STABLE_ABI=1 asks for the stable-ABI build, with torch >= 2.10 to build against;
     SCANGRAPH_CUDA=1 beside it is accepted (the CUDA glue builds on the stable ABI too)."""

@@ -6,7 +6,6 @@ SCANGRAPH_INSTANTIATE_SPARSE(float)
 // Common neighbours and the split plan move indices only: their one instantiation lives here.
 namespace scangraph {
 namespace cuda {
-namespace {
 
 // The split plan's passes (SplitPlanParams), one thread per item: thread 0 writes segment_ptr[0],
 // thread r + 1 the segment count of row r.
@@ -29,7 +28,6 @@ __global__ void segment_row_kernel(SplitPlanParams p) {
   p.segment_row[s] = row_of_edge(p.segment_ptr, p.num_rows, s);
 }
 
-}  // namespace
 }  // namespace cuda
 
 void common_neighbors_cuda(const CommonNeighborParams& p, cudaStream_t stream) {

@@ -160,7 +160,8 @@ std::tuple<Tensor, Tensor> common_neighbors_cuda_op(const Tensor& rowptr, const 
   CommonNeighborParams p = prepare_common_neighbors(rowptr, col, src, dst);
   const cudaStream_t stream = current_cuda_stream();
   // Pass 1 counts each pair's neighbours into ptr[1:]; their prefix sum in place makes ptr.
-  const Tensor ptr = zeros_tensor({p.num_pairs + 1}, ScalarType::Long, src);
+  const Tensor ptr = empty_output({p.num_pairs + 1}, ScalarType::Long, src);
+  fill_in_place(narrowed(ptr, 0, 0, 1), 0.0);
   p.counts = ptr.mutable_data_ptr<int64_t>() + 1;
   common_neighbors_cuda(p, stream);
   check_cuda_launch();

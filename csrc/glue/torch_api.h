@@ -78,11 +78,13 @@ inline void prefix_sum_in_place(const Tensor& t) {
   STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::cumsum_", "", stack.data(), TORCH_ABI_VERSION));
   (void)torch::stable::detail::to<Tensor>(stack[0]);  // releases the returned reference
 }
+inline Tensor narrowed(const Tensor& t, int64_t dim, int64_t start, int64_t length) {
+  Tensor whole = t;  // narrow takes a non-const reference
+  return torch::stable::narrow(whole, dim, start, length);
+}
 // Element i of a 1-d int64 tensor, on the host (a device-to-host copy for a device tensor).
 inline int64_t read_int64(const Tensor& t, int64_t i) {
-  Tensor whole = t;  // narrow takes a non-const reference
-  const Tensor one = torch::stable::to(torch::stable::narrow(whole, 0, i, 1),
-                                       torch::stable::Device(torch::headeronly::DeviceType::CPU));
+  const Tensor one = torch::stable::to(narrowed(t, 0, i, 1), torch::stable::Device(torch::headeronly::DeviceType::CPU));
   return *static_cast<const int64_t*>(one.const_data_ptr());
 }
 inline int device_index(const Tensor& t) { return int(t.get_device_index()); }
@@ -132,6 +134,9 @@ inline Tensor reshaped(const Tensor& t, IntList shape) { return t.reshape(shape)
 inline Tensor squeezed(const Tensor& t, int64_t dim) { return t.squeeze(dim); }
 inline Tensor summed(const Tensor& t, int64_t dim) { return t.sum(dim); }
 inline void copy_into(const Tensor& dst, const Tensor& src) { const_cast<Tensor&>(dst).copy_(src); }
+inline Tensor narrowed(const Tensor& t, int64_t dim, int64_t start, int64_t length) {
+  return t.narrow(dim, start, length);
+}
 inline void prefix_sum_in_place(const Tensor& t) { const_cast<Tensor&>(t).cumsum_(0); }
 inline int64_t read_int64(const Tensor& t, int64_t i) { return t.select(0, i).item<int64_t>(); }
 inline int device_index(const Tensor& t) { return int(t.get_device()); }

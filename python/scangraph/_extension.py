@@ -19,10 +19,16 @@ def _release(version: str) -> tuple:
     return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
+def _cuda_major(version):
+    """'13.0' -> 13; None (a CPU build of torch) -> None."""
+    return None if version is None else int(version.split(".")[0])
+
+
 def check_torch_version() -> None:
     """A library built on torch's regular C++ API loads only into the torch it was built against
     (C++ ABI); one built on the stable ABI (STABLE_ABI_FLOOR set) into any torch from that floor
-    on. Otherwise say so, naming both versions, before the loader fails with an undefined symbol."""
+    on, built for the same CUDA major version when it has CUDA kernels. Otherwise say so, naming
+    both versions, before the loader fails with an undefined symbol or a missing CUDA library."""
     info = build_info()
     if info is None:
         return
@@ -34,6 +40,16 @@ def check_torch_version() -> None:
                 f"{info.TORCH_VERSION}), but torch {torch.__version__} is installed. Install torch >= {floor}, or "
                 f"build the kernels for this torch (pip install --no-build-isolation --force-reinstall --no-deps "
                 f"scangraph, without SCANGRAPH_STABLE_ABI).")
+        # The stable ABI covers torch's version, not CUDA's: a library with CUDA kernels links the
+        # CUDA runtime of the major version it was built with, and torch's CUDA libraries.
+        built_cuda = info.TORCH_CUDA if getattr(info, "CUDA_ARCHS", None) else None
+        if built_cuda is not None and _cuda_major(torch.version.cuda) != _cuda_major(built_cuda):
+            raise ImportError(
+                f"scangraph's compiled kernels include CUDA kernels built for CUDA {built_cuda} (torch "
+                f"{info.TORCH_VERSION}), but the installed torch {torch.__version__} is "
+                f"{'a CPU build' if torch.version.cuda is None else 'built for CUDA ' + torch.version.cuda}. Install "
+                f"a torch >= {floor} built for CUDA {_cuda_major(built_cuda)}.x, or rebuild the kernels for this torch "
+                f"(pip install --no-build-isolation --force-reinstall --no-deps scangraph).")
     elif info.TORCH_VERSION != torch.__version__:
         raise ImportError(
             f"scangraph's compiled kernels were built against torch {info.TORCH_VERSION}, but torch "
